@@ -1,0 +1,41 @@
+"""Install av_td3_ros as an ament_python package (colcon) or into a venv (pip)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'av_td3_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(include=[package_name, package_name + '.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.*')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')
+         + glob('config/*.rviz')),
+        ('share/' + package_name + '/msg', glob('carla_msgs_fallback/carla_msgs/msg/*.msg')),
+    ],
+    install_requires=['setuptools'],
+    extras_require={'test': ['pytest']},
+    zip_safe=True,
+    maintainer='av_td3_ros developers',
+    maintainer_email='av-td3-ros@example.com',
+    description='TD3 camera driving policy for CARLA over ROS 2, with training and tools.',
+    license='MIT',
+    python_requires='>=3.10',
+    entry_points={
+        'console_scripts': [
+            'driver_node = av_td3_ros.driver_node:main',
+            'trainer_node = av_td3_ros.trainer_node:main',
+            'sim_bridge = av_td3_ros.sim_bridge_node:main',
+            'import_checkpoint = av_td3_ros.importer:main',
+            'bag_record = av_td3_ros.bags.record:main',
+            'bag_replay = av_td3_ros.bags.replay:main',
+            'bag_eval = av_td3_ros.bags.offline_eval:main',
+            'plot_run = av_td3_ros.plots:main',
+            'run_launch = av_td3_ros.launch_runner:main',
+        ],
+    },
+)
