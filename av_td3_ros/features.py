@@ -1,0 +1,123 @@
+"""Kinematic features of the ego vehicle relative to its route (no ROS imports).
+
+The vector follows av_td3_system: speed / 30, lateral deviation / 3.5, heading error / pi,
+then the next N route waypoints as (x, y) in the vehicle frame / 50 (N = 25 by default), i.e.
+3 + 2N values. Poses use the ROS convention (map frame, x forward / y left in the vehicle frame,
+yaw counter-clockwise).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Layout and normalisation of the kinematic vector (stored in every checkpoint)."""
+
+    n_waypoints: int = 25
+    """Route waypoints ahead of the vehicle in the vector (25 = 50 m at 2 m spacing)."""
+    speed_scale: float = 30.0
+    """Speed divisor, m/s."""
+    lateral_scale: float = 3.5
+    """Lateral deviation divisor, m (about a lane width)."""
+    waypoint_scale: float = 50.0
+    """Waypoint coordinate divisor, m (the lookahead)."""
+
+    @property
+    def size(self) -> int:
+        """Return the vector length 3 + 2 * n_waypoints."""
+        return 3 + 2 * self.n_waypoints
+
+    def to_dict(self) -> dict:
+        """Return the config as a plain dict (for checkpoint metadata)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Pose2D:
+    """Planar pose of the vehicle in the map frame."""
+
+    x: float
+    y: float
+    yaw: float
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """Where the vehicle is along its route."""
+
+    lateral_deviation: float
+    """Signed distance to the route, m (positive: vehicle left of the route)."""
+    heading_error: float
+    """Vehicle yaw minus route direction, wrapped to [-pi, pi]."""
+    segment: int
+    """Index of the route segment the vehicle is nearest to."""
+    distance_to_goal: float
+    """Remaining route length from the projection of the vehicle, m."""
+
+
+def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
+    """Return the yaw (rotation about z) of a quaternion."""
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def wrap_angle(angle: float) -> float:
+    """Wrap an angle to [-pi, pi)."""
+    return (angle + math.pi) % (2.0 * math.pi) - math.pi
+
+
+def route_state(pose: Pose2D, route: np.ndarray) -> RouteState:
+    """Project the vehicle on the route polyline (M, 2) and measure how it tracks it."""
+    if route.ndim != 2 or route.shape[0] < 2 or route.shape[1] != 2:
+        raise ValueError(f'route must be (M >= 2, 2) points, got shape {route.shape}')
+    starts, ends = route[:-1], route[1:]
+    seg = ends - starts
+    seg_len2 = np.maximum((seg * seg).sum(axis=1), 1e-12)
+    rel = np.array([pose.x, pose.y]) - starts
+    t = np.clip((rel * seg).sum(axis=1) / seg_len2, 0.0, 1.0)
+    nearest = starts + seg * t[:, None]
+    dist2 = ((np.array([pose.x, pose.y]) - nearest) ** 2).sum(axis=1)
+    i = int(np.argmin(dist2))
+    direction = math.atan2(seg[i, 1], seg[i, 0])
+    # Sign by the cross product: positive when the vehicle is to the left of the route.
+    cross = seg[i, 0] * rel[i, 1] - seg[i, 1] * rel[i, 0]
+    lateral = math.copysign(math.sqrt(dist2[i]), cross) if dist2[i] > 0 else 0.0
+    seg_lengths = np.sqrt(seg_len2)
+    remaining = float(seg_lengths[i] * (1.0 - t[i]) + seg_lengths[i + 1:].sum())
+    return RouteState(lateral, wrap_angle(pose.yaw - direction), i, remaining)
+
+
+def waypoints_in_vehicle_frame(pose: Pose2D, route: np.ndarray, first: int,
+                               count: int) -> np.ndarray:
+    """Return `count` route points from index `first` as (x, y) in the vehicle frame.
+
+    Past the end of the route the last point repeats, so the vector keeps its length and
+    says "the route ends here".
+    """
+    idx = np.minimum(np.arange(first, first + count), route.shape[0] - 1)
+    rel = route[idx] - np.array([pose.x, pose.y])
+    cos_yaw, sin_yaw = math.cos(pose.yaw), math.sin(pose.yaw)
+    local = np.empty((count, 2))
+    local[:, 0] = cos_yaw * rel[:, 0] + sin_yaw * rel[:, 1]
+    local[:, 1] = -sin_yaw * rel[:, 0] + cos_yaw * rel[:, 1]
+    return local
+
+
+def kinematic_vector(pose: Pose2D, speed: float, route: np.ndarray | None,
+                     config: FeatureConfig = FeatureConfig(),
+                     out: np.ndarray | None = None) -> tuple[np.ndarray, RouteState | None]:
+    """Build the float32 kinematic vector; without a route only the speed term is non-zero."""
+    vec = np.zeros(config.size, np.float32) if out is None else out
+    vec.fill(0.0)
+    vec[0] = speed / config.speed_scale
+    if route is None or len(route) < 2:
+        return vec, None
+    state = route_state(pose, route)
+    vec[1] = state.lateral_deviation / config.lateral_scale
+    vec[2] = state.heading_error / math.pi
+    ahead = waypoints_in_vehicle_frame(pose, route, state.segment + 1, config.n_waypoints)
+    vec[3:] = (ahead / config.waypoint_scale).ravel()
+    return vec, state
