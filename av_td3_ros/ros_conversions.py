@@ -1,0 +1,63 @@
+"""Convert between ROS messages and the core's plain types (message classes, no rclpy).
+
+Functions read messages by field name, so rclpy messages and rosbags-deserialised messages
+both work (the bag tools use the same code as the nodes).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .control import ControlCommand
+from .features import Pose2D, yaw_from_quaternion
+
+
+def stamp_to_ns(stamp) -> int:
+    """Return a builtin_interfaces/Time as integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def pose_from_odometry(msg) -> Pose2D:
+    """Return the planar pose of a nav_msgs/Odometry."""
+    position, orientation = msg.pose.pose.position, msg.pose.pose.orientation
+    return Pose2D(position.x, position.y,
+                  yaw_from_quaternion(orientation.x, orientation.y, orientation.z,
+                                      orientation.w))
+
+
+def speed_from_odometry(msg) -> float:
+    """Return the speed (m/s) of a nav_msgs/Odometry, negative when reversing."""
+    linear = msg.twist.twist.linear
+    speed = math.sqrt(linear.x ** 2 + linear.y ** 2 + linear.z ** 2)
+    return -speed if linear.x < 0.0 else speed
+
+
+def route_from_path(msg) -> np.ndarray:
+    """Return the (M, 2) waypoints of a nav_msgs/Path."""
+    points = np.empty((len(msg.poses), 2))
+    for i, pose in enumerate(msg.poses):
+        points[i, 0] = pose.pose.position.x
+        points[i, 1] = pose.pose.position.y
+    return points
+
+
+def fill_control_msg(msg, command: ControlCommand, stamp, frame_id: str = ''):
+    """Write a ControlCommand into a carla_msgs/CarlaEgoVehicleControl message."""
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.steer = float(command.steer)
+    msg.throttle = float(command.throttle)
+    msg.brake = float(command.brake)
+    msg.hand_brake = bool(command.hand_brake)
+    msg.reverse = bool(command.reverse)
+    msg.gear = 0
+    msg.manual_gear_shift = False
+    return msg
+
+
+def command_from_control_msg(msg) -> ControlCommand:
+    """Read a carla_msgs/CarlaEgoVehicleControl into a ControlCommand."""
+    return ControlCommand(steer=float(msg.steer), throttle=float(msg.throttle),
+                          brake=float(msg.brake), hand_brake=bool(msg.hand_brake),
+                          reverse=bool(msg.reverse))
