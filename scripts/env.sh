@@ -7,7 +7,8 @@ export PATH="$_av_venv/bin:$PATH"
 # get_package_share_directory needs the venv prefix in the ament index path.
 export AMENT_PREFIX_PATH="$_av_venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export RMW_IMPLEMENTATION=${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
-# Large camera frames: without this Fast DDS drops best-effort 2 MB frames (see README).
-export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
+# Large camera frames: with the default transports Fast DDS loses best-effort 2 MB frames
+# (and LARGE_DATA lost most of them on these machines too); see README "Transport".
+export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$_av_repo/config/fastdds_large_images.xml}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 unset _av_repo _av_venv

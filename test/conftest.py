@@ -34,7 +34,7 @@ def ros_env(tmp_path, monkeypatch):
         'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
         'ROS_LOG_DIR': str(log_dir),
         'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp',
-        'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA',
+        'FASTDDS_DEFAULT_PROFILES_FILE': str(REPO / 'config' / 'fastdds_large_images.xml'),
         'AMENT_PREFIX_PATH': _venv_prefix(),
         'PYTHONPATH': str(REPO),
         'PYTHONUNBUFFERED': '1',
@@ -42,6 +42,7 @@ def ros_env(tmp_path, monkeypatch):
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
     env = dict(os.environ)
     env.update(settings)
     return env

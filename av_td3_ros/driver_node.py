@@ -1,0 +1,471 @@
+"""Driver node: CARLA bridge camera + odometry + route in, CarlaEgoVehicleControl out.
+
+One control command per processed camera frame, stamped with the frame's stamp. Only the
+newest frame is kept (keep-last-1 subscription); inference never queues frames. When anything
+is wrong - no checkpoint, a bad frame, a stalled camera, no odometry, non-finite actions - the
+node says why (throttled log + diagnostics) and commands a full brake.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from carla_msgs.msg import CarlaEgoVehicleControl
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from .checkpoint import CheckpointError, PolicySpec, load_policy, resolve_checkpoint
+from .control import SAFE_STOP, ControlCommand
+from .features import FeatureConfig
+from .inference import PolicyRunner, resolve_device
+from .networks import ActorPolicy, NetworkConfig
+from .node_params import ParameterReader
+from .pipeline import DrivingPipeline, ExplorationConfig
+from .preprocessing import ImageFormatError, ImageView, PreprocessConfig
+from .ros_conversions import (
+    fill_control_msg,
+    pose_from_odometry,
+    route_from_path,
+    speed_from_odometry,
+)
+
+LOG_THROTTLE_S = 2.0
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """Everything the driver node reads from its parameters, once, at start."""
+
+    role_name: str
+    camera_topic: str
+    odometry_topic: str
+    route_topic: str
+    control_topic: str
+    episode_start_topic: str
+    camera_reliable: bool
+    route_transient_local: bool
+    checkpoint: str
+    allow_random_policy: bool
+    device: str
+    torch_threads: int
+    frame_timeout: float
+    odometry_timeout: float
+    require_route: bool
+    checkpoint_poll_period: float
+    publish_debug: bool
+    diagnostics_period: float
+    spec: PolicySpec
+    exploration: ExplorationConfig
+    seed: int
+
+
+def read_config(node: Node) -> DriverConfig:
+    """Declare the driver's parameters (with descriptions and ranges) and read them."""
+    p = ParameterReader(node)
+    role = p.string('role_name', 'ego_vehicle', 'CARLA role name of the ego vehicle')
+    base = f'/carla/{role}'
+    network = NetworkConfig(
+        activation=p.string('activation', 'leaky_relu', 'CNN activation: leaky_relu, relu, '
+                            'prelu (must match the checkpoint)'),
+        negative_slope=p.floating('negative_slope', 0.01, 'LeakyReLU negative slope', 0.0, 1.0),
+        kinematic_dim=3 + 2 * p.integer('n_waypoints', 25, 'route waypoints in the kinematic '
+                                        'vector', 1, 200))
+    n_waypoints = (network.kinematic_dim - 3) // 2
+    spec = PolicySpec(
+        network=network,
+        preprocessing=PreprocessConfig(
+            scale=p.string('frame_scale', 'zero_centered', 'zero_centered ([-1, 1]) or unit '
+                           '([0, 1])'),
+            stack_fill=p.string('stack_fill', 'zero', 'frame stack at episode start: zero or '
+                                'repeat_first')),
+        features=FeatureConfig(n_waypoints=n_waypoints))
+    exploration = ExplorationConfig(
+        mode=p.string('mode', 'eval', 'eval (policy as is) or explore (random, then noise)'),
+        random_steps=p.integer('random_steps', 10000, 'explore: uniform random actions for '
+                               'the first steps', 0, 10**9),
+        noise_start=p.floating('noise_start', 0.3, 'explore: initial Gaussian noise std',
+                               0.0, 2.0),
+        noise_end=p.floating('noise_end', 0.1, 'explore: final Gaussian noise std', 0.0, 2.0),
+        noise_decay_steps=p.integer('noise_decay_steps', 20000, 'explore: steps of linear '
+                                    'noise decay', 0, 10**9),
+        seed=p.integer('seed', 0, 'seed of exploration noise and random init', 0, 2**31 - 1))
+    return DriverConfig(
+        role_name=role,
+        camera_topic=p.string('camera_topic', f'{base}/rgb_front/image', 'camera image topic'),
+        odometry_topic=p.string('odometry_topic', f'{base}/odometry', 'odometry topic'),
+        route_topic=p.string('route_topic', f'{base}/waypoints', 'route (nav_msgs/Path) topic'),
+        control_topic=p.string('control_topic', f'{base}/vehicle_control_cmd',
+                               'CarlaEgoVehicleControl output topic'),
+        episode_start_topic=p.string('episode_start_topic', f'/av_td3/{role}/episode_start',
+                                     'std_msgs/Header published at each episode start'),
+        camera_reliable=p.boolean('camera_reliable', False, 'reliable camera subscription '
+                                  '(default best effort, keep last 1)'),
+        route_transient_local=p.boolean('route_transient_local', True, 'subscribe to the '
+                                        'route with transient-local durability (latched)'),
+        checkpoint=p.string('checkpoint', '', 'policy .safetensors file, or a directory whose '
+                            'newest policy_<step>.safetensors is loaded and hot-reloaded'),
+        allow_random_policy=p.boolean('allow_random_policy', False, 'drive a randomly '
+                                      'initialised policy when no checkpoint is given'),
+        device=p.string('device', 'auto', 'auto (CUDA when available), cpu or cuda'),
+        torch_threads=p.integer('torch_threads', 1, 'torch CPU threads for inference', 1, 64),
+        frame_timeout=p.floating('frame_timeout', 0.5, 'brake when no camera frame arrives for '
+                                 'this long (s)', 0.01, 60.0),
+        odometry_timeout=p.floating('odometry_timeout', 1.0, 'brake when odometry is older '
+                                    'than this (s, wall clock)', 0.01, 60.0),
+        require_route=p.boolean('require_route', True, 'brake until a route has arrived'),
+        checkpoint_poll_period=p.floating('checkpoint_poll_period', 1.0, 'how often to look '
+                                          'for a new checkpoint (s); 0 disables', 0.0, 3600.0),
+        publish_debug=p.boolean('publish_debug', True, 'publish the debug frame stack image and '
+                                'markers for rviz'),
+        diagnostics_period=p.floating('diagnostics_period', 1.0, 'diagnostics period (s)',
+                                      0.1, 60.0),
+        spec=spec, exploration=exploration, seed=exploration.seed)
+
+
+class RateMeter:
+    """Count events and keep recent latencies for diagnostics."""
+
+    def __init__(self, window: int = 200):
+        """Keep the last `window` latency samples."""
+        self.latencies = np.zeros(window)
+        self.count = 0
+        self._since = time.monotonic()
+        self._count_since = 0
+
+    def add(self, latency_ms: float):
+        """Record one event and its latency."""
+        self.latencies[self.count % len(self.latencies)] = latency_ms
+        self.count += 1
+
+    def rate(self) -> float:
+        """Return events per second since the previous call."""
+        now = time.monotonic()
+        rate = (self.count - self._count_since) / max(now - self._since, 1e-9)
+        self._since, self._count_since = now, self.count
+        return rate
+
+    def mean_ms(self) -> float:
+        """Return the mean of the recent latencies (0 when none)."""
+        n = min(self.count, len(self.latencies))
+        return float(self.latencies[:n].mean()) if n else 0.0
+
+
+class DriverNode(Node):
+    """Drive the ego vehicle from its camera with a TD3 actor."""
+
+    def __init__(self):
+        """Read parameters, load the policy (or refuse to drive) and wire the topics."""
+        super().__init__('driver')
+        self.config = read_config(self)
+        import torch  # after rclpy: torch's import is slow and irrelevant to parameter errors
+        torch.set_num_threads(self.config.torch_threads)
+        try:
+            self.device = resolve_device(self.config.device)
+        except ValueError as error:
+            self.get_logger().error(f'{error}; running on CPU')
+            self.device = resolve_device('cpu')
+        self.pipeline = DrivingPipeline(self.config.spec, None, self.config.exploration)
+        self.status = 'no policy'
+        self._loaded_key = None
+        self._pending = None  # (runner, description) handed over by the loader thread
+        self._pending_lock = threading.Lock()
+        self._loader = None
+        self._odometry = None
+        self._odometry_time = None
+        self._route = None
+        self._last_frame_time = None
+        self._stalled = False
+        self.processed = RateMeter()
+        self.inference = RateMeter()
+        self.bad_frames = 0
+        self.last_reason = 'waiting for camera'
+        self._log_times = {}
+
+        self._load_initial_policy(torch)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.control_pub = self.create_publisher(CarlaEgoVehicleControl,
+                                                 self.config.control_topic, qos)
+        camera_qos = (QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                                 reliability=ReliabilityPolicy.RELIABLE)
+                      if self.config.camera_reliable else
+                      QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                                 reliability=qos_profile_sensor_data.reliability))
+        self.create_subscription(Image, self.config.camera_topic, self.on_image, camera_qos)
+        self.create_subscription(Odometry, self.config.odometry_topic, self.on_odometry, 10)
+        route_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=(DurabilityPolicy.TRANSIENT_LOCAL
+                                           if self.config.route_transient_local
+                                           else DurabilityPolicy.VOLATILE))
+        self.create_subscription(PathMsg, self.config.route_topic, self.on_route, route_qos)
+        self.create_subscription(Header, self.config.episode_start_topic,
+                                 self.on_episode_start, 10)
+        if self.config.publish_debug:
+            self.debug_pub = self.create_publisher(Image, '~/debug/frame_stack', 1)
+            self.marker_pub = self.create_publisher(MarkerArray, '~/debug/control_markers', 1)
+            stack = self.config.spec.preprocessing
+            self._debug_pixels = np.zeros(
+                (stack.image_size, stack.image_size * stack.frame_stack), np.uint8)
+            self._debug_scratch = np.zeros(
+                (stack.frame_stack, stack.image_size, stack.image_size), np.float32)
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._control_msg = CarlaEgoVehicleControl()
+        self.create_timer(self.config.frame_timeout / 5.0, self.check_watchdog)
+        self.create_timer(self.config.diagnostics_period, self.publish_diagnostics)
+        if self.config.checkpoint and self.config.checkpoint_poll_period > 0.0:
+            self.create_timer(self.config.checkpoint_poll_period, self.poll_checkpoint)
+        self.get_logger().info(
+            f'driving {self.config.role_name}: camera {self.config.camera_topic} -> '
+            f'{self.config.control_topic} on {self.device}, mode {self.config.exploration.mode}'
+            f', status: {self.status}')
+
+    # ----------------------------------------------------------------- policy loading
+    def _load_initial_policy(self, torch):
+        if self.config.checkpoint:
+            self.poll_checkpoint(block=True)
+        elif self.config.allow_random_policy:
+            torch.manual_seed(self.config.seed)
+            policy = ActorPolicy(self.config.spec.network)
+            self.pipeline.set_runner(PolicyRunner(policy, self.device))
+            self.status = 'random policy (allow_random_policy)'
+        else:
+            self.status = 'no policy'
+            self.get_logger().error(
+                'no checkpoint given: refusing to drive (publishing full brake). Set '
+                'checkpoint:=<file or dir>, or allow_random_policy:=true for a random policy.')
+
+    def poll_checkpoint(self, block: bool = False):
+        """Load the configured checkpoint if it is new; off the camera thread unless `block`."""
+        if self._loader is not None and self._loader.is_alive():
+            return
+        path = resolve_checkpoint(self.config.checkpoint)
+        try:
+            stat = os.stat(path) if path is not None else None
+        except OSError:
+            stat = None
+        if stat is None:
+            if self._loaded_key is None:
+                self._log_throttled('error', 'checkpoint', f'checkpoint {self.config.checkpoint}'
+                                    ' not found: braking until it appears')
+            return
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key == self._loaded_key:
+            return
+        self._loaded_key = key
+        if block:
+            self._load(path)
+        else:
+            self._loader = threading.Thread(target=self._load, args=(path,), daemon=True)
+            self._loader.start()
+
+    def _load(self, path: Path):
+        try:
+            policy, metadata = load_policy(path, self.config.spec)
+            runner = PolicyRunner(policy, self.device)
+        except CheckpointError as error:
+            self.get_logger().error(f'{error}; '
+                                    + ('keeping the current policy' if self.pipeline.runner
+                                       else 'braking'))
+            return
+        with self._pending_lock:
+            self._pending = (runner, f'{path.name} (step {metadata.get("step", "?")})')
+        if self.pipeline.runner is None:
+            self._swap_pending()
+
+    def _swap_pending(self):
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self.pipeline.set_runner(pending[0])
+            self.status = f'policy {pending[1]}'
+            self.get_logger().info(f'loaded {pending[1]}')
+
+    # ----------------------------------------------------------------- callbacks
+    def on_odometry(self, msg: Odometry):
+        """Keep the newest odometry."""
+        self._odometry = msg
+        self._odometry_time = time.monotonic()
+
+    def on_route(self, msg: PathMsg):
+        """Keep the route as an (M, 2) array."""
+        route = route_from_path(msg)
+        self._route = route if len(route) >= 2 else None
+
+    def on_episode_start(self, msg: Header):
+        """Reset the frame stack: frames of the previous episode must not leak into this one."""
+        self.pipeline.reset_episode()
+        self.get_logger().info(f'episode {msg.frame_id} starts: frame stack reset')
+
+    def on_image(self, msg: Image):
+        """Turn one camera frame into exactly one control command."""
+        received = time.perf_counter()
+        self._last_frame_time = time.monotonic()
+        if self._stalled:
+            self._stalled = False
+            self.get_logger().info('camera frames are back')
+        self._swap_pending()  # hot reload happens between frames, never during one
+        command, reason, result = self._decide(msg)
+        self.last_reason = reason
+        start = time.perf_counter()
+        self.publish_control(command, msg.header.stamp)
+        publish_ms = (time.perf_counter() - start) * 1e3
+        self.processed.add((time.perf_counter() - received) * 1e3)
+        if result is not None and 'inference' in result.timings_ms:
+            self.inference.add(result.timings_ms['inference'])
+        if self.config.publish_debug and result is not None:
+            self.publish_debug(msg.header, command)
+        if result is not None:
+            self._last_timings = dict(result.timings_ms, publish=publish_ms)
+
+    def _decide(self, msg: Image):
+        try:
+            image = ImageView.from_msg(msg)
+            odometry = self._odometry
+            if odometry is None or time.monotonic() - self._odometry_time > \
+                    self.config.odometry_timeout:
+                return SAFE_STOP, 'no recent odometry', None
+            if self.config.require_route and self._route is None:
+                return SAFE_STOP, 'no route', None
+            result = self.pipeline.step(image, pose_from_odometry(odometry),
+                                        speed_from_odometry(odometry), self._route)
+        except ImageFormatError as error:
+            self.bad_frames += 1
+            self._log_throttled('error', 'bad_frame', f'bad camera frame, braking: {error}')
+            return SAFE_STOP, f'bad frame: {error}', None
+        if result.command.is_safe_stop and result.reason != 'policy':
+            self._log_throttled('warn', result.reason, f'braking: {result.reason}')
+        return result.command, result.reason, result
+
+    def publish_control(self, command: ControlCommand, stamp):
+        """Publish one CarlaEgoVehicleControl (reusing the message object)."""
+        fill_control_msg(self._control_msg, command, stamp, self.config.role_name)
+        try:
+            self.control_pub.publish(self._control_msg)
+        except Exception as error:  # rclpy raises RCLError when DDS is saturated
+            self._log_throttled('error', 'publish', f'failed to publish control: {error}')
+
+    def check_watchdog(self):
+        """Brake while the camera is silent for longer than frame_timeout."""
+        last = self._last_frame_time
+        if last is not None and time.monotonic() - last <= self.config.frame_timeout:
+            return
+        if last is not None and not self._stalled:
+            self._stalled = True
+            self.get_logger().error(
+                f'no camera frame for {time.monotonic() - last:.2f} s '
+                f'(frame_timeout {self.config.frame_timeout} s): braking until frames return')
+        self.last_reason = 'camera stalled' if last is not None else 'waiting for camera'
+        self.publish_control(SAFE_STOP, self.get_clock().now().to_msg())
+
+    # ----------------------------------------------------------------- rviz and diagnostics
+    def publish_debug(self, header, command: ControlCommand):
+        """Publish the frame stack as one mono8 strip and the command as rviz markers."""
+        if self.debug_pub.get_subscription_count() > 0:
+            frames, size = self.config.spec.preprocessing.frame_stack, self._debug_pixels.shape[0]
+            low = -1.0 if self.config.spec.preprocessing.scale == 'zero_centered' else 0.0
+            np.subtract(self.pipeline.stack.frames, low, out=self._debug_scratch)
+            self._debug_scratch *= 255.0 / (1.0 - low)
+            np.clip(self._debug_scratch, 0.0, 255.0, out=self._debug_scratch)
+            # (F, S, S) -> (S, F, S) is the strip with the oldest frame on the left.
+            self._debug_pixels.reshape(size, frames, size)[:] = \
+                self._debug_scratch.transpose(1, 0, 2)
+            image = Image(header=header, height=size, width=self._debug_pixels.shape[1],
+                          encoding='mono8', is_bigendian=0, step=self._debug_pixels.shape[1])
+            image.data = self._debug_pixels.tobytes()
+            self.debug_pub.publish(image)
+        if self.marker_pub.get_subscription_count() > 0:
+            self.marker_pub.publish(control_markers(header.stamp, self.config.role_name,
+                                                    command))
+
+    def publish_diagnostics(self):
+        """Publish model, frame-rate and latency status on /diagnostics."""
+        status = DiagnosticStatus(name=f'av_td3_ros driver ({self.config.role_name})',
+                                  hardware_id=self.config.role_name)
+        driving = self.pipeline.runner is not None and not self._stalled
+        status.level = DiagnosticStatus.OK if driving else DiagnosticStatus.WARN
+        status.message = self.status if driving else f'braking: {self.last_reason}'
+        timings = getattr(self, '_last_timings', {})
+        values = {'model': self.status, 'device': str(self.device),
+                  'frame_rate_hz': f'{self.processed.rate():.2f}',
+                  'frames_processed': str(self.processed.count),
+                  'bad_frames': str(self.bad_frames),
+                  'callback_ms_mean': f'{self.processed.mean_ms():.3f}',
+                  'inference_ms_mean': f'{self.inference.mean_ms():.3f}',
+                  'last_reason': self.last_reason}
+        values.update({f'last_{k}_ms': f'{v:.3f}' for k, v in timings.items()})
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(array)
+
+    def _log_throttled(self, level: str, key: str, text: str):
+        now = time.monotonic()
+        if now - self._log_times.get(key, -1e9) >= LOG_THROTTLE_S:
+            self._log_times[key] = now
+            getattr(self.get_logger(), level)(text)
+
+
+
+def control_markers(stamp, frame_id: str, command: ControlCommand) -> MarkerArray:
+    """Build rviz markers: a steering arrow, throttle/brake bars and a text label."""
+    markers = []
+    arrow = Marker(ns='control', id=0, type=Marker.ARROW, action=Marker.ADD)
+    arrow.pose.orientation.z = float(np.sin(-command.steer * 0.35))  # 0.35 rad ~ 40 deg lock/2
+    arrow.pose.orientation.w = float(np.cos(-command.steer * 0.35))
+    arrow.scale.x, arrow.scale.y, arrow.scale.z = 3.0, 0.3, 0.3
+    arrow.color.g, arrow.color.a = 1.0, 1.0
+    markers.append(arrow)
+    for idx, (value, red, green, y) in enumerate(((command.throttle, 0.0, 1.0, 1.5),
+                                                  (command.brake, 1.0, 0.0, -1.5)), start=1):
+        bar = Marker(ns='control', id=idx, type=Marker.CUBE, action=Marker.ADD)
+        bar.scale.x, bar.scale.y, bar.scale.z = 0.3, 0.3, max(float(value) * 2.0, 0.01)
+        bar.pose.position.y, bar.pose.position.z = y, bar.scale.z / 2.0
+        bar.pose.orientation.w = 1.0
+        bar.color.r, bar.color.g, bar.color.a = red, green, 1.0
+        markers.append(bar)
+    text = Marker(ns='control', id=3, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+    text.text = (f'steer {command.steer:+.2f}  throttle {command.throttle:.2f}  '
+                 f'brake {command.brake:.2f}')
+    text.pose.position.z, text.pose.orientation.w = 3.0, 1.0
+    text.scale.z = 0.6
+    text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+    markers.append(text)
+    for marker in markers:
+        marker.header.stamp, marker.header.frame_id = stamp, frame_id
+    return MarkerArray(markers=markers)
+
+
+def main(args=None):
+    """Run the driver node until shutdown."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = DriverNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()
