@@ -1,0 +1,350 @@
+# Test if the TD3 learner keeps textbook TD3 semantics, resumes exactly and learns a toy task.
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from av_td3_ros.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.td3 import TD3, Batch, DeviceBatch, TD3Config, frames_to_float, resolve_device
+
+SMALL = NetworkConfig(image_size=36, features_dim=32, kinematic_dim=3, hidden_dim=32)
+
+
+def make_batch(size=8, net=SMALL, seed=0, terminated=None, truncated=None) -> Batch:
+    rng = np.random.default_rng(seed)
+    frames = (size, net.frame_stack, net.image_size, net.image_size)
+    zeros = np.zeros(size, np.float32)
+    return Batch(
+        obs_frames=rng.integers(0, 256, frames, dtype=np.uint8),
+        obs_vec=rng.normal(size=(size, net.kinematic_dim)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (size, net.action_dim)).astype(np.float32),
+        rewards=rng.normal(size=size).astype(np.float32),
+        next_frames=rng.integers(0, 256, frames, dtype=np.uint8),
+        next_vec=rng.normal(size=(size, net.kinematic_dim)).astype(np.float32),
+        terminated=zeros if terminated is None else np.asarray(terminated, np.float32),
+        truncated=zeros if truncated is None else np.asarray(truncated, np.float32),
+    )
+
+
+def make_agent(net=SMALL, **overrides) -> TD3:
+    return TD3(net, TD3Config(device='cpu', seed=overrides.pop('seed', 0), **overrides))
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_rejects_bad_values_by_name():
+    with pytest.raises(ValueError, match='tau'):
+        TD3Config(tau=0.0)
+    with pytest.raises(ValueError, match='frame_scale'):
+        TD3Config(frame_scale='imagenet')
+    with pytest.raises(ValueError, match='policy_frequency'):
+        TD3Config(policy_frequency=0)
+    assert TD3Config.from_dict(TD3Config(gamma=0.9).to_dict() | {'future_key': 1}).gamma == 0.9
+
+
+def test_resolve_device_auto():
+    expected = 'cuda' if torch.cuda.is_available() else 'cpu'
+    assert resolve_device('auto').type == expected
+    assert resolve_device('cpu').type == 'cpu'
+
+
+def test_frame_scaling_matches_preprocessing_bit_for_bit():
+    preprocessing = pytest.importorskip('av_td3_ros.preprocessing')
+    values = np.arange(256, dtype=np.uint8).reshape(1, 4, 8, 8)
+    for scale in ('zero_centered', 'unit'):
+        for channels_last in (False, True):
+            ours = frames_to_float(torch.from_numpy(values), scale, channels_last)
+            ref = preprocessing.scale_frames(values, scale)
+            assert ours.dtype == torch.float32
+            assert np.array_equal(ours.numpy(), ref), scale
+    zero_centered = frames_to_float(torch.from_numpy(values)).numpy()
+    assert zero_centered.min() == -1.0 and zero_centered.max() == 1.0
+    np.testing.assert_allclose(zero_centered, (values / 255.0 - 0.5) / 0.5, atol=1e-7)
+    with pytest.raises(TypeError, match='uint8'):
+        frames_to_float(torch.zeros(1, 4, 8, 8))
+
+
+def test_prepare_rejects_float_frames():
+    batch = make_batch()
+    batch = batch._replace(obs_frames=batch.obs_frames.astype(np.float32))
+    with pytest.raises(TypeError, match='uint8'):
+        make_agent().prepare(batch)
+
+
+def test_targets_start_equal_and_are_frozen_copies():
+    agent = make_agent()
+    for online, target in ((agent.actor, agent.target_actor),
+                           (agent.critic, agent.target_critic),
+                           (agent.actor_cnn, agent.target_actor_cnn),
+                           (agent.critic_cnn, agent.target_critic_cnn)):
+        assert same(snapshot(online), snapshot(target))
+        assert all(not p.requires_grad for p in target.parameters())
+        assert all(p.data_ptr() != q.data_ptr()
+                   for p, q in zip(online.parameters(), target.parameters(), strict=True))
+    # Actor and critic own separate encoders.
+    assert agent.actor_cnn is not agent.critic_cnn
+    assert not same(snapshot(agent.actor_cnn), snapshot(agent.critic_cnn))
+
+
+def test_policy_delay_and_polyak_formula():
+    tau = 0.3  # large, so a wrong blend is far outside float tolerance
+    agent = make_agent(tau=tau)
+    batch = make_batch()
+    modules = agent.modules()
+    online_names = ('actor_cnn', 'actor', 'critic_cnn', 'critic')
+    before = {name: snapshot(module) for name, module in modules.items()}
+
+    metrics = agent.update(batch)
+    assert 'actor_loss' not in metrics and 'critic_loss' in metrics
+    assert same(snapshot(agent.actor), before['actor'])
+    assert same(snapshot(agent.actor_cnn), before['actor_cnn'])
+    assert not same(snapshot(agent.critic), before['critic'])
+    assert not same(snapshot(agent.critic_cnn), before['critic_cnn'])
+    for name in modules:
+        if name.startswith('target_'):
+            assert same(snapshot(modules[name]), before[name]), name
+
+    targets_before = {name: snapshot(modules[name]) for name in modules
+                      if name.startswith('target_')}
+    metrics = agent.update(batch)
+    assert 'actor_loss' in metrics and 'actor_grad_norm' in metrics
+    assert not same(snapshot(agent.actor), before['actor'])
+    assert not same(snapshot(agent.actor_cnn), before['actor_cnn'])
+    for name in online_names:
+        online = snapshot(modules[name])
+        target_old = targets_before[f'target_{name}']
+        target_new = snapshot(modules[f'target_{name}'])
+        for key, value in online.items():
+            expected = (1 - tau) * target_old[key] + tau * value
+            torch.testing.assert_close(target_new[key], expected, rtol=0, atol=1e-6)
+            assert not torch.equal(target_new[key], target_old[key]) or torch.equal(
+                value, target_old[key])
+    assert agent.total_updates == 2
+
+
+def test_actor_and_critic_losses_do_not_leak_gradients():
+    agent = make_agent()
+    batch = agent.prepare(make_batch())
+    critic_params = list(agent.critic.parameters()) + list(agent.critic_cnn.parameters())
+    actor_params = list(agent.actor.parameters()) + list(agent.actor_cnn.parameters())
+
+    loss, _ = agent.actor_loss(batch)
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in critic_params)
+    assert all(p.grad is not None for p in actor_params)
+    assert any(p.grad.any() for p in agent.actor_cnn.parameters())
+    assert all(p.requires_grad for p in critic_params)  # frozen only while building the graph
+
+    for param in actor_params + critic_params:
+        param.grad = None
+    loss, _ = agent.critic_loss(batch)
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in actor_params)
+    assert all(p.grad is not None for p in critic_params)
+    assert any(p.grad.any() for p in agent.critic_cnn.parameters())
+    targets = [agent.target_actor, agent.target_critic, agent.target_actor_cnn,
+               agent.target_critic_cnn]
+    assert all(p.grad is None for module in targets for p in module.parameters())
+
+
+def test_truncation_bootstraps_and_termination_does_not():
+    agent = make_agent(policy_noise=0.0, gamma=0.9)
+    base = make_batch(size=1)
+    rows = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (terminated, truncated)
+    batch = Batch(*[np.repeat(np.asarray(field), len(rows), axis=0) for field in base])
+    batch = batch._replace(rewards=np.array([1.0, 1.0, 1.0, 1.0], np.float32),
+                           terminated=np.array([r[0] for r in rows], np.float32),
+                           truncated=np.array([r[1] for r in rows], np.float32))
+    y = agent.td_target(batch)
+
+    b = agent.prepare(batch)
+    with torch.no_grad():
+        next_action = agent.target_actor(torch.cat(
+            [agent.target_actor_cnn(b.next_obs), b.next_vec], 1)).clamp(-1, 1)
+        q1, q2 = agent.target_critic(
+            torch.cat([agent.target_critic_cnn(b.next_obs), b.next_vec], 1), next_action)
+    bootstrap = 1.0 + 0.9 * torch.minimum(q1, q2)[0, 0]
+    torch.testing.assert_close(y[0], bootstrap)
+    torch.testing.assert_close(y[1], bootstrap)  # truncated: still bootstraps
+    assert y[2] == 1.0 and y[3] == 1.0  # terminated: reward only
+    assert not torch.isclose(bootstrap, torch.tensor(1.0))
+
+
+def test_target_without_encoder_targets_uses_online_cnns():
+    agent = make_agent(policy_noise=0.0, target_encoders=False)
+    assert agent.target_actor_cnn is None and 'target_actor_cnn' not in agent.modules()
+    batch = make_batch()
+    b = agent.prepare(batch)
+    with torch.no_grad():
+        action = agent.target_actor(torch.cat([agent.actor_cnn(b.next_obs), b.next_vec], 1))
+        q1, q2 = agent.target_critic(torch.cat([agent.critic_cnn(b.next_obs), b.next_vec], 1),
+                                     action)
+    expected = b.rewards + agent.config.gamma * torch.minimum(q1, q2).squeeze(1)
+    torch.testing.assert_close(agent.td_target(b), expected)
+    agent.update(batch)
+    agent.update(batch)  # polyak over the MLP targets only must work too
+
+
+def test_target_policy_noise_is_clipped():
+    agent = make_agent(policy_noise=1e3, noise_clip=0.3)
+    b = agent.prepare(make_batch(size=64))
+    with torch.no_grad():
+        clean = agent.target_actor(torch.cat([agent.target_actor_cnn(b.next_obs),
+                                              b.next_vec], 1))
+    noisy = agent.target_actions(b)
+    assert noisy.abs().max() <= 1.0
+    # With huge noise every component is pushed to clean +- clip (then to the action bound).
+    shifted = (noisy - clean).abs()
+    assert shifted.max() <= 0.3 + 1e-6
+    at_bound = torch.isclose(noisy, (clean + 0.3).clamp(-1, 1)) | torch.isclose(
+        noisy, (clean - 0.3).clamp(-1, 1))
+    assert at_bound.float().mean() > 0.95
+    assert (noisy > clean).any() and (noisy < clean).any()
+
+
+def test_policy_state_loads_into_actor_policy():
+    agent = make_agent()
+    batch = make_batch()
+    agent.update(batch)
+    agent.update(batch)
+    policy = ActorPolicy(SMALL)
+    policy.load_state_dict(agent.policy_state(), strict=True)
+    assert 'cnn.conv1.weight' in agent.policy_state()
+    assert 'actor.fc1.weight' in agent.policy_state()
+    b = agent.prepare(batch)
+    with torch.no_grad():
+        expected = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
+        got = policy(b.obs.contiguous(), b.obs_vec)
+    torch.testing.assert_close(got, expected)
+
+
+def all_state(agent):
+    return agent.state_tensors()[0]
+
+
+@pytest.mark.parametrize('impl', ['fused', 'foreach'])
+def test_resume_is_bit_for_bit(impl):
+    batches = [make_batch(seed=s) for s in range(6)]
+    agent = make_agent(optimizer_impl=impl, seed=1)
+    for batch in batches[:3]:
+        agent.update(batch)
+    tensors, metadata = agent.state_tensors()
+    assert all(isinstance(v, torch.Tensor) and v.device.type == 'cpu' and v.is_contiguous()
+               for v in tensors.values())
+    metadata = json.loads(json.dumps(metadata))  # must survive JSON
+    assert metadata['total_updates'] == 3
+    assert any(k.startswith('optim.critic.critic_cnn.conv1.weight.exp_avg') for k in tensors)
+
+    fresh = make_agent(optimizer_impl=impl, seed=2)
+    assert not same(all_state(fresh), tensors)
+    fresh.load_state_tensors(tensors, metadata)
+    assert same(all_state(fresh), tensors)
+    assert fresh.total_updates == 3
+    for batch in batches[3:]:  # covers a critic-only and an actor update
+        m1, m2 = agent.update(batch), fresh.update(batch)
+        assert m1.keys() == m2.keys()
+        assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    assert same(all_state(agent), all_state(fresh))
+
+
+def test_load_rejects_mismatched_state():
+    agent = make_agent()
+    tensors, metadata = agent.state_tensors()
+    other = TD3(dataclasses.replace(SMALL, hidden_dim=16), TD3Config(device='cpu'))
+    with pytest.raises(ValueError, match='hidden_dim'):
+        other.load_state_tensors(tensors, metadata)
+    no_targets = make_agent(target_encoders=False)
+    with pytest.raises(ValueError, match='unexpected'):
+        no_targets.load_state_tensors(tensors, metadata)
+    with pytest.raises(ValueError, match='format'):
+        agent.load_state_tensors(tensors, {**metadata, 'format': 'pickle'})
+
+
+def test_activation_health_ranges_and_relu_vs_leaky():
+    batch = make_batch(size=16)
+    for activation in ('leaky_relu', 'relu'):
+        agent = make_agent(dataclasses.replace(SMALL, activation=activation))
+        health = agent.activation_health(batch)
+        assert len(health) == 2 * 3 * 3
+        assert all(0.0 <= v <= 1.0 for v in health.values())
+        assert 0.2 < health['actor_cnn.conv1.negative_fraction'] < 0.8
+
+    # Kill conv1 of the actor CNN: with ReLU every later unit sees only its bias (0), so
+    # conv2 is dead too; LeakyReLU still passes a signal and keeps conv2 units alive.
+    dead_conv2 = {}
+    for activation in ('leaky_relu', 'relu'):
+        agent = make_agent(dataclasses.replace(SMALL, activation=activation))
+        with torch.no_grad():
+            agent.actor_cnn.conv1.bias.fill_(-1e3)
+        health = agent.activation_health(batch)
+        assert health['actor_cnn.conv1.negative_fraction'] == 1.0
+        assert health['actor_cnn.conv1.dead_unit_fraction'] == 1.0
+        assert health['actor_cnn.conv1.dead_channel_fraction'] == 1.0
+        assert health['critic_cnn.conv1.dead_channel_fraction'] < 1.0
+        dead_conv2[activation] = health['actor_cnn.conv2.dead_unit_fraction']
+    assert dead_conv2['relu'] == 1.0
+    assert dead_conv2['leaky_relu'] < 0.9
+
+
+def test_update_accepts_tensors_and_bool_flags():
+    batch = make_batch()
+    as_tensors = Batch(*[torch.as_tensor(np.asarray(f)) for f in batch])
+    as_tensors = as_tensors._replace(terminated=torch.zeros(8, dtype=torch.bool),
+                                     truncated=torch.ones(8, dtype=torch.bool))
+    agent = make_agent()
+    prepared = agent.prepare(as_tensors)
+    assert isinstance(prepared, DeviceBatch)
+    assert prepared.terminated.dtype == torch.float32 and prepared.obs.dtype == torch.float32
+    metrics = agent.update(as_tensors)
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_update_on_cuda():
+    agent = make_agent(device='cuda')
+    metrics = agent.update(make_batch())
+    assert metrics['critic_loss'].device.type == 'cuda'
+
+
+def bandit_batch(rng, size, net, actions=None) -> tuple[Batch, np.ndarray]:
+    """Return a one-step bandit: bright frames reward +a[0], dark frames reward -a[0]."""
+    sign = rng.choice([-1.0, 1.0], size=size).astype(np.float32)
+    level = np.where(sign > 0, 200, 55)[:, None, None, None]
+    shape = (size, net.frame_stack, net.image_size, net.image_size)
+    frames = np.clip(level + rng.integers(-30, 31, shape), 0, 255).astype(np.uint8)
+    if actions is None:
+        actions = rng.uniform(-1, 1, (size, net.action_dim)).astype(np.float32)
+    vec = np.zeros((size, net.kinematic_dim), np.float32)
+    ones = np.ones(size, np.float32)
+    batch = Batch(frames, vec, actions, actions[:, 0] * sign, frames, vec, ones, 0 * ones)
+    return batch, sign
+
+
+@pytest.mark.slow
+def test_learns_a_tiny_image_bandit():
+    torch.manual_seed(0)
+    net = NetworkConfig(frame_stack=2, image_size=36, features_dim=32, kinematic_dim=1,
+                        hidden_dim=64)
+    agent = TD3(net, TD3Config(device='cpu', seed=0, actor_lr=1e-3, critic_lr=1e-3))
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(300):
+        batch, _ = bandit_batch(rng, 64, net)
+        losses.append(float(agent.update(batch)['critic_loss']))
+    assert np.mean(losses[-30:]) < 0.5 * np.mean(losses[:30])
+
+    test_batch, sign = bandit_batch(np.random.default_rng(1), 512, net)
+    b = agent.prepare(test_batch)
+    with torch.no_grad():
+        actions = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1)).numpy()
+    learned = float(np.mean(actions[:, 0] * sign))
+    random_return = float(np.mean(test_batch.actions[:, 0] * sign))  # uniform actions
+    assert learned > random_return + 0.5, (learned, random_return)
