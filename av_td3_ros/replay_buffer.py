@@ -546,18 +546,22 @@ class ReplayBuffer:
                 filled[:, k] = np.where(missing[:, k], filled[:, k + 1], filled[:, k])
             links, missing = filled, np.zeros_like(missing)
         slots = np.where(missing, 0, links) % n
-        frames = self._frames[slots]  # one gather of stack + 1 frames per sample
+        # Two direct gathers into contiguous outputs copy fewer bytes than one gather of
+        # stack + 1 frames followed by two contiguous copies of the overlapping slices.
+        obs_frames = self._frames[slots[:, :stack]]
+        next_frames = self._frames[slots[:, 1:]]
         if missing.any():
-            frames[missing] = 0
+            obs_frames[missing[:, :stack]] = 0
+            next_frames[missing[:, 1:]] = 0
         newest = slots[:, stack]
         prev = slots[:, stack - 1]
         flags = self._flags[newest]
         return Batch(
-            obs_frames=np.ascontiguousarray(frames[:, :stack]),
+            obs_frames=np.asarray(obs_frames),
             obs_vec=self._vec[prev].astype(np.float32),
             actions=np.array(self._action[newest], dtype=np.float32),
             rewards=np.array(self._reward[newest], dtype=np.float32),
-            next_frames=np.ascontiguousarray(frames[:, 1:]),
+            next_frames=np.asarray(next_frames),
             next_vec=self._vec[newest].astype(np.float32),
             terminated=((flags & _TERMINATED) != 0).astype(np.float32),
             truncated=((flags & _TRUNCATED) != 0).astype(np.float32),
