@@ -34,7 +34,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from .checkpoint import CheckpointError, PolicySpec, load_policy, resolve_checkpoint
 from .control import SAFE_STOP, ControlCommand
-from .features import FeatureConfig
+from .features import FeatureConfig, Pose2D
 from .inference import PolicyRunner, resolve_device
 from .networks import ActorPolicy, NetworkConfig
 from .node_params import ParameterReader
@@ -391,8 +391,10 @@ class DriverNode(Node):
             image.data = self._debug_pixels.tobytes()
             self.debug_pub.publish(image)
         if self.marker_pub.get_subscription_count() > 0:
-            self.marker_pub.publish(control_markers(header.stamp, self.config.role_name,
-                                                    command))
+            odometry = self._odometry
+            pose = pose_from_odometry(odometry) if odometry is not None else Pose2D(0, 0, 0)
+            # In the map frame at the vehicle's pose: needs no TF from the simulator.
+            self.marker_pub.publish(control_markers(header.stamp, 'map', pose, command))
 
     def publish_diagnostics(self):
         """Publish model, frame-rate and latency status on /diagnostics."""
@@ -423,12 +425,16 @@ class DriverNode(Node):
 
 
 
-def control_markers(stamp, frame_id: str, command: ControlCommand) -> MarkerArray:
-    """Build rviz markers: a steering arrow, throttle/brake bars and a text label."""
+def control_markers(stamp, frame_id: str, pose: Pose2D,
+                    command: ControlCommand) -> MarkerArray:
+    """Build rviz markers at `pose`: a steering arrow, throttle/brake bars and a text label."""
     markers = []
     arrow = Marker(ns='control', id=0, type=Marker.ARROW, action=Marker.ADD)
-    arrow.pose.orientation.z = float(np.sin(-command.steer * 0.35))  # 0.35 rad ~ 40 deg lock/2
-    arrow.pose.orientation.w = float(np.cos(-command.steer * 0.35))
+    # Arrow yaw = heading minus steer (positive steer turns right in CARLA); 0.6 rad at full
+    # lock is only for display.
+    half_yaw = 0.5 * (pose.yaw - 0.6 * command.steer)
+    arrow.pose.orientation.z = float(np.sin(half_yaw))
+    arrow.pose.orientation.w = float(np.cos(half_yaw))
     arrow.scale.x, arrow.scale.y, arrow.scale.z = 3.0, 0.3, 0.3
     arrow.color.g, arrow.color.a = 1.0, 1.0
     markers.append(arrow)
@@ -436,7 +442,9 @@ def control_markers(stamp, frame_id: str, command: ControlCommand) -> MarkerArra
                                                   (command.brake, 1.0, 0.0, -1.5)), start=1):
         bar = Marker(ns='control', id=idx, type=Marker.CUBE, action=Marker.ADD)
         bar.scale.x, bar.scale.y, bar.scale.z = 0.3, 0.3, max(float(value) * 2.0, 0.01)
-        bar.pose.position.y, bar.pose.position.z = y, bar.scale.z / 2.0
+        bar.pose.position.x = -y * float(np.sin(pose.yaw))
+        bar.pose.position.y = y * float(np.cos(pose.yaw))
+        bar.pose.position.z = bar.scale.z / 2.0
         bar.pose.orientation.w = 1.0
         bar.color.r, bar.color.g, bar.color.a = red, green, 1.0
         markers.append(bar)
@@ -449,6 +457,8 @@ def control_markers(stamp, frame_id: str, command: ControlCommand) -> MarkerArra
     markers.append(text)
     for marker in markers:
         marker.header.stamp, marker.header.frame_id = stamp, frame_id
+        marker.pose.position.x += pose.x
+        marker.pose.position.y += pose.y
     return MarkerArray(markers=markers)
 
 
