@@ -14,7 +14,7 @@ from .checkpoint import PolicySpec
 from .control import SAFE_STOP, ControlCommand, action_to_control
 from .features import Pose2D, RouteState, kinematic_vector
 from .inference import PolicyRunner
-from .preprocessing import FrameStack, ImageView, scale_frames, to_gray
+from .preprocessing import FrameStack, ImageView, gray_from_pixels, image_pixels, scale_frames
 
 MODES = ('eval', 'explore')
 
@@ -91,7 +91,10 @@ class DrivingPipeline:
         """Process one camera frame; raise ImageFormatError (stack untouched) if it is bad."""
         timings = {}
         start = time.perf_counter()
-        gray = to_gray(image, self.spec.preprocessing.image_size)
+        pixels = image_pixels(image)
+        timings['conversion'] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        gray = gray_from_pixels(pixels, image.encoding, self.spec.preprocessing.image_size)
         scale_frames(gray, self.spec.preprocessing.scale, out=self._frame)
         frames = self.stack.push(self._frame)
         timings['preprocess'] = (time.perf_counter() - start) * 1e3

@@ -99,12 +99,16 @@ def image_pixels(image: ImageView) -> np.ndarray:
     return rows[:, :row_bytes].reshape(image.height, image.width, channels)
 
 
-def to_gray(image: ImageView, size: int = 84) -> np.ndarray:
-    """Decode a frame to a (size, size) uint8 grey image (grey, then INTER_AREA resize)."""
-    pixels = image_pixels(image)
-    _, conversion = ENCODINGS[image.encoding]
+def gray_from_pixels(pixels: np.ndarray, encoding: str, size: int = 84) -> np.ndarray:
+    """Turn an (H, W, C) view from `image_pixels` into a (size, size) uint8 grey image."""
+    _, conversion = ENCODINGS[encoding]
     gray = pixels[:, :, 0] if conversion is None else cv2.cvtColor(pixels, conversion)
     return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def to_gray(image: ImageView, size: int = 84) -> np.ndarray:
+    """Decode a frame to a (size, size) uint8 grey image (grey, then INTER_AREA resize)."""
+    return gray_from_pixels(image_pixels(image), image.encoding, size)
 
 
 def scale_frames(frames_u8: np.ndarray, scale: str = 'zero_centered',
