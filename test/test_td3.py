@@ -12,6 +12,16 @@ from av_td3_ros.td3 import TD3, Batch, DeviceBatch, TD3Config, frames_to_float, 
 SMALL = NetworkConfig(image_size=36, features_dim=32, kinematic_dim=3, hidden_dim=32)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Test-sized tensors gain nothing from intra-op threads, and on a busy 2-core CI box two
+    # OpenMP threads waiting on each other can make each update 10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_batch(size=8, net=SMALL, seed=0, terminated=None, truncated=None) -> Batch:
     rng = np.random.default_rng(seed)
     frames = (size, net.frame_stack, net.image_size, net.image_size)
@@ -328,18 +338,16 @@ def bandit_batch(rng, size, net, actions=None) -> tuple[Batch, np.ndarray]:
     return batch, sign
 
 
-@pytest.mark.slow
 def test_learns_a_tiny_image_bandit():
-    torch.manual_seed(0)
-    net = NetworkConfig(frame_stack=2, image_size=36, features_dim=32, kinematic_dim=1,
-                        hidden_dim=64)
-    agent = TD3(net, TD3Config(device='cpu', seed=0, actor_lr=1e-3, critic_lr=1e-3))
+    net = NetworkConfig(frame_stack=1, image_size=36, features_dim=32, kinematic_dim=1,
+                        hidden_dim=32)
+    agent = TD3(net, TD3Config(device='cpu', seed=0, actor_lr=2e-3, critic_lr=2e-3))
     rng = np.random.default_rng(0)
     losses = []
-    for _ in range(300):
-        batch, _ = bandit_batch(rng, 64, net)
+    for _ in range(120):
+        batch, _ = bandit_batch(rng, 32, net)
         losses.append(float(agent.update(batch)['critic_loss']))
-    assert np.mean(losses[-30:]) < 0.5 * np.mean(losses[:30])
+    assert np.mean(losses[-20:]) < 0.25 * np.mean(losses[:20])
 
     test_batch, sign = bandit_batch(np.random.default_rng(1), 512, net)
     b = agent.prepare(test_batch)
