@@ -1,0 +1,269 @@
+"""Tests for the per-frame driving pipeline (frames + pose -> control command), on CPU."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from av_td3_ros.checkpoint import PolicySpec
+from av_td3_ros.control import SAFE_STOP, action_to_control
+from av_td3_ros.features import Pose2D, kinematic_vector
+from av_td3_ros.inference import PolicyRunner
+from av_td3_ros.networks import ActorPolicy
+from av_td3_ros.pipeline import DrivingPipeline, ExplorationConfig
+from av_td3_ros.preprocessing import FrameStack, ImageFormatError, ImageView, preprocess
+
+SPEC = PolicySpec()
+CPU = torch.device('cpu')
+ROUTE = np.stack([np.arange(0.0, 200.0, 2.0), np.zeros(100)], axis=1)
+
+
+@pytest.fixture(scope='module')
+def policy():
+    """Return a random default policy (tests must not modify it)."""
+    torch.manual_seed(7)
+    return ActorPolicy(SPEC.network)
+
+
+@pytest.fixture
+def runner(policy):
+    return PolicyRunner(policy, CPU)
+
+
+def camera_frame(index, height=150, width=200, encoding='bgra8'):
+    """Return a deterministic random camera frame as an ImageView."""
+    channels = 4 if encoding.endswith('a8') else 3
+    rng = np.random.default_rng(index)
+    data = rng.integers(0, 256, height * width * channels, dtype=np.uint8).tobytes()
+    return ImageView(encoding, height, width, width * channels, data)
+
+
+def pose(index):
+    return Pose2D(x=2.0 * index + 1.0, y=0.3 * math.sin(index), yaw=0.05 * index)
+
+
+class ConstantRunner:
+    """Runner stand-in that returns a fixed action and counts its calls."""
+
+    def __init__(self, action):
+        self.action = np.asarray(action, np.float32)
+        self.calls = 0
+
+    def act(self, frames, kinematics):
+        """Return the fixed action."""
+        self.calls += 1
+        return self.action.copy()
+
+
+def assert_valid_command(command):
+    """Check the CarlaEgoVehicleControl ranges."""
+    assert -1.0 <= command.steer <= 1.0
+    assert 0.0 <= command.throttle <= 1.0
+    assert 0.0 <= command.brake <= 1.0
+    assert command.throttle == 0.0 or command.brake == 0.0
+    assert command.hand_brake is False and command.reverse is False
+    for value in (command.steer, command.throttle, command.brake):
+        assert type(value) is float
+
+
+# --- eval mode -----------------------------------------------------------------------------------
+
+def test_one_command_per_frame_in_range(runner):
+    pipeline = DrivingPipeline(SPEC, runner)
+    for i in range(6):
+        result = pipeline.step(camera_frame(i), pose(i), 3.0 + i, ROUTE)
+        assert result.reason == 'policy'
+        assert result.action.shape == (2,) and np.isfinite(result.action).all()
+        assert result.command == action_to_control(*result.action)
+        assert_valid_command(result.command)
+        assert result.route is not None and result.route.segment == i
+        assert {'preprocess', 'features', 'inference'} <= set(result.timings_ms)
+    assert pipeline.steps == 6
+
+
+def test_800x600_camera_frame(runner):
+    pipeline = DrivingPipeline(SPEC, runner)
+    result = pipeline.step(camera_frame(0, 600, 800), pose(0), 0.0, None)
+    assert result.reason == 'policy'
+    assert_valid_command(result.command)
+    assert result.route is None
+
+
+def test_action_equals_the_policy_on_the_hand_built_observation(policy, runner):
+    pipeline = DrivingPipeline(SPEC, runner)
+    stack = FrameStack(SPEC.preprocessing)
+    for i in range(5):
+        image = camera_frame(i)
+        result = pipeline.step(image, pose(i), 4.0, ROUTE)
+        frames = stack.push(preprocess(image, SPEC.preprocessing)).copy()
+        kinematics, _ = kinematic_vector(pose(i), 4.0, ROUTE, SPEC.features)
+        with torch.no_grad():
+            expected = policy(torch.from_numpy(frames)[None], torch.from_numpy(kinematics)[None])
+        np.testing.assert_allclose(result.action, expected[0].numpy(), rtol=0, atol=1e-6)
+
+
+def test_eval_mode_is_deterministic_after_reset(runner, policy):
+    pipeline = DrivingPipeline(SPEC, runner)
+    first = [pipeline.step(camera_frame(i), pose(i), 5.0, ROUTE).action.copy()
+             for i in range(5)]
+    pipeline.reset_episode()
+    second = [pipeline.step(camera_frame(i), pose(i), 5.0, ROUTE).action.copy()
+              for i in range(5)]
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The stack really was cleared: without the reset the same frames give other actions.
+    third = [pipeline.step(camera_frame(i), pose(i), 5.0, ROUTE).action.copy()
+             for i in range(2)]
+    assert not np.array_equal(third[0], first[0])
+    fresh = DrivingPipeline(SPEC, PolicyRunner(policy, CPU))
+    np.testing.assert_array_equal(fresh.step(camera_frame(0), pose(0), 5.0, ROUTE).action,
+                                  first[0])
+
+
+# --- no policy / non-finite ----------------------------------------------------------------------
+
+def test_no_policy_gives_safe_stop():
+    pipeline = DrivingPipeline(SPEC, None)
+    result = pipeline.step(camera_frame(0), pose(0), 2.0, ROUTE)
+    assert result.command is SAFE_STOP
+    assert result.reason == 'no policy'
+    assert result.action is None
+    assert result.route is not None
+
+
+def test_set_runner_switches_between_stop_and_driving(runner):
+    pipeline = DrivingPipeline(SPEC, None)
+    assert pipeline.step(camera_frame(0), pose(0), 0.0, ROUTE).reason == 'no policy'
+    pipeline.set_runner(runner)
+    assert pipeline.step(camera_frame(1), pose(1), 0.0, ROUTE).reason == 'policy'
+    pipeline.set_runner(None)
+    assert pipeline.step(camera_frame(2), pose(2), 0.0, ROUTE).command is SAFE_STOP
+
+
+def test_nan_weights_give_safe_stop():
+    torch.manual_seed(1)
+    bad = ActorPolicy(SPEC.network)
+    with torch.no_grad():
+        bad.actor.fc3.bias[1] = float('nan')  # what load_policy would have refused
+    pipeline = DrivingPipeline(SPEC, PolicyRunner(bad, CPU))
+    result = pipeline.step(camera_frame(0), pose(0), 2.0, ROUTE)
+    assert result.command is SAFE_STOP
+    assert result.reason == 'non-finite action'
+    assert np.isnan(result.action[1])
+
+
+@pytest.mark.parametrize('action', [[math.inf, 0.0], [0.0, -math.inf], [math.nan, math.nan]])
+def test_non_finite_runner_output_gives_safe_stop_in_explore_mode_too(action):
+    exploration = ExplorationConfig(mode='explore', random_steps=0)
+    pipeline = DrivingPipeline(SPEC, ConstantRunner(action), exploration)
+    result = pipeline.step(camera_frame(0), pose(0), 2.0, ROUTE)
+    assert result.command is SAFE_STOP
+    assert result.reason == 'non-finite action'
+
+
+# --- explore mode --------------------------------------------------------------------------------
+
+def test_noise_schedule_values():
+    config = ExplorationConfig(mode='explore', random_steps=100, noise_start=0.3,
+                               noise_end=0.1, noise_decay_steps=1000)
+    assert config.noise_std(0) == pytest.approx(0.3)
+    assert config.noise_std(100) == pytest.approx(0.3)
+    assert config.noise_std(350) == pytest.approx(0.25)
+    assert config.noise_std(600) == pytest.approx(0.2)
+    assert config.noise_std(1100) == pytest.approx(0.1)
+    assert config.noise_std(10 ** 6) == pytest.approx(0.1)
+    stds = [config.noise_std(s) for s in range(0, 1500, 10)]
+    assert all(a >= b for a, b in zip(stds[:-1], stds[1:], strict=True))
+    assert ExplorationConfig(noise_decay_steps=0, noise_end=0.05).noise_std(7) == 0.05
+
+
+def test_av_td3_system_schedule_defaults():
+    config = ExplorationConfig(mode='explore')
+    assert config.random_steps == 10000
+    assert config.noise_std(10000) == pytest.approx(0.3)
+    assert config.noise_std(30000) == pytest.approx(0.1)
+
+
+def test_exploration_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="'train'"):
+        ExplorationConfig(mode='train')
+    with pytest.raises(ValueError, match='random_steps'):
+        ExplorationConfig(random_steps=-1)
+
+
+def test_explore_random_phase_then_scheduled_noise():
+    config = ExplorationConfig(mode='explore', random_steps=3, noise_start=0.3, noise_end=0.1,
+                               noise_decay_steps=10, seed=42)
+    base = np.array([0.2, -0.1], np.float32)
+    stub = ConstantRunner(base)
+    pipeline = DrivingPipeline(SPEC, stub, config)
+    rng = np.random.default_rng(42)  # replays the pipeline's seeded draws
+    for step in range(1, 4):
+        result = pipeline.step(camera_frame(step), pose(step), 1.0, ROUTE)
+        assert result.reason == 'random'
+        expected = rng.uniform(-1.0, 1.0, 2)
+        np.testing.assert_array_equal(result.action, expected)
+        assert result.command == action_to_control(*expected)
+    assert stub.calls == 0  # the policy is not consulted in the random phase
+    for step in range(4, 20):
+        result = pipeline.step(camera_frame(step), pose(step), 1.0, ROUTE)
+        assert result.reason == 'policy'
+        noise = rng.normal(0.0, config.noise_std(step), 2)
+        np.testing.assert_allclose(result.action, np.clip(base + noise, -1, 1), atol=1e-6)
+        assert_valid_command(result.command)
+    assert stub.calls == 16
+
+
+def test_explore_noise_has_the_scheduled_spread_and_is_clipped():
+    config = ExplorationConfig(mode='explore', random_steps=0, noise_end=0.5,
+                               noise_decay_steps=0)
+    stub = ConstantRunner([0.9, 0.0])
+    pipeline = DrivingPipeline(SPEC, stub, config)
+    image = camera_frame(0, 40, 40)
+    actions = np.array([pipeline.step(image, pose(0), 1.0, None).action for _ in range(400)])
+    assert actions.max() <= 1.0 and actions.min() >= -1.0
+    assert (actions[:, 0] == 1.0).sum() > 50  # 0.9 + N(0, 0.5) is often clipped
+    assert 0.4 < actions[:, 1].std() < 0.6
+
+
+def test_random_phase_without_policy_still_drives():
+    config = ExplorationConfig(mode='explore', random_steps=2)
+    pipeline = DrivingPipeline(SPEC, None, config)
+    reasons = [pipeline.step(camera_frame(i), pose(i), 1.0, ROUTE).reason for i in range(3)]
+    assert reasons == ['random', 'random', 'no policy']
+
+
+def test_eval_mode_adds_no_noise():
+    stub = ConstantRunner([0.25, -0.5])
+    pipeline = DrivingPipeline(SPEC, stub, ExplorationConfig(mode='eval', random_steps=5))
+    for i in range(3):
+        result = pipeline.step(camera_frame(i), pose(i), 1.0, ROUTE)
+        assert result.reason == 'policy'
+        np.testing.assert_array_equal(result.action, [0.25, -0.5])
+    assert stub.calls == 3
+
+
+# --- bad images ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('bad', [
+    ImageView('yuv422', 150, 200, 400, bytes(150 * 400)),
+    ImageView('bgra8', 150, 200, 800, bytes(150 * 800 - 1)),
+    ImageView('bgra8', 0, 200, 800, b''),
+    ImageView('bgra8', 150, 200, 600, bytes(150 * 600)),
+])
+def test_bad_image_raises_and_leaves_the_stack_unchanged(runner, bad):
+    pipeline = DrivingPipeline(SPEC, runner)
+    for i in range(2):
+        pipeline.step(camera_frame(i), pose(i), 1.0, ROUTE)
+    before = pipeline.stack.frames.copy()
+    with pytest.raises(ImageFormatError):
+        pipeline.step(bad, pose(2), 1.0, ROUTE)
+    np.testing.assert_array_equal(pipeline.stack.frames, before)
+    assert pipeline.stack.count == 2
+    assert pipeline.steps == 2
+    # The next good frame continues the episode as if the bad one never came.
+    reference = DrivingPipeline(SPEC, runner)
+    for i in (0, 1, 2):
+        expected = reference.step(camera_frame(i), pose(i), 1.0, ROUTE).action
+    result = pipeline.step(camera_frame(2), pose(2), 1.0, ROUTE)
+    np.testing.assert_array_equal(result.action, expected)
