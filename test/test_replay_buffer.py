@@ -177,6 +177,7 @@ def test_batch_dtypes_and_shapes(tmp_path):
     assert b.obs_frames.shape == b.next_frames.shape == (256, STACK, 84, 84)
     assert b.obs_frames.dtype == b.next_frames.dtype == np.uint8
     assert b.obs_frames.flags.c_contiguous and b.next_frames.flags.c_contiguous
+    assert type(b.obs_frames) is np.ndarray  # a copy, not a view into the memmap files
     assert b.obs_vec.shape == b.next_vec.shape == (256, K)
     assert b.actions.shape == (256, A)
     for arr in (b.obs_vec, b.next_vec, b.actions, b.rewards, b.terminated, b.truncated):
