@@ -117,8 +117,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 def save_policy(path: str | os.PathLike, policy: ActorPolicy, spec: PolicySpec,
                 extra: dict[str, str] | None = None):
     """Write a driver checkpoint for `policy` trained under `spec`."""
-    metadata = {'format': POLICY_FORMAT, **spec.to_metadata(), **(extra or {})}
-    write_atomic(path, policy.state_dict(), metadata)
+    save_policy_state(path, policy.state_dict(), spec, extra)
+
+
+def save_policy_state(path: str | os.PathLike, state: dict[str, torch.Tensor],
+                      spec: PolicySpec, extra: dict[str, str] | None = None):
+    """Write a driver checkpoint from an `ActorPolicy` state dict (e.g. TD3.policy_state())."""
+    # format and configs last: `extra` can add keys but never disguise the file.
+    metadata = {**(extra or {}), 'format': POLICY_FORMAT, **spec.to_metadata()}
+    write_atomic(path, state, metadata)
 
 
 def load_policy(path: str | os.PathLike, expected: PolicySpec | None = None,
@@ -176,7 +183,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path | None:
 
 
 def prune_policies(directory: str | os.PathLike, keep: int):
-    """Delete all but the newest `keep` policy files in a directory."""
+    """Delete all but the newest `keep` policy files in a directory (keep < 1 keeps all)."""
     found = sorted((int(m.group(1)), Path(directory) / name) for name in os.listdir(directory)
                    if (m := POLICY_PATTERN.match(name)))
     for _, stale in found[:-keep] if keep > 0 else []:

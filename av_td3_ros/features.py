@@ -75,17 +75,23 @@ def route_state(pose: Pose2D, route: np.ndarray) -> RouteState:
         raise ValueError(f'route must be (M >= 2, 2) points, got shape {route.shape}')
     starts, ends = route[:-1], route[1:]
     seg = ends - starts
-    seg_len2 = np.maximum((seg * seg).sum(axis=1), 1e-12)
+    raw_len2 = (seg * seg).sum(axis=1)
+    # Repeated points make zero-length segments with no direction: never pick those.
+    valid = raw_len2 > 1e-12
+    if not valid.any():
+        raise ValueError('route has no two distinct points')
+    seg_len2 = np.where(valid, raw_len2, 1.0)
     rel = np.array([pose.x, pose.y]) - starts
     t = np.clip((rel * seg).sum(axis=1) / seg_len2, 0.0, 1.0)
     nearest = starts + seg * t[:, None]
     dist2 = ((np.array([pose.x, pose.y]) - nearest) ** 2).sum(axis=1)
+    dist2[~valid] = np.inf
     i = int(np.argmin(dist2))
     direction = math.atan2(seg[i, 1], seg[i, 0])
     # Sign by the cross product: positive when the vehicle is to the left of the route.
     cross = seg[i, 0] * rel[i, 1] - seg[i, 1] * rel[i, 0]
     lateral = math.copysign(math.sqrt(dist2[i]), cross) if dist2[i] > 0 else 0.0
-    seg_lengths = np.sqrt(seg_len2)
+    seg_lengths = np.sqrt(raw_len2)
     remaining = float(seg_lengths[i] * (1.0 - t[i]) + seg_lengths[i + 1:].sum())
     return RouteState(lateral, wrap_angle(pose.yaw - direction), i, remaining)
 

@@ -86,9 +86,10 @@ def main(argv=None) -> int:
     parser.add_argument('source', help='av_td3_system checkpoint (.pth)')
     parser.add_argument('destination', help='policy checkpoint to write (.safetensors)')
     parser.add_argument('--activation', default='leaky_relu',
-                        choices=('leaky_relu', 'relu', 'prelu'),
+                        choices=('leaky_relu', 'relu'),
                         help='CNN activation the checkpoint was trained with (the weights '
-                             'do not say; relu for checkpoints from before the seed fix)')
+                             'do not say; relu for checkpoints from before the seed fix; '
+                             'av_td3_system never had PReLU weights to import)')
     parser.add_argument('--negative-slope', type=float, default=0.01)
     parser.add_argument('--scale', default='zero_centered', choices=('zero_centered', 'unit'),
                         help='frame scaling the checkpoint was trained with')

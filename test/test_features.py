@@ -205,8 +205,6 @@ def test_yaw_from_quaternion_with_roll_and_pitch():
     assert yaw_from_quaternion(*q) == pytest.approx(0.7)
 
 
-@pytest.mark.xfail(strict=True, reason='features.route_state takes the direction of a '
-                   'zero-length segment (duplicate route points) as atan2(0, 0) = 0')
 def test_duplicate_route_points_do_not_change_the_route_direction():
     # Route heading +y whose first point is repeated (planners emit such duplicates); the
     # vehicle is 1 m before the start, heading along the route: the heading error is 0.

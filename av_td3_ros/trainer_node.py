@@ -1,0 +1,503 @@
+"""Trainer node: experience from the ROS graph -> replay buffer -> TD3 updates -> checkpoints.
+
+Per vehicle (role name) it subscribes to the camera, odometry, route, the command the driver
+sent (or vehicle_status.control), collision and lane-invasion events and the episode topics,
+pairs them into transitions with `TransitionAssembler`, and writes them to the memory-mapped
+replay buffer in run_dir. TD3 updates run in a worker thread, so camera callbacks are never
+blocked; every `checkpoint_every` updates a policy file lands atomically in
+run_dir/checkpoints, where drivers pick it up. Episodes the trainer ends (collision, lateral
+deviation, route completed, step limit) are reset through /av_td3/<role>/reset_episode.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from carla_msgs.msg import (
+    CarlaCollisionEvent,
+    CarlaEgoVehicleControl,
+    CarlaEgoVehicleStatus,
+    CarlaLaneInvasionEvent,
+)
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
+
+from .checkpoint import PolicySpec, policy_path, prune_policies, save_policy_state, write_atomic
+from .control import control_to_action
+from .features import FeatureConfig
+from .networks import NetworkConfig
+from .node_params import ParameterReader
+from .preprocessing import ImageFormatError, ImageView, PreprocessConfig, to_gray
+from .reward import RewardConfig
+from .ros_conversions import (
+    command_from_control_msg,
+    pose_from_odometry,
+    route_from_path,
+    speed_from_odometry,
+    stamp_to_ns,
+)
+from .transitions import EpisodeConfig, TransitionAssembler
+
+TRAINING_STATE = 'training_state.safetensors'
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Everything the trainer node reads from its parameters, once."""
+
+    run_dir: Path
+    vehicles: list
+    control_source: str
+    device: str
+    torch_threads: int
+    seed: int
+    resume: bool
+    spec: PolicySpec
+    td3: object  # TD3Config (imported lazily with torch)
+    buffer_capacity: int
+    buffer_kinematics_dtype: str
+    learning_starts: int
+    updates_per_step: float
+    checkpoint_every: int
+    keep_checkpoints: int
+    state_every: int
+    log_period: float
+    health_every: int
+    tensorboard: bool
+    episode: EpisodeConfig
+    reward: RewardConfig
+    reset_timeout: float
+
+
+def read_config(node: Node) -> TrainerConfig:
+    """Declare the trainer's parameters (descriptions, ranges) and read them."""
+    from .td3 import TD3Config
+    p = ParameterReader(node)
+    network = NetworkConfig(
+        activation=p.string('activation', 'leaky_relu', 'CNN activation (as the driver)'),
+        negative_slope=p.floating('negative_slope', 0.01, 'LeakyReLU slope', 0.0, 1.0),
+        kinematic_dim=3 + 2 * p.integer('n_waypoints', 25, 'route waypoints in the kinematic '
+                                        'vector', 1, 200))
+    preprocessing = PreprocessConfig(
+        scale=p.string('frame_scale', 'zero_centered', 'zero_centered or unit'),
+        stack_fill=p.string('stack_fill', 'zero', 'zero or repeat_first'))
+    spec = PolicySpec(network=network, preprocessing=preprocessing,
+                      features=FeatureConfig(n_waypoints=(network.kinematic_dim - 3) // 2))
+    seed = p.integer('seed', 0, 'seed of networks, sampling and noise', 0, 2**31 - 1)
+    device = p.string('device', 'auto', 'auto, cpu or cuda')
+
+    def clip(name, default, description):
+        value = p.floating(name, default, description + ' (0 disables)', 0.0, 1e6)
+        return value or None
+
+    td3 = TD3Config(
+        gamma=p.floating('gamma', 0.99, 'discount factor', 0.0, 1.0),
+        tau=p.floating('tau', 0.005, 'polyak rate, SB3 meaning', 0.0, 1.0),
+        actor_lr=p.floating('actor_lr', 3e-4, 'actor Adam learning rate', 0.0, 1.0),
+        critic_lr=p.floating('critic_lr', 3e-4, 'critic Adam learning rate', 0.0, 1.0),
+        batch_size=p.integer('batch_size', 256, 'transitions per update', 1, 65536),
+        policy_frequency=p.integer('policy_frequency', 2, 'policy delay', 1, 1000),
+        policy_noise=p.floating('policy_noise', 0.2, 'target smoothing noise std', 0.0, 10.0),
+        noise_clip=p.floating('noise_clip', 0.5, 'target smoothing noise clip', 0.0, 10.0),
+        actor_grad_clip=clip('actor_grad_clip', 1.0, 'actor max grad norm'),
+        critic_grad_clip=clip('critic_grad_clip', 10.0, 'critic max grad norm'),
+        target_encoders=p.boolean('target_encoders', True, 'target copies of both CNNs'),
+        frame_scale=preprocessing.scale, device=device, seed=seed)
+    episode = EpisodeConfig(
+        max_steps=p.integer('max_episode_steps', 1000, 'step limit (truncation)', 1, 10**9),
+        max_lateral_deviation=p.floating('max_lateral_deviation', 2.5, 'terminate beyond this '
+                                         'distance from the route (m)', 0.0, 1e6),
+        goal_tolerance=p.floating('goal_tolerance', 2.0, 'route completed within this '
+                                  'distance of its end (m)', 0.0, 1e6))
+    reward = RewardConfig(
+        efficiency_weight=p.floating('efficiency_weight', 2.0, 'reward weight', -1e3, 1e3),
+        lane_keeping_weight=p.floating('lane_keeping_weight', 2.0, 'reward weight', -1e3, 1e3),
+        comfort_weight=p.floating('comfort_weight', 1.0, 'reward weight', -1e3, 1e3),
+        safety_weight=p.floating('safety_weight', 1.0, 'reward weight', -1e3, 1e3),
+        progress_weight=p.floating('progress_weight', 3.0, 'reward weight', -1e3, 1e3),
+        target_speed=p.floating('target_speed', 8.33, 'efficiency target speed (m/s)',
+                                0.1, 100.0),
+        lateral_tolerance=episode.max_lateral_deviation,
+        lane_invasion_penalty=p.floating('lane_invasion_penalty', -10.0, 'per lane invasion',
+                                         -1e4, 0.0),
+        off_road_penalty=p.floating('off_road_penalty', -20.0, 'beyond max_lateral_deviation',
+                                    -1e4, 0.0))
+    return TrainerConfig(
+        run_dir=Path(p.string('run_dir', 'runs/default', 'replay buffer, checkpoints, logs')),
+        vehicles=p.string_list('vehicles', ['ego_vehicle'], 'role names of the vehicles that '
+                               'feed this trainer'),
+        control_source=p.string('control_source', 'command', 'command (vehicle_control_cmd) '
+                                'or vehicle_status (vehicle_status.control)'),
+        device=device,
+        torch_threads=p.integer('torch_threads', 2, 'torch CPU threads', 1, 256),
+        seed=seed,
+        resume=p.boolean('resume', True, 'continue from run_dir/training_state if present'),
+        spec=spec, td3=td3,
+        buffer_capacity=p.integer('buffer_capacity', 100000, 'replay capacity (transitions)',
+                                  16, 10**9),
+        buffer_kinematics_dtype=p.string('buffer_kinematics_dtype', 'float16', 'float16 or '
+                                         'float32 kinematics in the buffer'),
+        learning_starts=p.integer('learning_starts', 10000, 'transitions before updates',
+                                  1, 10**9),
+        updates_per_step=p.floating('updates_per_step', 1.0, 'update-to-data ratio', 0.0,
+                                    1000.0),
+        checkpoint_every=p.integer('checkpoint_every', 5000, 'updates between policy '
+                                   'checkpoints', 1, 10**9),
+        keep_checkpoints=p.integer('keep_checkpoints', 5, 'policy files kept', 1, 10**6),
+        state_every=p.integer('state_every', 5000, 'updates between training-state saves',
+                              1, 10**9),
+        log_period=p.floating('log_period', 10.0, 'seconds between progress lines', 0.1,
+                              3600.0),
+        health_every=p.integer('health_every', 1000, 'updates between activation-health '
+                               'checks', 1, 10**9),
+        tensorboard=p.boolean('tensorboard', True, 'write TensorBoard logs to run_dir/tb'),
+        episode=episode, reward=reward,
+        reset_timeout=p.floating('reset_timeout', 10.0, 'seconds to wait for the reset '
+                                 'service', 0.1, 600.0))
+
+
+class VehicleFeed:
+    """One vehicle's subscriptions, assembler and reset client."""
+
+    def __init__(self, node: TrainerNode, role: str, group):
+        """Subscribe to `role`'s topics in callback group `group`."""
+        self.node, self.role = node, role
+        config = node.config
+        self.assembler = TransitionAssembler(config.spec.features, config.reward,
+                                             config.episode)
+        self.frame_stamps: list[int] = []  # recent frame stamps (vehicle_status pairing)
+        self.resetting = False
+        base = f'/carla/{role}'
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        # Reliable keep-10 for the camera: the trainer must see every frame the driver saw.
+        sub = node.create_subscription
+        sub(Image, f'{base}/rgb_front/image', self.on_image, reliable, callback_group=group)
+        sub(Odometry, f'{base}/odometry', self.on_odometry, reliable, callback_group=group)
+        sub(PathMsg, f'{base}/waypoints', self.on_route,
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL), callback_group=group)
+        if config.control_source == 'vehicle_status':
+            sub(CarlaEgoVehicleStatus, f'{base}/vehicle_status', self.on_status, reliable,
+                callback_group=group)
+        else:
+            sub(CarlaEgoVehicleControl, f'{base}/vehicle_control_cmd', self.on_command,
+                reliable, callback_group=group)
+        sub(CarlaCollisionEvent, f'{base}/collision', self.on_collision, reliable,
+            callback_group=group)
+        sub(CarlaLaneInvasionEvent, f'{base}/lane_invasion', self.on_lane_invasion, reliable,
+            callback_group=group)
+        sub(Header, f'/av_td3/{role}/episode_start', self.on_episode_start, reliable,
+            callback_group=group)
+        sub(String, f'/av_td3/{role}/episode_end', self.on_episode_end, reliable,
+            callback_group=group)
+        self.reset_client = node.create_client(Trigger, f'/av_td3/{role}/reset_episode',
+                                               callback_group=group)
+
+    def on_image(self, msg: Image):
+        """Preprocess the frame exactly as the driver does (uint8 84x84) and queue it."""
+        stamp = stamp_to_ns(msg.header.stamp)
+        try:
+            frame = to_gray(ImageView.from_msg(msg), self.node.config.spec.preprocessing
+                            .image_size)
+        except ImageFormatError as error:
+            self.node.log_throttled('error', f'bad_frame_{self.role}',
+                                    f'{self.role}: bad camera frame dropped: {error}')
+            return
+        self.frame_stamps.append(stamp)
+        del self.frame_stamps[:-32]
+        self.assembler.on_frame(stamp, frame)
+        self.flush()
+
+    def on_odometry(self, msg: Odometry):
+        """Feed odometry (pose, speed, yaw rate)."""
+        yaw_rate = msg.twist.twist.angular.z
+        self.assembler.on_odometry(stamp_to_ns(msg.header.stamp), pose_from_odometry(msg),
+                                   speed_from_odometry(msg),
+                                   yaw_rate if math.isfinite(yaw_rate) else 0.0)
+
+    def on_route(self, msg: PathMsg):
+        """Feed a new route."""
+        self.assembler.on_route(route_from_path(msg))
+
+    def on_command(self, msg: CarlaEgoVehicleControl):
+        """Pair the driver's command with the frame carrying the same stamp."""
+        action = control_to_action(command_from_control_msg(msg))
+        self.assembler.on_control(stamp_to_ns(msg.header.stamp), np.array(action))
+        self.flush()
+
+    def on_status(self, msg: CarlaEgoVehicleStatus):
+        """Pair the applied control with the newest frame older than the status tick."""
+        stamp = stamp_to_ns(msg.header.stamp)
+        older = [s for s in self.frame_stamps if s < stamp]
+        if older:
+            action = control_to_action(command_from_control_msg(msg.control))
+            self.assembler.on_control(older[-1], np.array(action))
+            self.flush()
+
+    def on_collision(self, msg: CarlaCollisionEvent):
+        """Feed a collision event."""
+        self.assembler.on_event(stamp_to_ns(msg.header.stamp), 'collision')
+
+    def on_lane_invasion(self, msg: CarlaLaneInvasionEvent):
+        """Feed a lane invasion event."""
+        self.assembler.on_event(stamp_to_ns(msg.header.stamp), 'lane_invasion')
+
+    def on_episode_start(self, msg: Header):
+        """Begin a new episode at the given stamp."""
+        self.resetting = False
+        self.assembler.on_episode_start(stamp_to_ns(msg.stamp))
+
+    def on_episode_end(self, msg: String):
+        """Handle the simulator's 'terminated:<reason>' or 'truncated:<reason>' message."""
+        kind, _, rest = msg.data.partition(':')
+        self.assembler.on_episode_end(kind, rest.split(';')[0])
+        self.resetting = True  # the simulator resets by itself
+        self.flush()
+
+    def flush(self):
+        """Write assembled output to the buffer; request a reset after trainer-side ends."""
+        for item in self.assembler.pop_output():
+            self.node.store(self.role, item)
+            if item[0] == 'episode_end' and not item[3].startswith('simulator') \
+                    and not self.resetting:
+                self.request_reset()
+
+    def request_reset(self):
+        """Ask the simulator side to respawn the vehicle (asynchronously)."""
+        self.resetting = True
+        if not self.reset_client.service_is_ready():
+            self.node.log_throttled('warn', f'reset_{self.role}',
+                                    f'{self.role}: reset service not available; waiting for '
+                                    'an episode_start')
+            return
+        self.reset_client.call_async(Trigger.Request())
+
+
+class TrainerNode(Node):
+    """Learn the driving policy from the ROS graph."""
+
+    def __init__(self):
+        """Read parameters, open the buffer and agent (resuming if asked), wire the topics."""
+        super().__init__('trainer')
+        self.config = config = read_config(self)
+        import torch
+
+        from .replay_buffer import ReplayBuffer
+        from .td3 import TD3
+        torch.set_num_threads(config.torch_threads)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = config.run_dir / 'checkpoints'
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        self.buffer = ReplayBuffer.open(
+            config.run_dir, config.buffer_capacity,
+            vec_dim=config.spec.network.kinematic_dim,
+            action_dim=config.spec.network.action_dim,
+            vec_dtype=config.buffer_kinematics_dtype,
+            stack=config.spec.preprocessing.frame_stack,
+            fill_mode=config.spec.preprocessing.stack_fill)
+        self.agent = TD3(config.spec.network, config.td3)
+        self.buffer_lock = threading.Lock()
+        self.env_steps = 0
+        self.episodes = 0
+        self.recent_returns: list[float] = []
+        self._log_times = {}
+        self._resume(torch)
+        self._episode_log = open(config.run_dir / 'episodes.jsonl', 'a', buffering=1)
+        self.tb = None
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(config.run_dir / 'tb'))
+        self.rng = np.random.default_rng(config.seed + self.agent.total_updates)
+        group = MutuallyExclusiveCallbackGroup()
+        self.feeds = [VehicleFeed(self, role, group) for role in config.vehicles]
+        self.create_timer(config.log_period, self.log_progress,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        self._stop = threading.Event()
+        self._updates_since_log = 0
+        self._last_log = time.monotonic()
+        self.worker = threading.Thread(target=self.update_loop, name='td3_updates',
+                                       daemon=True)
+        self.worker.start()
+        self.get_logger().info(
+            f'training from {", ".join(config.vehicles)} into {config.run_dir} on '
+            f'{self.agent.device}: buffer {self.buffer.size}/{self.buffer.capacity}, '
+            f'{self.agent.total_updates} updates done, learning starts at '
+            f'{config.learning_starts} transitions')
+
+    # ------------------------------------------------------------------ state
+    def _resume(self, torch):
+        path = self.config.run_dir / TRAINING_STATE
+        if not (self.config.resume and path.exists()):
+            return
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        with safe_open(str(path), framework='pt') as handle:
+            metadata = handle.metadata()
+        td3_metadata = json.loads(metadata['td3'])
+        self.agent.load_state_tensors(load_file(str(path)), td3_metadata)
+        counters = json.loads(metadata['counters'])
+        # The buffer may hold more than the state recorded (written after the last save).
+        self.env_steps = max(int(counters['env_steps']), 0)
+        self.episodes = int(counters['episodes'])
+        self.get_logger().info(f'resumed {path}: {self.agent.total_updates} updates, '
+                               f'{self.env_steps} env steps, buffer {self.buffer.size}')
+
+    def save_training_state(self):
+        """Write networks, targets, optimisers and counters atomically; flush the buffer."""
+        with self.buffer_lock:
+            self.buffer.flush()
+            counters = {'env_steps': self.env_steps, 'episodes': self.episodes}
+        tensors, metadata = self.agent.state_tensors()
+        write_atomic(self.config.run_dir / TRAINING_STATE, tensors,
+                     {'td3': json.dumps(metadata), 'counters': json.dumps(counters)})
+
+    def save_policy(self):
+        """Write the current policy where drivers look for it and prune old ones."""
+        step = self.agent.total_updates
+        save_policy_state(policy_path(self.checkpoint_dir, step), self.agent.policy_state(),
+                          self.config.spec, {'step': str(step)})
+        prune_policies(self.checkpoint_dir, self.config.keep_checkpoints)
+
+    # ------------------------------------------------------------------ experience
+    def store(self, role: str, item):
+        """Write one assembler output item into the replay buffer and the logs."""
+        kind = item[0]
+        with self.buffer_lock:
+            if kind == 'start':
+                self.buffer.start_episode(item[1], item[2], stream=role)
+            elif kind == 'transition':
+                t = item[1]
+                self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec, t.terminated,
+                                t.truncated, stream=role)
+                self.env_steps += 1
+                if self.tb is not None and self.env_steps % 50 == 0:
+                    for name, value in t.terms.items():
+                        self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
+        if kind == 'episode_end':
+            _, episode_return, length, reason = item
+            self.episodes += 1
+            self.recent_returns = (self.recent_returns + [episode_return])[-20:]
+            record = {'episode': self.episodes, 'vehicle': role, 'return': episode_return,
+                      'length': length, 'reason': reason, 'env_steps': self.env_steps,
+                      'updates': self.agent.total_updates, 'stamp': time.time()}
+            self._episode_log.write(json.dumps(record) + '\n')
+            if self.tb is not None:
+                self.tb.add_scalar('episode/return', episode_return, self.env_steps)
+                self.tb.add_scalar('episode/length', length, self.env_steps)
+            self.get_logger().info(f'{role}: episode {self.episodes} ended ({reason}): '
+                                   f'return {episode_return:.1f}, {length} steps')
+
+    # ------------------------------------------------------------------ learning
+    def update_loop(self):
+        """Run TD3 updates whenever the update-to-data ratio allows (worker thread)."""
+        from .td3 import metrics_to_floats
+        config = self.config
+        batch_size = config.td3.batch_size
+        while not self._stop.is_set():
+            allowed = (self.env_steps >= config.learning_starts
+                       and self.buffer.size > batch_size
+                       and self.agent.total_updates < self.env_steps * config.updates_per_step)
+            if not allowed:
+                self._stop.wait(0.01)
+                continue
+            start = time.perf_counter()
+            with self.buffer_lock:
+                batch = self.buffer.sample(batch_size, self.rng)
+            sample_ms = (time.perf_counter() - start) * 1e3
+            try:
+                metrics = self.agent.update(batch)
+            except Exception as error:  # keep experience collection alive; say what failed
+                self.get_logger().error(f'TD3 update failed: {error!r}')
+                self._stop.wait(1.0)
+                continue
+            self._updates_since_log += 1
+            updates = self.agent.total_updates
+            if self.tb is not None and updates % 100 == 0:
+                for name, value in metrics_to_floats(metrics).items():
+                    self.tb.add_scalar(f'train/{name}', value, updates)
+                self.tb.add_scalar('train/sample_ms', sample_ms, updates)
+            if updates % config.health_every == 0:
+                health = self.agent.activation_health(batch)
+                if self.tb is not None:
+                    for name, value in health.items():
+                        self.tb.add_scalar(f'activation_health/{name}', value, updates)
+                dead = max(v for k, v in health.items() if 'dead_unit' in k)
+                self.get_logger().info(f'activation health at {updates} updates: max dead '
+                                       f'unit fraction {dead:.3f}')
+            if updates % config.checkpoint_every == 0:
+                self.save_policy()
+                self.get_logger().info(f'checkpoint: policy after {updates} updates')
+            if updates % config.state_every == 0:
+                self.save_training_state()
+
+    def log_progress(self):
+        """Print one progress line (steps, episodes, return, updates/s, drops)."""
+        now = time.monotonic()
+        rate = self._updates_since_log / max(now - self._last_log, 1e-9)
+        self._updates_since_log, self._last_log = 0, now
+        dropped = sum(f.assembler.stats.dropped_unpaired + f.assembler.stats.dropped_no_odometry
+                      for f in self.feeds)
+        mean_return = (f'{np.mean(self.recent_returns):.1f}' if self.recent_returns else 'n/a')
+        self.get_logger().info(
+            f'steps {self.env_steps} | episodes {self.episodes} | mean return (last 20) '
+            f'{mean_return} | updates {self.agent.total_updates} ({rate:.1f}/s) | buffer '
+            f'{self.buffer.size} | dropped frames {dropped}')
+        if self.tb is not None:
+            self.tb.add_scalar('train/updates_per_s', rate, self.agent.total_updates)
+            self.tb.flush()
+
+    def log_throttled(self, level: str, key: str, text: str, period: float = 2.0):
+        """Log at most once per `period` seconds per key."""
+        now = time.monotonic()
+        if now - self._log_times.get(key, -1e9) >= period:
+            self._log_times[key] = now
+            getattr(self.get_logger(), level)(text)
+
+    def shutdown(self):
+        """Stop updates, save the state and close the buffer and logs."""
+        self._stop.set()
+        self.worker.join(timeout=30.0)
+        if self.agent.total_updates > 0:
+            self.save_policy()
+        self.save_training_state()
+        with self.buffer_lock:
+            self.buffer.close()
+        self._episode_log.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def main(args=None):
+    """Run the trainer node until shutdown, then save its state."""
+    rclpy.init(args=args)
+    node = None
+    executor = MultiThreadedExecutor(num_threads=2)
+    try:
+        node = TrainerNode()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

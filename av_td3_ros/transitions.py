@@ -1,0 +1,254 @@
+"""Pair camera frames, commands and odometry of one vehicle into TD3 transitions (no ROS).
+
+The driver answers every camera frame with one command stamped with the frame's stamp, so a
+frame and the action taken on it are paired by exact stamp. Kinematics come from the newest
+odometry not newer than the frame. A frame is emitted as a step once its command is known;
+the transition (previous step -> this frame) is then written with the reward of that step.
+A frame that cannot be paired (its command never arrives, no odometry or route yet) is
+dropped and counted, and the episode's chain restarts at the next good frame, so nothing is
+ever mis-paired. Messages may arrive in any order across topics.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .features import FeatureConfig, Pose2D, kinematic_vector
+from .reward import RewardConfig, RewardFunction, StepEvents, VehicleState
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """When an episode ends."""
+
+    max_steps: int = 1000
+    """Step limit: a truncation (bootstraps), not a termination."""
+    max_lateral_deviation: float = 2.5
+    """Terminate when the vehicle is farther than this from the route (m)."""
+    goal_tolerance: float = 2.0
+    """Route completed (terminated) within this distance of its end (m)."""
+    max_pending_frames: int = 4
+    """Give up on a frame's command once this many newer frames are waiting."""
+
+
+@dataclass
+class _Observation:
+    stamp: int
+    frame: np.ndarray  # (84, 84) uint8
+    vec: np.ndarray  # kinematic vector, float32
+    state: VehicleState
+    action: np.ndarray | None = None
+    simulator_end: tuple[bool, bool, str] | None = None
+
+
+@dataclass
+class Transition:
+    """One transition ready for the replay buffer, with its reward terms for logging."""
+
+    stamp: int
+    action: np.ndarray
+    reward: float
+    next_frame: np.ndarray
+    next_vec: np.ndarray
+    terminated: bool
+    truncated: bool
+    terms: dict[str, float] = field(default_factory=dict)
+    end_reason: str = ''
+
+
+@dataclass
+class AssemblerStats:
+    """Counters the trainer logs."""
+
+    frames: int = 0
+    steps: int = 0
+    dropped_unpaired: int = 0
+    dropped_no_odometry: int = 0
+    dropped_stale: int = 0
+    late_episode_ends: int = 0
+    episodes: int = 0
+
+
+class TransitionAssembler:
+    """Turn one vehicle's message streams into episode starts and transitions.
+
+    Feed messages with the `on_*` methods (stamps in integer nanoseconds); collect output
+    with `pop_output()`: tuples ('start', frame, vec), ('transition', Transition) and
+    ('episode_end', return, steps, reason).
+    """
+
+    def __init__(self, features: FeatureConfig = FeatureConfig(),
+                 reward: RewardConfig | None = None,
+                 episode: EpisodeConfig | None = None):
+        """Start waiting for the first frame."""
+        self.features = features
+        self.episode = episode or EpisodeConfig()
+        self.reward = RewardFunction(reward or RewardConfig())
+        self.stats = AssemblerStats()
+        self.route: np.ndarray | None = None
+        self._odometry: list[tuple[int, Pose2D, float, float]] = []  # sorted by stamp
+        self._pending: deque[_Observation] = deque()
+        self._actions: dict[int, np.ndarray] = {}
+        self._events: list[tuple[int, str]] = []
+        self._previous: _Observation | None = None
+        self._episode_floor = -1  # frames not newer than this belong to an old episode
+        self._ended = False
+        self._episode_return = 0.0
+        self._episode_steps = 0
+        self._output: list = []
+
+    # ------------------------------------------------------------------ inputs
+    def on_route(self, route: np.ndarray):
+        """Use a new route (M, 2) for the features."""
+        self.route = route if len(route) >= 2 else None
+
+    def on_odometry(self, stamp: int, pose: Pose2D, speed: float, yaw_rate: float):
+        """Remember an odometry sample (the newest 64 are kept)."""
+        self._odometry.append((stamp, pose, speed, yaw_rate))
+        if len(self._odometry) > 1 and stamp < self._odometry[-2][0]:
+            self._odometry.sort(key=lambda entry: entry[0])
+        del self._odometry[:-64]
+
+    def on_event(self, stamp: int, kind: str):
+        """Record a 'collision' or 'lane_invasion' event."""
+        self._events.append((stamp, kind))
+        del self._events[:-256]
+
+    def on_control(self, stamp: int, action: np.ndarray):
+        """Record the action the driver took on the frame stamped `stamp`."""
+        self._actions[stamp] = np.asarray(action, np.float32)
+        if len(self._actions) > 256:  # commands for frames never seen (e.g. watchdog brakes)
+            for old in sorted(self._actions)[:-128]:
+                del self._actions[old]
+        self._drain()
+
+    def on_frame(self, stamp: int, frame: np.ndarray):
+        """Add a preprocessed (84, 84) uint8 frame taken at `stamp`."""
+        self.stats.frames += 1
+        if stamp <= self._episode_floor or self._ended:
+            self.stats.dropped_stale += 1
+            return
+        odometry = self._odometry_at(stamp)
+        if odometry is None or self.route is None:
+            self.stats.dropped_no_odometry += 1
+            self._break_chain()
+            return
+        _, pose, speed, yaw_rate = odometry
+        vec, route_state = kinematic_vector(pose, speed, self.route, self.features)
+        state = VehicleState(time=stamp * 1e-9, speed=speed, yaw_rate=yaw_rate,
+                             lateral_deviation=route_state.lateral_deviation,
+                             heading_error=route_state.heading_error,
+                             distance_to_goal=route_state.distance_to_goal,
+                             segment=route_state.segment)
+        self._pending.append(_Observation(stamp, frame, vec.copy(), state))
+        self._drain()
+
+    def on_episode_end(self, kind: str, reason: str):
+        """Mark the newest frame as the last of an episode the simulator ended."""
+        if self._ended:
+            return
+        end = (kind == 'terminated', kind == 'truncated', f'simulator: {reason}')
+        if self._pending:
+            self._pending[-1].simulator_end = end
+            self._drain()
+        elif self._previous is not None:
+            # Its transition is already written without an end flag: it bootstraps like a
+            # truncation, which is the safe side. Count it rather than rewrite the buffer.
+            self.stats.late_episode_ends += 1
+            self._end_episode(reason=end[2])
+
+    def on_episode_start(self, stamp: int):
+        """Start a new episode whose first frame is stamped `stamp`; older frames are stale."""
+        if self._previous is not None and not self._ended:
+            self._end_episode('reset')
+        self._pending.clear()
+        self._break_chain()
+        self._episode_floor = stamp - 1
+        self._ended = False
+        self._events = [event for event in self._events if event[0] >= stamp]
+
+    # ------------------------------------------------------------------ output
+    def pop_output(self) -> list:
+        """Return and clear what was assembled since the last call."""
+        output, self._output = self._output, []
+        return output
+
+    @property
+    def ended(self) -> bool:
+        """Return True after an episode end and before the next on_episode_start."""
+        return self._ended
+
+    # ------------------------------------------------------------------ internals
+    def _odometry_at(self, stamp: int):
+        index = bisect_right([entry[0] for entry in self._odometry], stamp)
+        return self._odometry[index - 1] if index else None
+
+    def _break_chain(self):
+        self._previous = None
+        self.reward.reset()
+
+    def _drain(self):
+        """Emit every resolved pending frame, oldest first."""
+        while self._pending and not self._ended:
+            head = self._pending[0]
+            head.action = self._actions.pop(head.stamp, None)
+            terminal = self._previous is not None and self._end_of(head) is not None
+            if head.action is None and not terminal:
+                if len(self._pending) <= self.episode.max_pending_frames:
+                    return  # its command may still be on its way
+                self._pending.popleft()
+                self.stats.dropped_unpaired += 1
+                self._break_chain()  # the next transition would need this frame's action
+                continue
+            self._pending.popleft()
+            self._emit(head)
+
+    def _end_of(self, obs: _Observation) -> tuple[bool, bool, str] | None:
+        """Return (terminated, truncated, reason) if `obs` ends the episode."""
+        if any(kind == 'collision' and self._previous.stamp < stamp <= obs.stamp
+               for stamp, kind in self._events):
+            return True, False, 'collision'
+        if abs(obs.state.lateral_deviation) > self.episode.max_lateral_deviation:
+            return True, False, 'lateral deviation'
+        if obs.state.distance_to_goal <= self.episode.goal_tolerance:
+            return True, False, 'route completed'
+        if obs.simulator_end is not None:
+            return obs.simulator_end
+        if self._episode_steps + 1 >= self.episode.max_steps:
+            return False, True, 'step limit'
+        return None
+
+    def _emit(self, obs: _Observation):
+        previous = self._previous
+        if previous is None:
+            if self._episode_steps == 0:
+                self.stats.episodes += 1
+            self._output.append(('start', obs.frame, obs.vec))
+            self._previous = obs
+            return
+        kinds = {kind for stamp, kind in self._events if previous.stamp < stamp <= obs.stamp}
+        end = self._end_of(obs)
+        terminated, truncated, reason = end if end is not None else (False, False, '')
+        events = StepEvents(collision='collision' in kinds,
+                            lane_invasion='lane_invasion' in kinds,
+                            goal_reached=reason == 'route completed')
+        reward, terms = self.reward(previous.state, obs.state, events)
+        self._output.append(('transition', Transition(
+            obs.stamp, previous.action, reward, obs.frame, obs.vec, terminated, truncated,
+            terms, reason)))
+        self.stats.steps += 1
+        self._episode_steps += 1
+        self._episode_return += reward
+        self._previous = obs
+        if end is not None:
+            self._end_episode(reason)
+
+    def _end_episode(self, reason: str):
+        self._output.append(('episode_end', self._episode_return, self._episode_steps, reason))
+        self._episode_return, self._episode_steps = 0.0, 0
+        self._ended = True
+        self._pending.clear()
+        self._break_chain()

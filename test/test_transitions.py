@@ -1,0 +1,182 @@
+# Test pairing of frames, commands and odometry into transitions, and the reward terms.
+import math
+
+import numpy as np
+import pytest
+
+from av_td3_ros.features import Pose2D
+from av_td3_ros.reward import (
+    RewardConfig,
+    RewardFunction,
+    StepEvents,
+    VehicleState,
+    comfort,
+    efficiency,
+    lane_keeping,
+    progress,
+    safety,
+)
+from av_td3_ros.transitions import EpisodeConfig, TransitionAssembler
+
+ROUTE = np.stack([np.arange(200) * 2.0, np.zeros(200)], axis=1)
+MS = 1_000_000
+
+
+def frame(k):
+    return np.full((84, 84), k % 256, np.uint8)
+
+
+def feed(assembler, k, x=None, speed=5.0, action=True, lateral=0.0):
+    """Give the assembler everything about frame k (stamp k*50 ms)."""
+    stamp = k * 50 * MS
+    x = k * 0.25 if x is None else x
+    assembler.on_odometry(stamp, Pose2D(x, lateral, 0.0), speed, 0.0)
+    assembler.on_frame(stamp, frame(k))
+    if action:
+        assembler.on_control(stamp, np.array([0.01 * k, 0.5], np.float32))
+    return stamp
+
+
+def transitions(output):
+    return [item[1] for item in output if item[0] == 'transition']
+
+
+def make(**episode):
+    assembler = TransitionAssembler(episode=EpisodeConfig(**episode))
+    assembler.on_route(ROUTE)
+    return assembler
+
+
+def test_pairs_each_frame_with_its_own_command():
+    assembler = make()
+    for k in range(1, 6):
+        feed(assembler, k)
+    output = assembler.pop_output()
+    assert output[0][0] == 'start' and output[0][1][0, 0] == 1
+    steps = transitions(output)
+    assert len(steps) == 4
+    for k, step in zip(range(2, 6), steps, strict=True):
+        # The transition into frame k carries the action taken on frame k - 1.
+        assert step.next_frame[0, 0] == k
+        assert step.action[0] == pytest.approx(0.01 * (k - 1))
+        assert not step.terminated and not step.truncated
+        assert math.isfinite(step.reward)
+
+
+def test_late_commands_are_paired_by_stamp_not_arrival_order():
+    assembler = make()
+    stamps = [feed(assembler, k, action=False) for k in range(1, 4)]
+    for k, stamp in reversed(list(enumerate(stamps, start=1))):
+        assembler.on_control(stamp, np.array([0.01 * k, 0.5], np.float32))
+    steps = transitions(assembler.pop_output())
+    assert [round(float(s.action[0]), 2) for s in steps] == [0.01, 0.02]
+
+
+def test_frame_without_command_is_dropped_and_chain_restarts():
+    assembler = make(max_pending_frames=2)
+    feed(assembler, 1)
+    feed(assembler, 2)
+    feed(assembler, 3, action=False)  # this command never arrives
+    for k in range(4, 8):
+        feed(assembler, k)
+    output = assembler.pop_output()
+    assert assembler.stats.dropped_unpaired == 1
+    kinds = [item[0] for item in output]
+    assert kinds.count('start') == 2
+    # No transition ends in frame 3 and none starts from it: nothing is mis-paired.
+    next_frames = [int(s.next_frame[0, 0]) for s in transitions(output)]
+    assert 3 not in next_frames and 4 not in next_frames
+    assert next_frames == [2, 5, 6, 7]
+
+
+def test_frames_without_odometry_are_dropped():
+    assembler = make()
+    assembler.on_frame(10 * MS, frame(0))
+    assert assembler.stats.dropped_no_odometry == 1
+    assert assembler.pop_output() == []
+
+
+def test_collision_terminates_with_safety_penalty():
+    assembler = make()
+    feed(assembler, 1)
+    feed(assembler, 2)
+    assembler.on_event(3 * 50 * MS - 1, 'collision')
+    feed(assembler, 3, action=False)  # a terminal frame needs no command of its own
+    output = assembler.pop_output()
+    last = transitions(output)[-1]
+    assert last.terminated and not last.truncated and last.end_reason == 'collision'
+    assert last.terms['safety'] == pytest.approx(-100.0)  # at 5 m/s
+    assert output[-1][0] == 'episode_end'
+    assert assembler.ended
+    feed(assembler, 4)
+    assert assembler.pop_output() == [] and assembler.stats.dropped_stale == 1
+
+
+def test_step_limit_truncates_and_lateral_deviation_terminates():
+    assembler = make(max_steps=3)
+    for k in range(1, 5):
+        feed(assembler, k)
+    steps = transitions(assembler.pop_output())
+    assert len(steps) == 3
+    assert steps[-1].truncated and not steps[-1].terminated
+    assembler.on_episode_start(10 * 50 * MS)
+    feed(assembler, 10)
+    feed(assembler, 11, lateral=3.0)
+    (step,) = transitions(assembler.pop_output())
+    assert step.terminated and step.end_reason == 'lateral deviation'
+
+
+def test_simulator_episode_end_marks_the_newest_frame():
+    assembler = make()
+    feed(assembler, 1)
+    feed(assembler, 2, action=False)
+    assembler.on_episode_end('truncated', 'time_limit')
+    output = assembler.pop_output()
+    (step,) = transitions(output)
+    assert step.truncated and not step.terminated
+    assert 'time_limit' in step.end_reason
+
+
+def test_frames_from_before_the_episode_start_are_stale():
+    assembler = make()
+    assembler.on_episode_start(100 * 50 * MS)
+    feed(assembler, 99)
+    assert assembler.stats.dropped_stale == 1
+    feed(assembler, 100)
+    assert assembler.pop_output()[0][0] == 'start'
+
+
+def state(**values):
+    defaults = dict(time=0.0, speed=5.0, yaw_rate=0.0, lateral_deviation=0.0,
+                    heading_error=0.0, distance_to_goal=100.0, segment=0)
+    defaults.update(values)
+    return VehicleState(**defaults)
+
+
+def test_reward_terms_follow_av_td3_system():
+    config = RewardConfig()
+    assert efficiency(state(speed=8.33), config) == pytest.approx(1.0)
+    assert efficiency(state(speed=4.165), config) == pytest.approx(0.5 + 0.15)
+    assert efficiency(state(speed=0.2), config) == pytest.approx(0.2 / 8.33)
+    assert lane_keeping(state(), True, config) == -1.0
+    assert lane_keeping(state(speed=0.05), False, config) == 0.0
+    assert lane_keeping(state(speed=3.0), False, config) == pytest.approx(0.5)
+    assert comfort(0.0, 0.0, config) == pytest.approx(0.3)
+    assert comfort(10.0, 0.0, config) == pytest.approx(-0.3)
+    assert safety(state(speed=1.0), StepEvents(collision=True), config) == -5.0
+    assert safety(state(speed=3.0), StepEvents(collision=True), config) == -25.0
+    assert safety(state(lateral_deviation=3.0), StepEvents(lane_invasion=True),
+                  config) == -30.0
+    assert progress(state(distance_to_goal=10.0, segment=1),
+                    state(distance_to_goal=8.0, segment=2), StepEvents(),
+                    config) == pytest.approx(2.0)
+    assert progress(state(), state(distance_to_goal=0.0), StepEvents(goal_reached=True),
+                    config) == 110.0
+
+
+def test_reward_total_is_the_weighted_sum():
+    reward = RewardFunction()
+    total, terms = reward(state(time=0.0), state(time=0.05, distance_to_goal=99.75),
+                          StepEvents())
+    weights = dict(efficiency=2.0, lane_keeping=2.0, comfort=1.0, safety=1.0, progress=3.0)
+    assert total == pytest.approx(sum(weights[k] * v for k, v in terms.items()))
