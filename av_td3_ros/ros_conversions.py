@@ -61,3 +61,22 @@ def command_from_control_msg(msg) -> ControlCommand:
     return ControlCommand(steer=float(msg.steer), throttle=float(msg.throttle),
                           brake=float(msg.brake), hand_brake=bool(msg.hand_brake),
                           reverse=bool(msg.reverse))
+
+
+def frame_stack_mono8(frames: np.ndarray, scale: str, out: np.ndarray | None = None,
+                      scratch: np.ndarray | None = None) -> np.ndarray:
+    """Return a (F, S, S) float32 frame stack as one (S, F*S) mono8 strip, oldest on the left.
+
+    The same arithmetic as the driver's ~/debug/frame_stack image (scaled frames back to
+    0..255, truncated to uint8), so offline evaluation writes bit-identical debug images.
+    """
+    count, size = frames.shape[0], frames.shape[1]
+    out = np.zeros((size, size * count), np.uint8) if out is None else out
+    scratch = np.zeros(frames.shape, np.float32) if scratch is None else scratch
+    low = -1.0 if scale == 'zero_centered' else 0.0
+    np.subtract(frames, low, out=scratch)
+    scratch *= 255.0 / (1.0 - low)
+    np.clip(scratch, 0.0, 255.0, out=scratch)
+    # (F, S, S) -> (S, F, S) is the strip with the oldest frame on the left.
+    out.reshape(size, count, size)[:] = scratch.transpose(1, 0, 2)
+    return out

@@ -1,0 +1,326 @@
+"""Publish a rosbag2 bag (mcap or sqlite3) into the live ROS graph.
+
+    bag_replay BAG [--rate R] [--topics T ...] [--exclude T ...] [--clock]
+               [--as-fast-as-consumed [--role ego_vehicle] [--consume-timeout S]]
+               [--wait-for T ...] [--delay S] [--ros-args ...]
+
+Messages go out as the bag stores them: `publisher.publish(bytes(raw))` on a publisher of the
+message class named by the bag's type (imported dynamically), nothing is deserialised.
+Timing follows the bag timestamps scaled by --rate, unless --as-fast-as-consumed: then each
+camera frame is published only after the previous one was answered by a control command
+carrying its stamp (the driver's contract), which makes a replay through a live driver
+deterministic - no frame is dropped by its keep-last-1 camera subscription, and the messages
+that precede a frame in the bag (odometry, route, episode start) are acknowledged by their
+readers before the frame is sent. In that mode the bag's own control commands are not
+published (the live driver answers instead).
+Latched topics (recorded transient-local, or named by --latched) are re-published
+transient-local. --clock publishes each message's bag time on /clock before the message
+(and then the bag's recorded /clock is not replayed).
+"""
+from __future__ import annotations
+
+import argparse
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rclpy
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
+from rosbags.rosbag2 import Reader
+
+from .qos import publisher_qos
+from .record import IGNORED_TOPICS, default_latched
+from .types import UnknownTypeError, message_class
+
+ACK_TIMEOUT = Duration(seconds=2.0)
+
+
+def header_stamp_ns(raw) -> int:
+    """Return the std_msgs/Header stamp (ns) at the start of a CDR message, unparsed else.
+
+    A message whose first field is a Header begins, after the 4-byte encapsulation header,
+    with int32 sec and uint32 nanosec in the byte order the encapsulation names.
+    """
+    little = bytes(raw[1:2]) == b'\x01'
+    sec, nanosec = struct.unpack('<iI' if little else '>iI', bytes(raw[4:12]))
+    return sec * 1_000_000_000 + nanosec
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What to replay and how."""
+
+    bag: Path
+    rate: float = 1.0
+    topics: tuple[str, ...] = ()
+    """Only these topics (empty: all)."""
+    exclude: tuple[str, ...] = ()
+    clock: bool = False
+    latched: tuple[str, ...] = ()
+    as_fast_as_consumed: bool = False
+    camera_topic: str = '/carla/ego_vehicle/rgb_front/image'
+    control_topic: str = '/carla/ego_vehicle/vehicle_control_cmd'
+    consume_timeout: float = 2.0
+    """Seconds to wait for a frame's command before sending the frame again."""
+    retries: int = 3
+    """How often a frame without an answer is re-sent before giving up on it."""
+    wait_for: tuple[str, ...] = ()
+    """Topics that must have a subscriber before playing starts."""
+    wait_timeout: float = 30.0
+    delay: float = 0.0
+    """Extra seconds to wait after the subscribers appeared."""
+
+
+@dataclass
+class ReplayStats:
+    """What a replay did (for the caller and the final log line)."""
+
+    published: int = 0
+    frames: int = 0
+    answered: int = 0
+    resent: int = 0
+    unanswered: list[int] = field(default_factory=list)
+    """Stamps (ns) of frames that never got a command (as-fast-as-consumed only)."""
+
+
+class BagPlayer(Node):
+    """Own the publishers of a replay and, when consuming, the control subscription."""
+
+    def __init__(self, config: ReplayConfig, connections):
+        """Create one publisher per replayed topic (and /clock, control as configured)."""
+        super().__init__('bag_player')
+        self.config = config
+        self.publishers_by_topic = {}
+        for connection in connections:
+            if connection.topic in self.publishers_by_topic:
+                continue
+            cls = message_class(connection.msgtype)
+            qos = publisher_qos(getattr(connection.ext, 'offered_qos_profiles', []),
+                                latched=connection.topic in config.latched)
+            self.publishers_by_topic[connection.topic] = self.create_publisher(
+                cls, connection.topic, qos)
+        self.clock_pub = None
+        if config.clock:
+            from rosgraph_msgs.msg import Clock
+            self.clock_pub = self.create_publisher(Clock, '/clock', 10)
+            self._clock_msg = Clock()
+        self.answers: dict[int, int] = {}
+        self.control_sub = None
+        if config.as_fast_as_consumed:
+            from carla_msgs.msg import CarlaEgoVehicleControl
+            self.control_sub = self.create_subscription(
+                CarlaEgoVehicleControl, config.control_topic, self._on_control,
+                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+
+    def _on_control(self, raw: bytes):
+        stamp = header_stamp_ns(raw)
+        self.answers[stamp] = self.answers.get(stamp, 0) + 1
+
+    def publish_clock(self, t_ns: int):
+        """Publish bag time `t_ns` on /clock."""
+        self._clock_msg.clock.sec, self._clock_msg.clock.nanosec = divmod(t_ns, 1_000_000_000)
+        self.clock_pub.publish(self._clock_msg)
+
+
+class Replay:
+    """Play one bag through a BagPlayer node."""
+
+    def __init__(self, config: ReplayConfig, context=None):
+        """Open the bag and create the player node in `context`."""
+        self.config = config
+        self.reader = Reader(config.bag)
+        self.reader.open()
+        skip = set(config.exclude) | set(IGNORED_TOPICS)
+        if config.clock:
+            skip.add('/clock')
+        if config.as_fast_as_consumed:
+            skip.add(config.control_topic)
+        self.connections = [c for c in self.reader.connections
+                            if (not config.topics or c.topic in config.topics)
+                            and c.topic not in skip]
+        self.node = BagPlayer(config, self.connections)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.stats = ReplayStats()
+
+    def close(self):
+        """Destroy the node and close the bag."""
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+        self.executor.shutdown()
+        self.reader.close()
+
+    def _spin_until(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.0:
+                return False
+            self.executor.spin_once(timeout_sec=min(remaining, 0.01))
+        return True
+
+    def _wait_for_graph(self):
+        node = self.node
+        topics = [t for t in self.config.wait_for if t in node.publishers_by_topic]
+        checks = [lambda p=node.publishers_by_topic[t]: p.get_subscription_count() > 0
+                  for t in topics]
+        if node.control_sub is not None:
+            checks.append(lambda: node.count_publishers(self.config.control_topic) > 0)
+        if not self._spin_until(lambda: all(c() for c in checks), self.config.wait_timeout):
+            missing = [t for t in topics if node.publishers_by_topic[t]
+                       .get_subscription_count() == 0]
+            raise TimeoutError(f'no subscriber on {missing} (or no publisher on '
+                               f'{self.config.control_topic}) after '
+                               f'{self.config.wait_timeout} s')
+        if self.config.delay > 0.0:
+            self._spin_until(lambda: False, self.config.delay)
+
+    def _publish(self, topic: str, raw) -> None:
+        publisher = self.node.publishers_by_topic[topic]
+        data = bytes(raw)
+        for attempt in range(3):
+            try:
+                publisher.publish(data)
+                self.stats.published += 1
+                return
+            except Exception:  # rclpy raises RCLError when DDS is saturated
+                if attempt == 2:
+                    raise
+                self.executor.spin_once(timeout_sec=0.01)
+
+    def play(self) -> ReplayStats:
+        """Publish every selected message; return what happened."""
+        self._wait_for_graph()
+        consume = self.config.as_fast_as_consumed
+        start_wall, start_bag = None, None
+        since_frame = set()  # publishers used since the last camera frame
+        for connection, t_ns, raw in self.reader.messages(connections=self.connections):
+            topic = connection.topic
+            if not consume:
+                if start_wall is None:
+                    start_wall, start_bag = time.monotonic(), t_ns
+                due = start_wall + (t_ns - start_bag) / 1e9 / self.config.rate
+                self._spin_until(lambda d=due: time.monotonic() >= d, float('inf'))
+            if self.node.clock_pub is not None:
+                self.node.publish_clock(t_ns)
+            if consume and topic == self.config.camera_topic:
+                self._play_frame(raw, since_frame)
+                since_frame = set()
+                continue
+            self._publish(topic, raw)
+            since_frame.add(topic)
+        return self.stats
+
+    def _play_frame(self, raw, since_frame):
+        # What preceded the frame in the bag must be in the readers before the frame is.
+        for topic in since_frame:
+            self.node.publishers_by_topic[topic].wait_for_all_acked(ACK_TIMEOUT)
+        stamp = header_stamp_ns(raw)
+        self.stats.frames += 1
+        answers = self.node.answers
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                self.stats.resent += 1
+                self.node.get_logger().warn(f'no command for frame {stamp} after '
+                                            f'{self.config.consume_timeout} s: sending again')
+            self._publish(self.config.camera_topic, raw)
+            if self._spin_until(lambda: stamp in answers, self.config.consume_timeout):
+                self.stats.answered += 1
+                return
+        self.stats.unanswered.append(stamp)
+        self.node.get_logger().error(f'frame {stamp} was never answered')
+
+
+def replay(config: ReplayConfig, context=None) -> ReplayStats:
+    """Play a bag with `config`; return the statistics."""
+    player = Replay(config, context)
+    try:
+        return player.play()
+    finally:
+        player.close()
+
+
+def parse_args(argv: list[str]) -> ReplayConfig:
+    """Parse the command line (without ROS arguments) into a ReplayConfig."""
+    parser = argparse.ArgumentParser(prog='bag_replay', description=__doc__.split('\n')[0])
+    parser.add_argument('bag', type=Path, help='bag directory (mcap or sqlite3)')
+    parser.add_argument('-r', '--rate', type=float, default=1.0,
+                        help='playback speed multiplier (default 1.0)')
+    parser.add_argument('-t', '--topics', nargs='+', metavar='TOPIC', default=(),
+                        help='replay only these topics')
+    parser.add_argument('-x', '--exclude', nargs='+', metavar='TOPIC', default=(),
+                        help='do not replay these topics')
+    parser.add_argument('--clock', action='store_true',
+                        help='publish the bag time on /clock')
+    parser.add_argument('--latched', nargs='*', metavar='TOPIC',
+                        help='topics to publish transient-local (default: the bridge\'s '
+                             'latched topics; recorded transient-local topics always are)')
+    parser.add_argument('--as-fast-as-consumed', action='store_true',
+                        help='send each camera frame after the previous one got its command')
+    parser.add_argument('--role', default='ego_vehicle', help='CARLA role name')
+    parser.add_argument('--camera-topic', help='default /carla/<role>/rgb_front/image')
+    parser.add_argument('--control-topic', help='default /carla/<role>/vehicle_control_cmd')
+    parser.add_argument('--consume-timeout', type=float, default=2.0,
+                        help='seconds to wait for a command before re-sending a frame')
+    parser.add_argument('--retries', type=int, default=3,
+                        help='re-sends of an unanswered frame before giving up on it')
+    parser.add_argument('--wait-for', nargs='*', metavar='TOPIC',
+                        help='wait until these topics have subscribers (default with '
+                             '--as-fast-as-consumed: camera, odometry, waypoints, episode '
+                             'start, where the bag has them)')
+    parser.add_argument('--wait-timeout', type=float, default=30.0)
+    parser.add_argument('--delay', type=float, default=0.0,
+                        help='seconds to wait after the subscribers appeared')
+    args = parser.parse_args(argv)
+    if args.rate <= 0.0:
+        parser.error('--rate must be > 0')
+    base = f'/carla/{args.role}'
+    camera = args.camera_topic or f'{base}/rgb_front/image'
+    if args.wait_for is not None:
+        wait_for = tuple(args.wait_for)
+    elif args.as_fast_as_consumed:
+        wait_for = (camera, f'{base}/odometry', f'{base}/waypoints',
+                    f'/av_td3/{args.role}/episode_start')
+    else:
+        wait_for = ()
+    return ReplayConfig(
+        bag=args.bag, rate=args.rate, topics=tuple(args.topics), exclude=tuple(args.exclude),
+        clock=args.clock,
+        latched=tuple(args.latched if args.latched is not None
+                      else default_latched(args.role)),
+        as_fast_as_consumed=args.as_fast_as_consumed, camera_topic=camera,
+        control_topic=args.control_topic or f'{base}/vehicle_control_cmd',
+        consume_timeout=args.consume_timeout, retries=args.retries, wait_for=wait_for,
+        wait_timeout=args.wait_timeout, delay=args.delay)
+
+
+def main(args=None):
+    """Run the player from the command line; exit 1 if frames went unanswered."""
+    argv = sys.argv if args is None else args
+    config = parse_args(remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    stats = None
+    try:
+        stats = replay(config)
+        print(f'published {stats.published} messages; frames {stats.frames}, answered '
+              f'{stats.answered}, re-sent {stats.resent}, unanswered '
+              f'{len(stats.unanswered)}', flush=True)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (TimeoutError, UnknownTypeError) as error:
+        print(f'bag_replay: {error}', file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        rclpy.try_shutdown()
+    if stats is not None and stats.unanswered:
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()
