@@ -1,0 +1,113 @@
+# Test driver + trainer over real DDS: transitions land in the buffer, updates run,
+# checkpoints are written atomically and the driver hot-reloads them.
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from carla_msgs.msg import CarlaCollisionEvent
+from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from av_td3_ros.checkpoint import latest_policy, load_policy
+from av_td3_ros.replay_buffer import ReplayBuffer
+
+REPO = Path(__file__).resolve().parents[1]
+CAPACITY = 500
+
+
+def trainer_params(tmp_path):
+    content = yaml.safe_load((REPO / 'config' / 'trainer.yaml').read_text())
+    (section,) = content.values()
+    section['ros__parameters'].update(
+        buffer_capacity=CAPACITY, batch_size=8, checkpoint_every=4, state_every=4,
+        keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
+        updates_per_step=1.0, tensorboard=True)
+    path = tmp_path / 'trainer_test.yaml'
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+@pytest.mark.slow
+def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_context):
+    run_dir = tmp_path / 'run'
+    _, (driver, trainer) = launch_nodes(
+        start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml', run_dir=str(run_dir),
+        learning_starts='12', device='cpu', use_sim_time='false',
+        trainer_params_file=str(trainer_params(tmp_path)))
+    bridge = FakeBridge(rclpy_context)
+    collision_pub = bridge.node.create_publisher(
+        CarlaCollisionEvent, '/carla/ego_vehicle/collision', 10)
+    resets = []
+
+    def on_reset(request, response):
+        resets.append(request)
+        response.success = True
+        return response
+
+    bridge.node.create_service(Trigger, '/av_td3/ego_vehicle/reset_episode', on_reset)
+    try:
+        assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
+        assert trainer.wait_for_output('training from ego_vehicle', timeout=60), \
+            trainer.output()
+        bridge.publish_route()
+        assert bridge.warm_up(), driver.output()
+        # Lock-step frames; the trainer pairs each with the driver's command.
+        bridge.episode_pub.publish(Header(frame_id='1', stamp=_stamp(1)))
+        assert driver.wait_for_output('episode 1 starts')
+        for sec in range(1, 25):
+            assert bridge.send_frame_and_wait(sec), (sec, driver.output())
+        # A collision ends the episode: terminated, then the trainer asks for a reset.
+        event = CarlaCollisionEvent()
+        event.header.stamp = _stamp(25)
+        collision_pub.publish(event)
+        bridge.spin_until(lambda: False, timeout=0.3)
+        assert bridge.send_frame_and_wait(25)
+        assert bridge.spin_until(lambda: resets, timeout=10.0), trainer.output()
+        bridge.episode_pub.publish(Header(frame_id='2', stamp=_stamp(100)))
+        for sec in range(100, 112):
+            assert bridge.send_frame_and_wait(sec), (sec, driver.output())
+        assert trainer.wait_for_output('checkpoint: policy after', timeout=60), \
+            trainer.output()
+        # The driver swaps in the new policy between frames; keep feeding frames.
+        for sec in range(112, 200):
+            bridge.send_frame_and_wait(sec)
+            if 'loaded policy_' in driver.output():
+                break
+        assert 'loaded policy_' in driver.output(), driver.output()
+        assert 'ended (collision)' in trainer.output()
+        assert 'activation health' in trainer.output()
+    finally:
+        bridge.close()
+    assert trainer.stop() == 0, trainer.output()
+
+    # The buffer holds what the trainer committed, with the done flags where they belong.
+    buffer = ReplayBuffer.open(run_dir, CAPACITY, check_ram=False)
+    try:
+        lo, end = buffer.window
+        batch = buffer.get(np.array([i for i in range(lo, end)
+                                     if buffer.sampleable(np.array([i]))[0]]))
+    finally:
+        buffer.close()
+    assert len(batch.rewards) >= 30
+    assert batch.terminated.sum() == 1 and batch.truncated.sum() == 0
+    terminal = int(np.argmax(batch.terminated))
+    assert batch.rewards[terminal] < -90.0  # collision at 5 m/s: safety -100
+    others = np.delete(batch.rewards, terminal)
+    assert np.all(np.abs(others) < 50.0)
+    assert np.all(np.abs(batch.actions) <= 1.0)
+    # Checkpoints are complete, loadable files; only the newest keep_checkpoints remain.
+    policies = sorted((run_dir / 'checkpoints').glob('policy_*.safetensors'))
+    assert 1 <= len(policies) <= 2
+    load_policy(latest_policy(run_dir / 'checkpoints'))
+    assert not list((run_dir / 'checkpoints').glob('.*.tmp'))
+    assert (run_dir / 'training_state.safetensors').exists()
+    assert (run_dir / 'episodes.jsonl').read_text().count('collision') == 1
+    assert list((run_dir / 'tb').glob('events.out.tfevents.*'))
+
+
+def _stamp(sec):
+    header = Header()
+    header.stamp.sec = sec
+    return header.stamp
