@@ -81,6 +81,12 @@ class Batch:
     terminated: np.ndarray
     truncated: np.ndarray
     indices: np.ndarray
+    obs_missing: Optional[np.ndarray] = None
+    """(B, stack) bool: frames before the episode start (stored as 0). In 'zero' fill mode
+    the learner sets these to 0.0 *after* scaling, as the driver's frame stack does (0.0 is
+    mid-grey in [-1, 1]; uint8 0 would become -1.0)."""
+    next_missing: Optional[np.ndarray] = None
+    """(B, stack) bool: the same for the next observation."""
 
 
 @dataclass(frozen=True)
@@ -568,4 +574,6 @@ class ReplayBuffer:
             terminated=((flags & _TERMINATED) != 0).astype(np.float32),
             truncated=((flags & _TRUNCATED) != 0).astype(np.float32),
             indices=links[:, stack].copy(),
+            obs_missing=missing[:, :stack].copy(),
+            next_missing=missing[:, 1:].copy(),
         )

@@ -403,3 +403,20 @@ def test_sigkill_during_writes_loses_nothing_committed(tmp_path, caplog):
 
 def _rows(batch, mask):
     return type(batch)(**{k: getattr(batch, k)[mask] for k in batch.__dataclass_fields__})
+
+
+def test_missing_frame_masks_mark_padding_before_the_episode_start(tmp_path):
+    # Test that the padded (pre-episode) frames are flagged so the learner can pad with 0.0.
+    frame = np.full((84, 84), 200, np.uint8)
+    for mode, expected_obs, expected_next in (
+            ('zero', [True, True, True, False], [True, True, False, False]),
+            ('repeat_first', [False] * 4, [False] * 4)):
+        with ReplayBuffer.open(tmp_path / mode, 16, fill_mode=mode, check_ram=False) as buf:
+            buf.start_episode(frame, np.zeros(53, np.float32))
+            index = buf.add(np.zeros(2, np.float32), 0.0, frame, np.zeros(53, np.float32),
+                            False, False)
+            batch = buf.get(np.array([index]))
+        assert batch.obs_missing[0].tolist() == expected_obs
+        assert batch.next_missing[0].tolist() == expected_next
+        padded = batch.obs_frames[0][batch.obs_missing[0]]
+        assert (padded == 0).all()
