@@ -157,20 +157,23 @@ def frames_to_float(frames: torch.Tensor, scale: str = 'zero_centered',
 
     zero_centered computes (x/255 - 0.5)/0.5 with the same float32 operations, in the same
     order, as `preprocessing.scale_frames`, so the learner sees bit-identical inputs to the
-    driver. The cast, the optional NHWC layout change and the scaling share one buffer.
+    driver. The optional NHWC layout change is done on the uint8 data, before the cast.
     """
     if frames.dtype != torch.uint8:
         raise TypeError(f'frames must be uint8 (scaling happens once, here), got {frames.dtype}')
     if scale not in FRAME_SCALES:
         raise ValueError(f'scale must be one of {FRAME_SCALES}, got {scale!r}')
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty(frames.shape, dtype=torch.float32, device=frames.device,
-                      memory_format=layout)
-    out.copy_(frames)
+    if channels_last:
+        # Interleave the channel planes while still uint8 (a quarter of the bytes) with one
+        # stack; about 5x faster on CPU than a strided float copy into NHWC.
+        out = torch.stack(frames.unbind(1), dim=-1).to(torch.float32)
+    else:
+        out = frames.to(torch.float32)
     out.div_(255.0)
     if scale == 'zero_centered':
         out.sub_(0.5).div_(0.5)
-    return out
+    # The NHWC buffer viewed as (B, C, H, W): same values, channels_last strides.
+    return out.permute(0, 3, 1, 2) if channels_last else out
 
 
 def _grad_clip_value(value: float | None) -> float | None:

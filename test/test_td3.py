@@ -356,3 +356,11 @@ def test_learns_a_tiny_image_bandit():
     learned = float(np.mean(actions[:, 0] * sign))
     random_return = float(np.mean(test_batch.actions[:, 0] * sign))  # uniform actions
     assert learned > random_return + 0.5, (learned, random_return)
+
+
+def test_channels_last_frames_equal_plain_frames():
+    frames = torch.from_numpy(make_batch(size=3).obs_frames)
+    plain = frames_to_float(frames, channels_last=False)
+    fast = frames_to_float(frames, channels_last=True)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    assert fast.shape == plain.shape and torch.equal(fast, plain)
