@@ -203,8 +203,10 @@ def resolve_launch_path(name: str) -> Path:
 class LaunchedNode:
     """A running node process whose output is prefixed with its name."""
 
-    def __init__(self, spec: NodeSpec, env: dict[str, str], workdir: Path):
-        """Start the node as `python -m <module> --ros-args ...`."""
+    def __init__(self, spec: NodeSpec, env: dict[str, str], workdir: Path,
+                 echo: bool = True):
+        """Start the node as `python -m <module> --ros-args ...`; echo its output if asked."""
+        self.echo = echo
         self.spec = spec
         self.label = spec.name or spec.executable
         overrides = None
@@ -222,8 +224,9 @@ class LaunchedNode:
 
     def _forward(self):
         for line in self.process.stdout:
-            sys.stdout.write(f'[{self.label}] {line}')
-            sys.stdout.flush()
+            if self.echo or 'ERROR' in line:
+                sys.stdout.write(f'[{self.label}] {line}')
+                sys.stdout.flush()
 
     def stop(self, timeout: float = 10.0):
         """SIGINT the node's process group; SIGKILL it if it does not exit in time."""
