@@ -9,10 +9,13 @@ message class named by the bag's type (imported dynamically), nothing is deseria
 Timing follows the bag timestamps scaled by --rate, unless --as-fast-as-consumed: then each
 camera frame is published only after the previous one was answered by a control command
 carrying its stamp (the driver's contract), which makes a replay through a live driver
-deterministic - no frame is dropped by its keep-last-1 camera subscription, and the messages
-that precede a frame in the bag (odometry, route, episode start) are acknowledged by their
-readers before the frame is sent. In that mode the bag's own control commands are not
-published (the live driver answers instead).
+repeatable: no frame is dropped by its keep-last-1 camera subscription, and the messages that
+precede a frame in the bag (odometry, route, episode start) go out --settle seconds before
+it, so the driver has handled them when the frame arrives. It starts --delay seconds after
+the driver's subscriptions appeared (DDS matching is not symmetric; a best-effort frame sent
+too early is lost) and re-sends a frame that gets no answer within --consume-timeout, with
+the newest odometry again (the driver measures odometry age on its wall clock). The bag's
+own control commands are not published in that mode (the live driver answers instead).
 Latched topics (recorded transient-local, or named by --latched) are re-published
 transient-local. --clock publishes each message's bag time on /clock before the message
 (and then the bag's recorded /clock is not replayed).
@@ -27,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rclpy
-from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -37,8 +39,6 @@ from rosbags.rosbag2 import Reader
 from .qos import publisher_qos
 from .record import IGNORED_TOPICS, default_latched
 from .types import UnknownTypeError, message_class
-
-ACK_TIMEOUT = Duration(seconds=2.0)
 
 
 def header_stamp_ns(raw) -> int:
@@ -75,6 +75,10 @@ class ReplayConfig:
     wait_timeout: float = 30.0
     delay: float = 0.0
     """Extra seconds to wait after the subscribers appeared."""
+    settle: float = 0.01
+    """As-fast-as-consumed: seconds between a frame's preceding messages and the frame."""
+    refresh: tuple[str, ...] = ()
+    """As-fast-as-consumed: topics whose newest message is sent again with a re-sent frame."""
 
 
 @dataclass
@@ -199,7 +203,8 @@ class Replay:
         self._wait_for_graph()
         consume = self.config.as_fast_as_consumed
         start_wall, start_bag = None, None
-        since_frame = set()  # publishers used since the last camera frame
+        since_frame = False  # anything published since the last camera frame?
+        latest = {}  # topic -> newest raw message, for refreshing before a re-sent frame
         for connection, t_ns, raw in self.reader.messages(connections=self.connections):
             topic = connection.topic
             if not consume:
@@ -210,17 +215,26 @@ class Replay:
             if self.node.clock_pub is not None:
                 self.node.publish_clock(t_ns)
             if consume and topic == self.config.camera_topic:
-                self._play_frame(raw, since_frame)
-                since_frame = set()
+                self._play_frame(raw, since_frame, latest)
+                since_frame = False
                 continue
             self._publish(topic, raw)
-            since_frame.add(topic)
+            since_frame = True
+            if topic in self.config.refresh:
+                latest[topic] = raw
         return self.stats
 
-    def _play_frame(self, raw, since_frame):
-        # What preceded the frame in the bag must be in the readers before the frame is.
-        for topic in since_frame:
-            self.node.publishers_by_topic[topic].wait_for_all_acked(ACK_TIMEOUT)
+    def _settle(self):
+        # What preceded a frame in the bag must reach the driver's callbacks before the
+        # frame does (its executor runs the camera callback first when both are ready).
+        # Acknowledgements cannot tell: across processes they wait for the writer's periodic
+        # heartbeat (~3 s measured), so the readers get a short settle time instead.
+        if self.config.settle > 0.0:
+            self._spin_until(lambda: False, self.config.settle)
+
+    def _play_frame(self, raw, since_frame: bool, latest: dict):
+        if since_frame:
+            self._settle()
         stamp = header_stamp_ns(raw)
         self.stats.frames += 1
         answers = self.node.answers
@@ -229,6 +243,11 @@ class Replay:
                 self.stats.resent += 1
                 self.node.get_logger().warn(f'no command for frame {stamp} after '
                                             f'{self.config.consume_timeout} s: sending again')
+                # The driver judges odometry age on its wall clock: refresh it.
+                for topic, value in latest.items():
+                    self._publish(topic, value)
+                if latest:
+                    self._settle()
             self._publish(self.config.camera_topic, raw)
             if self._spin_until(lambda: stamp in answers, self.config.consume_timeout):
                 self.stats.answered += 1
@@ -275,8 +294,12 @@ def parse_args(argv: list[str]) -> ReplayConfig:
                              '--as-fast-as-consumed: camera, odometry, waypoints, episode '
                              'start, where the bag has them)')
     parser.add_argument('--wait-timeout', type=float, default=30.0)
-    parser.add_argument('--delay', type=float, default=0.0,
-                        help='seconds to wait after the subscribers appeared')
+    parser.add_argument('--delay', type=float,
+                        help='seconds to wait after the subscribers appeared (default 0.5 '
+                             'with --as-fast-as-consumed, else 0)')
+    parser.add_argument('--settle', type=float, default=0.01,
+                        help='as-fast-as-consumed: seconds between the messages preceding a '
+                             'frame and the frame (default 0.01)')
     args = parser.parse_args(argv)
     if args.rate <= 0.0:
         parser.error('--rate must be > 0')
@@ -297,7 +320,10 @@ def parse_args(argv: list[str]) -> ReplayConfig:
         as_fast_as_consumed=args.as_fast_as_consumed, camera_topic=camera,
         control_topic=args.control_topic or f'{base}/vehicle_control_cmd',
         consume_timeout=args.consume_timeout, retries=args.retries, wait_for=wait_for,
-        wait_timeout=args.wait_timeout, delay=args.delay)
+        wait_timeout=args.wait_timeout, settle=args.settle,
+        delay=args.delay if args.delay is not None else (
+            0.5 if args.as_fast_as_consumed else 0.0),
+        refresh=(f'{base}/odometry',))
 
 
 def main(args=None):
