@@ -35,7 +35,14 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from .checkpoint import PolicySpec, policy_path, prune_policies, save_policy_state, write_atomic
+from .checkpoint import (
+    PolicySpec,
+    latest_policy,
+    policy_path,
+    prune_policies,
+    save_policy_state,
+    write_atomic,
+)
 from .control import control_to_action
 from .features import FeatureConfig
 from .networks import NetworkConfig
@@ -271,8 +278,7 @@ class VehicleFeed:
         """Write assembled output to the buffer; request a reset after trainer-side ends."""
         for item in self.assembler.pop_output():
             self.node.store(self.role, item)
-            if item[0] == 'episode_end' and not item[3].startswith('simulator') \
-                    and not self.resetting:
+            if item[0] == 'episode_end' and item[4] and not self.resetting:
                 self.request_reset()
 
     def request_reset(self):
@@ -328,6 +334,10 @@ class TrainerNode(Node):
         self._stop = threading.Event()
         self._updates_since_log = 0
         self._last_log = time.monotonic()
+        if latest_policy(self.checkpoint_dir) is None:
+            # Drivers leaving their random phase before the first update still get a policy
+            # (the initial actor, as TD3 would act at learning_starts) instead of braking.
+            self.save_policy()
         self.worker = threading.Thread(target=self.update_loop, name='td3_updates',
                                        daemon=True)
         self.worker.start()
@@ -387,7 +397,7 @@ class TrainerNode(Node):
                     for name, value in t.terms.items():
                         self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
         if kind == 'episode_end':
-            _, episode_return, length, reason = item
+            _, episode_return, length, reason, _ = item
             self.episodes += 1
             self.recent_returns = (self.recent_returns + [episode_return])[-20:]
             record = {'episode': self.episodes, 'vehicle': role, 'return': episode_return,

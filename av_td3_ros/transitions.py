@@ -7,6 +7,10 @@ the transition (previous step -> this frame) is then written with the reward of 
 A frame that cannot be paired (its command never arrives, no odometry or route yet) is
 dropped and counted, and the episode's chain restarts at the next good frame, so nothing is
 ever mis-paired. Messages may arrive in any order across topics.
+
+Each step's output is held back until the next frame is emitted (or the episode ends): an
+episode_start that overtakes the first frame of the new episode on another topic can then
+still move that frame out of the old episode, so no transition ever spans a reset.
 """
 from __future__ import annotations
 
@@ -38,8 +42,9 @@ class EpisodeConfig:
 class _Observation:
     stamp: int
     frame: np.ndarray  # (84, 84) uint8
-    vec: np.ndarray  # kinematic vector, float32
-    state: VehicleState
+    odometry: tuple[Pose2D, float, float]  # pose, speed, yaw rate
+    vec: np.ndarray | None = None  # kinematic vector, float32 (computed when emitted)
+    state: VehicleState | None = None
     action: np.ndarray | None = None
     simulator_end: tuple[bool, bool, str] | None = None
 
@@ -77,7 +82,8 @@ class TransitionAssembler:
 
     Feed messages with the `on_*` methods (stamps in integer nanoseconds); collect output
     with `pop_output()`: tuples ('start', frame, vec), ('transition', Transition) and
-    ('episode_end', return, steps, reason).
+    ('episode_end', return, steps, reason, needs_reset) - needs_reset is True when this
+    assembler ended the episode (the simulator side must be asked to reset).
     """
 
     def __init__(self, features: FeatureConfig = FeatureConfig(),
@@ -99,6 +105,8 @@ class TransitionAssembler:
         self._episode_return = 0.0
         self._episode_steps = 0
         self._output: list = []
+        self._held: tuple[_Observation, list, float] | None = None  # (obs, items, reward)
+        self._parked: list[_Observation] = []  # frames seen after an end, before the restart
 
     # ------------------------------------------------------------------ inputs
     def on_route(self, route: np.ndarray):
@@ -128,7 +136,7 @@ class TransitionAssembler:
     def on_frame(self, stamp: int, frame: np.ndarray):
         """Add a preprocessed (84, 84) uint8 frame taken at `stamp`."""
         self.stats.frames += 1
-        if stamp <= self._episode_floor or self._ended:
+        if stamp <= self._episode_floor:
             self.stats.dropped_stale += 1
             return
         odometry = self._odometry_at(stamp)
@@ -136,14 +144,12 @@ class TransitionAssembler:
             self.stats.dropped_no_odometry += 1
             self._break_chain()
             return
-        _, pose, speed, yaw_rate = odometry
-        vec, route_state = kinematic_vector(pose, speed, self.route, self.features)
-        state = VehicleState(time=stamp * 1e-9, speed=speed, yaw_rate=yaw_rate,
-                             lateral_deviation=route_state.lateral_deviation,
-                             heading_error=route_state.heading_error,
-                             distance_to_goal=route_state.distance_to_goal,
-                             segment=route_state.segment)
-        self._pending.append(_Observation(stamp, frame, vec.copy(), state))
+        obs = _Observation(stamp, frame, odometry[1:])
+        if self._ended:
+            # Possibly the next episode's first frame, ahead of its episode_start message.
+            self._parked = [*self._parked[-7:], obs]
+            return
+        self._pending.append(obs)
         self._drain()
 
     def on_episode_end(self, kind: str, reason: str):
@@ -154,25 +160,53 @@ class TransitionAssembler:
         if self._pending:
             self._pending[-1].simulator_end = end
             self._drain()
+        elif self._held is not None and self._held[1][0][0] == 'transition':
+            # The last transition is still held back: give it the simulator's end flags.
+            obs, items, _ = self._held
+            old = items[0][1]
+            items[0] = ('transition', Transition(old.stamp, old.action, old.reward,
+                                                 old.next_frame, old.next_vec, end[0], end[1],
+                                                 old.terms, end[2]))
+            self._release()
+            self._end_episode(end[2], needs_reset=False)
         elif self._previous is not None:
-            # Its transition is already written without an end flag: it bootstraps like a
-            # truncation, which is the safe side. Count it rather than rewrite the buffer.
+            # Its transition is already out without an end flag: it bootstraps like a
+            # truncation, the safe side. Count it rather than rewrite the buffer.
             self.stats.late_episode_ends += 1
-            self._end_episode(reason=end[2])
+            self._release()
+            self._end_episode(end[2], needs_reset=False)
 
     def on_episode_start(self, stamp: int):
         """Start a new episode whose first frame is stamped `stamp`; older frames are stale."""
-        if self._previous is not None and not self._ended:
-            self._end_episode('reset')
-        self._pending.clear()
+        moved = None
+        if self._held is not None and self._held[0].stamp >= stamp:
+            # The new episode's first frame overtook this message: take it back out of the
+            # old episode (its transition would span the reset).
+            moved, items, reward = self._held
+            self._held = None
+            if items[0][0] == 'transition':
+                self._episode_return -= reward
+                self._episode_steps -= 1
+                self.stats.steps -= 1
+        if not self._ended and self._episode_steps > 0:
+            self._end_episode('reset', needs_reset=False)
+        self._release()
+        waiting = [obs for obs in (*self._parked, *self._pending) if obs.stamp >= stamp]
+        self.stats.dropped_stale += len(self._parked) + len(self._pending) - len(waiting)
+        self._parked.clear()
+        self._pending = deque(sorted(waiting, key=lambda obs: obs.stamp))
         self._break_chain()
         self._episode_floor = stamp - 1
         self._ended = False
+        self._episode_return, self._episode_steps = 0.0, 0
         self._events = [event for event in self._events if event[0] >= stamp]
+        if moved is not None:
+            self._emit(moved)
+        self._drain()
 
     # ------------------------------------------------------------------ output
     def pop_output(self) -> list:
-        """Return and clear what was assembled since the last call."""
+        """Return and clear what is final (the newest step is held until the next one)."""
         output, self._output = self._output, []
         return output
 
@@ -186,6 +220,23 @@ class TransitionAssembler:
         index = bisect_right([entry[0] for entry in self._odometry], stamp)
         return self._odometry[index - 1] if index else None
 
+    def _observe(self, obs: _Observation) -> _Observation:
+        """Compute features and state against the current route (once, when first needed).
+
+        Late, so that a frame which arrived before its episode's new route message is
+        measured against the new route where possible.
+        """
+        if obs.state is None:
+            pose, speed, yaw_rate = obs.odometry
+            vec, route = kinematic_vector(pose, speed, self.route, self.features)
+            obs.vec = vec.copy()
+            obs.state = VehicleState(time=obs.stamp * 1e-9, speed=speed, yaw_rate=yaw_rate,
+                                     lateral_deviation=route.lateral_deviation,
+                                     heading_error=route.heading_error,
+                                     distance_to_goal=route.distance_to_goal,
+                                     segment=route.segment)
+        return obs
+
     def _break_chain(self):
         self._previous = None
         self.reward.reset()
@@ -193,7 +244,7 @@ class TransitionAssembler:
     def _drain(self):
         """Emit every resolved pending frame, oldest first."""
         while self._pending and not self._ended:
-            head = self._pending[0]
+            head = self._observe(self._pending[0])
             head.action = self._actions.pop(head.stamp, None)
             terminal = self._previous is not None and self._end_of(head) is not None
             if head.action is None and not terminal:
@@ -221,12 +272,19 @@ class TransitionAssembler:
             return False, True, 'step limit'
         return None
 
+    def _release(self):
+        if self._held is not None:
+            self._output.extend(self._held[1])
+            self._held = None
+
     def _emit(self, obs: _Observation):
+        self._observe(obs)
         previous = self._previous
+        self._release()
         if previous is None:
             if self._episode_steps == 0:
                 self.stats.episodes += 1
-            self._output.append(('start', obs.frame, obs.vec))
+            self._held = (obs, [('start', obs.frame, obs.vec)], 0.0)
             self._previous = obs
             return
         kinds = {kind for stamp, kind in self._events if previous.stamp < stamp <= obs.stamp}
@@ -236,18 +294,22 @@ class TransitionAssembler:
                             lane_invasion='lane_invasion' in kinds,
                             goal_reached=reason == 'route completed')
         reward, terms = self.reward(previous.state, obs.state, events)
-        self._output.append(('transition', Transition(
-            obs.stamp, previous.action, reward, obs.frame, obs.vec, terminated, truncated,
-            terms, reason)))
+        item = ('transition', Transition(obs.stamp, previous.action, reward, obs.frame,
+                                         obs.vec, terminated, truncated, terms, reason))
         self.stats.steps += 1
         self._episode_steps += 1
         self._episode_return += reward
         self._previous = obs
-        if end is not None:
-            self._end_episode(reason)
+        if end is None:
+            self._held = (obs, [item], reward)
+        else:
+            self._output.append(item)
+            self._end_episode(reason, needs_reset=not reason.startswith('simulator'))
 
-    def _end_episode(self, reason: str):
-        self._output.append(('episode_end', self._episode_return, self._episode_steps, reason))
+    def _end_episode(self, reason: str, needs_reset: bool):
+        self._release()
+        self._output.append(('episode_end', self._episode_return, self._episode_steps, reason,
+                             needs_reset))
         self._episode_return, self._episode_steps = 0.0, 0
         self._ended = True
         self._pending.clear()

@@ -49,12 +49,12 @@ def make(**episode):
 
 def test_pairs_each_frame_with_its_own_command():
     assembler = make()
-    for k in range(1, 6):
+    for k in range(1, 7):
         feed(assembler, k)
     output = assembler.pop_output()
     assert output[0][0] == 'start' and output[0][1][0, 0] == 1
     steps = transitions(output)
-    assert len(steps) == 4
+    assert len(steps) == 4  # the step into frame 6 is held until the next frame
     for k, step in zip(range(2, 6), steps, strict=True):
         # The transition into frame k carries the action taken on frame k - 1.
         assert step.next_frame[0, 0] == k
@@ -65,7 +65,7 @@ def test_pairs_each_frame_with_its_own_command():
 
 def test_late_commands_are_paired_by_stamp_not_arrival_order():
     assembler = make()
-    stamps = [feed(assembler, k, action=False) for k in range(1, 4)]
+    stamps = [feed(assembler, k, action=False) for k in range(1, 5)]
     for k, stamp in reversed(list(enumerate(stamps, start=1))):
         assembler.on_control(stamp, np.array([0.01 * k, 0.5], np.float32))
     steps = transitions(assembler.pop_output())
@@ -86,7 +86,7 @@ def test_frame_without_command_is_dropped_and_chain_restarts():
     # No transition ends in frame 3 and none starts from it: nothing is mis-paired.
     next_frames = [int(s.next_frame[0, 0]) for s in transitions(output)]
     assert 3 not in next_frames and 4 not in next_frames
-    assert next_frames == [2, 5, 6, 7]
+    assert next_frames == [2, 5, 6]
 
 
 def test_frames_without_odometry_are_dropped():
@@ -109,7 +109,7 @@ def test_collision_terminates_with_safety_penalty():
     assert output[-1][0] == 'episode_end'
     assert assembler.ended
     feed(assembler, 4)
-    assert assembler.pop_output() == [] and assembler.stats.dropped_stale == 1
+    assert assembler.pop_output() == []
 
 
 def test_step_limit_truncates_and_lateral_deviation_terminates():
@@ -143,6 +143,7 @@ def test_frames_from_before_the_episode_start_are_stale():
     feed(assembler, 99)
     assert assembler.stats.dropped_stale == 1
     feed(assembler, 100)
+    feed(assembler, 101)
     assert assembler.pop_output()[0][0] == 'start'
 
 
@@ -180,3 +181,39 @@ def test_reward_total_is_the_weighted_sum():
                           StepEvents())
     weights = dict(efficiency=2.0, lane_keeping=2.0, comfort=1.0, safety=1.0, progress=3.0)
     assert total == pytest.approx(sum(weights[k] * v for k, v in terms.items()))
+
+
+def test_episode_start_overtaken_by_the_new_first_frame_never_spans_the_reset():
+    assembler = make()
+    for k in range(1, 4):
+        feed(assembler, k)
+    feed(assembler, 4, x=100.0)  # first frame of the next episode, before episode_start
+    assembler.on_episode_start(4 * 50 * MS)
+    feed(assembler, 5, x=100.25)
+    feed(assembler, 6, x=100.5)
+    output = assembler.pop_output()
+    kinds = [item[0] for item in output]
+    assert kinds == ['start', 'transition', 'transition', 'episode_end', 'start',
+                     'transition']
+    assert output[3][3] == 'reset' and output[3][4] is False  # no reset request
+    assert output[3][2] == 2  # the old episode keeps only its own two steps
+    assert output[4][1][0, 0] == 4  # frame 4 starts the new episode
+    assert [int(t.next_frame[0, 0]) for t in transitions(output)] == [2, 3, 5]
+
+
+def test_frames_after_an_end_wait_for_the_next_episode_start():
+    assembler = make()
+    feed(assembler, 1)
+    feed(assembler, 2)
+    assembler.on_event(3 * 50 * MS, 'collision')
+    feed(assembler, 3)
+    assert assembler.ended
+    feed(assembler, 10)  # arrives before the episode_start for stamp 10
+    assembler.on_episode_start(10 * 50 * MS)
+    feed(assembler, 11)
+    feed(assembler, 12)
+    output = assembler.pop_output()
+    end = next(item for item in output if item[0] == 'episode_end')
+    assert end[3] == 'collision' and end[4] is True  # the trainer must request a reset
+    starts = [item for item in output if item[0] == 'start']
+    assert starts[-1][1][0, 0] == 10
