@@ -23,7 +23,6 @@ transient-local. --clock publishes each message's bag time on /clock before the 
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,18 +37,7 @@ from rosbags.rosbag2 import Reader
 
 from .qos import publisher_qos
 from .record import IGNORED_TOPICS, default_latched
-from .types import UnknownTypeError, message_class
-
-
-def header_stamp_ns(raw) -> int:
-    """Return the std_msgs/Header stamp (ns) at the start of a CDR message, unparsed else.
-
-    A message whose first field is a Header begins, after the 4-byte encapsulation header,
-    with int32 sec and uint32 nanosec in the byte order the encapsulation names.
-    """
-    little = bytes(raw[1:2]) == b'\x01'
-    sec, nanosec = struct.unpack('<iI' if little else '>iI', bytes(raw[4:12]))
-    return sec * 1_000_000_000 + nanosec
+from .types import UnknownTypeError, header_stamp_ns, message_class
 
 
 @dataclass(frozen=True)

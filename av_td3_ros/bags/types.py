@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import struct
 from functools import lru_cache
 from pathlib import Path
 
@@ -107,3 +108,14 @@ def message_class(typename: str):
         return getattr(importlib.import_module(f'{package}.{kind}'), name)
     except (ImportError, AttributeError) as error:
         raise UnknownTypeError(f'cannot import {typename}: {error}') from error
+
+
+def header_stamp_ns(raw) -> int:
+    """Return the std_msgs/Header stamp (ns) at the start of a CDR message, unparsed else.
+
+    A message whose first field is a Header begins, after the 4-byte encapsulation header,
+    with int32 sec and uint32 nanosec in the byte order the encapsulation names.
+    """
+    little = bytes(raw[1:2]) == b'\x01'
+    sec, nanosec = struct.unpack('<iI' if little else '>iI', bytes(raw[4:12]))
+    return sec * 1_000_000_000 + nanosec
