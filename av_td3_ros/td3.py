@@ -327,6 +327,12 @@ class TD3:
             f32 = torch.float32
             obs = frames_to_float(self._to_device(batch.obs_frames), scale, cl)
             next_obs = frames_to_float(self._to_device(batch.next_frames), scale, cl)
+            # Frames before an episode's first one are 0.0 after scaling, as in the driver's
+            # zero-filled stack (the buffer stores them as uint8 0, which would scale to -1).
+            for frames, name in ((obs, 'obs_missing'), (next_obs, 'next_missing')):
+                missing = getattr(batch, name, None)
+                if missing is not None and bool(np.any(missing)):
+                    frames[self._to_device(missing).to(torch.bool)] = 0.0
             size = obs.shape[0]
             return DeviceBatch(
                 obs=obs,

@@ -1,6 +1,7 @@
 # Test if the TD3 learner keeps textbook TD3 semantics, resumes exactly and learns a toy task.
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -364,3 +365,24 @@ def test_channels_last_frames_equal_plain_frames():
     fast = frames_to_float(frames, channels_last=True)
     assert fast.is_contiguous(memory_format=torch.channels_last)
     assert fast.shape == plain.shape and torch.equal(fast, plain)
+
+
+def test_padding_frames_before_the_episode_start_become_zero_like_the_driver():
+    # Test that frames flagged missing by the buffer are 0.0 after scaling, not -1.0.
+    from av_td3_ros.preprocessing import FrameStack, PreprocessConfig, scale_frames
+    agent = TD3(NetworkConfig(), TD3Config(device='cpu', seed=0))
+    first = np.full((84, 84), 200, np.uint8)
+    frames = np.zeros((1, 4, 84, 84), np.uint8)
+    frames[0, 3] = first
+    missing = np.array([[True, True, True, False]])
+    batch = SimpleNamespace(obs_frames=frames, next_frames=frames, obs_missing=missing,
+                            next_missing=missing, obs_vec=np.zeros((1, 53), np.float32),
+                            actions=np.zeros((1, 2), np.float32),
+                            rewards=np.zeros(1, np.float32), next_vec=np.zeros((1, 53),
+                                                                              np.float32),
+                            terminated=np.zeros(1, np.float32),
+                            truncated=np.zeros(1, np.float32))
+    prepared = agent.prepare(batch)
+    stack = FrameStack(PreprocessConfig())
+    stack.push(scale_frames(first))
+    np.testing.assert_array_equal(prepared.obs[0].contiguous().numpy(), stack.frames)
