@@ -111,3 +111,69 @@ def _stamp(sec):
     header = Header()
     header.stamp.sec = sec
     return header.stamp
+
+
+@pytest.mark.slow
+def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, tmp_path,
+                                                                    rclpy_context):
+    # Two vehicles feed one trainer; this test plays both the bridge and the drivers, with
+    # different actions per vehicle, so a cross-vehicle pairing would show in the buffer.
+    from carla_msgs.msg import CarlaEgoVehicleControl
+    run_dir = tmp_path / 'run'
+    params = trainer_params(tmp_path)
+    args = ('--params-file', str(params), '-p', f'run_dir:={run_dir}',
+            '-p', 'vehicles:=[alpha, beta]', '-p', 'learning_starts:=6', '-p', 'device:=cpu')
+    trainer = start_node('av_td3_ros.trainer_node', *args, name='trainer')
+    bridges = {role: FakeBridge(rclpy_context, role=role, name=f'fake_{role}')
+               for role in ('alpha', 'beta')}
+    steer = {'alpha': 0.5, 'beta': -0.5}
+    brightness = {'alpha': 200, 'beta': 50}  # each vehicle's camera sees its own grey
+    commands = {role: bridge.node.create_publisher(
+        CarlaEgoVehicleControl, f'/carla/{role}/vehicle_control_cmd', 10)
+        for role, bridge in bridges.items()}
+    try:
+        assert trainer.wait_for_output('training from alpha, beta', timeout=60), \
+            trainer.output()
+        for role, bridge in bridges.items():
+            assert bridge.wait_for_subscriber(bridge.image_pub)
+            assert bridge.wait_for_subscriber(commands[role])
+            bridge.publish_route()
+        bridges['alpha'].spin_until(lambda: False, timeout=1.0)
+        for sec in range(1, 13):
+            for role, bridge in bridges.items():
+                bridge.publish_odometry()
+                bridge.spin_until(lambda: False, timeout=0.02)
+                pixels = np.full((600, 800, 4), brightness[role], np.uint8)
+                bridge.image_pub.publish(bridge.image_msg(sec, pixels))
+                command = CarlaEgoVehicleControl(steer=steer[role], throttle=0.3)
+                command.header.stamp.sec = sec
+                commands[role].publish(command)
+            bridges['alpha'].spin_until(lambda: False, timeout=0.1)
+        assert trainer.wait_for_output('checkpoint: policy after', timeout=60), \
+            trainer.output()
+    finally:
+        for bridge in bridges.values():
+            bridge.close()
+    assert trainer.stop() == 0, trainer.output()
+    buffer = ReplayBuffer.open(run_dir, CAPACITY, check_ram=False)
+    try:
+        lo, end = buffer.window
+        usable = [i for i in range(lo, end) if buffer.sampleable(np.array([i]))[0]]
+        batch = buffer.get(np.array(usable))
+    finally:
+        buffer.close()
+    # Both vehicles contributed, and every transition pairs one vehicle's frames with that
+    # same vehicle's action.
+    assert len(batch.rewards) >= 16
+    for role in ('alpha', 'beta'):
+        mine = np.isclose(batch.actions[:, 0], steer[role])
+        assert mine.sum() >= 8
+        assert np.all(batch.next_frames[mine, -1] == brightness[role])
+        assert np.all(batch.obs_frames[mine][~batch.obs_missing[mine]] == brightness[role])
+
+    # Restarting with the same run_dir resumes networks, optimisers and counters.
+    again = start_node('av_td3_ros.trainer_node', *args, name='trainer_again')
+    assert again.wait_for_output('resumed', timeout=60), again.output()
+    line = next(line for line in again.output().splitlines() if 'resumed' in line)
+    assert ' 0 updates' not in line and 'env steps' in line
+    assert again.stop() == 0
