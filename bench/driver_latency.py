@@ -1,12 +1,12 @@
 """Measure camera-stamp -> control-command latency of the driver against an echo node.
 
-In one run, publish 800x600 bgra8 frames at 20 Hz (stamped with the system clock) first to an
-echo node (answers each frame with a tiny std_msgs/Header carrying the frame's stamp) and
-then to the driver node (answers with CarlaEgoVehicleControl); print p50/p99 latency for
-both, their difference, and the driver's per-stage cost from its /diagnostics.
-Both run as separate processes with the project's Fast DDS shared-memory profile; the echo
-node shares the driver's QoS (best effort, keep last 1), so the difference is the driver's own
-work.
+In one run, publish 800x600 (or --width x --height) bgra8 frames at 20 Hz, stamped with
+the system clock, first to an echo node (answers each frame with a tiny std_msgs/Header
+carrying the frame's stamp) and then to the driver node (answers with
+CarlaEgoVehicleControl); print p50/p99 latency for both, their difference, and the driver's
+per-stage cost from its /diagnostics. Both run as separate processes with the project's
+Fast DDS shared-memory profile; the echo node shares the driver's QoS (best effort, keep
+last 1), so the difference is the driver's own work.
 
     source scripts/env.sh && python bench/driver_latency.py [--frames 400] [--rate 20]
 """
@@ -59,7 +59,8 @@ def percentiles(values):
     return float(np.percentile(array, 50)), float(np.percentile(array, 99)), len(array)
 
 
-def measure(node, executor, image_pub, route_pub, odom_pub, replies, frames, rate):
+def measure(node, executor, image_pub, route_pub, odom_pub, replies, frames, rate,
+            width=800, height=600):
     """Publish `frames` frames at `rate` Hz; return latencies (ms) of the answered ones."""
     from geometry_msgs.msg import PoseStamped
     from nav_msgs.msg import Odometry
@@ -72,8 +73,8 @@ def measure(node, executor, image_pub, route_pub, odom_pub, replies, frames, rat
         pose.pose.position.x = 2.0 * i
         path.poses.append(pose)
     route_pub.publish(path)
-    pixels = np.random.default_rng(0).integers(0, 255, (600, 800, 4), np.uint8)
-    msg = Image(height=600, width=800, encoding='bgra8', step=3200)
+    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 4), np.uint8)
+    msg = Image(height=height, width=width, encoding='bgra8', step=4 * width)
     msg.data = pixels.tobytes()
     odometry = Odometry()
     odometry.pose.pose.orientation.w = 1.0
@@ -103,6 +104,8 @@ def main():
     parser.add_argument('--frames', type=int, default=400)
     parser.add_argument('--rate', type=float, default=20.0)
     parser.add_argument('--warmup', type=int, default=40)
+    parser.add_argument('--width', type=int, default=800, help='camera width (bridge: 800)')
+    parser.add_argument('--height', type=int, default=600, help='camera height (bridge: 600)')
     parser.add_argument('--echo', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo:
@@ -164,11 +167,12 @@ def main():
             while image_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
                 executor.spin_once(timeout_sec=0.1)
             time.sleep(3.0)  # let the node finish importing torch before timing
+            size = {'width': args.width, 'height': args.height}
             measure(node, executor, image_pub, route_pub, odom_pub, replies, args.warmup,
-                    args.rate)
+                    args.rate, **size)
             diagnostics.clear()
             latencies, sent = measure(node, executor, image_pub, route_pub, odom_pub, replies,
-                                      args.frames, args.rate)
+                                      args.frames, args.rate, **size)
             results[name] = (latencies, sent)
             if name == 'driver':
                 executor.spin_once(timeout_sec=1.5)
@@ -182,7 +186,8 @@ def main():
             process.send_signal(2)
             process.wait(timeout=10)
 
-    print(f'driver latency benchmark: {args.frames} frames 800x600 bgra8 at {args.rate} Hz, '
+    print(f'driver latency benchmark: {args.frames} frames {args.width}x{args.height} bgra8 '
+          f'at {args.rate} Hz, '
           f'{os.cpu_count()} CPUs, {time.strftime("%Y-%m-%d")}')
     print(f'{"target":8s} {"answered":>9s} {"p50 ms":>8s} {"p99 ms":>8s}')
     summary = {}
