@@ -1,4 +1,5 @@
 # Test the bag tools over real DDS: record, replay through a live driver, offline evaluation.
+import importlib.util
 import os
 import signal
 import subprocess
@@ -13,12 +14,13 @@ from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from av_td3_ros.bags.qos import to_bag_qos
-from av_td3_ros.bags.types import carla_msg_dir, find_msg_file, typestore
+from av_td3_ros.bags.types import carla_msg_dir, find_msg_file, header_stamp_ns, typestore
 from av_td3_ros.checkpoint import PolicySpec, save_policy
 from av_td3_ros.networks import ActorPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER_LAUNCH = REPO_LAUNCH / 'driver.launch.xml'
+SIM_LAUNCH = REPO_LAUNCH / 'sim_drive.launch.xml'
 BASE = '/carla/ego_vehicle'
 CAMERA, ODOM, ROUTE = f'{BASE}/rgb_front/image', f'{BASE}/odometry', f'{BASE}/waypoints'
 CONTROL = f'{BASE}/vehicle_control_cmd'
@@ -271,14 +273,86 @@ def _duration(seconds):
     return Duration(seconds=seconds)
 
 
-def test_replay_through_live_driver_equals_offline_evaluation(start_node, start_tool,
-                                                              tmp_path, rclpy_context):
-    from carla_msgs.msg import CarlaEgoVehicleControl
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.qos import QoSProfile
-    from sensor_msgs.msg import Image
+class ReplayChecker:
+    """Collect a live driver's commands and debug images while bag_replay feeds it."""
 
+    def __init__(self, context):
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        self.node = Node('replay_checker', context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.commands, self.debug = [], []
+        self._subscriptions = []
+
+    def subscribe(self):
+        """(Re)subscribe to commands and debug images: nothing received earlier is kept."""
+        from carla_msgs.msg import CarlaEgoVehicleControl
+        from rclpy.qos import QoSProfile
+        from sensor_msgs.msg import Image
+        for subscription in self._subscriptions:
+            self.node.destroy_subscription(subscription)
+        self.commands, self.debug = [], []
+        self._subscriptions = [
+            self.node.create_subscription(CarlaEgoVehicleControl, CONTROL,
+                                          self.commands.append, QoSProfile(depth=100)),
+            self.node.create_subscription(Image, DEBUG, self.debug.append,
+                                          QoSProfile(depth=100))]
+
+    def spin_until(self, predicate, timeout):
+        """Spin until `predicate()` holds; return whether it did before the deadline."""
+        return _spin(self.executor, predicate, timeout)
+
+    def replay(self, start_tool, bag, driver):
+        """Replay `bag` as fast as the driver consumes it; return {stamp: [commands]}."""
+        self.subscribe()
+        assert self.spin_until(lambda: self.node.count_publishers(CONTROL) > 0
+                               and self.node.count_publishers(DEBUG) > 0, 30.0), \
+            driver.output()
+        player = start_tool('av_td3_ros.bags.replay', bag, '--as-fast-as-consumed')
+        assert self.spin_until(lambda: player.proc.poll() is not None, 60.0), player.output()
+        assert player.wait() == 0, player.output()
+        self.spin_until(lambda: False, 0.2)  # the last command and debug image may be in flight
+        by_stamp = {}
+        for msg in self.commands:
+            by_stamp.setdefault(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec,
+                                []).append(msg)
+        return player.output(), by_stamp
+
+    def close(self):
+        """Destroy the node."""
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def checker(rclpy_context):
+    c = ReplayChecker(rclpy_context)
+    yield c
+    c.close()
+
+
+def assert_replay_equals_offline(checker, by_stamp, stamps, offline_dir, driver):
+    """Check one live command per frame, bit-equal to bag_eval's, and equal debug stacks."""
+    expected, expected_debug = offline_commands(offline_dir)
+    assert sorted(expected) == sorted(stamps)
+    for stamp in stamps:  # (watchdog brakes carry other stamps)
+        assert len(by_stamp.get(stamp, [])) == 1, (stamp, driver.output())
+        (command,) = by_stamp[stamp]
+        for name in ('steer', 'throttle', 'brake'):
+            assert f32(getattr(command, name)) == f32(getattr(expected[stamp], name)), \
+                (stamp, name)
+    # Debug frame stacks the driver published are the offline ones, byte for byte.
+    offline_debug = dict(expected_debug)
+    assert checker.debug
+    for msg in checker.debug:
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        assert bytes(msg.data) == offline_debug[stamp]
+    return expected, offline_debug
+
+
+def test_replay_through_live_driver_equals_offline_evaluation(start_node, start_tool,
+                                                              tmp_path, checker):
     bag = tmp_path / 'drive'
     stamps = write_drive_bag(bag)
     checkpoint = write_checkpoint(tmp_path / 'policy.safetensors')
@@ -286,56 +360,69 @@ def test_replay_through_live_driver_equals_offline_evaluation(start_node, start_
                          '--checkpoint', checkpoint, '--device', 'cpu')
     _, (driver,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, use_sim_time='false',
                                 checkpoint=str(checkpoint), device='cpu')
-    node = Node('replay_checker', context=rclpy_context)
-    executor = SingleThreadedExecutor(context=rclpy_context)
-    executor.add_node(node)
-    live, debug = [], []
-    node.create_subscription(CarlaEgoVehicleControl, CONTROL, live.append,
-                             QoSProfile(depth=100))
-    node.create_subscription(Image, DEBUG, debug.append, QoSProfile(depth=100))
-
-    def spin_until(predicate, timeout):
-        import time
-        deadline = time.monotonic() + timeout
-        while not predicate() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.02)
-        return predicate()
-
-    try:
-        assert spin_until(lambda: node.count_publishers(CONTROL) > 0
-                          and node.count_publishers(DEBUG) > 0, 30.0), driver.output()
-        player = start_tool('av_td3_ros.bags.replay', bag, '--as-fast-as-consumed')
-        assert spin_until(lambda: player.proc.poll() is not None, 60.0), player.output()
-        assert player.wait() == 0, player.output()
-        assert f'frames {len(stamps)}, answered {len(stamps)}' in player.output()
-        spin_until(lambda: False, 0.2)  # the last command and debug image may be in flight
-    finally:
-        executor.shutdown()
-        node.destroy_node()
+    output, by_stamp = checker.replay(start_tool, bag, driver)
+    assert f'frames {len(stamps)}, answered {len(stamps)}' in output
     assert offline.wait() == 0, offline.output()
-    expected, expected_debug = offline_commands(tmp_path / 'offline')
-    assert sorted(expected) == stamps
-
-    by_stamp = {}
-    for msg in live:
-        by_stamp.setdefault(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec,
-                            []).append(msg)
-    for stamp in stamps:  # (watchdog brakes carry other stamps)
-        assert len(by_stamp.get(stamp, [])) == 1, (stamp, driver.output())
-        (command,) = by_stamp[stamp]
-        for name in ('steer', 'throttle', 'brake'):
-            assert f32(getattr(command, name)) == f32(getattr(expected[stamp], name)), \
-                (stamp, name)
+    expected, offline_debug = assert_replay_equals_offline(checker, by_stamp, stamps,
+                                                           tmp_path / 'offline', driver)
     braked = [s for s in stamps if expected[s].brake == 1.0 and expected[s].throttle == 0.0]
     assert stamps[0] in braked and stamps[5] in braked  # no odometry yet; bad frame
     assert len(braked) < len(stamps) - 4, 'the policy drives the other frames'
-    # Debug frame stacks the driver published are the offline ones, byte for byte.
-    offline_debug = dict(expected_debug)
     assert len(offline_debug) == len(stamps) - 2
-    assert debug
-    for msg in debug:
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        assert bytes(msg.data) == offline_debug[stamp]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec('av_td3_ros.sim_bridge_node') is None,
+                    reason='the stand-in simulator is not in this checkout')
+def test_simulator_run_recorded_then_replayed_equals_offline(start_node, start_tool, tmp_path,
+                                                             checker):
+    from carla_msgs.msg import CarlaStatus
+    from rclpy.qos import QoSProfile
+    checkpoint = write_checkpoint(tmp_path / 'policy.safetensors')
+    sim_params = yaml.safe_load((REPO / 'config' / 'sim_bridge.yaml').read_text())
+    sim_params['sim_bridge']['ros__parameters']['max_episode_steps'] = 12  # resets in the bag
+    (tmp_path / 'sim.yaml').write_text(yaml.safe_dump(sim_params))
+    _, nodes = launch_nodes(start_node, tmp_path, SIM_LAUNCH, checkpoint=str(checkpoint),
+                            device='cpu', sim_params_file=str(tmp_path / 'sim.yaml'))
+    ticks = []
+    checker.node.create_subscription(CarlaStatus, '/carla/status', ticks.append,
+                                     QoSProfile(depth=100))
+    checker.subscribe()
+    # Record once the driver answers every frame (the simulator then ticks at full speed).
+    assert checker.spin_until(lambda: len(checker.commands) >= 5, 60.0), \
+        '\n'.join(n.output() for n in nodes)
+    recorder = start_tool('av_td3_ros.bags.record', '-o', tmp_path / 'sim_run',
+                          '--storage', 'sqlite3')
+    assert checker.spin_until(lambda: all(f'recording {topic} ' in recorder.output()
+                                          for topic in (CAMERA, ODOM, ROUTE, CONTROL,
+                                                        EPISODE_START)), 30.0), \
+        recorder.output()
+    first = len(ticks)
+    assert checker.spin_until(lambda: len(ticks) >= first + 40, 60.0)
+    assert recorder.interrupt() == 0, recorder.output()
+    for node in nodes:
+        node.stop()
+
+    connections, messages = read_bag(tmp_path / 'sim_run')
+    assert {CAMERA, ODOM, ROUTE, CONTROL, EPISODE_START, '/carla/status', '/clock'} \
+        <= set(connections)
+    stamps = [header_stamp_ns(raw) for topic, _, raw in messages if topic == CAMERA]
+    assert len(stamps) >= 30 and len(set(stamps)) == len(stamps)
+    assert len([m for m in messages if m[0] == EPISODE_START]) >= 2
+
+    # The replay compresses the bag's time gaps, so the driver's wall-clock odometry timeout
+    # cannot fire there; evaluate offline without it too.
+    offline = start_tool('av_td3_ros.bags.offline_eval', tmp_path / 'sim_run', '-o',
+                         tmp_path / 'offline', '--checkpoint', checkpoint, '--device', 'cpu',
+                         '--no-odometry-timeout')
+    _, (driver,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, use_sim_time='false',
+                                checkpoint=str(checkpoint), device='cpu')
+    output, by_stamp = checker.replay(start_tool, tmp_path / 'sim_run', driver)
+    assert f'frames {len(stamps)}, answered {len(stamps)}' in output
+    assert offline.wait() == 0, offline.output()
+    expected, _ = assert_replay_equals_offline(checker, by_stamp, stamps,
+                                               tmp_path / 'offline', driver)
+    assert sum(expected[s].throttle > 0.0 or expected[s].brake < 1.0 for s in stamps) > 20
 
 
 def test_offline_evaluation_is_deterministic(start_tool, tmp_path):

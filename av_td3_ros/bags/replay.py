@@ -1,7 +1,8 @@
 """Publish a rosbag2 bag (mcap or sqlite3) into the live ROS graph.
 
     bag_replay BAG [--rate R] [--topics T ...] [--exclude T ...] [--clock]
-               [--as-fast-as-consumed [--role ego_vehicle] [--consume-timeout S]]
+               [--as-fast-as-consumed [--role ego_vehicle] [--consume-timeout S]
+                                      [--sync-node /ego_vehicle/driver]]
                [--wait-for T ...] [--delay S] [--ros-args ...]
 
 Messages go out as the bag stores them: `publisher.publish(bytes(raw))` on a publisher of the
@@ -10,8 +11,9 @@ Timing follows the bag timestamps scaled by --rate, unless --as-fast-as-consumed
 camera frame is published only after the previous one was answered by a control command
 carrying its stamp (the driver's contract), which makes a replay through a live driver
 repeatable: no frame is dropped by its keep-last-1 camera subscription, and the messages that
-precede a frame in the bag (odometry, route, episode start) go out --settle seconds before
-it, so the driver has handled them when the frame arrives. It starts --delay seconds after
+precede a frame in the bag (odometry, route, episode start) have been handled by the driver
+when the frame arrives - a get_parameters call to the driver node (--sync-node) answered
+after them is the proof (without that node: a --settle pause). It starts --delay seconds after
 the driver's subscriptions appeared (DDS matching is not symmetric; a best-effort frame sent
 too early is lost) and re-sends a frame that gets no answer within --consume-timeout, with
 the newest odometry again (the driver measures odometry age on its wall clock). The bag's
@@ -66,6 +68,9 @@ class ReplayConfig:
     settle: float = 0.01
     """As-fast-as-consumed: seconds between a frame's preceding messages and the frame."""
     refresh: tuple[str, ...] = ()
+    sync_node: str = ''
+    """As-fast-as-consumed: the consumer node ('/ns/name') whose parameter service is the
+    barrier proving it ran the callbacks of the messages sent before a frame ('': settle)."""
     """As-fast-as-consumed: topics whose newest message is sent again with a re-sent frame."""
 
 
@@ -103,6 +108,11 @@ class BagPlayer(Node):
             self.clock_pub = self.create_publisher(Clock, '/clock', 10)
             self._clock_msg = Clock()
         self.answers: dict[int, int] = {}
+        self.barrier = None
+        if config.as_fast_as_consumed and config.sync_node:
+            from rcl_interfaces.srv import GetParameters
+            self.barrier = self.create_client(GetParameters,
+                                              f'{config.sync_node}/get_parameters')
         self.control_sub = None
         if config.as_fast_as_consumed:
             from carla_msgs.msg import CarlaEgoVehicleControl
@@ -170,6 +180,13 @@ class Replay:
             raise TimeoutError(f'no subscriber on {missing} (or no publisher on '
                                f'{self.config.control_topic}) after '
                                f'{self.config.wait_timeout} s')
+        self.synced = False
+        if node.barrier is not None:
+            self.synced = self._spin_until(node.barrier.service_is_ready,
+                                           self.config.wait_timeout)
+            if not self.synced:
+                node.get_logger().warn(f'no node {self.config.sync_node}: settling '
+                                       f'{self.config.settle} s before frames instead')
         if self.config.delay > 0.0:
             self._spin_until(lambda: False, self.config.delay)
 
@@ -191,7 +208,7 @@ class Replay:
         self._wait_for_graph()
         consume = self.config.as_fast_as_consumed
         start_wall, start_bag = None, None
-        since_frame = False  # anything published since the last camera frame?
+        since_frame = {}  # topic -> messages published since the last camera frame
         latest = {}  # topic -> newest raw message, for refreshing before a re-sent frame
         for connection, t_ns, raw in self.reader.messages(connections=self.connections):
             topic = connection.topic
@@ -204,25 +221,52 @@ class Replay:
                 self.node.publish_clock(t_ns)
             if consume and topic == self.config.camera_topic:
                 self._play_frame(raw, since_frame, latest)
-                since_frame = False
+                since_frame = {}
                 continue
             self._publish(topic, raw)
-            since_frame = True
+            since_frame[topic] = since_frame.get(topic, 0) + 1
             if topic in self.config.refresh:
                 latest[topic] = raw
         return self.stats
 
-    def _settle(self):
-        # What preceded a frame in the bag must reach the driver's callbacks before the
-        # frame does (its executor runs the camera callback first when both are ready).
-        # Acknowledgements cannot tell: across processes they wait for the writer's periodic
-        # heartbeat (~3 s measured), so the readers get a short settle time instead.
-        if self.config.settle > 0.0:
-            self._spin_until(lambda: False, self.config.settle)
+    def _settle(self, since_frame: dict):
+        """Return once the consumer has run the callbacks of the messages sent since a frame.
 
-    def _play_frame(self, raw, since_frame: bool, latest: dict):
-        if since_frame:
-            self._settle()
+        Its executor runs the camera callback before others that are ready at the same time,
+        so a frame must not arrive while they wait. Acknowledgements cannot tell (across
+        processes they wait for the writer's periodic heartbeat, ~3 s measured). A parameter
+        service call can: rclpy's executor serves services after the subscriptions ready in
+        the same wait, one message per subscription per wait, so one answered call per
+        message queued on a topic proves all of them were handled. Without a sync node the
+        readers get --settle seconds instead.
+        """
+        if not since_frame:
+            return
+        if not self.synced:
+            if self.config.settle > 0.0:
+                self._spin_until(lambda: False, self.config.settle)
+            return
+        from rcl_interfaces.srv import GetParameters
+        rounds = max((n for t, n in since_frame.items() if t in self._sync_topics()),
+                     default=0)
+        for _ in range(rounds):
+            future = self.node.barrier.call_async(GetParameters.Request(names=[]))
+            if not self._spin_until(future.done, self.config.consume_timeout):
+                self.node.get_logger().warn(f'{self.config.sync_node} did not answer a '
+                                            'parameter request: sending the frame anyway')
+                return
+
+    def _sync_topics(self):
+        """Return the topics the sync node subscribes to (all replayed ones if unknown)."""
+        namespace, _, name = self.config.sync_node.rpartition('/')
+        try:
+            return {topic for topic, _ in self.node.get_subscriber_names_and_types_by_node(
+                name, namespace or '/')}
+        except Exception:  # the graph may not list the node yet: barrier for every topic
+            return set(self.node.publishers_by_topic)
+
+    def _play_frame(self, raw, since_frame: dict, latest: dict):
+        self._settle(since_frame)
         stamp = header_stamp_ns(raw)
         self.stats.frames += 1
         answers = self.node.answers
@@ -234,8 +278,7 @@ class Replay:
                 # The driver judges odometry age on its wall clock: refresh it.
                 for topic, value in latest.items():
                     self._publish(topic, value)
-                if latest:
-                    self._settle()
+                self._settle(dict.fromkeys(latest, 1))
             self._publish(self.config.camera_topic, raw)
             if self._spin_until(lambda: stamp in answers, self.config.consume_timeout):
                 self.stats.answered += 1
@@ -285,9 +328,13 @@ def parse_args(argv: list[str]) -> ReplayConfig:
     parser.add_argument('--delay', type=float,
                         help='seconds to wait after the subscribers appeared (default 0.5 '
                              'with --as-fast-as-consumed, else 0)')
+    parser.add_argument('--sync-node', help='as-fast-as-consumed: the consumer node whose '
+                        'parameter service confirms it handled the messages before a frame '
+                        '(default /<role>/driver, as the launch files name the driver; '
+                        '"" to use --settle)')
     parser.add_argument('--settle', type=float, default=0.01,
-                        help='as-fast-as-consumed: seconds between the messages preceding a '
-                             'frame and the frame (default 0.01)')
+                        help='as-fast-as-consumed without a sync node: seconds between the '
+                             'messages preceding a frame and the frame (default 0.01)')
     args = parser.parse_args(argv)
     if args.rate <= 0.0:
         parser.error('--rate must be > 0')
@@ -311,7 +358,9 @@ def parse_args(argv: list[str]) -> ReplayConfig:
         wait_timeout=args.wait_timeout, settle=args.settle,
         delay=args.delay if args.delay is not None else (
             0.5 if args.as_fast_as_consumed else 0.0),
-        refresh=(f'{base}/odometry',))
+        refresh=(f'{base}/odometry',),
+        sync_node=(args.sync_node if args.sync_node is not None
+                   else f'/{args.role}/driver') if args.as_fast_as_consumed else '')
 
 
 def main(args=None):
