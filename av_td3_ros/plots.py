@@ -11,7 +11,9 @@ Writes, where the inputs have the data:
   each; without debug images, the 84x84 grey camera frames the policy sees;
 - returns.png: the episode-return curve (and episode lengths).
 
-Several bags are merged, e.g. a recorded run and its bag_eval output.
+Several bags are merged, e.g. a recorded run and its bag_eval output: where more than one
+holds commands for a frame, the last bag given wins (put the bag_eval output last to plot
+what the evaluated policy would have done).
 
 Episode returns come from `episodes.jsonl` in --log-dir (or --episodes): one JSON object per
 line, {"episode": int, "return": float, "length": int, "stamp": float}, where length is the
@@ -52,7 +54,7 @@ class RunData:
     frames: list[int] = field(default_factory=list)
     """Camera frame stamps, in bag order."""
     commands: dict[int, Command] = field(default_factory=dict)
-    """First command per stamp."""
+    """Command per stamp: a bag's first one, from the last bag that has one."""
     stacks: list[tuple[int, np.ndarray]] = field(default_factory=list)
     """(stamp, mono8 image) of the debug frame stacks."""
     gray_frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
@@ -128,6 +130,7 @@ def read_run(bags, role: str = 'ego_vehicle', camera_topic: str | None = None,
     end_topic = f'/av_td3/{role}/episode_end'
     run = RunData()
     for bag in bags:
+        commands = {}  # the first command per stamp of this bag; later bags override
         with Reader(bag) as reader:
             wanted = [c for c in reader.connections
                       if c.topic in (camera_topic, control_topic, debug_topic, end_topic)]
@@ -143,9 +146,8 @@ def read_run(bags, role: str = 'ego_vehicle', camera_topic: str | None = None,
                 elif conn.topic == control_topic:
                     msg = store.deserialize_cdr(raw, conn.msgtype)
                     stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                    run.commands.setdefault(stamp, Command(t_ns, float(msg.steer),
-                                                           float(msg.throttle),
-                                                           float(msg.brake)))
+                    commands.setdefault(stamp, Command(t_ns, float(msg.steer),
+                                                       float(msg.throttle), float(msg.brake)))
                 elif conn.topic == debug_topic:
                     msg = store.deserialize_cdr(raw, conn.msgtype)
                     pixels = np.asarray(msg.data, np.uint8)[:msg.height * msg.step]
@@ -154,6 +156,7 @@ def read_run(bags, role: str = 'ego_vehicle', camera_topic: str | None = None,
                 else:
                     run.episode_ends.append(parse_episode_end(
                         store.deserialize_cdr(raw, conn.msgtype).data))
+        run.commands.update(commands)
     if run.stacks:
         run.gray_frames = []
     return run
@@ -242,7 +245,7 @@ def plot_returns(episodes: list[dict], path: str | Path) -> int:
     returns = np.array([e['return'] for e in episodes], float)
     plt, (fig, ax) = _figure(figsize=(9, 4.5))
     ax.plot(x, returns, 'o-', markersize=3, linewidth=1.0, label='return')
-    window = min(10, len(returns))
+    window = min(10, len(returns) // 2)  # a moving mean needs a few points to show a trend
     if window > 1:
         smooth = np.convolve(returns, np.ones(window) / window, mode='valid')
         ax.plot(x[window - 1:], smooth, linewidth=2.0, label=f'mean of {window}')

@@ -169,14 +169,15 @@ class Replay:
 
     def _wait_for_graph(self):
         node = self.node
-        topics = [t for t in self.config.wait_for if t in node.publishers_by_topic]
-        checks = [lambda p=node.publishers_by_topic[t]: p.get_subscription_count() > 0
-                  for t in topics]
+        publishers = dict(node.publishers_by_topic)
+        if node.clock_pub is not None:
+            publishers['/clock'] = node.clock_pub
+        topics = [t for t in self.config.wait_for if t in publishers]
+        checks = [lambda p=publishers[t]: p.get_subscription_count() > 0 for t in topics]
         if node.control_sub is not None:
             checks.append(lambda: node.count_publishers(self.config.control_topic) > 0)
         if not self._spin_until(lambda: all(c() for c in checks), self.config.wait_timeout):
-            missing = [t for t in topics if node.publishers_by_topic[t]
-                       .get_subscription_count() == 0]
+            missing = [t for t in topics if publishers[t].get_subscription_count() == 0]
             raise TimeoutError(f'no subscriber on {missing} (or no publisher on '
                                f'{self.config.control_topic}) after '
                                f'{self.config.wait_timeout} s')
