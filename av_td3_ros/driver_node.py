@@ -34,17 +34,16 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from .checkpoint import CheckpointError, PolicySpec, load_policy, resolve_checkpoint
 from .control import SAFE_STOP, ControlCommand
+from .driver_logic import DriverInputs
 from .features import FeatureConfig, Pose2D
 from .inference import PolicyRunner, resolve_device
 from .networks import ActorPolicy, NetworkConfig
 from .node_params import ParameterReader
 from .pipeline import DrivingPipeline, ExplorationConfig
-from .preprocessing import ImageFormatError, ImageView, PreprocessConfig
+from .preprocessing import PreprocessConfig
 from .ros_conversions import (
     fill_control_msg,
     pose_from_odometry,
-    route_from_path,
-    speed_from_odometry,
 )
 
 LOG_THROTTLE_S = 2.0
@@ -188,9 +187,8 @@ class DriverNode(Node):
         self._pending = None  # (runner, description) handed over by the loader thread
         self._pending_lock = threading.Lock()
         self._loader = None
-        self._odometry = None
-        self._odometry_time = None
-        self._route = None
+        self.inputs = DriverInputs(self.pipeline, self.config.odometry_timeout,
+                                   self.config.require_route)
         self._last_frame_time = None
         self._stalled = False
         self.processed = RateMeter()
@@ -208,7 +206,6 @@ class DriverNode(Node):
                       if self.config.camera_reliable else
                       QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                                  reliability=qos_profile_sensor_data.reliability))
-        self.create_subscription(Image, self.config.camera_topic, self.on_image, camera_qos)
         self.create_subscription(Odometry, self.config.odometry_topic, self.on_odometry, 10)
         route_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                durability=(DurabilityPolicy.TRANSIENT_LOCAL
@@ -217,14 +214,12 @@ class DriverNode(Node):
         self.create_subscription(PathMsg, self.config.route_topic, self.on_route, route_qos)
         self.create_subscription(Header, self.config.episode_start_topic,
                                  self.on_episode_start, 10)
+        # Created last: when a frame and its tick's odometry wait together, the executor
+        # serves the earlier-created subscriptions first, so the frame sees that odometry.
+        self.create_subscription(Image, self.config.camera_topic, self.on_image, camera_qos)
         if self.config.publish_debug:
             self.debug_pub = self.create_publisher(Image, '~/debug/frame_stack', 1)
             self.marker_pub = self.create_publisher(MarkerArray, '~/debug/control_markers', 1)
-            stack = self.config.spec.preprocessing
-            self._debug_pixels = np.zeros(
-                (stack.image_size, stack.image_size * stack.frame_stack), np.uint8)
-            self._debug_scratch = np.zeros(
-                (stack.frame_stack, stack.image_size, stack.image_size), np.float32)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._control_msg = CarlaEgoVehicleControl()
         self.create_timer(self.config.frame_timeout / 5.0, self.check_watchdog)
@@ -299,14 +294,12 @@ class DriverNode(Node):
 
     # ----------------------------------------------------------------- callbacks
     def on_odometry(self, msg: Odometry):
-        """Keep the newest odometry."""
-        self._odometry = msg
-        self._odometry_time = time.monotonic()
+        """Keep recent odometry (the frame picks the one of its own tick)."""
+        self.inputs.on_odometry(msg, time.monotonic())
 
     def on_route(self, msg: PathMsg):
-        """Keep the route as an (M, 2) array."""
-        route = route_from_path(msg)
-        self._route = route if len(route) >= 2 else None
+        """Keep the route."""
+        self.inputs.on_route(msg)
 
     def on_episode_start(self, msg: Header):
         """Reset the frame stack: frames of the previous episode must not leak into this one."""
@@ -334,23 +327,14 @@ class DriverNode(Node):
             self.publish_debug(msg.header, command)
 
     def _decide(self, msg: Image):
-        try:
-            image = ImageView.from_msg(msg)
-            odometry = self._odometry
-            if odometry is None or time.monotonic() - self._odometry_time > \
-                    self.config.odometry_timeout:
-                return SAFE_STOP, 'no recent odometry', None
-            if self.config.require_route and self._route is None:
-                return SAFE_STOP, 'no route', None
-            result = self.pipeline.step(image, pose_from_odometry(odometry),
-                                        speed_from_odometry(odometry), self._route)
-        except ImageFormatError as error:
+        command, reason, result = self.inputs.decide(msg, time.monotonic())
+        if reason.startswith('bad frame'):
             self.bad_frames += 1
-            self._log_throttled('error', 'bad_frame', f'bad camera frame, braking: {error}')
-            return SAFE_STOP, f'bad frame: {error}', None
-        if result.command.is_safe_stop and result.reason != 'policy':
-            self._log_throttled('warn', result.reason, f'braking: {result.reason}')
-        return result.command, result.reason, result
+            self._log_throttled('error', 'bad_frame', f'bad camera frame, braking: '
+                                f'{reason[len("bad frame: "):]}')
+        elif command.is_safe_stop and reason != 'policy':
+            self._log_throttled('warn', reason, f'braking: {reason}')
+        return command, reason, result
 
     def publish_control(self, command: ControlCommand, stamp):
         """Publish one CarlaEgoVehicleControl (reusing the message object)."""
@@ -377,20 +361,13 @@ class DriverNode(Node):
     def publish_debug(self, header, command: ControlCommand):
         """Publish the frame stack as one mono8 strip and the command as rviz markers."""
         if self.debug_pub.get_subscription_count() > 0:
-            frames, size = self.config.spec.preprocessing.frame_stack, self._debug_pixels.shape[0]
-            low = -1.0 if self.config.spec.preprocessing.scale == 'zero_centered' else 0.0
-            np.subtract(self.pipeline.stack.frames, low, out=self._debug_scratch)
-            self._debug_scratch *= 255.0 / (1.0 - low)
-            np.clip(self._debug_scratch, 0.0, 255.0, out=self._debug_scratch)
-            # (F, S, S) -> (S, F, S) is the strip with the oldest frame on the left.
-            self._debug_pixels.reshape(size, frames, size)[:] = \
-                self._debug_scratch.transpose(1, 0, 2)
-            image = Image(header=header, height=size, width=self._debug_pixels.shape[1],
-                          encoding='mono8', is_bigendian=0, step=self._debug_pixels.shape[1])
-            image.data = self._debug_pixels.tobytes()
+            pixels = self.inputs.debug_image()
+            image = Image(header=header, height=pixels.shape[0], width=pixels.shape[1],
+                          encoding='mono8', is_bigendian=0, step=pixels.shape[1])
+            image.data = pixels.tobytes()
             self.debug_pub.publish(image)
         if self.marker_pub.get_subscription_count() > 0:
-            odometry = self._odometry
+            odometry = self.inputs.latest_odometry()
             pose = pose_from_odometry(odometry) if odometry is not None else Pose2D(0, 0, 0)
             # In the map frame at the vehicle's pose: needs no TF from the simulator.
             self.marker_pub.publish(control_markers(header.stamp, 'map', pose, command))

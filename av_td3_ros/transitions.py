@@ -42,7 +42,6 @@ class EpisodeConfig:
 class _Observation:
     stamp: int
     frame: np.ndarray  # (84, 84) uint8
-    odometry: tuple[Pose2D, float, float]  # pose, speed, yaw rate
     vec: np.ndarray | None = None  # kinematic vector, float32 (computed when emitted)
     state: VehicleState | None = None
     action: np.ndarray | None = None
@@ -144,7 +143,7 @@ class TransitionAssembler:
             self.stats.dropped_no_odometry += 1
             self._break_chain()
             return
-        obs = _Observation(stamp, frame, odometry[1:])
+        obs = _Observation(stamp, frame)
         if self._ended:
             # Possibly the next episode's first frame, ahead of its episode_start message.
             self._parked = [*self._parked[-7:], obs]
@@ -221,13 +220,15 @@ class TransitionAssembler:
         return self._odometry[index - 1] if index else None
 
     def _observe(self, obs: _Observation) -> _Observation:
-        """Compute features and state against the current route (once, when first needed).
+        """Compute features and state (once, when first needed, i.e. as late as possible).
 
-        Late, so that a frame which arrived before its episode's new route message is
-        measured against the new route where possible.
+        Late, so that odometry and a new episode's route that arrived after the frame are
+        used where possible.
         """
         if obs.state is None:
-            pose, speed, yaw_rate = obs.odometry
+            # The newest odometry not newer than the frame, looked up now rather than on
+            # arrival: the frame's own tick's odometry may have come in after the frame.
+            _, pose, speed, yaw_rate = self._odometry_at(obs.stamp)
             vec, route = kinematic_vector(pose, speed, self.route, self.features)
             obs.vec = vec.copy()
             obs.state = VehicleState(time=obs.stamp * 1e-9, speed=speed, yaw_rate=yaw_rate,

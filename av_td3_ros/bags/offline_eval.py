@@ -7,8 +7,9 @@
 Every driver parameter is an option (`--frame-scale unit` is `-p frame_scale:=unit`): they are
 read by the driver node's own `read_config`, through a stand-in for the node's parameter
 interface, so names, defaults, ranges and the resulting PolicySpec are the driver's.
-For each camera frame, in bag order, the newest odometry and route recorded before it are
-used (what the live driver holds when the frame's callback runs); episode_start messages
+Each camera frame is decided by the driver's own `DriverInputs` (driver_logic.py) with what
+was recorded before it in bag order: the newest odometry not newer than the frame's stamp,
+and the newest route; episode_start messages
 reset the frame stack. The output bag holds one CarlaEgoVehicleControl per frame on the
 driver's control topic, stamped with the frame's stamp and written at the frame's bag time,
 plus the debug frame-stack image (mono8) the driver would publish for it.
@@ -33,14 +34,10 @@ import numpy as np
 import yaml
 from rosbags.rosbag2 import Reader, Writer
 
-from ..control import SAFE_STOP, ControlCommand
-from ..preprocessing import ImageFormatError, ImageView
+from ..control import ControlCommand
+from ..driver_logic import DriverInputs
 from ..ros_conversions import (
     fill_control_msg,
-    frame_stack_mono8,
-    pose_from_odometry,
-    route_from_path,
-    speed_from_odometry,
     stamp_to_ns,
 )
 from .record import STORAGES
@@ -170,59 +167,15 @@ class EvalResult:
         return counts
 
 
-class OfflineDriver:
-    """The driver node's per-frame decision without ROS: same pipeline, bag-time timeouts."""
+def offline_driver(config, runner=None, odometry_timeout: bool = True) -> DriverInputs:
+    """Build the driver's per-frame decision logic for the DriverConfig `config`.
 
-    def __init__(self, config, runner=None, odometry_timeout: bool = True):
-        """Build the pipeline for the DriverConfig `config` with `runner` (None: brake)."""
-        from ..pipeline import DrivingPipeline
-        self.config = config
-        self.pipeline = DrivingPipeline(config.spec, runner, config.exploration)
-        self.use_odometry_timeout = odometry_timeout
-        self.odometry = None
-        self.odometry_t_ns = None
-        self.route = None
-        stack = config.spec.preprocessing
-        self.debug_pixels = np.zeros((stack.image_size, stack.image_size * stack.frame_stack),
-                                     np.uint8)
-        self._debug_scratch = np.zeros((stack.frame_stack, stack.image_size, stack.image_size),
-                                       np.float32)
-
-    def on_odometry(self, msg, t_ns: int):
-        """Keep the newest odometry and its bag time."""
-        self.odometry, self.odometry_t_ns = msg, t_ns
-
-    def on_route(self, msg):
-        """Keep the route as the driver does (fewer than 2 points: no route)."""
-        route = route_from_path(msg)
-        self.route = route if len(route) >= 2 else None
-
-    def on_episode_start(self):
-        """Reset the frame stack."""
-        self.pipeline.reset_episode()
-
-    def on_image(self, msg, t_ns: int):
-        """Return (command, reason, StepResult or None) for one camera frame."""
-        try:
-            image = ImageView.from_msg(msg)
-            odometry = self.odometry
-            if odometry is None or (
-                    self.use_odometry_timeout and
-                    t_ns - self.odometry_t_ns > self.config.odometry_timeout * 1e9):
-                return SAFE_STOP, 'no recent odometry', None
-            if self.config.require_route and self.route is None:
-                return SAFE_STOP, 'no route', None
-            result = self.pipeline.step(image, pose_from_odometry(odometry),
-                                        speed_from_odometry(odometry), self.route)
-        except ImageFormatError as error:
-            return SAFE_STOP, f'bad frame: {error}', None
-        return result.command, result.reason, result
-
-    def debug_image(self) -> np.ndarray:
-        """Return the current frame stack as the driver's mono8 debug strip."""
-        return frame_stack_mono8(self.pipeline.stack.frames,
-                                 self.config.spec.preprocessing.scale,
-                                 out=self.debug_pixels, scratch=self._debug_scratch)
+    The same `DriverInputs` the driver node uses; time is bag time in seconds.
+    """
+    from ..pipeline import DrivingPipeline
+    pipeline = DrivingPipeline(config.spec, runner, config.exploration)
+    return DriverInputs(pipeline, config.odometry_timeout if odometry_timeout else None,
+                        config.require_route)
 
 
 def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: str = 'mcap',
@@ -230,7 +183,7 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
                  odometry_timeout: bool = True) -> EvalResult:
     """Decide every camera frame of `bag` as the driver would; write `output` if given."""
     store = typestore()
-    driver = OfflineDriver(config, runner, odometry_timeout)
+    driver = offline_driver(config, runner, odometry_timeout)
     result = EvalResult()
     role = config.role_name
     if debug_topic is None:
@@ -264,15 +217,15 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
                     writer.write(copies[conn.id], t_ns, raw)
                 topic = conn.topic
                 if topic == config.odometry_topic:
-                    driver.on_odometry(store.deserialize_cdr(raw, conn.msgtype), t_ns)
+                    driver.on_odometry(store.deserialize_cdr(raw, conn.msgtype), t_ns * 1e-9)
                 elif topic == config.route_topic:
                     driver.on_route(store.deserialize_cdr(raw, conn.msgtype))
                 elif topic == config.episode_start_topic:
-                    driver.on_episode_start()
+                    driver.pipeline.reset_episode()
                     result.episodes += 1
                 elif topic == config.camera_topic:
                     msg = store.deserialize_cdr(raw, conn.msgtype)
-                    command, reason, step = driver.on_image(msg, t_ns)
+                    command, reason, step = driver.decide(msg, t_ns * 1e-9)
                     stamp = msg.header.stamp
                     result.decisions.append(FrameDecision(
                         t_ns, stamp_to_ns(stamp), command, reason,

@@ -13,7 +13,9 @@ always closes the bag so metadata.yaml is written (readable by `ros2 bag info`).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +24,7 @@ from pathlib import Path
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -135,8 +138,12 @@ class BagRecorder(Node):
             self.done = True
 
 
-def record(config: RecordConfig, context=None) -> int:
-    """Record until a stop condition; return the number of messages written."""
+def record(config: RecordConfig, context=None, stop=None) -> int:
+    """Record until a stop condition; return the number of messages written.
+
+    `stop` (a threading.Event) ends the recording gracefully: messages already delivered
+    to this process are drained into the bag first.
+    """
     writer = Writer(config.output, version=9, storage_plugin=STORAGES[config.storage])
     writer.open()
     node = None
@@ -145,10 +152,16 @@ def record(config: RecordConfig, context=None) -> int:
         node = BagRecorder(config, writer)
         executor.add_node(node)
         start = time.monotonic()
-        while not node.done:
+        while not node.done and not (stop is not None and stop.is_set()):
             if config.duration and time.monotonic() - start >= config.duration:
                 break
             executor.spin_once(timeout_sec=0.05)
+        # Drain what DDS already delivered (e.g. on Ctrl-C) instead of dropping it.
+        drain_until = time.monotonic() + 0.5
+        count = -1
+        while not node.done and node.count != count and time.monotonic() < drain_until:
+            count = node.count
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -201,9 +214,14 @@ def main(args=None):
     """Run the recorder from the command line."""
     argv = sys.argv if args is None else args
     config = parse_args(remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
+    # Handle SIGINT/SIGTERM ourselves: rclpy's handler would shut the context down at once
+    # and lose messages that were delivered but not yet written.
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        record(config)
+        record(config, stop=stop)
     finally:
         rclpy.try_shutdown()
 
