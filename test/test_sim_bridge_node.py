@@ -1,0 +1,275 @@
+"""Tests of the sim_bridge node over real DDS: topics, synchronous stepping, timeout, reset."""
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from carla_msgs.msg import CarlaEgoVehicleControl, CarlaEgoVehicleStatus, CarlaStatus
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float32, Header, String
+from std_srvs.srv import Trigger
+
+from av_td3_ros.sim_bridge_node import parse_episode_end
+
+PARAMS = str(Path(__file__).resolve().parents[1] / 'config' / 'sim_bridge.yaml')
+MODULE = 'av_td3_ros.sim_bridge_node'
+DELTA_NS = 50_000_000  # fixed_delta_seconds 0.05 from the params file
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _ns(stamp):
+    """Return a builtin_interfaces/Time as integer nanoseconds."""
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+class Probe:
+    """An in-process node recording everything the bridge publishes for ego_vehicle."""
+
+    def __init__(self, context):
+        """Subscribe to every bridge topic and create the command publisher."""
+        self.node = Node('sim_bridge_probe', context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.msgs = {}
+        prefix = '/carla/ego_vehicle'
+        topics = [
+            (Image, f'{prefix}/rgb_front/image', RELIABLE),
+            (CameraInfo, f'{prefix}/rgb_front/camera_info', RELIABLE),
+            (Odometry, f'{prefix}/odometry', RELIABLE),
+            (Float32, f'{prefix}/speedometer', RELIABLE),
+            (CarlaEgoVehicleStatus, f'{prefix}/vehicle_status', RELIABLE),
+            (CarlaStatus, '/carla/status', RELIABLE),
+            (Clock, '/clock', RELIABLE),
+            (String, '/av_td3/ego_vehicle/episode_end', RELIABLE),
+            (Header, '/av_td3/ego_vehicle/episode_start', LATCHED),
+            (PathMsg, f'{prefix}/waypoints', LATCHED),
+        ]
+        for msg_type, topic, qos in topics:
+            self.msgs[topic] = []
+            self.node.create_subscription(msg_type, topic, self.msgs[topic].append, qos)
+        self.cmd = self.node.create_publisher(
+            CarlaEgoVehicleControl, f'{prefix}/vehicle_control_cmd', RELIABLE)
+        self.reset = self.node.create_client(Trigger, '/av_td3/ego_vehicle/reset_episode')
+
+    def __getitem__(self, topic):
+        """Return the messages received on `topic` so far."""
+        return self.msgs[topic]
+
+    def spin_until(self, condition, timeout=15.0):
+        """Spin until `condition()` holds; return whether it did before the deadline."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return condition()
+
+    def wait_connected(self):
+        """Wait until the bridge sees our command publisher and publishes to our image sub."""
+        assert self.spin_until(lambda: self.cmd.get_subscription_count() > 0
+                               and self.node.count_publishers(
+                                   '/carla/ego_vehicle/rgb_front/image') > 0)
+        assert self.spin_until(lambda: all(
+            sub.get_publisher_count() > 0 for sub in self.node.subscriptions))
+
+    def send(self, stamp_ns=0, steer=0.0, throttle=0.0, brake=0.0):
+        """Publish one control command with the given header stamp."""
+        msg = CarlaEgoVehicleControl(steer=steer, throttle=throttle, brake=brake)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        self.cmd.publish(msg)
+
+    def close(self):
+        """Destroy the probe node."""
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def probe(rclpy_context):
+    """Yield a Probe in the test's ROS domain."""
+    p = Probe(rclpy_context)
+    yield p
+    p.close()
+
+
+def test_topics_and_one_tick_per_command(start_node, probe):
+    # no watchdog: every tick after startup must come from one of our commands
+    node = start_node(MODULE, '--params-file', PARAMS, '-p', 'step_timeout:=0.0',
+                      '-p', 'image_width:=200', '-p', 'image_height:=120')
+    probe.wait_connected()
+    images = probe['/carla/ego_vehicle/rgb_front/image']
+    status = probe['/carla/status']
+    # startup frame 0 may have been published before we connected: an unstamped command
+    # starts the lockstep with tick 1
+    probe.send(0)
+    assert probe.spin_until(lambda: images and _ns(images[-1].header.stamp) == DELTA_NS), \
+        node.output()
+    commands = 1
+    answered = []  # (stamp of the frame a command answered, its throttle)
+    for throttle in [0.1 * i for i in range(1, 9)]:
+        latest = _ns(images[-1].header.stamp)
+        count = len(images)
+        probe.send(latest, throttle=throttle)
+        commands += 1
+        answered.append((latest, throttle))
+        assert probe.spin_until(lambda c=count: len(images) > c), node.output()
+        assert _ns(images[-1].header.stamp) == latest + DELTA_NS
+    # a stale (older-stamped) command must not tick; the next unstamped one does
+    count = len(images)
+    probe.send(_ns(images[-2].header.stamp), throttle=1.0)
+    probe.send(0, throttle=0.0)
+    commands += 1
+    assert probe.spin_until(lambda: len(images) > count)
+    probe.spin_until(lambda: False, timeout=0.5)  # give a wrongly triggered frame time to come
+    assert len(images) == count + 1
+    frame_0_seen = 1 if _ns(images[0].header.stamp) == 0 else 0
+    assert len(images) == commands + frame_0_seen
+
+    # every image: bgra8 of the configured size, camera frame, stamps k * fixed_delta
+    for image in images:
+        assert image.encoding == 'bgra8'
+        assert (image.width, image.height, image.step) == (200, 120, 800)
+        assert len(image.data) == 200 * 120 * 4
+        assert image.header.frame_id == 'ego_vehicle/rgb_front'
+        pixels = np.frombuffer(image.data, np.uint8).reshape(120, 200, 4)
+        assert np.all(pixels[..., 3] == 255)
+    stamps = [_ns(i.header.stamp) for i in images]
+    assert all(b - a == DELTA_NS for a, b in zip(stamps, stamps[1:], strict=False))
+
+    # the other topics carry the same ticks: status frame k <-> stamp k * delta
+    assert probe.spin_until(lambda: len(status) >= len(images))
+    by_frame = {s.frame: s for s in status}
+    for stamp in stamps:
+        tick = by_frame[stamp // DELTA_NS]
+        assert tick.fixed_delta_seconds == pytest.approx(0.05)
+        assert tick.synchronous_mode and tick.synchronous_mode_running
+    frames = sorted(by_frame)
+    assert frames == list(range(frames[0], frames[0] + len(frames)))
+    clock_stamps = {_ns(c.clock) for c in probe['/clock']}
+    odom_by_stamp = {_ns(o.header.stamp): o for o in probe['/carla/ego_vehicle/odometry']}
+    info_by_stamp = {_ns(c.header.stamp): c
+                     for c in probe['/carla/ego_vehicle/rgb_front/camera_info']}
+    vstatus = {_ns(v.header.stamp): v for v in probe['/carla/ego_vehicle/vehicle_status']}
+    for stamp in stamps:
+        assert stamp in clock_stamps
+        odom = odom_by_stamp[stamp]
+        assert (odom.header.frame_id, odom.child_frame_id) == ('map', 'ego_vehicle')
+        info = info_by_stamp[stamp]
+        assert (info.width, info.height) == (200, 120)
+        assert info.header.frame_id == 'ego_vehicle/rgb_front'
+        assert info.k[0] == pytest.approx(100.0)  # 90 deg fov: fx = width / 2
+        assert vstatus[stamp].header.frame_id == 'map'
+    # vehicle_status reports the control applied in the tick each command caused
+    for stamp, throttle in answered:
+        applied = vstatus[stamp + DELTA_NS].control
+        assert applied.throttle == pytest.approx(throttle)
+        assert applied.header.stamp == vstatus[stamp + DELTA_NS].header.stamp
+    speeds = probe['/carla/ego_vehicle/speedometer']
+    assert len(speeds) >= len(images) and speeds[-1].data > 0.0
+    last = odom_by_stamp[stamps[-1]]
+    assert last.twist.twist.linear.x == pytest.approx(speeds[-1].data, rel=1e-5)
+    # the car moved along its heading
+    first = odom_by_stamp[stamps[0]]
+    q = first.pose.pose.orientation
+    yaw = math.atan2(2.0 * q.w * q.z, 1.0 - 2.0 * q.z * q.z)
+    dx = last.pose.pose.position.x - first.pose.pose.position.x
+    dy = last.pose.pose.position.y - first.pose.pose.position.y
+    assert math.hypot(dx, dy) > 0.1
+    assert math.cos(yaw) * dx + math.sin(yaw) * dy > 0.0
+
+
+def test_step_timeout_ticks_and_auto_reset(start_node, probe):
+    node = start_node(MODULE, '--params-file', PARAMS, '-p', 'step_timeout:=0.2',
+                      '-p', 'max_episode_steps:=3', '-p', 'seed:=10')
+    probe.wait_connected()
+    ends = probe['/av_td3/ego_vehicle/episode_end']
+    starts = probe['/av_td3/ego_vehicle/episode_start']
+    # without any command the world ticks every step_timeout; 3 steps end an episode, and
+    # episode e ends at tick 4e + 3 (its reset tick 4e, then 3 steps); tick 4e + 4 resets
+    def restarted():
+        starts_ns = {_ns(s.stamp) for s in starts}
+        return any(parse_episode_end(e.data)['stamp_ns'] + DELTA_NS in starts_ns for e in ends)
+
+    assert probe.spin_until(restarted, timeout=15.0), node.output()
+    assert ends[0].data.startswith('truncated:time_limit;return=')
+    for text in (e.data for e in ends):
+        end = parse_episode_end(text)
+        assert (end['kind'], end['reason'], end['steps']) == ('truncated', 'time_limit', 3)
+        assert isinstance(end['return'], float)
+        assert (end['stamp_ns'] // DELTA_NS) % 4 == 3
+    for start in starts:
+        assert _ns(start.stamp) == 4 * int(start.frame_id) * DELTA_NS
+    assert node.wait_for_output('return', timeout=5.0)  # the per-episode progress line
+
+
+def test_reset_service_starts_a_new_episode(start_node, probe):
+    node = start_node(MODULE, '--params-file', PARAMS, '-p', 'step_timeout:=0.0')
+    probe.wait_connected()
+    starts = probe['/av_td3/ego_vehicle/episode_start']
+    paths = probe['/carla/ego_vehicle/waypoints']
+    status = probe['/carla/status']
+    images = probe['/carla/ego_vehicle/rgb_front/image']
+    # latched topics reach a late subscriber: episode 0 started at sim time 0
+    assert probe.spin_until(lambda: starts and paths), node.output()
+    assert starts[0].frame_id == '0' and _ns(starts[0].stamp) == 0
+    path = paths[0]
+    assert path.header.frame_id == 'map' and len(path.poses) > 100
+    track_0 = [(p.pose.position.x, p.pose.position.y) for p in path.poses]
+
+    probe.send(0, throttle=0.5)  # tick 1
+    assert probe.spin_until(lambda: status and status[-1].frame == 1), node.output()
+    assert probe.reset.wait_for_service(timeout_sec=10.0)
+    future = probe.reset.call_async(Trigger.Request())
+    assert probe.spin_until(future.done), node.output()
+    response = future.result()
+    assert response.success
+    fields = dict(item.split('=') for item in response.message.split(';'))
+    assert fields['episode'] == '1'
+    assert int(fields['stamp_ns']) == 2 * DELTA_NS  # the reset is tick 2
+    assert int(fields['previous_steps']) == 1
+    assert probe.spin_until(lambda: len(starts) >= 2 and len(paths) >= 2
+                            and status[-1].frame == 2
+                            and _ns(images[-1].header.stamp) == 2 * DELTA_NS)
+    assert starts[-1].frame_id == '1' and _ns(starts[-1].stamp) == 2 * DELTA_NS
+    track_1 = [(p.pose.position.x, p.pose.position.y) for p in paths[-1].poses]
+    assert track_1 != track_0  # episode 1 runs on the track of seed + 1
+    # the new episode starts at rest on its first waypoint
+    odom = probe['/carla/ego_vehicle/odometry'][-1]
+    assert _ns(odom.header.stamp) == 2 * DELTA_NS
+    assert math.hypot(odom.pose.pose.position.x - track_1[0][0],
+                      odom.pose.pose.position.y - track_1[0][1]) < 0.5
+    assert abs(odom.twist.twist.linear.x) < 0.5
+    # a requested reset does not publish episode_end
+    assert probe['/av_td3/ego_vehicle/episode_end'] == []
+
+
+def test_without_auto_reset_the_world_waits_for_reset(start_node, probe):
+    node = start_node(MODULE, '--params-file', PARAMS, '-p', 'step_timeout:=0.0',
+                      '-p', 'max_episode_steps:=2', '-p', 'auto_reset:=false')
+    probe.wait_connected()
+    status = probe['/carla/status']
+    ends = probe['/av_td3/ego_vehicle/episode_end']
+    probe.send(0, throttle=1.0)
+    probe.send(0, throttle=1.0)  # tick 2 ends episode 0
+    assert probe.spin_until(lambda: ends, timeout=10.0), node.output()
+    assert parse_episode_end(ends[0].data)['stamp_ns'] == 2 * DELTA_NS
+    probe.send(0, throttle=1.0)  # commands do not move a finished episode
+    probe.spin_until(lambda: False, timeout=0.5)
+    assert max(s.frame for s in status) == 2
+    assert probe.reset.wait_for_service(timeout_sec=10.0)
+    future = probe.reset.call_async(Trigger.Request())
+    assert probe.spin_until(future.done)
+    assert future.result().message.startswith('episode=1;stamp_ns=150000000;')
+    probe.send(0, throttle=1.0)
+    assert probe.spin_until(lambda: max(s.frame for s in status) == 4)  # stepping again
+    assert len(ends) == 1
