@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from carla_msgs.msg import CarlaEgoVehicleControl
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -38,6 +36,7 @@ from .driver_logic import DriverInputs
 from .features import FeatureConfig, Pose2D
 from .inference import PolicyRunner, resolve_device
 from .networks import ActorPolicy, NetworkConfig
+from .node_main import run_node
 from .node_params import ParameterReader
 from .pipeline import DrivingPipeline, ExplorationConfig
 from .preprocessing import PreprocessConfig
@@ -439,18 +438,7 @@ def control_markers(stamp, frame_id: str, pose: Pose2D,
 
 def main(args=None):
     """Run the driver node until shutdown."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = DriverNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
+    run_node(DriverNode, args)
 
 if __name__ == '__main__':
     main()

@@ -64,7 +64,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import rclpy
 from builtin_interfaces.msg import Time
 from carla_msgs.msg import (
     CarlaEgoVehicleControl,
@@ -74,9 +73,7 @@ from carla_msgs.msg import (
 )
 from geometry_msgs.msg import PoseStamped, Quaternion
 from nav_msgs.msg import Odometry, Path
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -85,6 +82,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32, Header, String
 from std_srvs.srv import Trigger
 
+from av_td3_ros.node_main import run_node
+from av_td3_ros.node_params import ParameterReader
 from av_td3_ros.sim_env import SimEnv, SimEnvConfig, SimState
 
 BRIDGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -228,17 +227,17 @@ class SimBridgeNode(Node):
     def _read_parameters(self) -> SimBridgeConfig:
         """Declare all parameters once and return them as a config."""
         defaults = SimBridgeConfig()
+        p = ParameterReader(self)
 
         def declare(name, description, value_range=None):
-            descriptor = ParameterDescriptor(description=description)
             default = getattr(defaults, name)
-            if value_range is not None and isinstance(default, float):
-                descriptor.floating_point_range = [FloatingPointRange(
-                    from_value=value_range[0], to_value=value_range[1])]
-            elif value_range is not None:
-                descriptor.integer_range = [IntegerRange(
-                    from_value=value_range[0], to_value=value_range[1], step=1)]
-            return self.declare_parameter(name, default, descriptor).value
+            if isinstance(default, bool):
+                return p.boolean(name, default, description)
+            if isinstance(default, str):
+                return p.string(name, default, description)
+            if isinstance(default, float):
+                return p.floating(name, default, description, *value_range)
+            return p.integer(name, default, description, *value_range)
 
         return SimBridgeConfig(
             role_name=declare('role_name', 'CARLA role name used in every topic name'),
@@ -432,18 +431,7 @@ class SimBridgeNode(Node):
 
 def main(args=None):
     """Run the sim_bridge node until shutdown."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimBridgeNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
+    run_node(SimBridgeNode, args)
 
 if __name__ == '__main__':
     main()

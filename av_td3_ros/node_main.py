@@ -1,0 +1,26 @@
+"""The one `main` every single-threaded node of this package runs."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+
+def run_node(make_node: Callable[[], Node], args=None):
+    """Init rclpy, spin the node `make_node()` builds until shutdown, then clean up.
+
+    Ctrl-C and SIGTERM end it quietly (rclpy turns them into ExternalShutdownException).
+    """
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
