@@ -33,13 +33,12 @@ from visualization_msgs.msg import Marker, MarkerArray
 from .checkpoint import CheckpointError, PolicySpec, load_policy, resolve_checkpoint
 from .control import SAFE_STOP, ControlCommand
 from .driver_logic import DriverInputs
-from .features import FeatureConfig, Pose2D
+from .features import Pose2D
 from .inference import PolicyRunner, resolve_device
-from .networks import ActorPolicy, NetworkConfig
+from .networks import ActorPolicy
 from .node_main import run_node
-from .node_params import ParameterReader
+from .node_params import ParameterReader, read_policy_spec
 from .pipeline import DrivingPipeline, ExplorationConfig
-from .preprocessing import PreprocessConfig
 from .ros_conversions import (
     fill_control_msg,
     pose_from_odometry,
@@ -80,21 +79,7 @@ def read_config(node: Node) -> DriverConfig:
     p = ParameterReader(node)
     role = p.string('role_name', 'ego_vehicle', 'CARLA role name of the ego vehicle')
     base = f'/carla/{role}'
-    network = NetworkConfig(
-        activation=p.string('activation', 'leaky_relu', 'CNN activation: leaky_relu, relu, '
-                            'prelu (must match the checkpoint)'),
-        negative_slope=p.floating('negative_slope', 0.01, 'LeakyReLU negative slope', 0.0, 1.0),
-        kinematic_dim=3 + 2 * p.integer('n_waypoints', 25, 'route waypoints in the kinematic '
-                                        'vector', 1, 200))
-    n_waypoints = (network.kinematic_dim - 3) // 2
-    spec = PolicySpec(
-        network=network,
-        preprocessing=PreprocessConfig(
-            scale=p.string('frame_scale', 'zero_centered', 'zero_centered ([-1, 1]) or unit '
-                           '([0, 1])'),
-            stack_fill=p.string('stack_fill', 'zero', 'frame stack at episode start: zero or '
-                                'repeat_first')),
-        features=FeatureConfig(n_waypoints=n_waypoints))
+    spec = read_policy_spec(p)
     exploration = ExplorationConfig(
         mode=p.string('mode', 'eval', 'eval (policy as is) or explore (random, then noise)'),
         random_steps=p.integer('random_steps', 10000, 'explore: uniform random actions for '

@@ -44,3 +44,29 @@ class ParameterReader:
         value = self.node.declare_parameter(name, default or Parameter.Type.STRING_ARRAY,
                                             descriptor).value
         return list(value or [])
+
+
+def read_policy_spec(p: ParameterReader):
+    """Declare the parameters that must match a checkpoint and return them as a PolicySpec.
+
+    The driver and the trainer share these names and defaults, so a trainer's checkpoints fit
+    a driver started from the same parameter files.
+    """
+    from .checkpoint import PolicySpec
+    from .features import FeatureConfig
+    from .networks import NetworkConfig
+    from .preprocessing import PreprocessConfig
+    network = NetworkConfig(
+        activation=p.string('activation', 'leaky_relu', 'CNN activation: leaky_relu, relu, '
+                            'prelu (must match the checkpoint)'),
+        negative_slope=p.floating('negative_slope', 0.01, 'LeakyReLU negative slope', 0.0, 1.0),
+        kinematic_dim=3 + 2 * p.integer('n_waypoints', 25, 'route waypoints in the kinematic '
+                                        'vector', 1, 200))
+    return PolicySpec(
+        network=network,
+        preprocessing=PreprocessConfig(
+            scale=p.string('frame_scale', 'zero_centered', 'zero_centered ([-1, 1]) or unit '
+                           '([0, 1])'),
+            stack_fill=p.string('stack_fill', 'zero', 'frame stack at episode start: zero or '
+                                'repeat_first')),
+        features=FeatureConfig(n_waypoints=(network.kinematic_dim - 3) // 2))

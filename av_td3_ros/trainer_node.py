@@ -44,10 +44,8 @@ from .checkpoint import (
     write_atomic,
 )
 from .control import control_to_action
-from .features import FeatureConfig
-from .networks import NetworkConfig
-from .node_params import ParameterReader
-from .preprocessing import ImageFormatError, ImageView, PreprocessConfig, to_gray
+from .node_params import ParameterReader, read_policy_spec
+from .preprocessing import ImageFormatError, ImageView, to_gray
 from .reward import RewardConfig
 from .ros_conversions import (
     command_from_control_msg,
@@ -93,16 +91,8 @@ def read_config(node: Node) -> TrainerConfig:
     """Declare the trainer's parameters (descriptions, ranges) and read them."""
     from .td3 import TD3Config
     p = ParameterReader(node)
-    network = NetworkConfig(
-        activation=p.string('activation', 'leaky_relu', 'CNN activation (as the driver)'),
-        negative_slope=p.floating('negative_slope', 0.01, 'LeakyReLU slope', 0.0, 1.0),
-        kinematic_dim=3 + 2 * p.integer('n_waypoints', 25, 'route waypoints in the kinematic '
-                                        'vector', 1, 200))
-    preprocessing = PreprocessConfig(
-        scale=p.string('frame_scale', 'zero_centered', 'zero_centered or unit'),
-        stack_fill=p.string('stack_fill', 'zero', 'zero or repeat_first'))
-    spec = PolicySpec(network=network, preprocessing=preprocessing,
-                      features=FeatureConfig(n_waypoints=(network.kinematic_dim - 3) // 2))
+    spec = read_policy_spec(p)
+    preprocessing = spec.preprocessing
     seed = p.integer('seed', 0, 'seed of networks, sampling and noise', 0, 2**31 - 1)
     device = p.string('device', 'auto', 'auto, cpu or cuda')
 

@@ -64,7 +64,7 @@ class NodeProcess:
         self._log.flush()
         return self.log_path.read_text(errors='replace')
 
-    def wait_for_output(self, text, timeout=30.0) -> bool:
+    def wait_for_output(self, text, timeout=60.0) -> bool:
         """Wait until `text` appears in the output; return False on timeout or exit."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -88,7 +88,7 @@ class FakeBridge:
             self.executor.spin_once(timeout_sec=0.02)
         return predicate()
 
-    def wait_for_subscriber(self, publisher, timeout=20.0):
+    def wait_for_subscriber(self, publisher, timeout=60.0):
         """Wait until the node under test has matched `publisher`."""
         return self.spin_until(lambda: publisher.get_subscription_count() > 0, timeout)
 
@@ -105,7 +105,7 @@ class FakeBridge:
         self.spin_until(lambda: self.commands_for(sec), timeout)
         return self.commands_for(sec)
 
-    def warm_up(self, first_sec=1000, timeout=20.0, until_driving=True):
+    def warm_up(self, first_sec=1000, timeout=60.0, until_driving=True):
         """Send frames until one is answered (and, if `until_driving`, not by a full brake).
 
         Discovery is asymmetric: a best-effort frame sent right after matching can be lost,

@@ -62,9 +62,9 @@ def test_unknown_argument_and_missing_file_are_errors(ros_env):
 
 def _get_parameters(bridge, node_name, names):
     client = bridge.node.create_client(GetParameters, f'{node_name}/get_parameters')
-    assert client.wait_for_service(timeout_sec=20.0)
+    assert client.wait_for_service(timeout_sec=60.0)
     future = client.call_async(GetParameters.Request(names=names))
-    assert bridge.spin_until(future.done, timeout=10.0)
+    assert bridge.spin_until(future.done, timeout=30.0)
     return [value for value in future.result().values]
 
 
@@ -90,6 +90,6 @@ def test_driver_runs_with_launch_parameters(start_node, tmp_path, rclpy_context)
         # The camera remapping took effect: the driver subscribes to the remapped topic.
         assert bridge.spin_until(lambda: '/cam/remapped' in dict(
             bridge.node.get_subscriber_names_and_types_by_node(spec.name, spec.namespace)),
-            timeout=10.0), driver.output()
+            timeout=30.0), driver.output()
     finally:
         bridge.close()

@@ -64,7 +64,7 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
         collision_pub.publish(event)
         bridge.spin_until(lambda: False, timeout=0.3)
         assert bridge.send_frame_and_wait(25)
-        assert bridge.spin_until(lambda: resets, timeout=10.0), trainer.output()
+        assert bridge.spin_until(lambda: resets, timeout=30.0), trainer.output()
         bridge.episode_pub.publish(Header(frame_id='2', stamp=_stamp(100)))
         for sec in range(100, 112):
             assert bridge.send_frame_and_wait(sec), (sec, driver.output())
