@@ -98,6 +98,28 @@ def episode_returns(episode_ends: list[str]) -> list[float]:
     return returns
 
 
+def trainer_summary(episodes_file: Path) -> str:
+    """Summarise the trainer's episodes.jsonl: count, reasons, first vs last returns."""
+    import json
+    try:
+        records = [json.loads(line) for line in episodes_file.read_text().splitlines()
+                   if line.strip()]
+    except FileNotFoundError:
+        return 'trainer wrote no episodes yet'
+    if not records:
+        return 'trainer finished no episode yet'
+    returns = [r['return'] for r in records]
+    reasons = {}
+    for record in records:
+        reasons[record['reason']] = reasons.get(record['reason'], 0) + 1
+    window = max(1, min(20, len(returns) // 2))
+    counts = ', '.join(f'{reason} {count}' for reason, count in reasons.items())
+    return (f'trainer episodes: {len(records)} ({counts}); mean shaped return of the first '
+            f'{window}: {np.mean(returns[:window]):.1f}, '
+            f'of the last {window}: {np.mean(returns[-window:]):.1f}; updates '
+            f'{records[-1].get("updates", "?")}')
+
+
 def main(argv=None) -> int:
     """Run the demo and print the summary."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -173,6 +195,7 @@ def main(argv=None) -> int:
         checkpoints = sorted(Path(args.run_dir, 'checkpoints').glob('policy_*.safetensors'))
         print(f'[demo] trainer run dir {args.run_dir}: {len(checkpoints)} policy checkpoints'
               + (f', newest {checkpoints[-1].name}' if checkpoints else ''))
+        print(f'[demo] {trainer_summary(Path(args.run_dir, "episodes.jsonl"))}')
     ok = monitor.commands > 0
     return 0 if ok else 1
 
