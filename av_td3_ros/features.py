@@ -69,8 +69,22 @@ def wrap_angle(angle: float) -> float:
     return (angle + math.pi) % (2.0 * math.pi) - math.pi
 
 
-def route_state(pose: Pose2D, route: np.ndarray) -> RouteState:
-    """Project the vehicle on the route polyline (M, 2) and measure how it tracks it."""
+SEGMENTS_BEHIND = 5
+"""With a previous segment as hint, search this many segments back..."""
+SEGMENTS_AHEAD = 40
+"""...and this many ahead (2 m waypoints: 80 m, far more than one frame of driving)."""
+LOST_DISTANCE = 10.0
+"""Beyond this distance (m) from the hinted window the vehicle is re-found on the whole route."""
+
+
+def route_state(pose: Pose2D, route: np.ndarray, hint: int | None = None) -> RouteState:
+    """Project the vehicle on the route polyline (M, 2) and measure how it tracks it.
+
+    `hint` is the segment found for the previous frame: the search then stays near it, so a
+    route that passes close to itself (a closed track's start and end, a figure eight) never
+    makes the vehicle jump along the route - such a jump would pay the progress reward for
+    hundreds of metres never driven.
+    """
     if route.ndim != 2 or route.shape[0] < 2 or route.shape[1] != 2:
         raise ValueError(f'route must be (M >= 2, 2) points, got shape {route.shape}')
     starts, ends = route[:-1], route[1:]
@@ -87,6 +101,11 @@ def route_state(pose: Pose2D, route: np.ndarray) -> RouteState:
     dist2 = ((np.array([pose.x, pose.y]) - nearest) ** 2).sum(axis=1)
     dist2[~valid] = np.inf
     i = int(np.argmin(dist2))
+    if hint is not None:
+        low = max(0, min(hint, len(dist2) - 1) - SEGMENTS_BEHIND)
+        local = low + int(np.argmin(dist2[low:hint + SEGMENTS_AHEAD + 1]))
+        if dist2[local] <= LOST_DISTANCE ** 2:
+            i = local
     direction = math.atan2(seg[i, 1], seg[i, 0])
     # Sign by the cross product: positive when the vehicle is to the left of the route.
     cross = seg[i, 0] * rel[i, 1] - seg[i, 1] * rel[i, 0]
@@ -114,14 +133,18 @@ def waypoints_in_vehicle_frame(pose: Pose2D, route: np.ndarray, first: int,
 
 def kinematic_vector(pose: Pose2D, speed: float, route: np.ndarray | None,
                      config: FeatureConfig = FeatureConfig(),
-                     out: np.ndarray | None = None) -> tuple[np.ndarray, RouteState | None]:
-    """Build the float32 kinematic vector; without a route only the speed term is non-zero."""
+                     out: np.ndarray | None = None,
+                     hint: int | None = None) -> tuple[np.ndarray, RouteState | None]:
+    """Build the float32 kinematic vector; without a route only the speed term is non-zero.
+
+    `hint`: the previous frame's route segment (see `route_state`).
+    """
     vec = np.zeros(config.size, np.float32) if out is None else out
     vec.fill(0.0)
     vec[0] = speed / config.speed_scale
     if route is None or len(route) < 2:
         return vec, None
-    state = route_state(pose, route)
+    state = route_state(pose, route, hint)
     vec[1] = state.lateral_deviation / config.lateral_scale
     vec[2] = state.heading_error / math.pi
     ahead = waypoints_in_vehicle_frame(pose, route, state.segment + 1, config.n_waypoints)

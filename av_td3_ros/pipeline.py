@@ -76,11 +76,14 @@ class DrivingPipeline:
         self.kinematics = np.zeros(spec.features.size, np.float32)
         self._frame = np.empty((spec.preprocessing.image_size,) * 2, np.float32)
         self.steps = 0
+        self._route_hint = None  # route segment of the previous frame
+        self._hint_route = None  # the route that hint refers to
         self._rng = np.random.default_rng(exploration.seed)
 
     def reset_episode(self):
-        """Forget the frames of the previous episode."""
+        """Forget the frames and the route position of the previous episode."""
         self.stack.reset()
+        self._route_hint = None
 
     def set_runner(self, runner: PolicyRunner | None):
         """Swap the policy (between frames: the caller serialises calls)."""
@@ -100,8 +103,11 @@ class DrivingPipeline:
         timings['preprocess'] = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
+        if route is not self._hint_route:
+            self._route_hint, self._hint_route = None, route
         _, route_state = kinematic_vector(pose, speed, route, self.spec.features,
-                                          out=self.kinematics)
+                                          out=self.kinematics, hint=self._route_hint)
+        self._route_hint = route_state.segment if route_state is not None else None
         timings['features'] = (time.perf_counter() - start) * 1e3
         self.steps += 1
 

@@ -44,6 +44,7 @@ class _Observation:
     frame: np.ndarray  # (84, 84) uint8
     vec: np.ndarray | None = None  # kinematic vector, float32 (computed when emitted)
     state: VehicleState | None = None
+    route: np.ndarray | None = None  # the route the state was measured on
     action: np.ndarray | None = None
     simulator_end: tuple[bool, bool, str] | None = None
 
@@ -229,7 +230,11 @@ class TransitionAssembler:
             # The newest odometry not newer than the frame, looked up now rather than on
             # arrival: the frame's own tick's odometry may have come in after the frame.
             _, pose, speed, yaw_rate = self._odometry_at(obs.stamp)
-            vec, route = kinematic_vector(pose, speed, self.route, self.features)
+            previous = self._previous
+            hint = (previous.state.segment if previous is not None and previous.state
+                    and previous.route is self.route else None)
+            vec, route = kinematic_vector(pose, speed, self.route, self.features, hint=hint)
+            obs.route = self.route
             obs.vec = vec.copy()
             obs.state = VehicleState(time=obs.stamp * 1e-9, speed=speed, yaw_rate=yaw_rate,
                                      lateral_deviation=route.lateral_deviation,

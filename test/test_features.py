@@ -211,3 +211,35 @@ def test_duplicate_route_points_do_not_change_the_route_direction():
     route = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
     state = route_state(Pose2D(0.0, -1.0, math.pi / 2), route)
     assert state.heading_error == pytest.approx(0.0, abs=1e-9)
+
+
+def test_hint_keeps_the_vehicle_near_its_previous_segment_on_a_closed_track():
+    # Test that a vehicle just behind the start of a closed loop is not teleported to the
+    # loop's end (which would pay the progress reward for a lap never driven).
+    angles = np.linspace(0.0, 2 * math.pi, 200, endpoint=False)
+    loop = np.stack([50.0 * np.cos(angles), 50.0 * np.sin(angles)], axis=1)
+    behind_start = Pose2D(50.0 - 0.1, -0.8, math.pi / 2)
+    unhinted = route_state(behind_start, loop)
+    hinted = route_state(behind_start, loop, hint=0)
+    assert unhinted.segment > 190  # globally nearest: the loop's last segment
+    assert hinted.segment == 0
+    assert hinted.distance_to_goal > unhinted.distance_to_goal + 300.0
+    # Far from the hinted window (lost), the whole route is searched again.
+    far_away = Pose2D(loop[100, 0], loop[100, 1], 0.0)
+    assert abs(route_state(far_away, loop, hint=0).segment - 100) <= 1
+
+
+def test_pipeline_tracks_the_route_segment_across_frames_and_resets_it():
+    from av_td3_ros.checkpoint import PolicySpec
+    from av_td3_ros.pipeline import DrivingPipeline
+    from av_td3_ros.preprocessing import ImageView
+    angles = np.linspace(0.0, 2 * math.pi, 200, endpoint=False)
+    loop = np.stack([50.0 * np.cos(angles), 50.0 * np.sin(angles)], axis=1)
+    image = ImageView('mono8', 84, 84, 84, bytes(84 * 84))
+    pipeline = DrivingPipeline(PolicySpec())
+    at_start = pipeline.step(image, Pose2D(50.0, 0.5, math.pi / 2), 1.0, loop)
+    behind = pipeline.step(image, Pose2D(50.0 - 0.1, -0.8, math.pi / 2), 1.0, loop)
+    assert at_start.route.segment == 0 and behind.route.segment == 0
+    pipeline.reset_episode()
+    fresh = pipeline.step(image, Pose2D(50.0 - 0.1, -0.8, math.pi / 2), 1.0, loop)
+    assert fresh.route.segment > 190
