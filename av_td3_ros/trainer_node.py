@@ -96,10 +96,6 @@ def read_config(node: Node) -> TrainerConfig:
     seed = p.integer('seed', 0, 'seed of networks, sampling and noise', 0, 2**31 - 1)
     device = p.string('device', 'auto', 'auto, cpu or cuda')
 
-    def clip(name, default, description):
-        value = p.floating(name, default, description + ' (0 disables)', 0.0, 1e6)
-        return value or None
-
     td3 = TD3Config(
         gamma=p.floating('gamma', 0.99, 'discount factor', 0.0, 1.0),
         tau=p.floating('tau', 0.005, 'polyak rate, SB3 meaning', 0.0, 1.0),
@@ -109,8 +105,11 @@ def read_config(node: Node) -> TrainerConfig:
         policy_frequency=p.integer('policy_frequency', 2, 'policy delay', 1, 1000),
         policy_noise=p.floating('policy_noise', 0.2, 'target smoothing noise std', 0.0, 10.0),
         noise_clip=p.floating('noise_clip', 0.5, 'target smoothing noise clip', 0.0, 10.0),
-        actor_grad_clip=clip('actor_grad_clip', 1.0, 'actor max grad norm'),
-        critic_grad_clip=clip('critic_grad_clip', 10.0, 'critic max grad norm'),
+        # 0 disables clipping (TD3Config takes None for that).
+        actor_grad_clip=p.floating('actor_grad_clip', 1.0, 'actor max grad norm (0: off)', 0.0,
+                                   1e6) or None,
+        critic_grad_clip=p.floating('critic_grad_clip', 10.0, 'critic max grad norm (0: off)',
+                                    0.0, 1e6) or None,
         target_encoders=p.boolean('target_encoders', True, 'target copies of both CNNs'),
         frame_scale=preprocessing.scale, device=device, seed=seed)
     episode = EpisodeConfig(
@@ -177,6 +176,7 @@ class VehicleFeed:
                                              config.episode)
         self.frame_stamps: list[int] = []  # recent frame stamps (vehicle_status pairing)
         self.resetting = False
+        self.reset_requested: float | None = None  # monotonic time of the last request
         base = f'/carla/{role}'
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # Reliable keep-10 for the camera: the trainer must see every frame the driver saw.
@@ -252,9 +252,20 @@ class VehicleFeed:
         """Feed a lane invasion event."""
         self.assembler.on_event(stamp_to_ns(msg.header.stamp), 'lane_invasion')
 
+    def check_reset(self):
+        """Ask again when a requested reset brought no episode_start within reset_timeout."""
+        if self.reset_requested is None or not self.assembler.ended:
+            return
+        waited = time.monotonic() - self.reset_requested
+        if waited > self.node.config.reset_timeout:
+            self.node.get_logger().warn(f'{self.role}: no episode_start {waited:.1f} s after '
+                                        'the reset request; asking again')
+            self.request_reset()
+
     def on_episode_start(self, msg: Header):
         """Begin a new episode at the given stamp."""
         self.resetting = False
+        self.reset_requested = None
         self.assembler.on_episode_start(stamp_to_ns(msg.stamp))
 
     def on_episode_end(self, msg: String):
@@ -274,6 +285,7 @@ class VehicleFeed:
     def request_reset(self):
         """Ask the simulator side to respawn the vehicle (asynchronously)."""
         self.resetting = True
+        self.reset_requested = time.monotonic()
         if not self.reset_client.service_is_ready():
             self.node.log_throttled('warn', f'reset_{self.role}',
                                     f'{self.role}: reset service not available; waiting for '
@@ -321,6 +333,8 @@ class TrainerNode(Node):
         self.feeds = [VehicleFeed(self, role, group) for role in config.vehicles]
         self.create_timer(config.log_period, self.log_progress,
                           callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, lambda: [feed.check_reset() for feed in self.feeds],
+                          callback_group=group)
         self._stop = threading.Event()
         self._updates_since_log = 0
         self._last_log = time.monotonic()
