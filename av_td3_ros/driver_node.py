@@ -241,8 +241,15 @@ class DriverNode(Node):
             stat = None
         if stat is None:
             if self._loaded_key is None:
-                self._log_throttled('error', 'checkpoint', f'checkpoint {self.config.checkpoint}'
-                                    ' not found: braking until it appears')
+                exploring = (self.config.exploration.mode == 'explore'
+                             and self.pipeline.steps < self.config.exploration.random_steps)
+                # While exploring randomly a missing policy is expected (a trainer writes
+                # it soon), so it is no error yet.
+                self._log_throttled(
+                    'warn' if exploring else 'error', 'checkpoint',
+                    f'checkpoint {self.config.checkpoint} not found: '
+                    + ('random actions meanwhile' if exploring
+                       else 'braking until it appears'), period=10.0 if exploring else 2.0)
             return
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         if key == self._loaded_key:
@@ -376,9 +383,9 @@ class DriverNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
 
-    def _log_throttled(self, level: str, key: str, text: str):
+    def _log_throttled(self, level: str, key: str, text: str, period: float = LOG_THROTTLE_S):
         now = time.monotonic()
-        if now - self._log_times.get(key, -1e9) >= LOG_THROTTLE_S:
+        if now - self._log_times.get(key, -1e9) >= period:
             self._log_times[key] = now
             getattr(self.get_logger(), level)(text)
 
