@@ -147,7 +147,7 @@ def read_config(node: Node) -> TrainerConfig:
         buffer_kinematics_dtype=p.string('buffer_kinematics_dtype', 'float16', 'float16 or '
                                          'float32 kinematics in the buffer'),
         learning_starts=p.integer('learning_starts', 10000, 'transitions before updates',
-                                  1, 10**9),
+                                  0, 10**9),
         updates_per_step=p.floating('updates_per_step', 1.0, 'update-to-data ratio', 0.0,
                                     1000.0),
         checkpoint_every=p.integer('checkpoint_every', 5000, 'updates between policy '
