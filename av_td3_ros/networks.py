@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = ('leaky_relu', 'relu', 'prelu')
+FEATURE_NORMS = ('none', 'layernorm', 'layernorm_tanh')
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class NetworkConfig:
     """Activation after each conv: leaky_relu (the seed's fix for [-1, 1] inputs), relu, prelu."""
     negative_slope: float = 0.01
     """LeakyReLU slope for negative inputs (PReLU initial slope)."""
+    feature_norm: str = 'none'
+    """After `fc`: none (the seed's NatureCNN), layernorm, or layernorm_tanh (bounded
+    features; keeps an actor that trains its own encoder from blowing its features up and
+    saturating tanh, which we measured in CPU training runs of the stand-in)."""
     kinematic_dim: int = 53
     """Length of the kinematic vector: speed, lateral dev., heading err., 2 x N waypoints."""
     hidden_dim: int = 256
@@ -41,6 +46,9 @@ class NetworkConfig:
         """Validate values so a bad config fails when built, naming the field."""
         if self.activation not in ACTIVATIONS:
             raise ValueError(f'activation must be one of {ACTIVATIONS}, got {self.activation!r}')
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f'feature_norm must be one of {FEATURE_NORMS}, '
+                             f'got {self.feature_norm!r}')
         if self.image_size < 36:
             # Three valid convolutions (8/4, 4/2, 3/1) need at least 36 pixels.
             raise ValueError(f'image_size must be >= 36, got {self.image_size}')
@@ -95,6 +103,8 @@ class NatureCNN(nn.Module):
             dummy = torch.zeros(1, channels, config.image_size, config.image_size)
             self.flat_size = int(self.conv_stack(dummy).shape[1])
         self.fc = nn.Linear(self.flat_size, config.features_dim)
+        if config.feature_norm != 'none':
+            self.feature_norm = nn.LayerNorm(config.features_dim)
         self._init_weights()
 
     def _init_weights(self):
@@ -132,7 +142,12 @@ class NatureCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode frames `x` (B, frames, size, size) to (B, features_dim)."""
         self.check_input(x)
-        return self.fc(self.conv_stack(x))
+        features = self.fc(self.conv_stack(x))
+        if self.config.feature_norm == 'none':
+            return features
+        features = self.feature_norm(features)
+        return torch.tanh(features) if self.config.feature_norm == 'layernorm_tanh' \
+            else features
 
 
 def _uniform_fan_in_(layer: nn.Linear):

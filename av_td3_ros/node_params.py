@@ -60,6 +60,8 @@ def read_policy_spec(p: ParameterReader):
         activation=p.string('activation', 'leaky_relu', 'CNN activation: leaky_relu, relu, '
                             'prelu (must match the checkpoint)'),
         negative_slope=p.floating('negative_slope', 0.01, 'LeakyReLU negative slope', 0.0, 1.0),
+        feature_norm=p.string('feature_norm', 'none', 'after the CNN fc: none (the seed\'s '
+                              'NatureCNN), layernorm or layernorm_tanh'),
         kinematic_dim=3 + 2 * p.integer('n_waypoints', 25, 'route waypoints in the kinematic '
                                         'vector', 1, 200))
     return PolicySpec(

@@ -218,3 +218,26 @@ def test_actor_policy_end_to_end_shapes_and_range():
     assert actions.abs().max().item() <= 1.0
     with pytest.raises(ValueError, match='NatureCNN expects input'):
         policy(torch.zeros(3, 3, 84, 84), torch.zeros(3, config.kinematic_dim))
+
+
+@pytest.mark.parametrize('feature_norm', ['layernorm', 'layernorm_tanh'])
+def test_feature_norm_options_bound_the_encoder_output(feature_norm):
+    # Test that the optional LayerNorm (+tanh) after fc normalises features and is a named,
+    # checkpointed module; 'none' (the seed's NatureCNN) has no such parameters.
+    torch.manual_seed(0)
+    cnn = NatureCNN(NetworkConfig(feature_norm=feature_norm))
+    with torch.no_grad():
+        cnn.fc.weight.mul_(100.0)  # what an encoder trained by the actor drifted to
+        features = cnn(torch.rand(8, 4, 84, 84) * 2 - 1)
+    assert 'feature_norm.weight' in cnn.state_dict()
+    if feature_norm == 'layernorm_tanh':
+        assert features.abs().max() <= 1.0
+    else:
+        assert features.mean(dim=1).abs().max() < 0.1
+        assert features.std(dim=1).sub(1.0).abs().max() < 0.05
+    assert 'feature_norm.weight' not in NatureCNN(NetworkConfig()).state_dict()
+
+
+def test_unknown_feature_norm_is_refused():
+    with pytest.raises(ValueError, match='feature_norm'):
+        NetworkConfig(feature_norm='batchnorm')

@@ -386,3 +386,23 @@ def test_padding_frames_before_the_episode_start_become_zero_like_the_driver():
     stack = FrameStack(PreprocessConfig())
     stack.push(scale_frames(first))
     np.testing.assert_array_equal(prepared.obs[0].contiguous().numpy(), stack.frames)
+
+
+def test_update_and_resume_with_a_layernorm_tanh_encoder():
+    # Test that the optional feature normalisation trains, has targets and resumes.
+    net = NetworkConfig(feature_norm='layernorm_tanh', image_size=36)
+    agent = TD3(net, TD3Config(device='cpu', seed=1, batch_size=4))
+    rng = np.random.default_rng(0)
+    batch = Batch(obs_frames=rng.integers(0, 255, (4, 4, 36, 36), dtype=np.uint8),
+                  obs_vec=np.zeros((4, 53), np.float32), actions=np.zeros((4, 2), np.float32),
+                  rewards=np.ones(4, np.float32),
+                  next_frames=rng.integers(0, 255, (4, 4, 36, 36), dtype=np.uint8),
+                  next_vec=np.zeros((4, 53), np.float32), terminated=np.zeros(4, np.float32),
+                  truncated=np.zeros(4, np.float32))
+    before = agent.actor_cnn.feature_norm.weight.detach().clone()
+    agent.update(batch)
+    agent.update(batch)
+    assert not torch.equal(before, agent.actor_cnn.feature_norm.weight)
+    assert 'actor_cnn.feature_norm.weight' in agent.state_tensors()[0]
+    assert 'target_actor_cnn.feature_norm.weight' in agent.state_tensors()[0]
+    assert 'cnn.feature_norm.bias' in agent.policy_state()
