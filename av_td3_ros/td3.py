@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from av_td3_ros.inference import resolve_device
 from av_td3_ros.networks import Actor, NatureCNN, NetworkConfig, TwinCritic
 
 FRAME_SCALES = ('zero_centered', 'unit')
@@ -142,13 +143,6 @@ class DeviceBatch(NamedTuple):
     next_vec: torch.Tensor
     terminated: torch.Tensor
     truncated: torch.Tensor
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map 'auto' to cuda when available, else cpu; pass other names to torch.device."""
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
 
 
 def frames_to_float(frames: torch.Tensor, scale: str = 'zero_centered',
