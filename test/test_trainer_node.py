@@ -1,5 +1,6 @@
 # Test driver + trainer over real DDS: transitions land in the buffer, updates run,
 # checkpoints are written atomically and the driver hot-reloads them.
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +71,17 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
             assert bridge.send_frame_and_wait(sec), (sec, driver.output())
         assert trainer.wait_for_output('checkpoint: policy after', timeout=60), \
             trainer.output()
-        # The driver swaps in the new policy between frames; keep feeding frames.
-        for sec in range(112, 200):
+        # The driver swaps in a trained policy (step > 0; the trainer also writes its initial
+        # actor as step 0 at start) between frames; keep feeding frames until it does.
+        def trained_policy_loaded():
+            steps = re.findall(r'loaded policy_(\d+)\.safetensors', driver.output())
+            return any(int(step) > 0 for step in steps)
+
+        for sec in range(112, 300):
             bridge.send_frame_and_wait(sec)
-            if 'loaded policy_' in driver.output():
+            if trained_policy_loaded():
                 break
-        assert 'loaded policy_' in driver.output(), driver.output()
+        assert trained_policy_loaded(), driver.output()
         assert 'ended (collision)' in trainer.output()
         assert 'activation health' in trainer.output()
     finally:
