@@ -481,9 +481,12 @@ class TrainerNode(Node):
             getattr(self.get_logger(), level)(text)
 
     def shutdown(self):
-        """Stop updates, save the state and close the buffer and logs."""
+        """Stop updates, store the steps still held back, save the state, close everything."""
         self._stop.set()
         self.worker.join(timeout=30.0)
+        for feed in self.feeds:
+            for item in feed.assembler.finish():
+                self.store(feed.role, item)
         if self.agent.total_updates > 0:
             self.save_policy()
         self.save_training_state()

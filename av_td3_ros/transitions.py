@@ -210,6 +210,11 @@ class TransitionAssembler:
         output, self._output = self._output, []
         return output
 
+    def finish(self) -> list:
+        """Release the held-back step too (at shutdown) and return all remaining output."""
+        self._release()
+        return self.pop_output()
+
     @property
     def ended(self) -> bool:
         """Return True after an episode end and before the next on_episode_start."""

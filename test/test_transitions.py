@@ -217,3 +217,11 @@ def test_frames_after_an_end_wait_for_the_next_episode_start():
     assert end[3] == 'collision' and end[4] is True  # the trainer must request a reset
     starts = [item for item in output if item[0] == 'start']
     assert starts[-1][1][0, 0] == 10
+
+
+def test_finish_releases_the_held_step():
+    assembler = make()
+    for k in range(1, 4):
+        feed(assembler, k)
+    assert len(transitions(assembler.pop_output())) == 1  # the step into frame 3 is held
+    assert [int(t.next_frame[0, 0]) for t in transitions(assembler.finish())] == [3]
