@@ -1,13 +1,11 @@
 """Shared pytest fixtures: isolated ROS 2 environments and node subprocesses."""
 import itertools
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from processes import ModuleProcess
 
 REPO = Path(__file__).resolve().parents[1]
 _domain_counter = itertools.count()
@@ -48,48 +46,6 @@ def ros_env(tmp_path, monkeypatch):
     return env
 
 
-class NodeProcess:
-    """A ROS node started as `python -m <module>` in its own process group."""
-
-    def __init__(self, module, ros_args, env, log_path):
-        """Start `module` with `--ros-args` arguments, logging to `log_path`."""
-        self.log_path = Path(log_path)
-        self._log = open(self.log_path, 'wb')
-        cmd = [sys.executable, '-m', module, '--ros-args', *ros_args]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self) -> str:
-        """Return everything the process printed so far."""
-        self._log.flush()
-        return self.log_path.read_text(errors='replace')
-
-    def wait_for_output(self, text, timeout=60.0) -> bool:
-        """Wait until `text` appears in the output; return False on timeout or exit."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return True
-            if self.proc.poll() is not None:
-                return text in self.output()
-            time.sleep(0.1)
-        return False
-
-    def stop(self, timeout=10.0) -> int:
-        """Send SIGINT, then SIGKILL to the whole group if it does not exit in time."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGINT)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
-        self._log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture
 def start_node(ros_env, tmp_path):
     """Start node modules as subprocesses in the test's ROS domain; stop them all afterwards."""
@@ -97,7 +53,7 @@ def start_node(ros_env, tmp_path):
 
     def _start(module, *ros_args, name=None):
         log = tmp_path / f'{name or module.rsplit(".", 1)[-1]}_{len(started)}.log'
-        node = NodeProcess(module, list(ros_args), ros_env, log)
+        node = ModuleProcess(module, ['--ros-args', *ros_args], ros_env, log)
         started.append(node)
         return node
 

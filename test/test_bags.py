@@ -1,15 +1,12 @@
 # Test the bag tools over real DDS: record, replay through a live driver, offline evaluation.
 import importlib.util
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from processes import ModuleProcess
 from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
@@ -29,48 +26,12 @@ DEBUG = '/ego_vehicle/driver/debug/frame_stack'
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 
 
-class Tool:
-    """A bag command-line tool (`python -m module args`) in its own process group."""
-
-    def __init__(self, module, args, env, log_path):
-        self.log_path = Path(log_path)
-        self._log = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen([sys.executable, '-m', module, *map(str, args)], env=env,
-                                     cwd=str(REPO), stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def output(self):
-        """Return everything the tool printed so far."""
-        self._log.flush()
-        return self.log_path.read_text(errors='replace')
-
-    def wait(self, timeout=60.0):
-        """Wait for the exit status."""
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._log.flush()
-
-    def interrupt(self, timeout=15.0):
-        """Stop it like Ctrl-C does; return its exit status."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-        return self.wait(timeout)
-
-    def kill(self):
-        """Kill it if it still runs."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture
 def start_tool(ros_env, tmp_path):
     started = []
 
     def _start(module, *args):
-        tool = Tool(module, args, ros_env, tmp_path / f'tool_{len(started)}.log')
+        tool = ModuleProcess(module, args, ros_env, tmp_path / f'tool_{len(started)}.log')
         started.append(tool)
         return tool
 

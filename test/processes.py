@@ -1,0 +1,71 @@
+"""Processes the tests start: `python -m <module> args` in their own process group."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ModuleProcess:
+    """A `python -m <module> args` child (a node or a tool) logging to a file."""
+
+    def __init__(self, module, args, env, log_path):
+        """Start `module` with `args`, stdout and stderr to `log_path`."""
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, 'wb')
+        cmd = [sys.executable, '-m', module, *map(str, args)]
+        self.proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        """Return everything the process printed so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors='replace')
+
+    def wait_for_output(self, text, timeout=60.0) -> bool:
+        """Wait until `text` appears in the output; return False on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return True
+            if self.proc.poll() is not None:
+                return text in self.output()
+            time.sleep(0.1)
+        return False
+
+    def wait(self, timeout=60.0):
+        """Wait for the exit status."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.flush()
+
+    def interrupt(self, timeout=15.0):
+        """Stop it like Ctrl-C does; return its exit status."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        return self.wait(timeout)
+
+    def stop(self, timeout=10.0) -> int:
+        """Send SIGINT, then SIGKILL to the whole group if it does not exit in time."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self):
+        """Kill it if it still runs."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
