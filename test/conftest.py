@@ -47,19 +47,33 @@ def ros_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def start_node(ros_env, tmp_path):
-    """Start node modules as subprocesses in the test's ROS domain; stop them all afterwards."""
+def start_process(ros_env, tmp_path):
+    """Start `python -m <module> args` children in the test's domain; stop them afterwards."""
     started = []
 
-    def _start(module, *ros_args, name=None):
-        log = tmp_path / f'{name or module.rsplit(".", 1)[-1]}_{len(started)}.log'
-        node = ModuleProcess(module, ['--ros-args', *ros_args], ros_env, log)
-        started.append(node)
-        return node
+    def _start(module, args, label):
+        child = ModuleProcess(module, args, ros_env, tmp_path / f'{label}_{len(started)}.log')
+        started.append(child)
+        return child
 
     yield _start
-    for node in started:
-        node.stop()
+    for child in started:
+        child.stop()
+
+
+@pytest.fixture
+def start_node(start_process):
+    """Start a node module with `--ros-args ...`."""
+    def _start(module, *ros_args, name=None):
+        return start_process(module, ['--ros-args', *ros_args],
+                             name or module.rsplit('.', 1)[-1])
+    return _start
+
+
+@pytest.fixture
+def start_tool(start_process):
+    """Start a command-line tool module with plain arguments."""
+    return lambda module, *args: start_process(module, args, 'tool')
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from processes import ModuleProcess
 from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
@@ -24,20 +23,6 @@ CONTROL = f'{BASE}/vehicle_control_cmd'
 EPISODE_START = '/av_td3/ego_vehicle/episode_start'
 DEBUG = '/ego_vehicle/driver/debug/frame_stack'
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
-
-
-@pytest.fixture
-def start_tool(ros_env, tmp_path):
-    started = []
-
-    def _start(module, *args):
-        tool = ModuleProcess(module, args, ros_env, tmp_path / f'tool_{len(started)}.log')
-        started.append(tool)
-        return tool
-
-    yield _start
-    for tool in started:
-        tool.kill()
 
 
 @pytest.fixture
