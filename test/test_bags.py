@@ -467,7 +467,7 @@ def test_rosbags_bag_plays_into_rclpy_subscribers(start_tool, tmp_path, rclpy_co
         # Joining after the route went out: the player re-publishes it transient-local.
         node.create_subscription(PathMsg, ROUTE, paths.append, late)
         assert _spin(executor, lambda: len(strings) == 5 and len(statuses) == 5 and paths,
-                     30.0), player.output()
+                     30.0), (len(strings), len(statuses), len(paths), player.output())
         assert player.wait() == 0, player.output()
     finally:
         executor.shutdown()

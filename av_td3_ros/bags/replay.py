@@ -20,7 +20,8 @@ the newest odometry again (the driver measures odometry age on its wall clock). 
 own control commands are not published in that mode (the live driver answers instead).
 Latched topics (recorded transient-local, or named by --latched) are re-published
 transient-local. --clock publishes each message's bag time on /clock before the message
-(and then the bag's recorded /clock is not replayed).
+(and then the bag's recorded /clock is not replayed). At the end the player waits (up to
+--drain-timeout) until reliable subscribers acknowledged every message before it exits.
 """
 from __future__ import annotations
 
@@ -68,10 +69,13 @@ class ReplayConfig:
     settle: float = 0.01
     """As-fast-as-consumed: seconds between a frame's preceding messages and the frame."""
     refresh: tuple[str, ...] = ()
+    """As-fast-as-consumed: topics whose newest message is sent again with a re-sent frame."""
     sync_node: str = ''
     """As-fast-as-consumed: the consumer node ('/ns/name') whose parameter service is the
     barrier proving it ran the callbacks of the messages sent before a frame ('': settle)."""
-    """As-fast-as-consumed: topics whose newest message is sent again with a re-sent frame."""
+    drain_timeout: float = 10.0
+    """Seconds to wait at the end until reliable subscribers acknowledged every message
+    (a writer that is destroyed first takes the undelivered ones with it)."""
 
 
 @dataclass
@@ -84,6 +88,8 @@ class ReplayStats:
     resent: int = 0
     unanswered: list[int] = field(default_factory=list)
     """Stamps (ns) of frames that never got a command (as-fast-as-consumed only)."""
+    unacknowledged: list[str] = field(default_factory=list)
+    """Topics whose reliable subscribers had not acknowledged everything at the end."""
 
 
 class BagPlayer(Node):
@@ -228,7 +234,25 @@ class Replay:
             since_frame[topic] = since_frame.get(topic, 0) + 1
             if topic in self.config.refresh:
                 latest[topic] = raw
+        self._drain()
         return self.stats
+
+    def _drain(self):
+        """Wait until reliable subscribers acknowledged all messages, or drain_timeout.
+
+        Exiting right after the last publish lost the bag's last messages on loaded machines
+        (measured: 1 of 5 in 5 of 10 runs with two busy cores).
+        """
+        from rclpy.duration import Duration
+        deadline = time.monotonic() + self.config.drain_timeout
+        for topic, publisher in self.node.publishers_by_topic.items():
+            remaining = max(0.0, deadline - time.monotonic())
+            if not publisher.wait_for_all_acked(Duration(seconds=remaining)):
+                self.stats.unacknowledged.append(topic)
+        if self.stats.unacknowledged:
+            self.node.get_logger().warn(
+                f'not acknowledged after {self.config.drain_timeout} s: '
+                f'{self.stats.unacknowledged} (a subscriber may have missed the last messages)')
 
     def _settle(self, since_frame: dict):
         """Return once the consumer has run the callbacks of the messages sent since a frame.
@@ -333,6 +357,9 @@ def parse_args(argv: list[str]) -> ReplayConfig:
                         'parameter service confirms it handled the messages before a frame '
                         '(default /<role>/driver, as the launch files name the driver; '
                         '"" to use --settle)')
+    parser.add_argument('--drain-timeout', type=float, default=10.0,
+                        help='seconds to wait at the end for reliable subscribers to '
+                             'acknowledge the last messages (default 10)')
     parser.add_argument('--settle', type=float, default=0.01,
                         help='as-fast-as-consumed without a sync node: seconds between the '
                              'messages preceding a frame and the frame (default 0.01)')
@@ -356,7 +383,7 @@ def parse_args(argv: list[str]) -> ReplayConfig:
         as_fast_as_consumed=args.as_fast_as_consumed, camera_topic=camera,
         control_topic=args.control_topic or f'{base}/vehicle_control_cmd',
         consume_timeout=args.consume_timeout, retries=args.retries, wait_for=wait_for,
-        wait_timeout=args.wait_timeout, settle=args.settle,
+        wait_timeout=args.wait_timeout, settle=args.settle, drain_timeout=args.drain_timeout,
         delay=args.delay if args.delay is not None else (
             0.5 if args.as_fast_as_consumed else 0.0),
         refresh=(f'{base}/odometry',),
@@ -374,7 +401,8 @@ def main(args=None):
         stats = replay(config)
         print(f'published {stats.published} messages; frames {stats.frames}, answered '
               f'{stats.answered}, re-sent {stats.resent}, unanswered '
-              f'{len(stats.unanswered)}', flush=True)
+              f'{len(stats.unanswered)}, topics not acknowledged '
+              f'{len(stats.unacknowledged)}', flush=True)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (TimeoutError, UnknownTypeError) as error:
