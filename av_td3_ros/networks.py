@@ -171,11 +171,19 @@ class Actor(nn.Module):
         for layer in (self.fc1, self.fc2, self.fc3):
             _uniform_fan_in_(layer)
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """Return tanh-squashed actions for `state` (B, state_dim)."""
+    def pre_tanh(self, state: torch.Tensor) -> torch.Tensor:
+        """Return fc3's output before tanh (B, action_dim): the actions' unbounded logits."""
         hidden = torch.relu(self.fc1(state))
         hidden = torch.relu(self.fc2(hidden))
-        return torch.tanh(self.fc3(hidden)) * self.max_action
+        return self.fc3(hidden)
+
+    def squash(self, pre_tanh: torch.Tensor) -> torch.Tensor:
+        """Map `pre_tanh` logits to actions in [-max_action, max_action]."""
+        return torch.tanh(pre_tanh) * self.max_action
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """Return tanh-squashed actions for `state` (B, state_dim)."""
+        return self.squash(self.pre_tanh(state))
 
 
 class Critic(nn.Module):

@@ -56,6 +56,12 @@ class TD3Config:
     """Max global grad norm of the actor (CNN + MLP); 0 or None disables clipping."""
     critic_grad_clip: float | None = 10.0
     """Max global grad norm of the critic (CNN + Q1 + Q2); 0 or None disables clipping."""
+    actor_pretanh_penalty: float = 0.0
+    """Weight of mean(pre-tanh logits ** 2) added to the actor loss (0: plain TD3, as
+    av_td3_system). A young critic's action gradient points the same way for many steps and
+    Adam's normalised steps then drive the logits into tanh's flat tails, where the gradient
+    vanishes (~1e-7) and the actor stops learning; this pull toward zero grows with the
+    logits and does not pass through tanh, so it keeps them where the critic can move them."""
     target_encoders: bool = True
     """Keep target copies of both CNNs (textbook TD3); False reproduces av_td3_system, whose
     target Q uses the online critic CNN (and online actor CNN) under no_grad."""
@@ -83,7 +89,7 @@ class TD3Config:
         for name in ('batch_size', 'policy_frequency'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('policy_noise', 'noise_clip'):
+        for name in ('policy_noise', 'noise_clip', 'actor_pretanh_penalty'):
             if getattr(self, name) < 0.0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
         for name in ('actor_grad_clip', 'critic_grad_clip'):
@@ -389,7 +395,9 @@ class TD3:
         return loss, metrics
 
     def actor_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return -mean Q1(s, pi(s)) and metrics; gradients reach only the actor CNN and MLP.
+        """Return -mean Q1(s, pi(s)) (+ the pre-tanh penalty) and metrics; trains the actor only.
+
+        Gradients reach only the actor CNN and MLP.
 
         The critic CNN runs under no_grad (the actor loss does not train it, so its backward
         would be wasted work; the features use the current critic weights, exactly as the
@@ -400,11 +408,16 @@ class TD3:
         with torch.profiler.record_function('td3.actor_forward'):
             with torch.no_grad():
                 critic_state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
-            action = self.actor(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
+            pre_tanh = self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
             with _frozen(self.critic.Q1):
-                q1 = self.critic.Q1(critic_state, action)
+                q1 = self.critic.Q1(critic_state, self.actor.squash(pre_tanh))
             loss = -q1.mean()
-        return loss, {'actor_loss': loss.detach()}
+            metrics = {'actor_q': -loss.detach(),
+                       'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
+            if self.config.actor_pretanh_penalty > 0.0:
+                loss = loss + self.config.actor_pretanh_penalty * pre_tanh.square().mean()
+        metrics['actor_loss'] = loss.detach()
+        return loss, metrics
 
     # ---- update ---------------------------------------------------------------------------
 

@@ -110,6 +110,9 @@ def read_config(node: Node) -> TrainerConfig:
                                    1e6) or None,
         critic_grad_clip=p.floating('critic_grad_clip', 10.0, 'critic max grad norm (0: off)',
                                     0.0, 1e6) or None,
+        actor_pretanh_penalty=p.floating('actor_pretanh_penalty', 0.0,
+                                         'weight of mean(pre-tanh logits^2) in the actor loss',
+                                         0.0, 1e3),
         target_encoders=p.boolean('target_encoders', True, 'target copies of both CNNs'),
         frame_scale=preprocessing.scale, device=device, seed=seed)
     episode = EpisodeConfig(

@@ -58,6 +58,8 @@ def test_config_rejects_bad_values_by_name():
         TD3Config(frame_scale='imagenet')
     with pytest.raises(ValueError, match='policy_frequency'):
         TD3Config(policy_frequency=0)
+    with pytest.raises(ValueError, match='actor_pretanh_penalty'):
+        TD3Config(actor_pretanh_penalty=-1e-3)
     assert TD3Config.from_dict(TD3Config(gamma=0.9).to_dict() | {'future_key': 1}).gamma == 0.9
 
 
@@ -164,6 +166,48 @@ def test_actor_and_critic_losses_do_not_leak_gradients():
     targets = [agent.target_actor, agent.target_critic, agent.target_actor_cnn,
                agent.target_critic_cnn]
     assert all(p.grad is None for module in targets for p in module.parameters())
+
+
+def test_pretanh_penalty_is_added_to_the_actor_loss():
+    batch = make_batch()
+    plain = make_agent()
+    loss, metrics = plain.actor_loss(batch)
+    assert torch.equal(loss.detach(), metrics['actor_loss'])
+    assert torch.equal(metrics['actor_loss'], -metrics['actor_q'])
+
+    weight = 0.25
+    penalised = make_agent(actor_pretanh_penalty=weight)  # same seed: same networks
+    loss, metrics = penalised.actor_loss(batch)
+    b = penalised.prepare(batch)
+    with torch.no_grad():
+        pre = penalised.actor.pre_tanh(torch.cat([penalised.actor_cnn(b.obs), b.obs_vec], 1))
+    assert torch.allclose(metrics['actor_pretanh_abs'], pre.abs().mean())
+    assert torch.allclose(loss, -metrics['actor_q'] + weight * pre.square().mean())
+    assert torch.equal(metrics['actor_q'], plain.actor_loss(batch)[1]['actor_q'])
+
+
+def _saturate(agent, logit=12.0):
+    # A tanh output this deep in the tail has gradient ~1e-10: the state the actor reaches
+    # when Adam follows a young critic's one-sided action gradient for a few hundred steps.
+    with torch.no_grad():
+        agent.actor.fc3.weight.zero_()
+        agent.actor.fc3.bias.fill_(logit)
+
+
+@pytest.mark.parametrize('weight', [0.0, 0.01])
+def test_pretanh_penalty_brings_a_saturated_actor_back(weight):
+    batch = make_batch(size=32)
+    agent = make_agent(actor_pretanh_penalty=weight, policy_frequency=1)
+    _saturate(agent)
+    start = float(agent.actor_loss(batch)[1]['actor_pretanh_abs'])
+    for _ in range(40):
+        agent.update(batch)
+    end = float(agent.actor_loss(batch)[1]['actor_pretanh_abs'])
+    if weight == 0.0:
+        # Plain TD3 cannot leave the tail: each Adam step is ~lr, 40 of them move 12 by ~0.01.
+        assert end > start - 0.1, (start, end)
+    else:
+        assert end < start - 0.5, (start, end)
 
 
 def test_truncation_bootstraps_and_termination_does_not():
