@@ -477,15 +477,21 @@ class TD3:
 
     @torch.no_grad()
     def activation_health(self, batch) -> dict[str, float]:
-        """Return dead-ReLU diagnostics of every conv layer of the actor and critic CNNs.
+        """Return dead-ReLU diagnostics of the CNNs and tanh saturation of the actor.
 
         Keys `<cnn>.conv<i>.<stat>` for cnn in (actor_cnn, critic_cnn), with stats
         negative_fraction (pre-activations < 0), dead_unit_fraction (channel x position
         units with pre-activation <= 0 for every sample) and dead_channel_fraction (channels
-        with pre-activation <= 0 at every position of every sample).
+        with pre-activation <= 0 at every position of every sample); `actor.pretanh_abs_mean`
+        and `actor.saturated_fraction` (action outputs with |pre-tanh| > 3, where tanh's
+        slope is below 0.01 and the critic can barely move them).
         """
         b = self.prepare(batch)
         health = {}
+        with torch.no_grad():
+            pre = self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
+        health['actor.pretanh_abs_mean'] = float(pre.abs().mean())
+        health['actor.saturated_fraction'] = float((pre.abs() > 3.0).float().mean())
         for name, cnn in (('actor_cnn', self.actor_cnn), ('critic_cnn', self.critic_cnn)):
             for index, pre in enumerate(cnn.pre_activations(b.obs), start=1):
                 inactive = pre <= 0

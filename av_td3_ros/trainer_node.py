@@ -452,8 +452,11 @@ class TrainerNode(Node):
                     for name, value in health.items():
                         self.tb.add_scalar(f'activation_health/{name}', value, updates)
                 dead = max(v for k, v in health.items() if 'dead_unit' in k)
-                self.get_logger().info(f'activation health at {updates} updates: max dead '
-                                       f'unit fraction {dead:.3f}')
+                self.get_logger().info(
+                    f'activation health at {updates} updates: max dead unit fraction '
+                    f'{dead:.3f}, saturated actor outputs '
+                    f'{health["actor.saturated_fraction"]:.3f} (mean |pre-tanh| '
+                    f'{health["actor.pretanh_abs_mean"]:.2f})')
             if updates % config.checkpoint_every == 0:
                 self.save_policy()
                 self.get_logger().info(f'checkpoint: policy after {updates} updates')
