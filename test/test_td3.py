@@ -187,7 +187,7 @@ def test_pretanh_penalty_is_added_to_the_actor_loss():
 
 
 def _saturate(agent, logit=12.0):
-    # A tanh output this deep in the tail has gradient ~1e-10: the state the actor reaches
+    # tanh's slope at 12 is ~1.5e-10, far below Adam's epsilon: the state the actor reaches
     # when Adam follows a young critic's one-sided action gradient for a few hundred steps.
     with torch.no_grad():
         agent.actor.fc3.weight.zero_()
@@ -204,7 +204,7 @@ def test_pretanh_penalty_brings_a_saturated_actor_back(weight):
         agent.update(batch)
     end = float(agent.actor_loss(batch)[1]['actor_pretanh_abs'])
     if weight == 0.0:
-        # Plain TD3 cannot leave the tail: the gradient (~1e-10) is below Adam's epsilon.
+        # Plain TD3 cannot leave the tail: its gradient is below Adam's epsilon.
         assert end > start - 0.1, (start, end)
         assert agent.activation_health(batch)['actor.saturated_fraction'] == 1.0
     else:
