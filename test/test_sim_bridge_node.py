@@ -75,12 +75,19 @@ class Probe:
         return condition()
 
     def wait_connected(self):
-        """Wait until the bridge sees our command publisher and publishes to our image sub."""
+        """Wait until the bridge sees our command publisher and publishes to our image sub.
+
+        Our side seeing the bridge's endpoints does not mean the bridge has matched ours yet
+        (DDS matching is not symmetric). The latched route and episode start arriving proves
+        the bridge processed our readers.
+        """
         assert self.spin_until(lambda: self.cmd.get_subscription_count() > 0
                                and self.node.count_publishers(
                                    '/carla/ego_vehicle/rgb_front/image') > 0)
         assert self.spin_until(lambda: all(
             sub.get_publisher_count() > 0 for sub in self.node.subscriptions))
+        assert self.spin_until(lambda: self.msgs['/carla/ego_vehicle/waypoints']
+                               and self.msgs['/av_td3/ego_vehicle/episode_start'])
 
     def send(self, stamp_ns=0, steer=0.0, throttle=0.0, brake=0.0):
         """Publish one control command with the given header stamp."""
@@ -109,12 +116,21 @@ def test_topics_and_one_tick_per_command(start_node, probe):
     probe.wait_connected()
     images = probe['/carla/ego_vehicle/rgb_front/image']
     status = probe['/carla/status']
-    # startup frame 0 may have been published before we connected: an unstamped command
-    # starts the lockstep with tick 1
-    probe.send(0)
-    assert probe.spin_until(lambda: images and _ns(images[-1].header.stamp) == DELTA_NS), \
+    # Startup frame 0 may have been published before we connected: an unstamped command
+    # starts the lockstep. Each one ticks once; one sent while the bridge is still matching
+    # our endpoints on a loaded machine can be lost (or its frame can), so it is re-sent.
+    handshakes = 0
+    for _ in range(3):
+        probe.send(0)
+        handshakes += 1
+        if probe.spin_until(lambda: any(_ns(i.header.stamp) > 0 for i in images), 10.0):
+            break
+    probe.spin_until(lambda: False, timeout=0.5)  # a late tick of an earlier handshake
+    assert images and 0 < _ns(images[-1].header.stamp) <= handshakes * DELTA_NS, \
         node.output()
-    commands = 1
+    assert _ns(images[-1].header.stamp) % DELTA_NS == 0
+    base = len(images) - 1  # the lockstep is checked from this frame on
+    commands = 0
     answered = []  # (stamp of the frame a command answered, its throttle)
     for throttle in [0.1 * i for i in range(1, 9)]:
         latest = _ns(images[-1].header.stamp)
@@ -132,8 +148,7 @@ def test_topics_and_one_tick_per_command(start_node, probe):
     assert probe.spin_until(lambda: len(images) > count)
     probe.spin_until(lambda: False, timeout=0.5)  # give a wrongly triggered frame time to come
     assert len(images) == count + 1
-    frame_0_seen = 1 if _ns(images[0].header.stamp) == 0 else 0
-    assert len(images) == commands + frame_0_seen
+    assert len(images) - base == commands + 1  # one frame per command after the handshake
 
     # every image: bgra8 of the configured size, camera frame, stamps k * fixed_delta
     for image in images:
@@ -143,11 +158,12 @@ def test_topics_and_one_tick_per_command(start_node, probe):
         assert image.header.frame_id == 'ego_vehicle/rgb_front'
         pixels = np.frombuffer(image.data, np.uint8).reshape(120, 200, 4)
         assert np.all(pixels[..., 3] == 255)
-    stamps = [_ns(i.header.stamp) for i in images]
+    stamps = [_ns(i.header.stamp) for i in images[base:]]
     assert all(b - a == DELTA_NS for a, b in zip(stamps, stamps[1:], strict=False))
 
     # the other topics carry the same ticks: status frame k <-> stamp k * delta
-    assert probe.spin_until(lambda: len(status) >= len(images))
+    assert probe.spin_until(lambda: {s.frame for s in status}
+                            >= {stamp // DELTA_NS for stamp in stamps})
     by_frame = {s.frame: s for s in status}
     for stamp in stamps:
         tick = by_frame[stamp // DELTA_NS]
@@ -175,7 +191,7 @@ def test_topics_and_one_tick_per_command(start_node, probe):
         assert applied.throttle == pytest.approx(throttle)
         assert applied.header.stamp == vstatus[stamp + DELTA_NS].header.stamp
     speeds = probe['/carla/ego_vehicle/speedometer']
-    assert len(speeds) >= len(images) and speeds[-1].data > 0.0
+    assert len(speeds) >= len(stamps) and speeds[-1].data > 0.0
     last = odom_by_stamp[stamps[-1]]
     assert last.twist.twist.linear.x == pytest.approx(speeds[-1].data, rel=1e-5)
     # the car moved along its heading
