@@ -395,6 +395,10 @@ class TD3:
                    'q2_mean': q2.detach().mean(), 'target_q_mean': y.mean()}
         return loss, metrics
 
+    def _actor_logits(self, b: DeviceBatch) -> torch.Tensor:
+        """Return the online actor's pre-tanh outputs at the batch's observations."""
+        return self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
+
     def actor_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return -mean Q1(s, pi(s)) (+ the pre-tanh penalty) and metrics; trains the actor only.
 
@@ -409,7 +413,7 @@ class TD3:
         with torch.profiler.record_function('td3.actor_forward'):
             with torch.no_grad():
                 critic_state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
-            pre_tanh = self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
+            pre_tanh = self._actor_logits(b)
             with _frozen(self.critic.Q1):
                 q1 = self.critic.Q1(critic_state, self.actor.squash(pre_tanh))
             loss = -q1.mean()
@@ -489,7 +493,7 @@ class TD3:
         """
         b = self.prepare(batch)
         health = {}
-        logits = self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
+        logits = self._actor_logits(b)
         health['actor.pretanh_abs_mean'] = float(logits.abs().mean())
         health['actor.saturated_fraction'] = float((logits.abs() > 3.0).float().mean())
         for name, cnn in (('actor_cnn', self.actor_cnn), ('critic_cnn', self.critic_cnn)):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -243,7 +244,6 @@ class Replay:
         Exiting right after the last publish lost the bag's last messages on loaded machines
         (measured: 1 of 5 in 5 of 10 runs with two busy cores).
         """
-        from rclpy.duration import Duration
         deadline = time.monotonic() + self.config.drain_timeout
         for topic, publisher in self.node.publishers_by_topic.items():
             remaining = max(0.0, deadline - time.monotonic())
