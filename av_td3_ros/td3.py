@@ -29,6 +29,7 @@ from av_td3_ros.networks import Actor, NatureCNN, NetworkConfig, TwinCritic
 
 FRAME_SCALES = ('zero_centered', 'unit')
 OPTIMIZER_IMPLS = ('fused', 'foreach', 'for_loop')
+PRECISIONS = ('fp32', 'bf16', 'auto')
 STATE_FORMAT = 'av_td3_ros.td3/1'
 
 
@@ -77,6 +78,11 @@ class TD3Config:
     """Adam implementation: fused, foreach or for_loop (same update rule)."""
     seed: int | None = None
     """Seed for network initialisation and the target smoothing noise; None: nondeterministic."""
+    precision: str = 'fp32'
+    """Compute precision of the network passes in an update: fp32, bf16 (autocast: convs and
+    matmuls in bfloat16; master weights, Adam state, targets, TD errors, losses and Polyak
+    averaging stay float32), or auto (bf16 where the device computes it natively: CPUs with
+    AVX512-BF16 or AMX, CUDA GPUs with bf16 support; else fp32)."""
 
     def __post_init__(self):
         """Validate values so a bad config fails when built, naming the field."""
@@ -103,6 +109,8 @@ class TD3Config:
         if self.optimizer_impl not in OPTIMIZER_IMPLS:
             raise ValueError(f'optimizer_impl must be one of {OPTIMIZER_IMPLS}, '
                              f'got {self.optimizer_impl!r}')
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
 
     def to_dict(self) -> dict:
         """Return the config as a plain dict (JSON-serialisable, for checkpoint metadata)."""
@@ -181,6 +189,24 @@ def _grad_clip_value(value: float | None) -> float | None:
     return value if value else None
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Return True when `device` runs bfloat16 convolutions and matmuls in hardware."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    if device.type == 'cpu':
+        # oneDNN uses AMX tiles or AVX512-BF16 dot products; elsewhere bf16 is emulated
+        # and slower than float32.
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """Return 'bf16' or 'fp32' for a configured precision on `device`."""
+    if name == 'auto':
+        return 'bf16' if native_bf16(device) else 'fp32'
+    return name
+
+
 @contextlib.contextmanager
 def _frozen(module: nn.Module):
     """Build graphs without recording gradients for `module`'s parameters, then restore.
@@ -219,6 +245,7 @@ class TD3:
         self.net_config = net_config or NetworkConfig()
         self.config = config or TD3Config()
         self.device = resolve_device(self.config.device)
+        self.precision = resolve_precision(self.config.precision, self.device)
         self.total_updates = 0
         self._layout = torch.channels_last if self.config.channels_last else None
 
@@ -348,6 +375,16 @@ class TD3:
 
     # ---- losses ---------------------------------------------------------------------------
 
+    def _autocast(self):
+        """Return the context that runs network passes in the update's precision.
+
+        Autocast keeps float32 master weights and casts them to bfloat16 per op, so gradients
+        reach the float32 parameters and Adam; callers cast network outputs back to float32
+        before any target, TD error or loss arithmetic.
+        """
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.precision == 'bf16')
+
     def target_actions(self, batch) -> torch.Tensor:
         """Return target policy actions at the next observation with clipped smoothing noise.
 
@@ -358,8 +395,10 @@ class TD3:
         max_action = float(self.net_config.max_action)
         with torch.no_grad():
             cnn = self.target_actor_cnn if self.config.target_encoders else self.actor_cnn
-            state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
-            action = self.target_actor(state)
+            with self._autocast():
+                state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
+                action = self.target_actor(state)
+            action = action.float()
             if self.config.policy_noise > 0.0:
                 noise = torch.randn(action.shape, generator=self._noise_gen,
                                     device=action.device, dtype=action.dtype)
@@ -377,9 +416,10 @@ class TD3:
         with torch.no_grad(), torch.profiler.record_function('td3.target'):
             next_action = self.target_actions(b)
             cnn = self.target_critic_cnn if self.config.target_encoders else self.critic_cnn
-            state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
-            q1, q2 = self.target_critic(state, next_action)
-            next_q = torch.minimum(q1, q2).squeeze(1)
+            with self._autocast():
+                state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
+                q1, q2 = self.target_critic(state, next_action)
+            next_q = torch.minimum(q1.float(), q2.float()).squeeze(1)
             return b.rewards + self.config.gamma * (1.0 - b.terminated) * next_q
 
     def critic_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -387,17 +427,20 @@ class TD3:
         b = self.prepare(batch)
         y = self.td_target(b)
         with torch.profiler.record_function('td3.critic_forward'):
-            state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
-            q1, q2 = self.critic(state, b.actions)
-            q1, q2 = q1.squeeze(1), q2.squeeze(1)
+            with self._autocast():
+                state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
+                q1, q2 = self.critic(state, b.actions)
+            q1, q2 = q1.float().squeeze(1), q2.float().squeeze(1)
             loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
         metrics = {'critic_loss': loss.detach(), 'q1_mean': q1.detach().mean(),
                    'q2_mean': q2.detach().mean(), 'target_q_mean': y.mean()}
         return loss, metrics
 
     def _actor_logits(self, b: DeviceBatch) -> torch.Tensor:
-        """Return the online actor's pre-tanh outputs at the batch's observations."""
-        return self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
+        """Return the online actor's pre-tanh outputs (float32) at the batch's observations."""
+        with self._autocast():
+            logits = self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
+        return logits.float()
 
     def actor_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return -mean Q1(s, pi(s)) (+ the pre-tanh penalty) and metrics; trains the actor only.
@@ -411,12 +454,12 @@ class TD3:
         """
         b = self.prepare(batch)
         with torch.profiler.record_function('td3.actor_forward'):
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 critic_state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
             pre_tanh = self._actor_logits(b)
-            with _frozen(self.critic.Q1):
+            with _frozen(self.critic.Q1), self._autocast():
                 q1 = self.critic.Q1(critic_state, self.actor.squash(pre_tanh))
-            loss = -q1.mean()
+            loss = -q1.float().mean()
             metrics = {'actor_q': -loss.detach(),
                        'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
             if self.config.actor_pretanh_penalty > 0.0:

@@ -114,6 +114,8 @@ def read_config(node: Node) -> TrainerConfig:
                                          'weight of mean(pre-tanh logits^2) in the actor loss',
                                          0.0, 1e3),
         target_encoders=p.boolean('target_encoders', True, 'target copies of both CNNs'),
+        precision=p.string('precision', 'auto', 'update precision: fp32, bf16, or auto (bf16 '
+                           'where the CPU/GPU computes it natively)'),
         frame_scale=preprocessing.scale, device=device, seed=seed)
     episode = EpisodeConfig(
         max_steps=p.integer('max_episode_steps', 1000, 'step limit (truncation)', 1, 10**9),
