@@ -9,6 +9,9 @@ Only gradient updates are timed: SB3 via `model.train(gradient_steps=N, batch_si
 Blocks of both are interleaved, so load from other processes affects both sides alike; the
 best block (and the median) per learner is reported.
 
+`ours` runs at `--precision` (default auto: bf16 on CPUs with AMX/AVX512-BF16, as the trainer
+does); the default `--variants precision=fp32` also times float32 updates in the same run.
+
 Usage: python bench/train_throughput.py [--updates 10] [--threads 2] [--batch-sizes 256,64]
 """
 from __future__ import annotations
@@ -158,7 +161,8 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--batch-sizes', default='256,64')
     parser.add_argument('--buffer', type=int, default=2048, help='synthetic transitions')
-    parser.add_argument('--variants', default='',
+    parser.add_argument('--precision', default='auto', help='precision of `ours` (TD3Config)')
+    parser.add_argument('--variants', default='precision=fp32',
                         help="extra TD3Config overrides to time, ';'-separated, e.g. "
                              "'channels_last=False;optimizer_impl=foreach'")
     parser.add_argument('--profile-updates', type=int, default=6,
@@ -178,8 +182,9 @@ def main(argv=None):
         for overrides in variants:
             name = 'ours' + (f'[{",".join(f"{k}={v}" for k, v in overrides.items())}]'
                              if overrides else '')
+            settings = {'precision': args.precision, **overrides}
             agent = TD3(net, TD3Config(device='cpu', seed=0, batch_size=batch_size,
-                                       **overrides))
+                                       **settings))
             time_ours(agent, data, batch_size, args.warmup)
             learners[name] = (lambda a=agent, b=batch_size: time_ours(a, data, b, args.updates))
         if not args.no_sb3:
@@ -203,7 +208,8 @@ def main(argv=None):
             print(f'  {name:36s} best {1000 * seconds:7.1f} ms/update {1 / seconds:6.2f} '
                   f'updates/s, median {1000 * median:7.1f} ms{ratio}')
         if args.profile_updates:
-            agent = TD3(net, TD3Config(device='cpu', seed=0, batch_size=batch_size))
+            agent = TD3(net, TD3Config(device='cpu', seed=0, batch_size=batch_size,
+                                       precision=args.precision))
             time_ours(agent, data, batch_size, 2)
             breakdown(agent, data, batch_size, args.profile_updates)
 
