@@ -157,7 +157,8 @@ def main(argv=None):
             except Exception as error:
                 print(f'{name:14s} unavailable: {type(error).__name__}: {error}')
                 continue
-            diff = max(float(np.max(np.abs(run(*x) - e))) for x, e in zip(inputs[:20], expected, strict=True))
+            diff = max(float(np.max(np.abs(run(*x) - e)))
+                       for x, e in zip(inputs[:20], expected, strict=True))
             back_to_back = summary(time_calls(run, inputs, 0.0))
             paced = summary(time_calls(run, inputs, args.period))
             results[name] = (diff, back_to_back, paced)
