@@ -78,6 +78,18 @@ class TD3Config:
     """Adam implementation: fused, foreach or for_loop (same update rule)."""
     seed: int | None = None
     """Seed for network initialisation and the target smoothing noise; None: nondeterministic."""
+    bc_weight: float = 0.0
+    """Weight of the behaviour-cloning term of TD3+BC (Fujimoto & Gu 2021): with a weight
+    w > 0 the actor loss is -alpha * mean Q1(s, pi(s)) / mean|Q1| + w * mean (pi(s) - a*)^2,
+    where a* are the labels passed to `update` (e.g. the route expert's actions). 0: plain
+    TD3 (no labels needed). Annealing w towards 0 hands the actor over to the critic."""
+    bc_alpha: float = 2.5
+    """TD3+BC's alpha: the Q term's weight after normalising by the batch's mean |Q|."""
+    critic_warmup_updates: int = 0
+    """Critic steps before the first actor step. A critic fresh from initialisation rates
+    actions by their immediate reward only (its targets have not propagated the future yet),
+    and an actor that follows it early learns that greed; until then the targets still track
+    the critic and the actor is left as it started."""
     precision: str = 'fp32'
     """Compute precision of the network passes in an update: fp32, bf16 (autocast: convs and
     matmuls in bfloat16; master weights, Adam state, targets, TD errors, losses and Polyak
@@ -96,7 +108,8 @@ class TD3Config:
         for name in ('batch_size', 'policy_frequency'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('policy_noise', 'noise_clip', 'actor_pretanh_penalty'):
+        for name in ('policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'bc_weight',
+                     'bc_alpha', 'critic_warmup_updates'):
             if getattr(self, name) < 0.0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
         for name in ('actor_grad_clip', 'critic_grad_clip'):
@@ -442,10 +455,11 @@ class TD3:
             logits = self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
         return logits.float()
 
-    def actor_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return -mean Q1(s, pi(s)) (+ the pre-tanh penalty) and metrics; trains the actor only.
+    def actor_loss(self, batch, labels=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the actor loss (-mean Q1(s, pi(s)), or TD3+BC's) and metrics.
 
-        Gradients reach only the actor CNN and MLP.
+        Gradients reach only the actor CNN and MLP. With `bc_weight` > 0, `labels` (B, A) are
+        the actions the BC term pulls towards and the Q term is normalised by mean |Q1|.
 
         The critic CNN runs under no_grad (the actor loss does not train it, so its backward
         would be wasted work; the features use the current critic weights, exactly as the
@@ -457,11 +471,20 @@ class TD3:
             with torch.no_grad(), self._autocast():
                 critic_state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
             pre_tanh = self._actor_logits(b)
+            action = self.actor.squash(pre_tanh)
             with _frozen(self.critic.Q1), self._autocast():
-                q1 = self.critic.Q1(critic_state, self.actor.squash(pre_tanh))
-            loss = -q1.float().mean()
-            metrics = {'actor_q': -loss.detach(),
+                q1 = self.critic.Q1(critic_state, action).float()
+            loss = -q1.mean()
+            metrics = {'actor_q': q1.detach().mean(),
                        'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
+            if self.config.bc_weight > 0.0:
+                if labels is None:
+                    raise ValueError('bc_weight > 0 needs labels (the actions to clone)')
+                target = self._to_device(labels, torch.float32).reshape(action.shape)
+                bc = (action - target).square().mean()
+                scale = self.config.bc_alpha / q1.detach().abs().mean().clamp_min(1e-6)
+                loss = scale * loss + self.config.bc_weight * bc
+                metrics['actor_bc_mse'] = bc.detach()
             if self.config.actor_pretanh_penalty > 0.0:
                 loss = loss + self.config.actor_pretanh_penalty * pre_tanh.square().mean()
         metrics['actor_loss'] = loss.detach()
@@ -492,9 +515,11 @@ class TD3:
             torch._foreach_mul_(targets, 1.0 - self.config.tau)
             torch._foreach_add_(targets, online, alpha=self.config.tau)
 
-    def update(self, batch) -> dict[str, torch.Tensor]:
+    def update(self, batch, labels=None) -> dict[str, torch.Tensor]:
         """Do one critic step and, every `policy_frequency` calls, an actor step + polyak.
 
+        No actor step happens during the first `critic_warmup_updates` critic steps (the
+        targets are still blended). `labels` are the BC term's actions (see `actor_loss`).
         Returns detached 0-d tensors (no host sync here); call float() on them when logging.
         Actor metrics appear only on updates that stepped the actor.
         """
@@ -506,16 +531,30 @@ class TD3:
             metrics['critic_grad_norm'] = norm.detach()
         self.total_updates += 1
         if self.total_updates % self.config.policy_frequency == 0:
-            loss, actor_metrics = self.actor_loss(b)
-            norm = self._step(self.actor_optimizer, loss, [p for _, p in self._actor_named],
-                              _grad_clip_value(self.config.actor_grad_clip), 'actor')
-            metrics.update(actor_metrics)
-            if norm is not None:
-                metrics['actor_grad_norm'] = norm.detach()
+            if self.total_updates > self.config.critic_warmup_updates:
+                loss, actor_metrics = self.actor_loss(b, labels)
+                norm = self._step(self.actor_optimizer, loss,
+                                  [p for _, p in self._actor_named],
+                                  _grad_clip_value(self.config.actor_grad_clip), 'actor')
+                metrics.update(actor_metrics)
+                if norm is not None:
+                    metrics['actor_grad_norm'] = norm.detach()
             self.polyak_update()
         return metrics
 
     # ---- policy export and diagnostics ----------------------------------------------------
+
+    def load_policy_state(self, state: dict[str, torch.Tensor]):
+        """Start the actor (online and target) from `ActorPolicy` weights (cnn.*, actor.*).
+
+        Fine-tuning a cloned policy: the critics keep their fresh initialisation.
+        """
+        for prefix, modules in (('cnn.', (self.actor_cnn, self.target_actor_cnn)),
+                                ('actor.', (self.actor, self.target_actor))):
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            for module in modules:
+                if module is not None:
+                    module.load_state_dict(part, strict=True)
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """Return the actor CNN + MLP weights with `ActorPolicy` names (cnn.*, actor.*)."""

@@ -500,3 +500,56 @@ def test_bf16_losses_track_fp32_losses():
     assert abs(bf16[0] - fp32[0]) <= 0.02 * fp32[0]
     assert bf16[-1] < 0.5 * bf16[0] and fp32[-1] < 0.5 * fp32[0]
     assert abs(bf16[-1] - fp32[-1]) <= 0.25 * fp32[0]
+
+
+def test_bc_term_is_td3_plus_bc_and_needs_labels():
+    batch = make_batch(size=16, seed=6)
+    labels = np.random.default_rng(7).uniform(-1, 1, (16, 2)).astype(np.float32)
+    agent = make_agent(bc_weight=0.7, bc_alpha=2.5)
+    with pytest.raises(ValueError, match='labels'):
+        agent.actor_loss(batch)
+    loss, metrics = agent.actor_loss(batch, labels)
+    b = agent.prepare(batch)
+    with torch.no_grad():
+        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
+        q = agent.critic.Q1(torch.cat([agent.critic_cnn(b.obs), b.obs_vec], 1), action)
+        bc = (action - torch.from_numpy(labels)).square().mean()
+        expected = -2.5 * q.mean() / q.abs().mean() + 0.7 * bc
+    torch.testing.assert_close(loss.detach(), expected)
+    torch.testing.assert_close(metrics['actor_bc_mse'], bc)
+
+
+def test_bc_term_alone_clones_the_labels():
+    # With the Q term negligible (alpha tiny), the actor learns the labels: a pure BC check
+    # that the gradient of the BC term reaches the actor and points the right way.
+    batch = make_batch(size=32, seed=8)
+    labels = np.tile(np.array([[0.5, -0.3]], np.float32), (32, 1))
+    agent = make_agent(bc_weight=1.0, bc_alpha=1e-6, policy_frequency=1, actor_lr=3e-3)
+    errors = [float(agent.update(batch, labels)['actor_bc_mse']) for _ in range(60)]
+    assert errors[-1] < 0.1 * errors[0]
+
+
+def test_critic_warmup_keeps_the_actor_until_it_ends():
+    agent = make_agent(critic_warmup_updates=4, policy_frequency=2)
+    start = snapshot(agent.actor)
+    critic_start = snapshot(agent.critic)
+    for seed in range(4):
+        metrics = agent.update(make_batch(seed=seed))
+        assert 'actor_loss' not in metrics
+    assert same(snapshot(agent.actor), start)
+    assert not same(snapshot(agent.critic), critic_start)
+    agent.update(make_batch(seed=4))
+    metrics = agent.update(make_batch(seed=5))  # update 6: past the warm-up, an actor update
+    assert 'actor_loss' in metrics and not same(snapshot(agent.actor), start)
+
+
+def test_load_policy_state_starts_actor_and_its_targets_from_a_policy():
+    source = make_agent(seed=3)
+    agent = make_agent(seed=4)
+    critic = snapshot(agent.critic)
+    agent.load_policy_state(source.policy_state())
+    for mine, theirs in ((agent.actor, source.actor), (agent.target_actor, source.actor),
+                         (agent.actor_cnn, source.actor_cnn),
+                         (agent.target_actor_cnn, source.actor_cnn)):
+        assert same(snapshot(mine), snapshot(theirs))
+    assert same(snapshot(agent.critic), critic)
