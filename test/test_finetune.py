@@ -1,0 +1,93 @@
+# Test if in-process TD3 fine-tuning runs the trainer's loop end to end and keeps the best.
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from av_td3_ros.checkpoint import PolicySpec, load_policy, save_policy_state
+from av_td3_ros.finetune import Finetuner, FinetuneConfig
+from av_td3_ros.finetune_policy import main as finetune_main
+from av_td3_ros.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.sim_env import SimEnvConfig
+from av_td3_ros.td3 import TD3Config
+
+SIM = SimEnvConfig(image_width=96, image_height=64, max_episode_steps=40)
+
+
+@pytest.fixture
+def start_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    spec = PolicySpec(network=NetworkConfig(feature_norm='layernorm_tanh'))
+    path = tmp_path / 'start.safetensors'
+    save_policy_state(path, ActorPolicy(spec.network).state_dict(), spec, {'step': '0'})
+    return path
+
+
+def tiny_config(**td3):
+    return FinetuneConfig(
+        td3=TD3Config(batch_size=8, precision='fp32', critic_warmup_updates=4, **td3),
+        cpu_minutes=0.25, prefill_steps=20, updates_per_step=0.5, sync_every=5,
+        eval_every_updates=20, eval_seeds=(7,), train_seed_start=11, buffer_capacity=500,
+        sim=SIM)
+
+
+@pytest.mark.parametrize('bc_weight', [0.0, 1.0])
+def test_finetune_collects_learns_evaluates_and_keeps_the_best(tmp_path, start_checkpoint,
+                                                               bc_weight):
+    tuner = Finetuner(start_checkpoint, tmp_path / 'run', tiny_config(bc_weight=bc_weight),
+                      log=lambda line: None)
+    try:
+        report = tuner.run()
+        assert report.env_steps > 20 and report.updates > 4
+        assert tuner.buffer.size >= report.env_steps
+        assert len(report.evaluations) >= 2
+        assert report.evaluations[0]['updates'] == 0
+        assert report.start_return == report.evaluations[0]['mean_return']
+        assert report.best_return == max(e['mean_return'] for e in report.evaluations)
+        assert report.episodes and all(e['reason'] for e in report.episodes)
+        out = tmp_path / 'best.safetensors'
+        tuner.save(out)
+    finally:
+        tuner.close()
+    policy, metadata = load_policy(out, expected=PolicySpec.from_metadata(metadata_of(out)))
+    assert next(policy.parameters()).dtype == torch.float32
+    assert json.loads(metadata['finetune_report'])['best_updates'] == report.best_updates
+
+
+def metadata_of(path):
+    with safe_open(str(path), framework='pt') as handle:
+        return handle.metadata()
+
+
+def test_finetune_starts_from_the_checkpoint_and_its_actor_moves(tmp_path, start_checkpoint):
+    policy, _ = load_policy(start_checkpoint)
+    tuner = Finetuner(start_checkpoint, tmp_path / 'run', tiny_config(), log=lambda line: None)
+    try:
+        for name, value in policy.state_dict().items():
+            assert torch.equal(tuner.agent.policy_state()[name], value)
+        while tuner.report.env_steps < 20:
+            tuner.act_once()
+        for _ in range(12):
+            tuner.learn_once()
+        moved = [not torch.equal(tuner.agent.policy_state()[k], v)
+                 for k, v in policy.state_dict().items()]
+        assert any(moved)
+        # The acting copy follows the learner every sync_every updates.
+        for name, value in tuner.acting.state_dict().items():
+            assert torch.equal(value, tuner.agent.policy_state()[name])
+    finally:
+        tuner.close()
+
+
+def test_cli_writes_a_policy_and_prints_the_summary(tmp_path, start_checkpoint, capsys):
+    out = tmp_path / 'out.safetensors'
+    code = finetune_main(['--start', str(start_checkpoint), '--out', str(out),
+                          '--cpu-minutes', '0.05', '--prefill', '10', '--critic-warmup', '2',
+                          '--eval-every', '10', '--eval-seeds', '7', '--precision', 'fp32',
+                          '--sim-steps', '30', '--sim-size', '96x64'])
+    assert code == 0 and out.exists()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith('start ') and 'CPU-minutes' in lines[-1]
+    assert np.isfinite(json.loads(lines[-2])['start_return'])
