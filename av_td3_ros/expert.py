@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .features import FeatureConfig, Pose2D, kinematic_vector
-from .sim_env import MAX_WHEEL_ANGLE, WHEELBASE
 
 
 @dataclass(frozen=True)
@@ -44,10 +43,11 @@ class ExpertConfig:
     """Lookahead at standstill before the minimum applies, m."""
     lookahead_gain: float = 0.3
     """Extra lookahead per m/s of speed, s."""
-    wheelbase: float = WHEELBASE
-    """Axle distance of the bicycle model, m."""
-    max_wheel_angle: float = MAX_WHEEL_ANGLE
-    """Front wheel angle at |steer| = 1, rad."""
+    wheelbase: float = 3.24
+    """Axle distance of the bicycle model, m (the stand-in's `sim_env.WHEELBASE`; not
+    imported, so a driver does not load the simulator; a test keeps the two equal)."""
+    max_wheel_angle: float = 0.4
+    """Front wheel angle at |steer| = 1, rad (the stand-in's `sim_env.MAX_WHEEL_ANGLE`)."""
     preview_distance: float = 60.0
     """Route length ahead whose curvature limits the speed, m."""
     lateral_accel: float = 15.0

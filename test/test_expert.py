@@ -86,3 +86,9 @@ def test_batch_labels_equal_single_labels():
     assert labels.shape == (8, 2)
     for vector, label in zip(vectors, labels, strict=True):
         assert np.array_equal(expert_action_from_kinematics(vector, features), label)
+
+
+def test_vehicle_geometry_defaults_match_the_stand_in():
+    from av_td3_ros.sim_env import MAX_WHEEL_ANGLE, WHEELBASE
+    assert ExpertConfig().wheelbase == WHEELBASE
+    assert ExpertConfig().max_wheel_angle == MAX_WHEEL_ANGLE
