@@ -16,6 +16,7 @@ setup(
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')
          + glob('config/*.rviz')),
         ('share/' + package_name + '/msg', glob('carla_msgs_fallback/carla_msgs/msg/*.msg')),
+        ('share/' + package_name + '/models', glob('models/*.safetensors') + glob('models/*.md')),
     ],
     install_requires=['setuptools'],
     extras_require={'test': ['pytest']},
@@ -36,6 +37,8 @@ setup(
             'bag_eval = av_td3_ros.bags.offline_eval:main',
             'plot_run = av_td3_ros.plots:main',
             'run_launch = av_td3_ros.launch_runner:main',
+            'train_imitation = av_td3_ros.train_imitation:main',
+            'evaluate_policy = av_td3_ros.evaluate_policy:main',
         ],
     },
 )

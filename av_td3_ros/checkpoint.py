@@ -28,6 +28,12 @@ TRAINING_FORMAT = 'av_td3_ros.training/1'
 POLICY_PATTERN = re.compile(r'^policy_(\d+)\.safetensors$')
 
 
+CHECKPOINT_DECIDES = (('network', 'kinematic_inputs'),)
+"""Spec fields a driver takes from the checkpoint instead of matching them: what the actor
+sees of the kinematic vector is part of the trained policy, and the loaded network applies it
+(a camera-profile checkpoint drives under the default driver parameters)."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the configured driver."""
 
@@ -69,11 +75,13 @@ class PolicySpec:
         return cls(**parts)
 
     def differences(self, other: PolicySpec) -> list[str]:
-        """List 'section.field: ours != theirs' for every field that differs."""
+        """List 'section.field: ours != theirs' for every field that must match and differs."""
         diffs = []
         for section in ('network', 'preprocessing', 'features'):
             mine, theirs = getattr(self, section).to_dict(), getattr(other, section).to_dict()
             for name in mine:
+                if (section, name) in CHECKPOINT_DECIDES:
+                    continue
                 if mine[name] != theirs.get(name):
                     diffs.append(f'{section}.{name}: driver {mine[name]!r} != '
                                  f'checkpoint {theirs.get(name)!r}')

@@ -81,7 +81,9 @@ def read_config(node: Node) -> DriverConfig:
     base = f'/carla/{role}'
     spec = read_policy_spec(p)
     exploration = ExplorationConfig(
-        mode=p.string('mode', 'eval', 'eval (policy as is) or explore (random, then noise)'),
+        mode=p.string('mode', 'eval', 'eval (policy as is), explore (random, then noise), '
+                      'expert (the route expert drives) or dagger (expert with probability '
+                      'beta, else the policy)'),
         random_steps=p.integer('random_steps', 10000, 'explore: uniform random actions for '
                                'the first steps', 0, 10**9),
         noise_start=p.floating('noise_start', 0.3, 'explore: initial Gaussian noise std',
@@ -89,7 +91,13 @@ def read_config(node: Node) -> DriverConfig:
         noise_end=p.floating('noise_end', 0.1, 'explore: final Gaussian noise std', 0.0, 2.0),
         noise_decay_steps=p.integer('noise_decay_steps', 20000, 'explore: steps of linear '
                                     'noise decay', 0, 10**9),
-        seed=p.integer('seed', 0, 'seed of exploration noise and random init', 0, 2**31 - 1))
+        seed=p.integer('seed', 0, 'seed of exploration noise and random init', 0, 2**31 - 1),
+        beta_start=p.floating('beta_start', 1.0, 'dagger: probability that the expert drives '
+                              'a frame, at the start', 0.0, 1.0),
+        beta_end=p.floating('beta_end', 0.0, 'dagger: that probability after the decay',
+                            0.0, 1.0),
+        beta_decay_steps=p.integer('beta_decay_steps', 20000, 'dagger: frames of linear beta '
+                                   'decay', 0, 10**9))
     return DriverConfig(
         role_name=role,
         camera_topic=p.string('camera_topic', f'{base}/rgb_front/image', 'camera image topic'),
@@ -219,6 +227,8 @@ class DriverNode(Node):
     def _load_initial_policy(self, torch):
         if self.config.checkpoint:
             self.poll_checkpoint(block=True)
+        elif self.config.exploration.mode == 'expert':
+            self.status = 'route expert (mode expert)'
         elif self.config.allow_random_policy:
             torch.manual_seed(self.config.seed)
             policy = ActorPolicy(self.config.spec.network)
@@ -367,7 +377,8 @@ class DriverNode(Node):
         """Publish model, frame-rate and latency status on /diagnostics."""
         status = DiagnosticStatus(name=f'av_td3_ros driver ({self.config.role_name})',
                                   hardware_id=self.config.role_name)
-        driving = self.pipeline.runner is not None and not self._stalled
+        driving = ((self.pipeline.runner is not None or self.config.exploration.mode == 'expert')
+                   and not self._stalled)
         status.level = DiagnosticStatus.OK if driving else DiagnosticStatus.WARN
         status.message = self.status if driving else f'braking: {self.last_reason}'
         values = {'model': self.status, 'device': str(self.device),

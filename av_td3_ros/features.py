@@ -18,13 +18,15 @@ class FeatureConfig:
     """Layout and normalisation of the kinematic vector (stored in every checkpoint)."""
 
     n_waypoints: int = 25
-    """Route waypoints ahead of the vehicle in the vector (25 = 50 m at 2 m spacing)."""
+    """Route waypoints ahead of the vehicle in the vector. The distance they cover is the
+    route's spacing times this: 25 are ~50 m of a CARLA route at ~2 m spacing, and 87.5 m of
+    the stand-in's centre line at 3.5 m spacing (coordinates up to ~1.75 after scaling)."""
     speed_scale: float = 30.0
     """Speed divisor, m/s."""
     lateral_scale: float = 3.5
     """Lateral deviation divisor, m (about a lane width)."""
     waypoint_scale: float = 50.0
-    """Waypoint coordinate divisor, m (the lookahead)."""
+    """Waypoint coordinate divisor, m (about the lookahead; farther points exceed 1)."""
 
     @property
     def size(self) -> int:
@@ -72,7 +74,8 @@ def wrap_angle(angle: float) -> float:
 SEGMENTS_BEHIND = 5
 """With a previous segment as hint, search this many segments back..."""
 SEGMENTS_AHEAD = 40
-"""...and this many ahead (2 m waypoints: 80 m, far more than one frame of driving)."""
+"""...and this many ahead (80 m at 2 m spacing, 140 m at the stand-in's 3.5 m: either is far
+more than one frame of driving)."""
 LOST_DISTANCE = 10.0
 """Beyond this distance (m) from the hinted window the vehicle is re-found on the whole route."""
 

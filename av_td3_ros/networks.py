@@ -13,6 +13,7 @@ from torch import nn
 
 ACTIVATIONS = ('leaky_relu', 'relu', 'prelu')
 FEATURE_NORMS = ('none', 'layernorm', 'layernorm_tanh')
+KINEMATIC_INPUTS = ('all', 'speed')
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class NetworkConfig:
     saturating tanh, which we measured in CPU training runs of the stand-in)."""
     kinematic_dim: int = 53
     """Length of the kinematic vector: speed, lateral dev., heading err., 2 x N waypoints."""
+    kinematic_inputs: str = 'all'
+    """What the actor sees of the kinematic vector: all (the route profile) or speed (the
+    camera profile: every other entry is zeroed inside the actor, so only the camera can
+    tell it where the road is). The vector keeps its length either way, so drivers, replay
+    buffers and critics (which always see all of it) need no change."""
     hidden_dim: int = 256
     """Width of the actor's and critics' hidden layers."""
     action_dim: int = 2
@@ -49,6 +55,9 @@ class NetworkConfig:
         if self.feature_norm not in FEATURE_NORMS:
             raise ValueError(f'feature_norm must be one of {FEATURE_NORMS}, '
                              f'got {self.feature_norm!r}')
+        if self.kinematic_inputs not in KINEMATIC_INPUTS:
+            raise ValueError(f'kinematic_inputs must be one of {KINEMATIC_INPUTS}, '
+                             f'got {self.kinematic_inputs!r}')
         if self.image_size < 36:
             # Three valid convolutions (8/4, 4/2, 3/1) need at least 36 pixels.
             raise ValueError(f'image_size must be >= 36, got {self.image_size}')
@@ -168,11 +177,19 @@ class Actor(nn.Module):
         # Not persistent: max_action lives in the config stored with every checkpoint.
         self.register_buffer('max_action', torch.tensor(float(config.max_action)),
                              persistent=False)
+        # Likewise the input mask of the camera profile (None: the actor sees everything).
+        mask = None
+        if config.kinematic_inputs == 'speed':
+            mask = torch.zeros(config.state_dim)
+            mask[:config.features_dim + 1] = 1.0  # CNN features and the speed term
+        self.register_buffer('input_mask', mask, persistent=False)
         for layer in (self.fc1, self.fc2, self.fc3):
             _uniform_fan_in_(layer)
 
     def pre_tanh(self, state: torch.Tensor) -> torch.Tensor:
         """Return fc3's output before tanh (B, action_dim): the actions' unbounded logits."""
+        if self.input_mask is not None:
+            state = state * self.input_mask
         hidden = torch.relu(self.fc1(state))
         hidden = torch.relu(self.fc2(hidden))
         return self.fc3(hidden)

@@ -12,11 +12,12 @@ import numpy as np
 
 from .checkpoint import PolicySpec
 from .control import SAFE_STOP, ControlCommand, action_to_control
+from .expert import expert_action_from_kinematics
 from .features import Pose2D, RouteState, kinematic_vector
 from .inference import PolicyRunner
 from .preprocessing import FrameStack, ImageView, gray_from_pixels, image_pixels, scale_frames
 
-MODES = ('eval', 'explore')
+MODES = ('eval', 'explore', 'expert', 'dagger')
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class ExplorationConfig:
     """How a driver in explore mode perturbs the policy's actions."""
 
     mode: str = 'eval'
-    """eval: the policy's action as is; explore: uniform random, then Gaussian noise."""
+    """eval: the policy's action as is; explore: uniform random, then Gaussian noise;
+    expert: the route expert drives (no policy needed); dagger: per frame the expert with
+    probability beta (see beta_*), else the policy."""
     random_steps: int = 10000
     """Explore mode: uniform random actions for the first steps (TD3 learning_starts)."""
     noise_start: float = 0.3
@@ -35,6 +38,19 @@ class ExplorationConfig:
     """Steps over which the std decays linearly from noise_start to noise_end."""
     seed: int = 0
     """Seed of the exploration noise."""
+    beta_start: float = 1.0
+    """DAgger: probability that the expert drives a frame, at the first frame..."""
+    beta_end: float = 0.0
+    """...and after beta_decay_steps frames (linear in between)."""
+    beta_decay_steps: int = 20000
+    """DAgger: frames over which beta decays."""
+
+    def beta(self, step: int) -> float:
+        """Return the DAgger probability that the expert drives frame `step` (1-based)."""
+        if self.beta_decay_steps == 0:
+            return self.beta_end
+        progress = min(max(step - 1, 0) / self.beta_decay_steps, 1.0)
+        return self.beta_start + (self.beta_end - self.beta_start) * progress
 
     def __post_init__(self):
         """Validate the mode and the schedule."""
@@ -42,6 +58,10 @@ class ExplorationConfig:
             raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
         if self.random_steps < 0 or self.noise_decay_steps < 0:
             raise ValueError('random_steps and noise_decay_steps must be >= 0')
+        if not (0.0 <= self.beta_start <= 1.0 and 0.0 <= self.beta_end <= 1.0) \
+                or self.beta_decay_steps < 0:
+            raise ValueError('beta_start and beta_end must be in [0, 1], '
+                             'beta_decay_steps >= 0')
 
     def noise_std(self, step: int) -> float:
         """Return the Gaussian noise std at driver step `step` (after the random phase)."""
@@ -57,7 +77,8 @@ class StepResult:
 
     command: ControlCommand
     reason: str
-    """'policy', 'random', or why the car is stopped ('no policy', 'non-finite action')."""
+    """'policy', 'random', 'expert', or why the car is stopped ('no policy',
+    'non-finite action')."""
     action: np.ndarray | None = None
     route: RouteState | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -111,7 +132,14 @@ class DrivingPipeline:
         timings['features'] = (time.perf_counter() - start) * 1e3
         self.steps += 1
 
-        explore = self.exploration.mode == 'explore'
+        mode = self.exploration.mode
+        if mode == 'expert' or (mode == 'dagger'
+                                and self._rng.random() < self.exploration.beta(self.steps)):
+            # The expert reads the full vector (a camera-profile actor masks it itself).
+            action = expert_action_from_kinematics(self.kinematics, self.spec.features)
+            return StepResult(action_to_control(*action[:2]), 'expert', action, route_state,
+                              timings)
+        explore = mode == 'explore'
         if explore and self.steps <= self.exploration.random_steps:
             action = self._rng.uniform(-1.0, 1.0, self.spec.network.action_dim)
             return StepResult(action_to_control(*action[:2]), 'random', action, route_state,

@@ -32,7 +32,9 @@ class RewardConfig:
     moving_speed: float = 0.5
     """m/s above which the moving bonus is paid."""
     lateral_tolerance: float = 2.5
-    """Lateral deviation (m) normalising lane keeping; the episode ends above it."""
+    """Lateral deviation (m) normalising lane keeping; the episode ends above it. 2.5 fits a
+    CARLA lane (route on the lane centre); on a wider road use the road's own value, e.g.
+    `STAND_IN_REWARD` for the CarRacing stand-in."""
     heading_tolerance: float = math.pi / 2
     """Heading error (rad) normalising lane keeping."""
     jerk_scale: float = 5.0
@@ -53,6 +55,15 @@ class RewardConfig:
     def to_dict(self) -> dict:
         """Return the config as a plain dict (for logs and checkpoints)."""
         return asdict(self)
+
+
+STAND_IN_LATERAL_TOLERANCE = 6.5
+"""Lateral tolerance (m) on the stand-in simulator: its road is 13.3 m wide, so a car on the
+road is at most ~6.65 m from the centre line (the trainer's sim profile uses the same)."""
+
+STAND_IN_REWARD = RewardConfig(lateral_tolerance=STAND_IN_LATERAL_TOLERANCE)
+"""The reward settings for the CarRacing stand-in: with CARLA's 2.5 m a car still on the
+stand-in's road would pay the -20 off-road penalty every step."""
 
 
 @dataclass(frozen=True)

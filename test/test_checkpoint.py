@@ -270,3 +270,20 @@ def test_prune_policies_keeps_the_newest(tmp_path):
     prune_policies(tmp_path, keep=1)
     assert latest_policy(tmp_path) == tmp_path / 'policy_000000030.safetensors'
     assert not (tmp_path / 'policy_000000020.safetensors').exists()
+
+
+def test_the_checkpoint_decides_what_the_actor_sees(tmp_path):
+    torch.manual_seed(4)
+    camera = ActorPolicy(NetworkConfig(kinematic_inputs='speed')).eval()
+    spec = PolicySpec(network=NetworkConfig(kinematic_inputs='speed'))
+    path = tmp_path / 'camera.safetensors'
+    save_policy(path, camera, spec)
+    # a driver with default parameters (kinematic_inputs 'all') loads it, masked
+    policy, _ = load_policy(path, PolicySpec())
+    assert policy.config.kinematic_inputs == 'speed'
+    frames, kinematics = torch.zeros(1, 4, 84, 84), torch.randn(1, 53)
+    with torch.no_grad():
+        assert torch.equal(policy(frames, kinematics), camera(frames, kinematics))
+    # every other field must still match
+    with pytest.raises(CheckpointError, match='feature_norm'):
+        load_policy(path, PolicySpec(network=NetworkConfig(feature_norm='layernorm')))

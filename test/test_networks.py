@@ -241,3 +241,28 @@ def test_feature_norm_options_bound_the_encoder_output(feature_norm):
 def test_unknown_feature_norm_is_refused():
     with pytest.raises(ValueError, match='feature_norm'):
         NetworkConfig(feature_norm='batchnorm')
+
+
+def test_camera_profile_actor_sees_speed_but_not_the_route():
+    torch.manual_seed(0)
+    policy = ActorPolicy(NetworkConfig(kinematic_inputs='speed')).eval()
+    frames = torch.rand(3, 4, 84, 84) * 2 - 1
+    kinematics = torch.randn(3, 53)
+    other_route = kinematics.clone()
+    other_route[:, 1:] = torch.randn(3, 52)
+    faster = kinematics.clone()
+    faster[:, 0] += 1.0
+    with torch.no_grad():
+        base = policy(frames, kinematics)
+        assert torch.equal(base, policy(frames, other_route))
+        assert not torch.equal(base, policy(frames, faster))
+        assert not torch.equal(base, policy(frames.flip(-1), kinematics))
+    # the mask is no weight: state dicts of both profiles have the same keys and shapes
+    full = ActorPolicy(NetworkConfig()).state_dict()
+    assert {k: v.shape for k, v in policy.state_dict().items()} == \
+        {k: v.shape for k, v in full.items()}
+
+
+def test_kinematic_inputs_is_validated():
+    with pytest.raises(ValueError, match='kinematic_inputs'):
+        NetworkConfig(kinematic_inputs='route_only')

@@ -216,3 +216,33 @@ def test_invalid_config_is_rejected():
         SimEnvConfig(step_seconds=0.0)
     with pytest.raises(ValueError):
         SimEnvConfig(image_width=0)
+
+
+def test_route_is_closed_at_the_start_line_with_stand_in_spacing(make_env):
+    env = make_env(render_camera=False)
+    state = env.reset(seed=4)
+    waypoints = env.waypoints
+    assert np.array_equal(waypoints[0], waypoints[-1])
+    assert math.hypot(state.x - waypoints[-1, 0], state.y - waypoints[-1, 1]) < 0.5
+    spacing = np.hypot(*np.diff(waypoints, axis=0).T)
+    assert np.median(spacing) == pytest.approx(3.5, abs=0.1)
+    assert len(env.waypoint_yaws) == len(waypoints)
+
+
+def test_stand_in_reward_does_not_punish_a_car_on_its_road(make_env):
+    from av_td3_ros.reward import StepEvents, VehicleState, safety
+    env = make_env(render_camera=False)
+    config = env.reward_config
+    # 5 m from the centre line is still on the 13.3 m road: no off-road penalty
+    on_road = VehicleState(0.0, 10.0, 0.0, 5.0, 0.0, 100.0, 3)
+    assert safety(on_road, StepEvents(), config) == 0.0
+    off_road = VehicleState(0.0, 10.0, 0.0, 7.0, 0.0, 100.0, 3)
+    assert safety(off_road, StepEvents(), config) == config.off_road_penalty
+
+
+def test_camera_render_can_be_skipped(make_env):
+    env = make_env(render_camera=False)
+    first = env.reset(seed=2).frame.copy()
+    state = env.step(0.0, 1.0, 0.0)
+    assert not state.frame.any() and not first.any()
+    assert state.speed > 0.0

@@ -1,0 +1,68 @@
+"""Tests of the driver's expert and dagger modes in the per-frame pipeline (no ROS)."""
+import numpy as np
+import pytest
+import torch
+
+from av_td3_ros.checkpoint import PolicySpec
+from av_td3_ros.control import action_to_control
+from av_td3_ros.expert import expert_action_from_kinematics
+from av_td3_ros.features import Pose2D, kinematic_vector
+from av_td3_ros.inference import PolicyRunner
+from av_td3_ros.networks import ActorPolicy
+from av_td3_ros.pipeline import DrivingPipeline, ExplorationConfig
+from av_td3_ros.preprocessing import ImageView
+
+SPEC = PolicySpec()
+ROUTE = np.stack([np.arange(0.0, 200.0, 2.0), np.zeros(100)], axis=1)
+POSE = Pose2D(10.0, 1.5, 0.1)
+
+
+def frame(index):
+    data = np.random.default_rng(index).integers(0, 256, 120 * 160 * 4, dtype=np.uint8)
+    return ImageView('bgra8', 120, 160, 160 * 4, data.tobytes())
+
+
+def expert_command():
+    vector, _ = kinematic_vector(POSE, 8.0, ROUTE, SPEC.features)
+    return action_to_control(*expert_action_from_kinematics(vector, SPEC.features))
+
+
+@pytest.fixture(scope='module')
+def runner():
+    torch.manual_seed(2)
+    return PolicyRunner(ActorPolicy(SPEC.network), torch.device('cpu'))
+
+
+def test_expert_mode_drives_without_a_policy():
+    pipeline = DrivingPipeline(SPEC, None, ExplorationConfig(mode='expert'))
+    result = pipeline.step(frame(0), POSE, 8.0, ROUTE)
+    assert result.reason == 'expert'
+    assert result.command == expert_command()
+    assert result.command.throttle > 0.0 and result.command.steer > 0.0  # back to the route
+    # without a route the expert brakes
+    assert pipeline.step(frame(1), POSE, 8.0, None).command.brake == 1.0
+
+
+@pytest.mark.parametrize('beta, reason', [(1.0, 'expert'), (0.0, 'policy')])
+def test_dagger_mode_with_a_fixed_beta(runner, beta, reason):
+    config = ExplorationConfig(mode='dagger', beta_start=beta, beta_end=beta)
+    pipeline = DrivingPipeline(SPEC, runner, config)
+    reasons = {pipeline.step(frame(i), POSE, 8.0, ROUTE).reason for i in range(5)}
+    assert reasons == {reason}
+
+
+def test_dagger_mode_mixes_by_the_beta_schedule(runner):
+    config = ExplorationConfig(mode='dagger', beta_start=1.0, beta_end=0.0,
+                               beta_decay_steps=400, seed=3)
+    assert config.beta(1) == 1.0 and config.beta(201) == pytest.approx(0.5)
+    assert config.beta(10_000) == 0.0
+    pipeline = DrivingPipeline(SPEC, runner, config)
+    reasons = [pipeline.step(frame(0), POSE, 8.0, ROUTE).reason for _ in range(400)]
+    early = reasons[:100].count('expert') / 100
+    late = reasons[300:].count('expert') / 100
+    assert early > 0.75 and late < 0.25
+
+
+def test_dagger_betas_are_validated():
+    with pytest.raises(ValueError, match='beta'):
+        ExplorationConfig(mode='dagger', beta_start=1.5)
