@@ -39,6 +39,7 @@ setup(
             'run_launch = av_td3_ros.launch_runner:main',
             'train_imitation = av_td3_ros.train_imitation:main',
             'evaluate_policy = av_td3_ros.evaluate_policy:main',
+            'finetune_policy = av_td3_ros.finetune_policy:main',
         ],
     },
 )

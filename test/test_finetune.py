@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from av_td3_ros.checkpoint import PolicySpec, load_policy, save_policy_state
-from av_td3_ros.finetune import Finetuner, FinetuneConfig
+from av_td3_ros.finetune import FinetuneConfig, Finetuner
 from av_td3_ros.finetune_policy import main as finetune_main
 from av_td3_ros.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.sim_env import SimEnvConfig
@@ -28,7 +28,7 @@ def start_checkpoint(tmp_path):
 def tiny_config(**td3):
     return FinetuneConfig(
         td3=TD3Config(batch_size=8, precision='fp32', critic_warmup_updates=4, **td3),
-        cpu_minutes=0.25, prefill_steps=20, updates_per_step=0.5, sync_every=5,
+        cpu_minutes=0.1, prefill_steps=20, updates_per_step=0.5, sync_every=5,
         eval_every_updates=20, eval_seeds=(7,), train_seed_start=11, buffer_capacity=500,
         sim=SIM)
 
@@ -41,11 +41,11 @@ def test_finetune_collects_learns_evaluates_and_keeps_the_best(tmp_path, start_c
     try:
         report = tuner.run()
         assert report.env_steps > 20 and report.updates > 4
-        assert tuner.buffer.size >= report.env_steps
+        assert tuner.buffer.size == min(tuner.buffer.capacity, tuner.buffer.committed)
         assert len(report.evaluations) >= 2
         assert report.evaluations[0]['updates'] == 0
-        assert report.start_return == report.evaluations[0]['mean_return']
-        assert report.best_return == max(e['mean_return'] for e in report.evaluations)
+        assert round(report.start_return, 1) == report.evaluations[0]['mean_return']
+        assert round(report.best_return, 1) == max(e['mean_return'] for e in report.evaluations)
         assert report.episodes and all(e['reason'] for e in report.episodes)
         out = tmp_path / 'best.safetensors'
         tuner.save(out)
@@ -69,7 +69,7 @@ def test_finetune_starts_from_the_checkpoint_and_its_actor_moves(tmp_path, start
             assert torch.equal(tuner.agent.policy_state()[name], value)
         while tuner.report.env_steps < 20:
             tuner.act_once()
-        for _ in range(12):
+        for _ in range(10):  # past the 4-update critic warm-up; synced at 5 and 10
             tuner.learn_once()
         moved = [not torch.equal(tuner.agent.policy_state()[k], v)
                  for k, v in policy.state_dict().items()]
