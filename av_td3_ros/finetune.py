@@ -215,6 +215,43 @@ class Finetuner:
             self.acting.load_state_dict(self.agent.policy_state())
         return metrics
 
+    # ------------------------------------------------------------------ diagnostics
+    def value_diagnostics(self, size: int = 512) -> dict[str, float]:
+        """Return what the critic believes about stored states, on the road and near its edge.
+
+        Near the edge: farther than 4.5 m from the centre line (the episode ends at 6.5 m).
+        `dq_dthrottle_pos`: fraction of states where the critic's gradient at the actor's
+        action asks for more throttle; `q_*`: Q1 of the stored action; `reward_*`: stored
+        rewards; `terminal_near_edge`: fraction of near-edge transitions that ended.
+        """
+        if self.buffer.size <= self.config.td3.batch_size:
+            return {}
+        batch = self.buffer.sample(size, self.rng)
+        agent = self.agent
+        b = agent.prepare(batch)
+        lateral = np.abs(batch.obs_vec[:, 1]) * self.spec.features.lateral_scale
+        near = lateral > 4.5
+        with torch.no_grad():
+            state = torch.cat([agent.critic_cnn(b.obs), b.obs_vec], dim=1)
+            q_data = agent.critic.Q1(state, b.actions).squeeze(1).numpy()
+            action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
+        action = action.clone().requires_grad_(True)
+        agent.critic.Q1(state, action).sum().backward()
+        agent.critic.zero_grad(set_to_none=True)
+        throttle_grad = action.grad[:, 1].numpy()
+        values = {'dq_dthrottle_pos': float(np.mean(throttle_grad > 0)),
+                  'actor_throttle': float(action[:, 1].mean()),
+                  'q_on_road': float(q_data[~near].mean()) if (~near).any() else float('nan'),
+                  'q_near_edge': float(q_data[near].mean()) if near.any() else float('nan'),
+                  'reward_on_road': float(batch.rewards[~near].mean()) if (~near).any()
+                  else float('nan'),
+                  'reward_near_edge': float(batch.rewards[near].mean()) if near.any()
+                  else float('nan'),
+                  'near_edge_fraction': float(near.mean()),
+                  'terminal_near_edge': float(batch.terminated[near].mean()) if near.any()
+                  else float('nan')}
+        return {k: round(v, 3) for k, v in values.items()}
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> float:
         """Drive the held-out seeds with the current policy; keep it if it is the best."""
@@ -227,7 +264,8 @@ class Finetuner:
         record = {'updates': self.agent.total_updates, 'env_steps': self.report.env_steps,
                   'cpu_minutes': round(self._cpu / 60.0, 2), 'mean_return': round(value, 1),
                   'returns': [round(r.episode_return, 1) for r in results],
-                  'laps': sum(r.lap_complete for r in results)}
+                  'laps': sum(r.lap_complete for r in results),
+                  'critic': self.value_diagnostics()}
         self.report.evaluations.append(record)
         if not self.report.evaluations[:-1]:
             self.report.start_return = value
