@@ -85,6 +85,7 @@ class TrainerConfig:
     episode: EpisodeConfig
     reward: RewardConfig
     reset_timeout: float
+    camera_topic: str = '/carla/{role}/rgb_front/image'  # {role}: each vehicle's role name
 
 
 def read_config(node: Node) -> TrainerConfig:
@@ -165,7 +166,9 @@ def read_config(node: Node) -> TrainerConfig:
         tensorboard=p.boolean('tensorboard', True, 'write TensorBoard logs to run_dir/tb'),
         episode=episode, reward=reward,
         reset_timeout=p.floating('reset_timeout', 10.0, 'seconds to wait for the reset '
-                                 'service', 0.1, 600.0))
+                                 'service', 0.1, 600.0),
+        camera_topic=p.string('camera_topic', '/carla/{role}/rgb_front/image', 'camera topic; '
+                              '{role} is replaced by the role name'))
 
 
 class VehicleFeed:
@@ -184,7 +187,8 @@ class VehicleFeed:
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # Reliable keep-10 for the camera: the trainer must see every frame the driver saw.
         sub = node.create_subscription
-        sub(Image, f'{base}/rgb_front/image', self.on_image, reliable, callback_group=group)
+        sub(Image, config.camera_topic.replace('{role}', role), self.on_image, reliable,
+            callback_group=group)
         sub(Odometry, f'{base}/odometry', self.on_odometry, reliable, callback_group=group)
         sub(PathMsg, f'{base}/waypoints', self.on_route,
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,

@@ -71,7 +71,7 @@ def _get_parameters(bridge, node_name, names):
 def test_driver_runs_with_launch_parameters(start_node, tmp_path, rclpy_context):
     description, (driver,) = launch_nodes(start_node, tmp_path, REPO_LAUNCH / 'driver.launch.xml',
                                           allow_random_policy='true', use_sim_time='false',
-                                          camera_topic='/cam/remapped')
+                                          camera_topic='/cam/remapped', checkpoint='0123')
     (spec,) = description.nodes
     yaml_file = yaml.safe_load(Path(spec.param_files[0]).read_text())
     (section,) = yaml_file.values()
@@ -87,6 +87,10 @@ def test_driver_runs_with_launch_parameters(start_node, tmp_path, rclpy_context)
             assert actual == file_values[name], name
         (random_policy,) = _get_parameters(bridge, node_name, ['allow_random_policy'])
         assert random_policy.bool_value is True
+        # type="str": a checkpoint name that YAML would read as an integer stays a string.
+        (checkpoint,) = _get_parameters(bridge, node_name, ['checkpoint'])
+        assert (checkpoint.type, checkpoint.string_value) == (4, '0123')
+        assert driver.proc.poll() is None, driver.output()
         # The camera remapping took effect: the driver subscribes to the remapped topic.
         def subscribes_remapped():
             try:
@@ -133,5 +137,7 @@ def test_parameter_files_list_exactly_the_declared_parameters(params_file, modul
         # Topic names default to /carla/<role_name>/...; the file leaves them to remapping.
         declared -= {'camera_topic', 'odometry_topic', 'route_topic', 'control_topic',
                      'episode_start_topic'}
+    elif params_file.startswith('trainer'):
+        declared -= {'camera_topic'}  # /carla/{role}/...: the launch files pass it
     assert declared - in_file == set(), f'declared but not in {params_file}'
     assert in_file - declared == set(), f'in {params_file} but never declared'
