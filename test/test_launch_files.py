@@ -141,3 +141,22 @@ def test_parameter_files_list_exactly_the_declared_parameters(params_file, modul
         declared -= {'camera_topic'}  # /carla/{role}/...: the launch files pass it
     assert declared - in_file == set(), f'declared but not in {params_file}'
     assert in_file - declared == set(), f'in {params_file} but never declared'
+
+
+def test_train_launch_passes_the_camera_topic_to_driver_and_trainer(start_node, tmp_path,
+                                                                     rclpy_context):
+    description, nodes = launch_nodes(start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml',
+                                      run_dir=str(tmp_path / 'run'), use_sim_time='false',
+                                      camera_topic='/cam/remapped', device='cpu')
+    bridge = FakeBridge(rclpy_context)
+    try:
+        def subscribers():
+            return {info.node_name
+                    for info in bridge.node.get_subscriptions_info_by_topic('/cam/remapped')}
+
+        wanted = {spec.name for spec in description.nodes}
+        assert wanted == {'driver', 'trainer'}
+        assert bridge.spin_until(lambda: subscribers() >= wanted, timeout=90.0), (
+            subscribers(), [node.output()[-2000:] for node in nodes])
+    finally:
+        bridge.close()
