@@ -14,7 +14,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.*')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')
-         + glob('config/*.rviz')),
+         + glob('config/*.rviz') + glob('config/*.json')),
         ('share/' + package_name + '/msg', glob('carla_msgs_fallback/carla_msgs/msg/*.msg')),
     ],
     install_requires=['setuptools'],

@@ -4,7 +4,7 @@
 # console scripts under lib/av_td3_ros) that `ros2 launch` / `ros2 run` users get.
 # Needs the venv from scripts/setup.sh (colcon comes from requirements-colcon.txt).
 #
-# Usage: scripts/colcon_test.sh [test files...]   (default: the launch, manifest, rviz tests)
+# Usage: scripts/colcon_test.sh [test files...]   (default: launch, manifest, rviz, CARLA files)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=/dev/null
@@ -13,7 +13,7 @@ if [ "$#" -gt 0 ]; then
   tests=("$@")
 else
   tests=(test/test_launch_files.py test/test_launch_runner.py test/test_package_manifest.py
-         test/test_rviz_config.py)
+         test/test_rviz_config.py test/test_carla_config.py)
 fi
 ws=$(mktemp -d -t av_td3_colcon_XXXXXX)
 trap 'rm -rf "$ws"' EXIT
