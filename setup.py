@@ -36,6 +36,7 @@ setup(
             'bag_eval = av_td3_ros.bags.offline_eval:main',
             'plot_run = av_td3_ros.plots:main',
             'run_launch = av_td3_ros.launch_runner:main',
+            'publish_policy = av_td3_ros.policy_topic:main',
         ],
     },
 )
