@@ -37,6 +37,7 @@ setup(
             'plot_run = av_td3_ros.plots:main',
             'run_launch = av_td3_ros.launch_runner:main',
             'publish_policy = av_td3_ros.policy_topic:main',
+            'carla_episode_manager = av_td3_ros.carla_episode_manager_node:main',
         ],
     },
 )
