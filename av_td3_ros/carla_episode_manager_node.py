@@ -196,9 +196,10 @@ class CarlaEpisodeManagerNode(Node):
             response.success, response.message = False, 'no odometry yet: no spawn point'
             return response
         actions = self.manager.request_reset(self.now())
-        self.execute(actions)
         response.success = True
         response.message = ('resetting' if actions else 'a reset is already under way')
+        self.get_logger().info(f'reset_episode called: {response.message}')
+        self.execute(actions)
         return response
 
     # ------------------------------------------------------------------ outputs

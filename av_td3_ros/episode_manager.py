@@ -7,7 +7,8 @@ trainer, or after an episode this manager ended) goes:
    `set_transform`) at standstill (`set_target_velocity` zero);
 2. confirm: wait for odometry that shows the car there;
 3. route: send the goal to carla_waypoint_publisher and wait for a route that starts near
-   the car (a route planned before the teleport starts where the car was);
+   the car and ends near that goal (one planned before the teleport starts where the car
+   was; one re-planned to the old goal when the publisher noticed the jump ends there);
 4. start: the first camera frame at or after the confirming odometry is the episode's first
    frame: publish `episode_start` with its stamp.
 
@@ -127,6 +128,7 @@ class EpisodeManager:
         self._confirmed_ns: int | None = None  # odometry stamp that showed the teleport
         self._route: list[tuple[float, float]] = []
         self._last_route_end: MapPose | None = None
+        self._expected_goal: MapPose | None = None  # the goal sent for this reset
         self._start_ns = 0
         self._steps = 0
         self._slow_since_ns: int | None = None
@@ -183,7 +185,7 @@ class EpisodeManager:
                 self.state = 'routing'
                 self._confirmed_ns = stamp_ns
                 self._attempt_started = now
-                goal = self.goal
+                goal = self._expected_goal = self.goal
                 return ([SendGoal(goal)] if goal is not None else []) + \
                     self._check_route_ready()
             return []
@@ -214,8 +216,10 @@ class EpisodeManager:
         return []
 
     def _check_route_ready(self) -> list:
-        if (self._route and self.spawn.distance_to(*self._route[0])
-                <= self.config.route_start_tolerance):
+        tolerance = self.config.route_start_tolerance
+        goal = self._expected_goal
+        if (self._route and self.spawn.distance_to(*self._route[0]) <= tolerance
+                and (goal is None or goal.distance_to(*self._route[-1]) <= tolerance)):
             self.state = 'awaiting_frame'
         return []
 

@@ -6,7 +6,8 @@ without launch_ros (and the test suite) exercises exactly what ships.
 
 Implemented, with launch_xml's meaning (Humble to Kilted):
 - elements <arg name default description>, <let name value>, <set_env name value>,
-  <group> (scopes arguments and the namespace), <push_ros_namespace namespace>,
+  <group> (scopes arguments and the namespace), <push_ros_namespace namespace>, <include>
+  only when its condition disables it (run_launch cannot run another launch file),
   <node pkg exec name namespace output respawn respawn_delay exec_name args ros_args> with
   <param name value type>, <param from> and <remap from to> children;
 - `if` and `unless` on every element (true/1 or false/0 after substitution, as launch's
@@ -52,9 +53,13 @@ ATTRIBUTES = {
              'exec_name', 'args', 'ros_args', 'ros-args'},
     'param': {'name', 'value', 'value-sep', 'type', 'from'},
     'remap': {'from', 'to'},
+    'include': {'file'},
+    'include_arg': {'name', 'value'},
 }
-ACTIONS = {'arg', 'let', 'set_env', 'group', 'push_ros_namespace', 'push-ros-namespace', 'node'}
-CHILDREN = {None: {'launch'}, 'launch': ACTIONS, 'group': ACTIONS, 'node': {'param', 'remap'}}
+ACTIONS = {'arg', 'let', 'set_env', 'group', 'push_ros_namespace', 'push-ros-namespace', 'node',
+           'include'}
+CHILDREN = {None: {'launch'}, 'launch': ACTIONS, 'group': ACTIONS, 'node': {'param', 'remap'},
+            'include': {'arg'}}
 # launch's get_data_type_from_identifier: the `type` values a <param> may carry.
 PARAM_TYPES = {'str': str, 'int': int, 'float': float, 'bool': bool,
                'list_of_str': str, 'list_of_int': int, 'list_of_float': float,
@@ -217,7 +222,8 @@ class _Parser:
         if tag not in CHILDREN[parent]:
             raise LaunchError(f'unsupported launch element {where} (run_launch implements '
                               f'{", ".join(sorted(CHILDREN[parent]))} there)')
-        allowed = ATTRIBUTES[tag] | (set(CONDITIONS) if tag in ACTIONS else set())
+        key = 'include_arg' if (parent, tag) == ('include', 'arg') else tag
+        allowed = ATTRIBUTES[key] | (set(CONDITIONS) if key in ACTIONS else set())
         for attribute in element.attrib:
             if attribute not in allowed:
                 raise LaunchError(f'unsupported attribute {attribute!r} on {where} '
@@ -265,6 +271,14 @@ class _Parser:
                     child, 'namespace')) if p)
             elif tag == 'node':
                 self.nodes.append(self.node(child, namespace))
+            elif tag == 'include':
+                for arg in child:
+                    self.check(arg, 'include')
+                # Another launch file (often a .launch.py of another package) is ros2 launch's
+                # job; a file run here must leave its includes disabled (`if`/`unless`).
+                raise LaunchError(f'run_launch cannot run <include file="{child.get("file")}">'
+                                  ': use ros2 launch, or disable the include (its if/unless '
+                                  'argument) and start that part separately')
 
     def node(self, element, namespace: str) -> NodeSpec:
         ns = self.substitute(element.get('namespace'))

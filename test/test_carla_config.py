@@ -6,6 +6,8 @@ import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 # Launch files of carla-simulator/ros-bridge (master) and the arguments they declare.
 BRIDGE_LAUNCH_ARGS = {
@@ -82,3 +84,26 @@ def test_readme_carla_commands_can_be_pasted():
                    'carla_waypoint_publisher', '/carla/ego_vehicle/goal',
                    '--system-site-packages', 'vehicle_control_manual_override'):
         assert needed in joined or needed in carla_section(), needed
+
+
+def test_carla_train_includes_the_bridge_launch_files_with_their_arguments(ros_env):
+    from av_td3_ros.launch_runner import LaunchError, parse_launch_file
+
+    path = REPO / 'launch' / 'carla_train.launch.xml'
+    includes = ET.parse(path).getroot().findall('include')
+    assert len(includes) == 3
+    for include in includes:
+        package, launch_file = re.fullmatch(r'\$\(find-pkg-share (\w+)\)/([\w.]+)',
+                                            include.get('file')).groups()
+        names = {arg.get('name') for arg in include.findall('arg')}
+        assert names <= BRIDGE_LAUNCH_ARGS[(package, launch_file)], (launch_file, names)
+        assert include.get('if') == '$(var with_bridge)'
+    values = {arg.get('name'): arg.get('value') for arg in includes[0].findall('arg')}
+    assert values['synchronous_mode_wait_for_vehicle_control_command'] == 'True'
+    # run_launch starts our three nodes when the bridge runs separately, and refuses to
+    # pretend it can start the bridge.
+    description = parse_launch_file(path, {'with_bridge': 'false'})
+    assert sorted(spec.executable for spec in description.nodes) == [
+        'carla_episode_manager', 'driver_node', 'trainer_node']
+    with pytest.raises(LaunchError, match='carla_ros_bridge.launch.py'):
+        parse_launch_file(path)

@@ -6,6 +6,7 @@ import pytest
 import yaml
 from carla_fake_bridge import FakeCarlaWorld
 from carla_msgs.msg import CarlaEgoVehicleControl
+from ros_helpers import REPO_LAUNCH, launch_nodes
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
@@ -93,5 +94,60 @@ def test_manager_runs_episodes_through_the_bridge_topics(start_node, rclpy_conte
         assert drive(world, lambda: len(episodes.ends) == 3, 300, throttle=0.3)
         assert episodes.ends[2].startswith('truncated:time_limit;')
         assert manager.proc.poll() is None, manager.output()
+    finally:
+        world.close()
+
+
+def small_trainer_params(tmp_path):
+    content = yaml.safe_load((REPO_LAUNCH.parent / 'config' / 'trainer.yaml').read_text())
+    (section,) = content.values()
+    section['ros__parameters'].update(
+        buffer_capacity=500, batch_size=8, checkpoint_every=4, state_every=4,
+        keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
+        tensorboard=False, max_episode_steps=8)
+    path = tmp_path / 'trainer_test.yaml'
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+@pytest.mark.slow
+def test_training_runs_episodes_end_to_end_through_the_manager(start_node, rclpy_context,
+                                                                tmp_path):
+    # carla_train.launch.xml without the bridge (the fake world plays it and the waypoint
+    # publisher): manager + explore driver + trainer, lock-step like the synchronous bridge.
+    run_dir = tmp_path / 'run'
+    description, nodes = launch_nodes(
+        start_node, tmp_path, REPO_LAUNCH / 'carla_train.launch.xml', with_bridge='false',
+        use_sim_time='false', run_dir=str(run_dir), learning_starts='12', device='cpu',
+        episode_timeout='600.0', trainer_params_file=str(small_trainer_params(tmp_path)))
+    manager, driver, trainer = nodes
+    world = FakeCarlaWorld(rclpy_context, start=(0.0, 0.0, 0.0))
+    episodes = Episodes(world)
+    try:
+        assert trainer.wait_for_output('training from ego_vehicle', timeout=90), \
+            trainer.output()
+
+        def recorded_episodes():
+            path = run_dir / 'episodes.jsonl'
+            return path.read_text().count('\n') if path.exists() else 0
+
+        for _ in range(1500):
+            world.tick(timeout=1.0)
+            if len(episodes.starts) >= 4 and recorded_episodes() >= 3:
+                break
+        logs = (manager.output(), trainer.output()[-3000:], driver.output()[-3000:])
+        assert len(episodes.starts) >= 4, logs
+        assert [int(h.frame_id) for h in episodes.starts] == list(
+            range(1, len(episodes.starts) + 1))
+        # Every episode began at the spawn point (the car's pose at start), after a teleport.
+        for start in episodes.starts:
+            assert near(world.frames[stamp_ns(start)], (0.0, 0.0)), logs
+        assert len(world.teleports) >= len(episodes.starts)
+        # The trainer ended each episode (its step limit), recorded it and called
+        # reset_episode; the manager's teleport and first frame started the next one.
+        assert recorded_episodes() >= 3, logs
+        assert manager.output().count('reset_episode called: resetting') >= 3, logs
+        assert 'ended:' not in manager.output()  # the manager ended none itself
+        assert all(node.proc.poll() is None for node in nodes), logs
     finally:
         world.close()

@@ -49,6 +49,20 @@ def test_reset_sequence_starts_an_episode_at_the_first_frame_after_the_teleport(
     assert manager.state == 'running'
 
 
+def test_a_route_re_planned_to_the_old_goal_is_not_the_new_episode_s():
+    # The waypoint publisher re-plans to its old goal when it sees the car jump; only the
+    # route to the goal just sent counts (else the episode would end at once as completed).
+    manager = EpisodeManager(EpisodeManagerConfig(spawn_points=(A, B)))
+    manager.request_reset(0.0)
+    started(manager, A, B, 1 * S)
+    manager.request_reset(1.0)  # to B, goal A
+    assert manager.on_odometry(2 * S, B.x, B.y, 0.0, 1.1) == [SendGoal(A)]
+    assert manager.on_route(straight_route(B, B, n=2), 1.2) == []  # to the old goal B
+    assert manager.on_frame(2 * S, 1.2) == []
+    assert manager.on_route(straight_route(B, A), 1.3) == []
+    assert manager.on_frame(2 * S, 1.3) == [StartEpisode(2, 2 * S, 1)]
+
+
 def test_route_completion_ends_the_episode_and_resets_to_the_next_spawn_point():
     manager = EpisodeManager(EpisodeManagerConfig(spawn_points=(A, B), goal_tolerance=5.0))
     manager.request_reset(0.0)

@@ -11,6 +11,8 @@ from av_td3_ros.launch_runner import LaunchError, executable_module, parse_launc
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted(REPO_LAUNCH.glob('*.launch.xml'))
+# Arguments that make a file runnable without ros2 launch (its includes disabled).
+RUNNABLE = {'carla_train.launch.xml': {'with_bridge': 'false'}}
 
 
 def console_scripts():
@@ -29,7 +31,7 @@ def test_there_are_launch_files():
 
 @pytest.mark.parametrize('launch_file', LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_references_exist(launch_file, ros_env):
-    description = parse_launch_file(launch_file)
+    description = parse_launch_file(launch_file, RUNNABLE.get(launch_file.name))
     scripts = console_scripts()
     assert description.nodes
     for spec in description.nodes:

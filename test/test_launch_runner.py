@@ -50,6 +50,8 @@ def test_string_arguments_stay_strings_in_every_launch_file(ros_env):
     for launch_file in LAUNCH_FILES:
         declared = {arg.get('name') for arg in ET.parse(launch_file).getroot().iter('arg')}
         arguments = {'role_name': '007'}
+        if 'with_bridge' in declared:
+            arguments['with_bridge'] = 'false'
         if 'checkpoint' in declared:
             arguments['checkpoint'] = '0123'
         description = parse_launch_file(launch_file, arguments)
@@ -68,7 +70,8 @@ def test_string_arguments_stay_strings_in_every_launch_file(ros_env):
 def test_every_param_is_typed_and_every_arg_described(launch_file):
     root = ET.parse(launch_file).getroot()
     for arg in root.iter('arg'):
-        assert arg.get('description'), f'<arg name="{arg.get("name")}"> has no description'
+        if arg.get('value') is None:  # a declaration, not an <include>'s argument
+            assert arg.get('description'), f'<arg name="{arg.get("name")}"> has no description'
     for param in root.iter('param'):
         if param.get('from') is None:
             assert param.get('type'), f'<param name="{param.get("name")}"> has no type'
@@ -97,6 +100,19 @@ def test_if_and_unless_select_nodes(tmp_path, ros_env):
     assert 'v' not in description.arguments
     description = parse_launch_file(path, {'with_trainer': 'True'})
     assert [spec.name for spec in description.nodes] == ['a', 'c']
+
+
+def test_disabled_includes_are_skipped_without_resolving_them(tmp_path, ros_env):
+    path = write_launch(tmp_path, '''
+  <arg name="with_bridge" default="true" description="d"/>
+  <include file="$(find-pkg-share no_such_package)/x.launch.py" if="$(var with_bridge)">
+    <arg name="town" value="Town01"/>
+  </include>
+  <node pkg="av_td3_ros" exec="driver_node" name="a"/>''')
+    assert [spec.name for spec in parse_launch_file(path, {'with_bridge': 'false'}).nodes] == [
+        'a']
+    with pytest.raises(LaunchError, match='cannot run <include'):
+        parse_launch_file(path)
 
 
 def test_condition_that_is_not_a_boolean_is_an_error(tmp_path):
@@ -144,7 +160,11 @@ def test_group_scopes_arguments_and_namespace(tmp_path):
      "unsupported attribute 'if' on <param> in <node>"),
     ('<node pkg="av_td3_ros" exec="driver_node"><env name="A" value="1"/></node>',
      'unsupported launch element <env> in <node>'),
-    ('<include file="other.launch.py"/>', 'unsupported launch element <include> in <launch>'),
+    ('<include file="other.launch.py"/>', 'cannot run <include file="other.launch.py">'),
+    ('<include file="a.launch.py" if="true"><arg name="x" value="1" if="1"/></include>',
+     "unsupported attribute 'if' on <arg> in <include>"),
+    ('<include file="a.launch.py" if="false" scoped="true"/>',
+     "unsupported attribute 'scoped' on <include>"),
     ('<executable cmd="ls"/>', 'unsupported launch element <executable>'),
     ('<param name="a" value="1"/>', 'unsupported launch element <param> in <launch>'),
     ('<node pkg="av_td3_ros" exec="driver_node" output="own_log"/>', 'output="own_log"'),
