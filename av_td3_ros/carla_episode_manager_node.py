@@ -112,9 +112,16 @@ class CarlaEpisodeManagerNode(Node):
                                        'simulator time): truncated:time_limit', 0.1, 1e7),
             reset_timeout=p.floating('reset_timeout', 10.0, 'retry a reset step that takes '
                                      'longer (s, steady clock)', 0.1, 600.0))
-        spawns, goals = poses_from_flat(flat_spawns), poses_from_flat(flat_goals)
-        if spawn_file:
-            spawns, goals = read_spawn_file(spawn_file)
+        try:
+            spawns, goals = poses_from_flat(flat_spawns), poses_from_flat(flat_goals)
+            if spawn_file:
+                spawns, goals = read_spawn_file(spawn_file)
+            # Checked now, also when the first odometry will give the spawn point.
+            EpisodeManagerConfig(spawn_points=spawns or (MapPose(0.0, 0.0),),
+                                 goals=goals if spawns else (), **self.settings)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            self.get_logger().fatal(f'cannot run episodes: {error}')
+            raise SystemExit(2) from error
         self.manager = (EpisodeManager(EpisodeManagerConfig(spawn_points=spawns, goals=goals,
                                                             **self.settings))
                         if spawns else None)  # None: the first odometry gives the spawn point

@@ -151,3 +151,19 @@ def test_training_runs_episodes_end_to_end_through_the_manager(start_node, rclpy
         assert all(node.proc.poll() is None for node in nodes), logs
     finally:
         world.close()
+
+
+@pytest.mark.parametrize('content, message', [
+    (None, 'No such file'),
+    ('spawn_points: [[1, 2, 3]]', 'must be [x, y, z, yaw]'),
+    ('spawn_points: [[1, 2, 3, 0]]\ngoals: [[1, 2, 3, 0], [4, 5, 6, 0]]', '2 goals for 1'),
+])
+def test_bad_spawn_files_stop_the_manager_with_a_reason(start_node, tmp_path, content,
+                                                        message):
+    path = tmp_path / 'spawns.yaml'
+    if content is not None:
+        path.write_text(content)
+    manager = start_node('av_td3_ros.carla_episode_manager_node',
+                         '-p', f'spawn_points_file:={path}')
+    assert manager.wait(timeout=60) == 2, manager.output()
+    assert 'cannot run episodes' in manager.output() and message in manager.output()
