@@ -27,6 +27,19 @@ colcon --log-base "$ws/log" build --paths "$repo" "${common[@]}" >"$ws/build.out
   || { cat "$ws/build.out" >&2; log "colcon build failed"; exit 1; }
 test -f "$ws/install/av_td3_ros/share/ament_index/resource_index/packages/av_td3_ros"
 test -x "$ws/install/av_td3_ros/lib/av_td3_ros/driver_node"
+# The install space's own environment hooks must give the installed package and its share/
+# (not this checkout's, nor the venv's copy from scripts/setup.sh).
+(
+  set +u  # colcon's setup scripts read unset variables
+  # shellcheck source=/dev/null
+  . "$ws/install/local_setup.sh"
+  set -u
+  cd /
+  python -c 'import sys, av_td3_ros; assert av_td3_ros.__file__.startswith(sys.argv[1]), \
+av_td3_ros.__file__' "$ws/install/"
+  "$ws/install/av_td3_ros/lib/av_td3_ros/run_launch" driver.launch.xml checkpoint:=0123 --print \
+    | grep -q "'checkpoint': '0123'"
+) || { log "the colcon install space does not work on its own"; exit 1; }
 log "colcon test: ${tests[*]}"
 colcon --log-base "$ws/log" test --paths "$repo" "${common[@]}" \
   --test-result-base "$ws/test_results" --return-code-on-test-failure \
