@@ -14,7 +14,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.*')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')
-         + glob('config/*.rviz')),
+         + glob('config/*.rviz') + glob('config/*.json')),
         ('share/' + package_name + '/msg', glob('carla_msgs_fallback/carla_msgs/msg/*.msg')),
     ],
     install_requires=['setuptools'],
@@ -36,6 +36,8 @@ setup(
             'bag_eval = av_td3_ros.bags.offline_eval:main',
             'plot_run = av_td3_ros.plots:main',
             'run_launch = av_td3_ros.launch_runner:main',
+            'publish_policy = av_td3_ros.policy_topic:main',
+            'carla_episode_manager = av_td3_ros.carla_episode_manager_node:main',
         ],
     },
 )
