@@ -13,7 +13,7 @@ ROSDEP_KEYS = {
     'python3-numpy', 'python3-opencv', 'python3-yaml', 'python3-torch', 'python3-rosbags-pip',
     'python3-matplotlib', 'python3-tensorboard-pip', 'python3-gymnasium-pip',
     'python3-pygame', 'python3-pytest', 'python3-pytest-timeout', 'python3-hypothesis',
-    'python3-catkin-pkg-modules',
+    'python3-catkin-pkg-modules', 'python3-onnxruntime-pip',
 }
 ROS_PACKAGES = {
     'rclpy', 'rcl_interfaces', 'builtin_interfaces', 'std_msgs', 'std_srvs', 'geometry_msgs',
@@ -30,7 +30,7 @@ MODULE_KEYS = {
     'gymnasium': 'python3-gymnasium-pip', 'pygame': 'python3-pygame',
     'safetensors': None, 'Box2D': None,
     'pytest': 'python3-pytest', 'hypothesis': 'python3-hypothesis',
-    'catkin_pkg': 'python3-catkin-pkg-modules',
+    'catkin_pkg': 'python3-catkin-pkg-modules', 'onnxruntime': 'python3-onnxruntime-pip',
 }
 NO_KEY = {'safetensors', 'Box2D'}
 
@@ -94,7 +94,7 @@ def test_every_imported_module_has_its_dependency():
 def test_keys_without_rosdep_are_documented():
     readme = (REPO / 'README.md').read_text()
     manifest_text = (REPO / 'package.xml').read_text()
-    for name in ('safetensors', 'gymnasium[box2d]'):
+    for name in ('safetensors', 'gymnasium[box2d]', 'onnx'):
         assert name in readme and name in manifest_text
 
 
