@@ -14,7 +14,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.*')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')
-         + glob('config/*.rviz')),
+         + glob('config/*.rviz') + glob('config/*.json')),
         ('share/' + package_name + '/msg', glob('carla_msgs_fallback/carla_msgs/msg/*.msg')),
         ('share/' + package_name + '/models', glob('models/*.safetensors') + glob('models/*.md')),
     ],
@@ -40,6 +40,8 @@ setup(
             'train_imitation = av_td3_ros.train_imitation:main',
             'evaluate_policy = av_td3_ros.evaluate_policy:main',
             'finetune_policy = av_td3_ros.finetune_policy:main',
+            'publish_policy = av_td3_ros.policy_topic:main',
+            'carla_episode_manager = av_td3_ros.carla_episode_manager_node:main',
         ],
     },
 )

@@ -39,6 +39,7 @@ from .networks import ActorPolicy
 from .node_main import run_node
 from .node_params import ParameterReader, read_policy_spec
 from .pipeline import DrivingPipeline, ExplorationConfig
+from .policy_topic import PolicyReceiver
 from .ros_conversions import (
     fill_control_msg,
     pose_from_odometry,
@@ -72,6 +73,7 @@ class DriverConfig:
     spec: PolicySpec
     exploration: ExplorationConfig
     seed: int
+    policy_topic: str = ''  # policies from a trainer over DDS (policy_topic.py); '' = off
 
 
 def read_config(node: Node) -> DriverConfig:
@@ -128,7 +130,9 @@ def read_config(node: Node) -> DriverConfig:
                                 'markers for rviz'),
         diagnostics_period=p.floating('diagnostics_period', 1.0, 'diagnostics period (s)',
                                       0.1, 60.0),
-        spec=spec, exploration=exploration, seed=exploration.seed)
+        spec=spec, exploration=exploration, seed=exploration.seed,
+        policy_topic=p.string('policy_topic', '', 'load the policies a trainer publishes on '
+                              'this topic (e.g. /av_td3/policy); empty: off'))
 
 
 class RateMeter:
@@ -218,6 +222,8 @@ class DriverNode(Node):
         self.create_timer(self.config.diagnostics_period, self.publish_diagnostics)
         if self.config.checkpoint and self.config.checkpoint_poll_period > 0.0:
             self.create_timer(self.config.checkpoint_poll_period, self.poll_checkpoint)
+        if self.config.policy_topic:  # each received policy goes through the file loader
+            self.policy_receiver = PolicyReceiver(self, self.config.policy_topic, self._load)
         self.get_logger().info(
             f'driving {self.config.role_name}: camera {self.config.camera_topic} -> '
             f'{self.config.control_topic} on {self.device}, mode {self.config.exploration.mode}'
@@ -234,6 +240,8 @@ class DriverNode(Node):
             policy = ActorPolicy(self.config.spec.network)
             self.pipeline.set_runner(PolicyRunner(policy, self.device))
             self.status = 'random policy (allow_random_policy)'
+        elif self.config.policy_topic:
+            self.status = f'waiting for a policy on {self.config.policy_topic}'
         else:
             self.status = 'no policy'
             self.get_logger().error(

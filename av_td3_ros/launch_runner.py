@@ -2,10 +2,23 @@
 
 Real ROS users run `ros2 launch av_td3_ros <file>`; this runner reads the same file and
 starts the same nodes with the same parameter files, parameters and remappings, so a laptop
-without launch_ros (and the test suite) exercises exactly what ships. Supported subset of
-the launch XML format: <arg>, <let>, <set_env>, <node> with <param name value>,
-<param from>, <remap>, and <group> with <push_ros_namespace>; substitutions $(var),
-$(env NAME [default]), $(find-pkg-share pkg). Anything else is an error, never ignored.
+without launch_ros (and the test suite) exercises exactly what ships.
+
+Implemented, with launch_xml's meaning (Humble to Kilted):
+- elements <arg name default description>, <let name value>, <set_env name value>,
+  <group> (scopes arguments and the namespace), <push_ros_namespace namespace>, <include>
+  only when its condition disables it (run_launch cannot run another launch file),
+  <node pkg exec name namespace output respawn respawn_delay exec_name args ros_args> with
+  <param name value type>, <param from> and <remap from to> children;
+- `if` and `unless` on every element (true/1 or false/0 after substitution, as launch's
+  conditions; anything else is an error);
+- <param type="str|int|float|bool|list_of_str|...|yaml">: without it a value is typed as
+  YAML, so `checkpoint:=0123` would become the integer 83; `value-sep` splits a value into
+  a list before substitution (so one role name `007` stays the string list ['007']);
+- substitutions $(var), $(env NAME [default]), $(find-pkg-share pkg).
+
+Any other element, attribute or substitution is an error naming it, never ignored: a file
+this runner cannot start faithfully does not start at all.
 """
 from __future__ import annotations
 
@@ -26,6 +39,32 @@ from pathlib import Path
 import yaml
 
 SUBSTITUTION = re.compile(r'\$\((\S+)((?:\s+[^)]*)?)\)')
+CONDITIONS = ('if', 'unless')
+# The attributes (besides `if` and `unless`) and children each element may have here.
+ATTRIBUTES = {
+    'launch': set(),
+    'arg': {'name', 'default', 'description'},
+    'let': {'name', 'value'},
+    'set_env': {'name', 'value'},
+    'group': set(),
+    'push_ros_namespace': {'namespace'},
+    'push-ros-namespace': {'namespace'},
+    'node': {'pkg', 'exec', 'name', 'namespace', 'output', 'respawn', 'respawn_delay',
+             'exec_name', 'args', 'ros_args', 'ros-args'},
+    'param': {'name', 'value', 'value-sep', 'type', 'from'},
+    'remap': {'from', 'to'},
+    'include': {'file'},
+    'include_arg': {'name', 'value'},
+}
+ACTIONS = {'arg', 'let', 'set_env', 'group', 'push_ros_namespace', 'push-ros-namespace', 'node',
+           'include'}
+CHILDREN = {None: {'launch'}, 'launch': ACTIONS, 'group': ACTIONS, 'node': {'param', 'remap'},
+            'include': {'arg'}}
+# launch's get_data_type_from_identifier: the `type` values a <param> may carry.
+PARAM_TYPES = {'str': str, 'int': int, 'float': float, 'bool': bool,
+               'list_of_str': str, 'list_of_int': int, 'list_of_float': float,
+               'list_of_bool': bool, 'yaml': None}
+OUTPUTS = ('screen', 'log', 'both')
 
 
 class LaunchError(ValueError):
@@ -44,6 +83,11 @@ class NodeSpec:
     param_files: list[str] = field(default_factory=list)
     remaps: list[tuple[str, str]] = field(default_factory=list)
     ros_args: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)  # node arguments before --ros-args
+    output: str = 'log'  # launch's default: the process's output goes to the log only
+    respawn: bool = False
+    respawn_delay: float = 0.0
+    exec_name: str | None = None  # the label of the process's output lines
 
     def ros_arguments(self, overrides_file: str | None = None) -> list[str]:
         """Return the `--ros-args ...` list equivalent to this node's launch description."""
@@ -68,6 +112,7 @@ class LaunchDescription:
     nodes: list[NodeSpec]
     environment: dict[str, str]
     arguments: dict[str, str]
+    descriptions: dict[str, str] = field(default_factory=dict)  # argument -> description
 
 
 def find_package_share(package: str) -> str:
@@ -80,18 +125,67 @@ def find_package_share(package: str) -> str:
                       f'({os.environ.get("AMENT_PREFIX_PATH", "unset")})')
 
 
-def _to_param_value(text: str):
-    """Type a launch <param value> like launch_ros does (YAML scalars; '' stays a string)."""
+def _yaml_value(text: str):
+    """Type a value by YAML rules like launch_ros (an empty string stays a string)."""
     if text == '':
         return ''
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise LaunchError(f'cannot read {text!r} as YAML: {error}') from None
     return value if isinstance(value, (bool, int, float, str, list)) else text
+
+
+def _to_param_value(text: str, type_name: str | None = None):
+    """Type a <param value> like launch_ros does, honouring its `type` attribute."""
+    if type_name is None or type_name == 'yaml':
+        return _yaml_value(text)
+    if type_name not in PARAM_TYPES:
+        raise LaunchError(f'<param type="{type_name}">: unknown type (launch accepts '
+                          f'{", ".join(PARAM_TYPES)})')
+    scalar = PARAM_TYPES[type_name]
+    if type_name.startswith('list_of_'):
+        value = _yaml_value(text)
+        items = value if isinstance(value, list) else None
+        if items is None or not all(_is_exactly(item, scalar) for item in items):
+            raise LaunchError(f'<param type="{type_name}">: {text!r} is not such a list')
+        return items
+    if scalar is str:
+        return text
+    if scalar is bool:
+        value = _yaml_value(text)
+        if not isinstance(value, bool):  # launch reads YAML here: 0 and 1 are integers
+            raise LaunchError(f'<param type="bool">: {text!r} is not true or false')
+        return value
+    try:
+        return scalar(text)
+    except ValueError:
+        raise LaunchError(f'<param type="{type_name}">: {text!r} is not an {type_name}'
+                          ) from None
+
+
+def _is_exactly(value, scalar) -> bool:
+    """Return whether a YAML item has the list type's item type (launch: no int for float)."""
+    if scalar is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, scalar)
+
+
+def _truth(text: str, where: str) -> bool:
+    """Evaluate a condition or boolean attribute like launch (true/1, false/0)."""
+    value = text.strip().lower()
+    if value in ('true', '1'):
+        return True
+    if value in ('false', '0'):
+        return False
+    raise LaunchError(f'{where}: {text!r} is neither true/1 nor false/0')
 
 
 class _Parser:
     def __init__(self, arguments: dict[str, str]):
         self.given = dict(arguments)
         self.variables: dict[str, str] = {}
+        self.descriptions: dict[str, str] = {}
         self.environment: dict[str, str] = {}
         self.nodes: list[NodeSpec] = []
 
@@ -120,11 +214,43 @@ class _Parser:
             previous, text = text, SUBSTITUTION.sub(replace, text)
         return text
 
+    @staticmethod
+    def check(element, parent: str | None):
+        """Refuse an element, attribute or child this runner does not implement."""
+        tag = element.tag
+        where = f'<{tag}> in <{parent}>' if parent else f'<{tag}>'
+        if tag not in CHILDREN[parent]:
+            raise LaunchError(f'unsupported launch element {where} (run_launch implements '
+                              f'{", ".join(sorted(CHILDREN[parent]))} there)')
+        key = 'include_arg' if (parent, tag) == ('include', 'arg') else tag
+        allowed = ATTRIBUTES[key] | (set(CONDITIONS) if key in ACTIONS else set())
+        for attribute in element.attrib:
+            if attribute not in allowed:
+                raise LaunchError(f'unsupported attribute {attribute!r} on {where} '
+                                  f'(run_launch implements: {", ".join(sorted(allowed))})')
+
+    def required(self, element, attribute: str) -> str:
+        return self.substitute(self.required_raw(element, attribute))
+
+    def enabled(self, element) -> bool:
+        """Evaluate the element's `if` / `unless` conditions."""
+        for attribute, wanted in (('if', True), ('unless', False)):
+            text = element.get(attribute)
+            if text is not None and _truth(self.substitute(text),
+                                           f'<{element.tag} {attribute}>') != wanted:
+                return False
+        return True
+
     def walk(self, element, namespace: str):
         for child in element:
+            self.check(child, element.tag)
+            if not self.enabled(child):
+                continue
             tag = child.tag
             if tag == 'arg':
-                name = child.get('name')
+                name = self.required(child, 'name')
+                if child.get('description') is not None:
+                    self.descriptions[name] = child.get('description')
                 if name in self.given:
                     self.variables[name] = self.given.pop(name)
                 elif child.get('default') is not None:
@@ -133,54 +259,97 @@ class _Parser:
                     raise LaunchError(f'launch argument {name!r} has no default: pass '
                                       f'{name}:=<value>')
             elif tag == 'let':
-                self.variables[child.get('name')] = self.substitute(child.get('value'))
+                self.variables[self.required(child, 'name')] = self.required(child, 'value')
             elif tag == 'set_env':
-                self.environment[child.get('name')] = self.substitute(child.get('value'))
+                self.environment[self.required(child, 'name')] = self.required(child, 'value')
             elif tag == 'group':
+                saved = dict(self.variables)  # launch scopes a group's launch configurations
                 self.walk(child, namespace)
-            elif tag == 'push_ros_namespace' or tag == 'push-ros-namespace':
-                namespace = '/'.join(p for p in (namespace, self.substitute(
-                    child.get('namespace'))) if p)
+                self.variables = saved
+            elif tag in ('push_ros_namespace', 'push-ros-namespace'):
+                namespace = '/'.join(p for p in (namespace, self.required(
+                    child, 'namespace')) if p)
             elif tag == 'node':
                 self.nodes.append(self.node(child, namespace))
-            else:
-                raise LaunchError(f'unsupported launch element <{tag}>')
+            elif tag == 'include':
+                for arg in child:
+                    self.check(arg, 'include')
+                # Another launch file (often a .launch.py of another package) is ros2 launch's
+                # job; a file run here must leave its includes disabled (`if`/`unless`).
+                raise LaunchError(f'run_launch cannot run <include file="{child.get("file")}">'
+                                  ': use ros2 launch, or disable the include (its if/unless '
+                                  'argument) and start that part separately')
 
     def node(self, element, namespace: str) -> NodeSpec:
         ns = self.substitute(element.get('namespace'))
         full_ns = '/'.join(p.strip('/') for p in (namespace, ns or '') if p and p.strip('/'))
-        spec = NodeSpec(package=self.substitute(element.get('pkg')),
-                        executable=self.substitute(element.get('exec')),
+        spec = NodeSpec(package=self.required(element, 'pkg'),
+                        executable=self.required(element, 'exec'),
                         name=self.substitute(element.get('name')),
-                        namespace='/' + full_ns if full_ns else None)
+                        namespace='/' + full_ns if full_ns else None,
+                        exec_name=self.substitute(element.get('exec_name')))
         extra = self.substitute(element.get('ros_args') or element.get('ros-args'))
         if extra:
             spec.ros_args = extra.split()
+        node_args = self.substitute(element.get('args'))
+        if node_args:
+            spec.args = node_args.split()
+        output = self.substitute(element.get('output'))
+        if output is not None:
+            if output not in OUTPUTS:
+                raise LaunchError(f'<node output="{output}">: run_launch implements '
+                                  f'{", ".join(OUTPUTS)}')
+            spec.output = output
+        respawn = self.substitute(element.get('respawn'))
+        if respawn is not None:
+            spec.respawn = _truth(respawn, '<node respawn>')
+        delay = self.substitute(element.get('respawn_delay'))
+        if delay is not None:
+            spec.respawn_delay = float(_to_param_value(delay, 'float'))
         for child in element:
+            self.check(child, 'node')
             if child.tag == 'param' and child.get('from') is not None:
+                if {'name', 'value', 'type'} & set(child.attrib):
+                    raise LaunchError('<param from> takes no name, value or type')
                 spec.param_files.append(self.substitute(child.get('from')))
             elif child.tag == 'param':
-                spec.params[child.get('name')] = _to_param_value(
-                    self.substitute(child.get('value')))
-            elif child.tag == 'remap':
-                spec.remaps.append((self.substitute(child.get('from')),
-                                    self.substitute(child.get('to'))))
+                spec.params[self.required(child, 'name')] = self.param_value(child)
             else:
-                raise LaunchError(f'unsupported <node> child <{child.tag}>')
+                spec.remaps.append((self.required(child, 'from'),
+                                    self.required(child, 'to')))
         return spec
+
+    def param_value(self, element):
+        """Return a <param>'s typed value; `value-sep` splits it (before substitution)."""
+        type_name = self.substitute(element.get('type'))
+        separator = element.get('value-sep')
+        if separator is None:
+            return _to_param_value(self.required(element, 'value'), type_name)
+        if type_name not in (None, 'yaml') and not type_name.startswith('list_of_'):
+            raise LaunchError(f'<param value-sep> needs a list type, not {type_name!r}')
+        item_type = None if type_name in (None, 'yaml') else type_name[len('list_of_'):]
+        return [_to_param_value(self.substitute(item), item_type)
+                for item in self.required_raw(element, 'value').split(separator)]
+
+    @staticmethod
+    def required_raw(element, attribute: str) -> str:
+        value = element.get(attribute)
+        if value is None:
+            raise LaunchError(f'<{element.tag}> needs a {attribute!r} attribute')
+        return value
 
 
 def parse_launch_file(path: str | os.PathLike,
                       arguments: dict[str, str] | None = None) -> LaunchDescription:
     """Parse an XML launch file with `name:=value` arguments into node specs."""
     root = ET.parse(path).getroot()
-    if root.tag != 'launch':
-        raise LaunchError(f'{path}: root element is <{root.tag}>, expected <launch>')
     parser = _Parser(arguments or {})
+    _Parser.check(root, None)
     parser.walk(root, '')
     if parser.given:
         raise LaunchError(f'unknown launch arguments: {sorted(parser.given)}')
-    return LaunchDescription(parser.nodes, parser.environment, parser.variables)
+    return LaunchDescription(parser.nodes, parser.environment, parser.variables,
+                             parser.descriptions)
 
 
 def executable_module(package: str, executable: str) -> str:
@@ -205,17 +374,22 @@ class LaunchedNode:
 
     def __init__(self, spec: NodeSpec, env: dict[str, str], workdir: Path,
                  echo: bool = True):
-        """Start the node as `python -m <module> --ros-args ...`; echo its output if asked."""
-        self.echo = echo
+        """Start the node as `python -m <module> --ros-args ...`.
+
+        Its output is echoed when `echo` is set and the node's `output` is screen or both;
+        otherwise only lines that contain ERROR are.
+        """
+        self.echo = echo and spec.output in ('screen', 'both')
         self.spec = spec
-        self.label = spec.name or spec.executable
+        self.label = spec.exec_name or spec.name or spec.executable
         overrides = None
         if spec.params:
             overrides = str(workdir / f'{self.label}_{id(self)}_params.yaml')
             with open(overrides, 'w') as handle:
                 yaml.safe_dump({'/**': {'ros__parameters': spec.params}}, handle)
         module = executable_module(spec.package, spec.executable)
-        self.command = [sys.executable, '-m', module, *spec.ros_arguments(overrides)]
+        self.command = [sys.executable, '-m', module, *spec.args,
+                        *spec.ros_arguments(overrides)]
         self.process = subprocess.Popen(self.command, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, start_new_session=True,
                                         text=True, bufsize=1)
@@ -244,8 +418,9 @@ class LaunchedNode:
 
 def launch(path: str | os.PathLike, arguments: dict[str, str],
            duration: float | None = None) -> int:
-    """Start every node of a launch file; stop all when one exits, on SIGINT or after `duration`.
+    """Start every node of a launch file; stop all on SIGINT, after `duration`, or when one exits.
 
+    A node with `respawn` is restarted `respawn_delay` seconds after it exits instead.
     Returns the first non-zero exit status of a node that stopped by itself, else 0.
     """
     description = parse_launch_file(path, arguments)
@@ -262,6 +437,14 @@ def launch(path: str | os.PathLike, arguments: dict[str, str],
             deadline = None if duration is None else time.monotonic() + duration
             while not stop.is_set():
                 exited = [n for n in nodes if n.process.poll() is not None]
+                for node in [n for n in exited if n.spec.respawn]:
+                    print(f'[run_launch] {node.label} exited ({node.process.returncode}); '
+                          f'respawning in {node.spec.respawn_delay:g} s', flush=True)
+                    node.stop()
+                    if stop.wait(node.spec.respawn_delay):
+                        break
+                    nodes[nodes.index(node)] = LaunchedNode(node.spec, env, Path(workdir))
+                exited = [n for n in exited if not n.spec.respawn]
                 if exited:
                     status = next((n.process.returncode for n in exited
                                    if n.process.returncode), 0)

@@ -45,6 +45,7 @@ from .checkpoint import (
 )
 from .control import control_to_action
 from .node_params import ParameterReader, read_policy_spec
+from .policy_topic import PolicyBroadcaster
 from .preprocessing import ImageFormatError, ImageView, to_gray
 from .reward import RewardConfig
 from .ros_conversions import (
@@ -85,6 +86,8 @@ class TrainerConfig:
     episode: EpisodeConfig
     reward: RewardConfig
     reset_timeout: float
+    camera_topic: str = '/carla/{role}/rgb_front/image'  # {role}: each vehicle's role name
+    policy_topic: str = '/av_td3/policy'  # every saved policy is published here ('' = off)
 
 
 def read_config(node: Node) -> TrainerConfig:
@@ -167,7 +170,11 @@ def read_config(node: Node) -> TrainerConfig:
         tensorboard=p.boolean('tensorboard', True, 'write TensorBoard logs to run_dir/tb'),
         episode=episode, reward=reward,
         reset_timeout=p.floating('reset_timeout', 10.0, 'seconds to wait for the reset '
-                                 'service', 0.1, 600.0))
+                                 'service', 0.1, 600.0),
+        camera_topic=p.string('camera_topic', '/carla/{role}/rgb_front/image', 'camera topic; '
+                              '{role} is replaced by the role name'),
+        policy_topic=p.string('policy_topic', '/av_td3/policy', 'publish each saved policy '
+                              'here for drivers on other machines; empty: off'))
 
 
 class VehicleFeed:
@@ -186,7 +193,8 @@ class VehicleFeed:
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # Reliable keep-10 for the camera: the trainer must see every frame the driver saw.
         sub = node.create_subscription
-        sub(Image, f'{base}/rgb_front/image', self.on_image, reliable, callback_group=group)
+        sub(Image, config.camera_topic.replace('{role}', role), self.on_image, reliable,
+            callback_group=group)
         sub(Odometry, f'{base}/odometry', self.on_odometry, reliable, callback_group=group)
         sub(PathMsg, f'{base}/waypoints', self.on_route,
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -314,6 +322,8 @@ class TrainerNode(Node):
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = config.run_dir / 'checkpoints'
         self.checkpoint_dir.mkdir(exist_ok=True)
+        self.policy_broadcaster = (PolicyBroadcaster(self, config.policy_topic)
+                                   if config.policy_topic else None)
         self.buffer = ReplayBuffer.open(
             config.run_dir, config.buffer_capacity,
             vec_dim=config.spec.network.kinematic_dim,
@@ -388,6 +398,8 @@ class TrainerNode(Node):
         step = self.agent.total_updates
         save_policy_state(policy_path(self.checkpoint_dir, step), self.agent.policy_state(),
                           self.config.spec, {'step': str(step)})
+        if self.policy_broadcaster is not None:  # drivers with policy_topic (policy_topic.py)
+            self.policy_broadcaster.publish_file(policy_path(self.checkpoint_dir, step), step)
         prune_policies(self.checkpoint_dir, self.config.keep_checkpoints)
 
     # ------------------------------------------------------------------ experience

@@ -24,11 +24,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Stamp = hash of everything that decides the installed set; skip pip when unchanged.
 stamp="$venv/.av_td3_requirements.sha"
-want=$(cat "$repo/requirements.txt" "$repo"/carla_msgs_fallback/carla_msgs/msg/*.msg \
+want=$(cat "$repo/requirements.txt" "$repo/requirements-colcon.txt" "$repo"/carla_msgs_fallback/carla_msgs/msg/*.msg \
   "$repo/carla_msgs_fallback/carla_msgs/CMakeLists.txt" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing requirements (first run: ~2 minutes)"
-  "$vpy" -m pip install -q -r "$repo/requirements.txt" 2> >(grep -v "is ignored: it is neither" >&2)
+  "$vpy" -m pip install -q -r "$repo/requirements.txt" -r "$repo/requirements-colcon.txt" 2> >(grep -v "is ignored: it is neither" >&2)
   rm -f "$venv/.carla_msgs_built"
   echo "$want" > "$stamp"
 fi

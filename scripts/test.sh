@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the venv (idempotent) and run the linter and the whole test suite.
+# Set up the venv (idempotent) and run the linter, the whole test suite, and a colcon build +
+# `colcon test` of the launch/manifest tests in a temporary workspace (scripts/colcon_test.sh).
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -9,5 +10,7 @@ bash scripts/setup.sh
 source scripts/env.sh
 echo "[test] ruff check"
 ruff check .
+echo "[test] colcon build + colcon test"
+bash scripts/colcon_test.sh
 echo "[test] pytest"
 python -m pytest -q -p no:cacheprovider "$@"

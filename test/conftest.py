@@ -16,6 +16,18 @@ def _venv_prefix() -> str:
     return sys.prefix
 
 
+def _search_path(variable: str, entry: str, first: bool) -> str:
+    """Return `variable`'s path list with `entry` added, keeping every entry already there.
+
+    colcon test and a sourced ROS install set AMENT_PREFIX_PATH and PYTHONPATH for the
+    package under test and for rclpy: dropping them would hide both from node subprocesses.
+    """
+    entries = [part for part in os.environ.get(variable, '').split(os.pathsep) if part]
+    if entry in entries:
+        return os.pathsep.join(entries)
+    return os.pathsep.join([entry, *entries] if first else [*entries, entry])
+
+
 @pytest.fixture
 def ros_env(tmp_path, monkeypatch):
     """Give each test its own ROS_DOMAIN_ID, log dir and localhost-only discovery.
@@ -33,8 +45,11 @@ def ros_env(tmp_path, monkeypatch):
         'ROS_LOG_DIR': str(log_dir),
         'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp',
         'FASTDDS_DEFAULT_PROFILES_FILE': str(REPO / 'config' / 'fastdds_large_images.xml'),
-        'AMENT_PREFIX_PATH': _venv_prefix(),
-        'PYTHONPATH': str(REPO),
+        # A colcon or ROS install's share/ comes first (it is what `colcon test` checks); the
+        # venv (carla_msgs, av_td3_ros from scripts/setup.sh) is the fallback.
+        'AMENT_PREFIX_PATH': _search_path('AMENT_PREFIX_PATH', _venv_prefix(), first=False),
+        # Node subprocesses run this checkout's code, whatever else is on the path.
+        'PYTHONPATH': _search_path('PYTHONPATH', str(REPO), first=True),
         'PYTHONUNBUFFERED': '1',
         'OMP_NUM_THREADS': '1',
     }

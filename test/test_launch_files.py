@@ -11,6 +11,8 @@ from av_td3_ros.launch_runner import LaunchError, executable_module, parse_launc
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted(REPO_LAUNCH.glob('*.launch.xml'))
+# Arguments that make a file runnable without ros2 launch (its includes disabled).
+RUNNABLE = {'carla_train.launch.xml': {'with_bridge': 'false'}}
 
 
 def console_scripts():
@@ -29,7 +31,7 @@ def test_there_are_launch_files():
 
 @pytest.mark.parametrize('launch_file', LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_references_exist(launch_file, ros_env):
-    description = parse_launch_file(launch_file)
+    description = parse_launch_file(launch_file, RUNNABLE.get(launch_file.name))
     scripts = console_scripts()
     assert description.nodes
     for spec in description.nodes:
@@ -71,7 +73,7 @@ def _get_parameters(bridge, node_name, names):
 def test_driver_runs_with_launch_parameters(start_node, tmp_path, rclpy_context):
     description, (driver,) = launch_nodes(start_node, tmp_path, REPO_LAUNCH / 'driver.launch.xml',
                                           allow_random_policy='true', use_sim_time='false',
-                                          camera_topic='/cam/remapped')
+                                          camera_topic='/cam/remapped', checkpoint='0123')
     (spec,) = description.nodes
     yaml_file = yaml.safe_load(Path(spec.param_files[0]).read_text())
     (section,) = yaml_file.values()
@@ -87,6 +89,10 @@ def test_driver_runs_with_launch_parameters(start_node, tmp_path, rclpy_context)
             assert actual == file_values[name], name
         (random_policy,) = _get_parameters(bridge, node_name, ['allow_random_policy'])
         assert random_policy.bool_value is True
+        # type="str": a checkpoint name that YAML would read as an integer stays a string.
+        (checkpoint,) = _get_parameters(bridge, node_name, ['checkpoint'])
+        assert (checkpoint.type, checkpoint.string_value) == (4, '0123')
+        assert driver.proc.poll() is None, driver.output()
         # The camera remapping took effect: the driver subscribes to the remapped topic.
         def subscribes_remapped():
             try:
@@ -133,5 +139,26 @@ def test_parameter_files_list_exactly_the_declared_parameters(params_file, modul
         # Topic names default to /carla/<role_name>/...; the file leaves them to remapping.
         declared -= {'camera_topic', 'odometry_topic', 'route_topic', 'control_topic',
                      'episode_start_topic'}
+    elif params_file.startswith('trainer'):
+        declared -= {'camera_topic'}  # /carla/{role}/...: the launch files pass it
     assert declared - in_file == set(), f'declared but not in {params_file}'
     assert in_file - declared == set(), f'in {params_file} but never declared'
+
+
+def test_train_launch_passes_the_camera_topic_to_driver_and_trainer(start_node, tmp_path,
+                                                                     rclpy_context):
+    description, nodes = launch_nodes(start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml',
+                                      run_dir=str(tmp_path / 'run'), use_sim_time='false',
+                                      camera_topic='/cam/remapped', device='cpu')
+    bridge = FakeBridge(rclpy_context)
+    try:
+        def subscribers():
+            return {info.node_name
+                    for info in bridge.node.get_subscriptions_info_by_topic('/cam/remapped')}
+
+        wanted = {spec.name for spec in description.nodes}
+        assert wanted == {'driver', 'trainer'}
+        assert bridge.spin_until(lambda: subscribers() >= wanted, timeout=90.0), (
+            subscribers(), [node.output()[-2000:] for node in nodes])
+    finally:
+        bridge.close()

@@ -67,3 +67,17 @@ def test_rviz_config_names_existing_topics(start_node, tmp_path, rclpy_context):
     finally:
         executor.shutdown()
         node.destroy_node()
+
+
+def test_rviz_window_and_view_settings():
+    config = yaml.safe_load((REPO / 'config' / 'av_td3.rviz').read_text())
+    geometry = config['Window Geometry']
+    # rviz2 reads both with mapGetBool into a bool it never initialises when the key is absent.
+    assert geometry['Hide Left Dock'] is False and geometry['Hide Right Dock'] is False
+    view = config['Visualization Manager']['Views']['Current']
+    # The view follows the car: the CARLA bridge's TF frame of the ego vehicle is its role
+    # name, the child_frame_id of its odometry, which the rviz odometry display shows.
+    assert view['Target Frame'] == 'ego_vehicle'
+    topics = rviz_topics()
+    assert '/carla/ego_vehicle/odometry' in topics
+    assert config['Visualization Manager']['Global Options']['Fixed Frame'] == 'map'
