@@ -9,11 +9,18 @@ ratio; and the acting policy is refreshed from the learner every `sync_every` up
 driver hot-reloads checkpoints. The route expert labels every sampled transition from its
 stored kinematic vector, so TD3+BC needs no extra data.
 
-What keeps a cloned policy alive (see README "Fine-tuning with TD3"):
-- the critic learns the starting policy's values first (`critic_warmup_updates`) on the
-  policy's own noisy actions (`prefill_steps`), so the actor never follows a critic that still
-  rates actions by their immediate reward alone;
-- evaluation on held-out seeds every `eval_every_updates`, keeping the best policy.
+What keeps a cloned policy alive (see README "Fine-tuning with TD3"): TD3 started from a
+good policy left the road within ~1,000 updates because its young critic was myopic. With
+gamma 0.99 the value of a state on the road is ~100 steps of reward, but TD targets carry it
+back only one step per target-network lag (~1/tau updates), so after a few hundred updates
+Q holds a few steps of reward: more throttle now means more progress reward now, and the
+actor goes to full throttle (measured: the critic's gradient asked for more throttle at 100 %
+of sampled states). So:
+- the critic first learns the starting policy's values (`critic_warmup_updates`) on the
+  policy's own noisy actions (`prefill_steps`), regressing on the Monte Carlo returns of the
+  finished episodes (`warmup_targets: mc`; TD targets where an episode is still open), which
+  are calibrated from the first update; the targets are then copied from the warmed critic;
+- then TD3 (or TD3+BC) as usual, evaluated on held-out seeds every `eval_every_updates`.
 """
 from __future__ import annotations
 
@@ -49,6 +56,9 @@ class FinetuneConfig:
     td3: TD3Config = TD3Config(batch_size=64, precision='auto', critic_warmup_updates=5000,
                                actor_pretanh_penalty=0.01)
     """TD3 settings; bc_weight > 0 makes it TD3+BC with the route expert's labels."""
+    warmup_targets: str = 'mc'
+    """Critic targets during the warm-up: mc (discounted returns of the finished episodes of
+    the starting policy, TD where unknown) or td (plain TD targets)."""
     bc_weight_final: float | None = None
     """Anneal bc_weight linearly to this over `bc_anneal_updates` actor-phase updates
     (None: constant)."""
@@ -139,6 +149,12 @@ class Finetuner:
         self._train_seed = config.train_seed_start
         self._episode_open = False
         self._cpu = 0.0  # CPU seconds of acting and learning (evaluations excluded)
+        slots = config.buffer_capacity + 1
+        # Monte Carlo returns by buffer record (slot = index % slots, valid while the slot
+        # still holds that index), and the open episode's (index, reward) pairs.
+        self._returns = np.full(slots, np.nan, np.float32)
+        self._return_index = np.full(slots, -1, np.int64)
+        self._episode_rewards: list[tuple[int, float]] = []
 
     # ------------------------------------------------------------------ acting
     def _begin_episode(self):
@@ -178,10 +194,12 @@ class Finetuner:
         kind = item[0]
         if kind == 'start':
             self.buffer.start_episode(item[1], item[2])
+            self._episode_rewards = []
         elif kind == 'transition':
             t = item[1]
-            self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec, t.terminated,
-                            t.truncated)
+            index = self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
+                                    t.terminated, t.truncated)
+            self._episode_rewards.append((index, t.reward))
             self.report.env_steps += 1
         elif kind == 'episode_end':
             _, episode_return, length, reason, _ = item
@@ -190,6 +208,28 @@ class Finetuner:
                       'reason': reason, 'updates': self.agent.total_updates}
             self.report.episodes.append(record)
             self._episode_open = False
+            self._record_returns()
+
+    def _record_returns(self):
+        """Store the discounted return-to-go of every transition of the finished episode.
+
+        The tail after the last step counts as 0, exact for a terminal end and an
+        underestimate for a truncated one (rare here: laps end before the time limit).
+        """
+        gamma = self.config.td3.gamma
+        value = 0.0
+        slots = len(self._returns)
+        for index, reward in reversed(self._episode_rewards):
+            value = reward + gamma * value
+            self._returns[index % slots] = value
+            self._return_index[index % slots] = index
+        self._episode_rewards = []
+
+    def _returns_of(self, indices: np.ndarray) -> np.ndarray:
+        """Return the stored Monte Carlo returns of buffer records (NaN where unknown)."""
+        slots = indices % len(self._returns)
+        known = self._return_index[slots] == indices
+        return np.where(known, self._returns[slots], np.nan).astype(np.float32)
 
     # ------------------------------------------------------------------ learning
     def _bc_weight(self) -> float:
@@ -210,7 +250,11 @@ class Finetuner:
         # bc_weight is read per update from the config, so annealing swaps the config.
         if weight != self.agent.config.bc_weight:
             self.agent.config = replace(self.agent.config, bc_weight=weight)
-        metrics = self.agent.update(batch, labels)
+        returns = None
+        if (self.config.warmup_targets == 'mc'
+                and self.agent.total_updates < self.config.td3.critic_warmup_updates):
+            returns = self._returns_of(batch.indices)
+        metrics = self.agent.update(batch, labels, returns)
         if self.agent.total_updates % self.config.sync_every == 0:
             self.acting.load_state_dict(self.agent.policy_state())
         return metrics

@@ -28,7 +28,8 @@ def build_config(args) -> FinetuneConfig:
     if args.sim_size:
         width, height = (int(v) for v in args.sim_size.lower().split('x'))
         sim = replace(sim, image_width=width, image_height=height)
-    return replace(base, sim=sim, td3=td3, bc_weight_final=args.bc_weight_final,
+    return replace(base, sim=sim, warmup_targets=args.warmup_targets, td3=td3,
+                   bc_weight_final=args.bc_weight_final,
                    cpu_minutes=args.cpu_minutes, prefill_steps=args.prefill,
                    updates_per_step=args.updates_per_step, eval_every_updates=args.eval_every,
                    eval_seeds=seeds or base.eval_seeds, seed=args.seed)
@@ -45,8 +46,10 @@ def main(argv=None) -> int:
                         help='TD3+BC term weight (0: plain TD3)')
     parser.add_argument('--bc-weight-final', type=float, default=None,
                         help='anneal the BC weight linearly to this')
-    parser.add_argument('--critic-warmup', type=int, default=5000,
+    parser.add_argument('--critic-warmup', type=int, default=2000,
                         help='critic updates before the first actor update')
+    parser.add_argument('--warmup-targets', choices=('mc', 'td'), default='mc',
+                        help='critic targets during the warm-up: Monte Carlo returns or TD')
     parser.add_argument('--actor-lr', type=float, default=3e-4)
     parser.add_argument('--precision', default='auto', help='fp32, bf16 or auto')
     parser.add_argument('--prefill', type=int, default=2000,

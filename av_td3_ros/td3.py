@@ -435,10 +435,17 @@ class TD3:
             next_q = torch.minimum(q1.float(), q2.float()).squeeze(1)
             return b.rewards + self.config.gamma * (1.0 - b.terminated) * next_q
 
-    def critic_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return MSE(Q1, y) + MSE(Q2, y) and detached metrics; trains critic CNN + heads."""
+    def critic_loss(self, batch, returns=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return MSE(Q1, y) + MSE(Q2, y) and detached metrics; trains critic CNN + heads.
+
+        y is the TD target; where `returns` (B,) holds a number instead of NaN, y is that
+        number (e.g. a Monte Carlo return of the behaviour policy during a critic warm-up).
+        """
         b = self.prepare(batch)
         y = self.td_target(b)
+        if returns is not None:
+            given = self._to_device(returns, torch.float32).reshape(y.shape)
+            y = torch.where(torch.isnan(given), y, given)
         with torch.profiler.record_function('td3.critic_forward'):
             with self._autocast():
                 state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
@@ -507,6 +514,12 @@ class TD3:
         return norm
 
     @torch.no_grad()
+    def sync_targets(self):
+        """Copy every online network into its target (a Polyak step with tau = 1)."""
+        targets, online = self._polyak_pairs
+        torch._foreach_copy_(targets, online)
+
+    @torch.no_grad()
     def polyak_update(self):
         """Blend online weights into all targets: target = (1 - tau) * target + tau * online."""
         with torch.profiler.record_function('td3.polyak'):
@@ -515,16 +528,19 @@ class TD3:
             torch._foreach_mul_(targets, 1.0 - self.config.tau)
             torch._foreach_add_(targets, online, alpha=self.config.tau)
 
-    def update(self, batch, labels=None) -> dict[str, torch.Tensor]:
+    def update(self, batch, labels=None, returns=None) -> dict[str, torch.Tensor]:
         """Do one critic step and, every `policy_frequency` calls, an actor step + polyak.
 
         No actor step happens during the first `critic_warmup_updates` critic steps (the
-        targets are still blended). `labels` are the BC term's actions (see `actor_loss`).
+        targets are still blended), and when the warm-up ends the targets become exact copies
+        of the online networks, so bootstrapping starts from the warmed-up critic. `labels`
+        are the BC term's actions (see `actor_loss`); `returns` replace TD targets where they
+        are not NaN (see `critic_loss`).
         Returns detached 0-d tensors (no host sync here); call float() on them when logging.
         Actor metrics appear only on updates that stepped the actor.
         """
         b = self.prepare(batch)
-        loss, metrics = self.critic_loss(b)
+        loss, metrics = self.critic_loss(b, returns)
         norm = self._step(self.critic_optimizer, loss, [p for _, p in self._critic_named],
                           _grad_clip_value(self.config.critic_grad_clip), 'critic')
         if norm is not None:
@@ -540,6 +556,8 @@ class TD3:
                 if norm is not None:
                     metrics['actor_grad_norm'] = norm.detach()
             self.polyak_update()
+        if self.total_updates == self.config.critic_warmup_updates > 0:
+            self.sync_targets()
         return metrics
 
     # ---- policy export and diagnostics ----------------------------------------------------

@@ -91,3 +91,26 @@ def test_cli_writes_a_policy_and_prints_the_summary(tmp_path, start_checkpoint, 
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith('start ') and 'CPU-minutes' in lines[-1]
     assert np.isfinite(json.loads(lines[-2])['start_return'])
+
+
+def test_warmup_regresses_on_monte_carlo_returns_of_finished_episodes(tmp_path,
+                                                                       start_checkpoint):
+    tuner = Finetuner(start_checkpoint, tmp_path / 'run', tiny_config(), log=lambda line: None)
+    try:
+        while len(tuner.report.episodes) < 2:
+            tuner.act_once()
+        gamma = tuner.config.td3.gamma
+        batch = tuner.buffer.sample(64, tuner.rng)
+        returns = tuner._returns_of(batch.indices)
+        assert np.isfinite(returns).any()
+        # Spot-check the recursion G_t = r_t + gamma * G_{t+1} on consecutive records.
+        index = int(batch.indices[np.isfinite(returns)][0])
+        following = tuner._returns_of(np.array([index + 1]))[0]
+        later = tuner.buffer.get(np.array([index]))
+        if np.isfinite(following):
+            assert returns[np.isfinite(returns)][0] == pytest.approx(
+                later.rewards[0] + gamma * following, rel=1e-5)
+        # An unknown index (never written) has no return.
+        assert np.isnan(tuner._returns_of(np.array([10**9]))[0])
+    finally:
+        tuner.close()

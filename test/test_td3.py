@@ -553,3 +553,26 @@ def test_load_policy_state_starts_actor_and_its_targets_from_a_policy():
                          (agent.target_actor_cnn, source.actor_cnn)):
         assert same(snapshot(mine), snapshot(theirs))
     assert same(snapshot(agent.critic), critic)
+
+
+def test_returns_replace_td_targets_where_given():
+    batch = make_batch(size=6, seed=9)
+    agent = make_agent(policy_noise=0.0)
+    returns = np.array([np.nan, 5.0, np.nan, -2.0, 100.0, np.nan], np.float32)
+    _, plain = agent.critic_loss(batch)
+    td = agent.td_target(batch)
+    _, mixed = agent.critic_loss(batch, returns)
+    expected = torch.where(torch.isnan(torch.from_numpy(returns)), td,
+                           torch.from_numpy(returns))
+    torch.testing.assert_close(mixed['target_q_mean'], expected.mean())
+    assert not torch.equal(mixed['target_q_mean'], plain['target_q_mean'])
+
+
+def test_targets_become_exact_copies_when_the_warmup_ends():
+    agent = make_agent(critic_warmup_updates=3, policy_frequency=2)
+    for seed in range(3):
+        agent.update(make_batch(seed=seed))
+    assert same(snapshot(agent.target_critic), snapshot(agent.critic))
+    assert same(snapshot(agent.target_critic_cnn), snapshot(agent.critic_cnn))
+    agent.update(make_batch(seed=3))  # an actor step and a regular Polyak blend
+    assert not same(snapshot(agent.target_critic), snapshot(agent.critic))
