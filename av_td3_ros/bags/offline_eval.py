@@ -134,10 +134,10 @@ def make_runner(config):
         if path is None:
             raise FileNotFoundError(f'no policy checkpoint in {config.checkpoint}')
         policy, _ = load_policy(path, config.spec)  # raises CheckpointError like the driver
-        return PolicyRunner(policy, device)
+        return PolicyRunner(policy, device, config.allow_tf32)
     if config.allow_random_policy:
         torch.manual_seed(config.seed)
-        return PolicyRunner(ActorPolicy(config.spec.network), device)
+        return PolicyRunner(ActorPolicy(config.spec.network), device, config.allow_tf32)
     return None
 
 
