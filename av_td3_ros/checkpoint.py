@@ -30,6 +30,10 @@ from .networks import ActorPolicy, NetworkConfig
 from .preprocessing import PreprocessConfig
 
 POLICY_FORMAT = 'av_td3_ros.policy/1'
+TRAINING_STATE = 'training_state.safetensors'
+"""A trainer's full state, in its run directory."""
+CHECKPOINT_SUBDIR = 'checkpoints'
+"""Where in its run directory a trainer writes `policy_<step>.safetensors` files."""
 TRAINING_FORMAT = 'av_td3_ros.training/1'
 POLICY_PATTERN = re.compile(r'^policy_(\d+)\.safetensors$')
 # write_atomic's temp files: '.' + target name + '.' + mkstemp's 8 random characters + '.tmp'.
@@ -159,6 +163,16 @@ def remove_stale_temps(directory: str | os.PathLike, target: re.Pattern) -> list
             Path(entry.path).unlink(missing_ok=True)
             removed.append(Path(entry.path))
     return removed
+
+
+def remove_stale_run_temps(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files killed writers left in a trainer's run directory; return them.
+
+    Only the training state's and the policies' own temp names (see `remove_stale_temps`).
+    """
+    run_dir = Path(run_dir)
+    return (remove_stale_temps(run_dir, re.compile(re.escape(TRAINING_STATE)))
+            + remove_stale_temps(run_dir / CHECKPOINT_SUBDIR, POLICY_PATTERN))
 
 
 def _parse_header(data: bytes, path) -> dict[str, str]:

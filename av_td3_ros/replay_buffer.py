@@ -434,6 +434,16 @@ class ReplayBuffer:
         self._streams[stream] = (idx, bool(flags))
         return idx
 
+    def abandon_episode(self, stream: Hashable = 0) -> None:
+        """End ``stream``'s open episode here without an end flag, as a crash would.
+
+        Its last transition bootstraps like a truncation; the next :meth:`add` on the stream
+        raises until :meth:`start_episode` (for a writer that could not store a step and
+        must not link the next one across the gap).
+        """
+        if stream in self._streams:
+            self._streams[stream] = (self._streams[stream][0], True)
+
     def _check_obs(self, frame: np.ndarray, vec: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         frame = np.asarray(frame)
         if frame.dtype != np.uint8:

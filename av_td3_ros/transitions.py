@@ -35,7 +35,6 @@ import numpy as np
 from .features import FeatureConfig, Pose2D, kinematic_vector, odometry_problem, route_problem
 from .reward import RewardConfig, RewardFunction, StepEvents, VehicleState
 
-
 MAX_YAW_RATE = 100.0
 """Largest |yaw rate| (rad/s) taken from odometry; others (and NaN) count as 0."""
 
@@ -96,6 +95,7 @@ class AssemblerStats:
     """Events that arrived after their step was decided (beyond the event window)."""
     bad_routes: int = 0
     bad_odometry: int = 0
+    bad_commands: int = 0
     episodes: int = 0
 
 
@@ -173,13 +173,21 @@ class TransitionAssembler:
         self._events.append((stamp, kind))
         del self._events[:-256]
 
-    def on_control(self, stamp: int, action: np.ndarray):
-        """Record the action the driver took on the frame stamped `stamp`."""
-        self._actions[stamp] = np.asarray(action, np.float32)
+    def on_control(self, stamp: int, action: np.ndarray) -> str | None:
+        """Record the action the driver took on the frame stamped `stamp`.
+
+        A non-finite action is refused (its frame then goes unpaired); return why, or None.
+        """
+        action = np.asarray(action, np.float32)
+        if not np.isfinite(action).all():
+            self.stats.bad_commands += 1
+            return f'non-finite action {action.tolist()}'
+        self._actions[stamp] = action
         if len(self._actions) > 256:  # commands for frames never seen (e.g. watchdog brakes)
             for old in sorted(self._actions)[:-128]:
                 del self._actions[old]
         self._drain()
+        return None
 
     def on_frame(self, stamp: int, frame: np.ndarray):
         """Add a preprocessed (84, 84) uint8 frame taken at `stamp`."""

@@ -18,25 +18,43 @@ REPO = Path(__file__).resolve().parents[1]
 CAPACITY = 500
 
 
-def trainer_params(tmp_path):
+def trainer_params(tmp_path, **overrides):
     content = yaml.safe_load((REPO / 'config' / 'trainer.yaml').read_text())
     (section,) = content.values()
     section['ros__parameters'].update(
         buffer_capacity=CAPACITY, batch_size=8, checkpoint_every=4, state_every=4,
         keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
-        updates_per_step=1.0, tensorboard=True)
+        updates_per_step=1.0, tensorboard=True, **overrides)
     path = tmp_path / 'trainer_test.yaml'
     path.write_text(yaml.safe_dump(content))
     return path
 
 
+def wait_until_matched(bridge, expected, timeout=60.0):
+    """Spin until every publisher has matched at least its expected number of subscribers."""
+    return bridge.spin_until(lambda: all(pub.get_subscription_count() >= count
+                                         for pub, count in expected.items()), timeout)
+
+
+def trainer_steps(trainer):
+    """Return the newest env step count of the trainer's progress lines (0 before any)."""
+    counts = re.findall(r'steps (\d+) \|', trainer.output())
+    return int(counts[-1]) if counts else 0
+
+
+# Episode stamps (s) far above the warm-up's, so warm-up frames are stale once they start.
+FIRST_EPISODE, SECOND_EPISODE = 5000, 7000  # bgra_frame(k) needs k < 9000
+
+
 @pytest.mark.slow
 def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_context):
     run_dir = tmp_path / 'run'
+    # Frames here are stamped 1 s apart; a 3 s event window lets the collision below be
+    # served up to three frames after its own, whatever order the trainer's executor picks.
     _, (driver, trainer) = launch_nodes(
         start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml', run_dir=str(run_dir),
         learning_starts='12', device='cpu', use_sim_time='false',
-        trainer_params_file=str(trainer_params(tmp_path)))
+        trainer_params_file=str(trainer_params(tmp_path, event_window=3.0)))
     bridge = FakeBridge(rclpy_context)
     collision_pub = bridge.node.create_publisher(
         CarlaCollisionEvent, '/carla/ego_vehicle/collision', 10)
@@ -49,25 +67,43 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
 
     bridge.node.create_service(Trigger, '/av_td3/ego_vehicle/reset_episode', on_reset)
     try:
-        assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
         assert trainer.wait_for_output('training from ego_vehicle', timeout=60), \
             trainer.output()
+        # Both nodes' subscriptions, not only the driver's: camera, odometry, route and
+        # episode_start go to the driver and the trainer, collisions to the trainer.
+        assert wait_until_matched(bridge, {
+            bridge.image_pub: 2, bridge.odom_pub: 2, bridge.route_pub: 2,
+            bridge.episode_pub: 2, collision_pub: 1}), (driver.output(), trainer.output())
         bridge.publish_route()
         assert bridge.warm_up(), driver.output()
-        # Lock-step frames; the trainer pairs each with the driver's command.
-        bridge.episode_pub.publish(Header(frame_id='1', stamp=_stamp(1)))
+        # The trainer pairs frames with the driver's commands once the driver's publisher
+        # has matched it too: feed frames until it has stored a transition.
+        # (Watchdog brakes carry the wall-clock time; frame answers carry the frame's stamp.)
+        after_warm_up = max(c.header.stamp.sec for c in bridge.commands
+                            if c.header.stamp.sec < FIRST_EPISODE) + 1
+        for sec in range(after_warm_up, after_warm_up + 800):
+            bridge.send_frame_and_wait(sec)
+            if bridge.spin_until(lambda: trainer_steps(trainer) > 0, timeout=0.05):
+                break
+        assert trainer_steps(trainer) > 0, trainer.output()
+        # Lock-step frames; the trainer pairs each with the driver's command. Frames older
+        # than this episode_start (the warm-up) are stale for the trainer from here on.
+        bridge.episode_pub.publish(Header(frame_id='1', stamp=_stamp(FIRST_EPISODE)))
         assert driver.wait_for_output('episode 1 starts')
-        for sec in range(1, 25):
+        for sec in range(FIRST_EPISODE, FIRST_EPISODE + 25):
             assert bridge.send_frame_and_wait(sec), (sec, driver.output())
-        # A collision ends the episode: terminated, then the trainer asks for a reset.
+        # A collision ends the episode: terminated, then the trainer asks for a reset. The
+        # event travels on its own topic; no sleep orders it before its frame.
         event = CarlaCollisionEvent()
-        event.header.stamp = _stamp(25)
+        event.header.stamp = _stamp(FIRST_EPISODE + 25)
         collision_pub.publish(event)
-        bridge.spin_until(lambda: False, timeout=0.3)
-        assert bridge.send_frame_and_wait(25)
+        for sec in range(FIRST_EPISODE + 25, FIRST_EPISODE + 60):
+            assert bridge.send_frame_and_wait(sec), (sec, driver.output())
+            if bridge.spin_until(lambda: resets, timeout=0.05):
+                break
         assert bridge.spin_until(lambda: resets, timeout=30.0), trainer.output()
-        bridge.episode_pub.publish(Header(frame_id='2', stamp=_stamp(100)))
-        for sec in range(100, 112):
+        bridge.episode_pub.publish(Header(frame_id='2', stamp=_stamp(SECOND_EPISODE)))
+        for sec in range(SECOND_EPISODE, SECOND_EPISODE + 12):
             assert bridge.send_frame_and_wait(sec), (sec, driver.output())
         assert trainer.wait_for_output('checkpoint: policy after', timeout=60), \
             trainer.output()
@@ -77,7 +113,7 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
             steps = re.findall(r'loaded policy_(\d+)\.safetensors', driver.output())
             return any(int(step) > 0 for step in steps)
 
-        for sec in range(112, 300):
+        for sec in range(SECOND_EPISODE + 12, SECOND_EPISODE + 300):
             bridge.send_frame_and_wait(sec)
             if trained_policy_loaded():
                 break

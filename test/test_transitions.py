@@ -461,3 +461,14 @@ def test_random_routes_and_odometry_never_raise_and_never_give_non_finite_output
             if item[0] == 'episode_end':
                 assembler.on_episode_start((k + 1) * 50 * MS)
     assert stored > 50  # good stretches still become transitions
+
+
+def test_a_non_finite_command_leaves_its_frame_unpaired():
+    assembler = make(max_pending_frames=1)
+    feed(assembler, 1)
+    feed(assembler, 2, action=False)
+    assert assembler.on_control(2 * 50 * MS, np.array([np.nan, 0.5], np.float32))
+    for k in range(3, 6):
+        feed(assembler, k)
+    assert assembler.stats.bad_commands == 1 and assembler.stats.dropped_unpaired == 1
+    assert all(np.isfinite(s.action).all() for s in transitions(assembler.finish()))
