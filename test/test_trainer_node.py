@@ -1,5 +1,6 @@
 # Test driver + trainer over real DDS: transitions land in the buffer, updates run,
 # checkpoints are written atomically and the driver hot-reloads them.
+import math
 import re
 from pathlib import Path
 
@@ -7,11 +8,15 @@ import numpy as np
 import pytest
 import yaml
 from carla_msgs.msg import CarlaCollisionEvent
-from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from av_td3_ros.checkpoint import latest_policy, load_policy
+from av_td3_ros.checkpoint import PolicySpec, latest_policy, load_policy, save_policy
+from av_td3_ros.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.replay_buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,9 +220,115 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
         assert np.all(batch.next_frames[mine, -1] == brightness[role])
         assert np.all(batch.obs_frames[mine][~batch.obs_missing[mine]] == brightness[role])
 
+    # Writers killed mid-write leave temp files; a file of the same step from a lost run
+    # holds other weights than this run's state. Restart: the temps go, nothing else does,
+    # and the resumed trainer never rewrites an existing policy name with its own weights.
+    checkpoints = run_dir / 'checkpoints'
+    newest = latest_policy(checkpoints)
+    step = int(re.search(r'policy_(\d+)', newest.name).group(1))
+    save_policy(newest, ActorPolicy(NetworkConfig()), PolicySpec())  # another run's weights
+    policies_before = {p.name: p.read_bytes() for p in checkpoints.glob('policy_*')}
+    stale = [run_dir / '.training_state.safetensors.k2j4h6g8.tmp',
+             checkpoints / f'.policy_{step + 4:09d}.safetensors.a1b2c3d4.tmp',
+             run_dir / 'replay_buffer' / 'meta.json.tmp']
+    foreign = [checkpoints / 'notes.tmp', run_dir / '.other.safetensors.a1b2c3d4.tmp']
+    for path in stale + foreign:
+        path.write_bytes(b'\x00' * 64)
     # Restarting with the same run_dir resumes networks, optimisers and counters.
-    again = start_node('av_td3_ros.trainer_node', *args, name='trainer_again')
+    # (No updates in the resumed run: its shutdown save is at the resumed step.)
+    again = start_node('av_td3_ros.trainer_node', *args, '-p', 'updates_per_step:=0.0',
+                       name='trainer_again')
     assert again.wait_for_output('resumed', timeout=60), again.output()
     line = next(line for line in again.output().splitlines() if 'resumed' in line)
     assert ' 0 updates' not in line and 'env steps' in line
+    assert again.wait_for_output('training from', timeout=60), again.output()
+    assert [path for path in stale if path.exists()] == []
+    assert all(path.exists() for path in foreign)
     assert again.stop() == 0
+    # Its shutdown save reached the same step: the file there keeps the other run's bytes.
+    assert {p.name: p.read_bytes() for p in checkpoints.glob('policy_*')} == policies_before
+
+
+def refused_count(trainer):
+    """Return the trainer's newest count of refused routes/odometry/commands (0 before any)."""
+    counts = re.findall(r'refused routes/odometry/commands (\d+)', trainer.output())
+    return int(counts[-1]) if counts else 0
+
+
+def path_msg(points):
+    path = PathMsg()
+    path.header.frame_id = 'map'
+    for x, y in points:
+        pose = PoseStamped()
+        pose.pose.position.x, pose.pose.position.y = float(x), float(y)
+        pose.pose.orientation.w = 1.0
+        path.poses.append(pose)
+    return path
+
+
+@pytest.mark.slow
+def test_bad_routes_odometry_and_commands_never_end_the_trainer(start_node, tmp_path,
+                                                                 rclpy_context):
+    # Degenerate routes (two identical poses, a NaN in the middle, inf, none), unusable
+    # odometry and a NaN command: each is refused and logged, frames wait for a good route,
+    # and the trainer goes on to store transitions once one comes.
+    from carla_msgs.msg import CarlaEgoVehicleControl
+    run_dir = tmp_path / 'run'
+    trainer = start_node('av_td3_ros.trainer_node', '--params-file',
+                         str(trainer_params(tmp_path)), '-p', f'run_dir:={run_dir}',
+                         '-p', 'learning_starts:=100000', '-p', 'device:=cpu', name='trainer')
+    bridge = FakeBridge(rclpy_context)
+    command_pub = bridge.node.create_publisher(
+        CarlaEgoVehicleControl, '/carla/ego_vehicle/vehicle_control_cmd', 10)
+
+    def send_frame(sec, steer=0.1):
+        bridge.publish_odometry()
+        bridge.image_pub.publish(bridge.image_msg(sec, bgra_frame(sec)))
+        command = CarlaEgoVehicleControl(steer=steer, throttle=0.3)
+        command.header.stamp.sec = sec
+        command_pub.publish(command)
+
+    def refused_reaches(count):
+        return bridge.spin_until(lambda: refused_count(trainer) >= count, timeout=30.0)
+
+    try:
+        assert trainer.wait_for_output('training from ego_vehicle', timeout=60), \
+            trainer.output()
+        assert wait_until_matched(bridge, {bridge.image_pub: 1, bridge.odom_pub: 1,
+                                           bridge.route_pub: 1, command_pub: 1})
+        sec = 1
+        bad_routes = [[(5.0, 5.0), (5.0, 5.0)], [(0.0, 0.0), (math.nan, 1.0), (4.0, 0.0)],
+                      [(0.0, 0.0), (math.inf, 0.0)], []]
+        for refused, points in enumerate(bad_routes, start=1):
+            bridge.route_pub.publish(path_msg(points))  # latched, depth 1: one at a time
+            assert refused_reaches(refused), trainer.output()
+            for _ in range(3):  # frames on a refused route: dropped, never a crash
+                send_frame(sec)
+                sec += 1
+        for field, value in (('x', math.nan), ('speed', math.inf), ('yaw', math.nan)):
+            odometry = Odometry()
+            odometry.pose.pose.orientation.w = 1.0
+            if field == 'x':
+                odometry.pose.pose.position.x = value
+            elif field == 'speed':
+                odometry.twist.twist.linear.x = value
+            else:
+                odometry.pose.pose.orientation.z = value
+            bridge.odom_pub.publish(odometry)
+        assert refused_reaches(len(bad_routes) + 3), trainer.output()
+        bridge.publish_route()
+        send_frame(sec, steer=math.nan)
+        assert refused_reaches(len(bad_routes) + 4), trainer.output()
+        for good in range(sec + 1, sec + 40):
+            send_frame(good)
+            if bridge.spin_until(lambda: trainer_steps(trainer) >= 5, timeout=0.1):
+                break
+        assert trainer_steps(trainer) >= 5, trainer.output()
+        output = trainer.output()
+        assert 'route of 2 poses refused (route has fewer than two distinct points)' in output
+        assert 'odometry ignored: odometry has non-finite' in output
+        assert 'command ignored: non-finite action' in output
+        assert 'Traceback' not in output
+    finally:
+        bridge.close()
+    assert trainer.stop() == 0, trainer.output()
