@@ -45,6 +45,8 @@ from .transport import shared_memory_limit
 from .watchdog import StallWatchdog
 
 LOG_THROTTLE_S = 2.0
+DRIVING_REASONS = ('policy', 'random')
+"""Reasons of a frame whose command is the policy's (or exploration's), not a safety stop."""
 FRAMES_MISSING_AFTER_S = 5.0
 """Camera publishers matched this long without a single frame: say the transport limit."""
 
@@ -194,6 +196,9 @@ class DriverNode(Node):
         self._callback_guards = []
         self._started = time.monotonic()
         self._frames_missing_reported = False
+        self._frame_rate = 0.0
+        self._reported_reason = None
+        self._last_frame_stamp = ''
 
         self._load_initial_policy(torch)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -354,6 +359,7 @@ class DriverNode(Node):
         self._swap_pending()  # hot reload happens between frames, never during one
         command, reason, result = self._decide(msg)
         self.last_reason = reason
+        self._last_frame_stamp = f'{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}'
         start = time.perf_counter()
         self.publish_control(command, msg.header.stamp)
         publish_ms = (time.perf_counter() - start) * 1e3
@@ -363,6 +369,10 @@ class DriverNode(Node):
                 self.stage_meters.setdefault(stage, RateMeter()).add(cost_ms)
         if self.config.publish_debug and result is not None:
             self.publish_debug(msg.header, command)
+        if reason not in DRIVING_REASONS or reason != self._reported_reason:
+            # Every brake is reported at once with its reason and the frame's stamp, and so
+            # is driving again; a driving stream only gets the periodic status.
+            self._publish_status()
 
     def _decide(self, msg: Image):
         command, reason, result = self.inputs.decide(msg, time.monotonic())
@@ -370,7 +380,7 @@ class DriverNode(Node):
             self.bad_frames += 1
             self._log_throttled('error', 'bad_frame', f'bad camera frame, braking: '
                                 f'{reason[len("bad frame: "):]}')
-        elif command.is_safe_stop and reason != 'policy':
+        elif command.is_safe_stop and reason not in DRIVING_REASONS:
             # One throttle per kind of reason ('bad route: <why>' varies in its details).
             self._log_throttled('warn', reason.split(':')[0], f'braking: {reason}')
         return command, reason, result
@@ -439,15 +449,25 @@ class DriverNode(Node):
             self.marker_pub.publish(control_markers(header.stamp, 'map', pose, command))
 
     def publish_diagnostics(self):
-        """Publish model, frame-rate and latency status on /diagnostics."""
+        """Publish model, frame-rate and latency status on /diagnostics (periodic)."""
         self.check_camera_transport()
+        self._frame_rate = self.processed.rate()
+        self._publish_status()
+
+    def _publish_status(self):
+        """Publish the status now (periodically, and at once when a frame's reason changes).
+
+        `last_frame_stamp` names the frame `last_reason` was decided for, so a reader can
+        tell which input a brake answered.
+        """
+        self._reported_reason = self.last_reason
         status = DiagnosticStatus(name=f'av_td3_ros driver ({self.config.role_name})',
                                   hardware_id=self.config.role_name)
-        driving = self.pipeline.runner is not None and not self._stalled
+        driving = not self._stalled and self.last_reason in DRIVING_REASONS
         status.level = DiagnosticStatus.OK if driving else DiagnosticStatus.WARN
         status.message = self.status if driving else f'braking: {self.last_reason}'
         values = {'model': self.status, 'device': str(self.device),
-                  'frame_rate_hz': f'{self.processed.rate():.2f}',
+                  'frame_rate_hz': f'{self._frame_rate:.2f}',
                   'frames_processed': str(self.processed.count),
                   'bad_frames': str(self.bad_frames),
                   'bad_odometry': str(self.inputs.bad_odometry),
@@ -456,7 +476,8 @@ class DriverNode(Node):
                   'watchdog_brakes': str(self.watchdog.stalls),
                   'precision': self.precision,
                   'callback_ms_mean': f'{self.processed.mean_ms():.3f}',
-                  'last_reason': self.last_reason}
+                  'last_reason': self.last_reason,
+                  'last_frame_stamp': self._last_frame_stamp}
         values.update({f'{stage}_ms_mean': f'{meter.mean_ms():.3f}'
                        for stage, meter in self.stage_meters.items()})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]

@@ -111,7 +111,15 @@ def odometry_problem(x: float, y: float, yaw: float, speed: float) -> str | None
 
 
 def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
-    """Return the yaw (rotation about z) of a quaternion."""
+    """Return the yaw (rotation about z) of a quaternion; NaN when it is no rotation.
+
+    A quaternion with a non-finite component or a zero norm (an unset orientation) has no
+    yaw; NaN makes `odometry_problem` refuse the sample instead of reading a made-up angle
+    (atan2 turns inf components into finite angles).
+    """
+    norm2 = x * x + y * y + z * z + w * w
+    if not math.isfinite(norm2) or norm2 < 1e-12:
+        return math.nan
     return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
