@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_tensors_from_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from .features import FeatureConfig
 from .networks import ActorPolicy, NetworkConfig
@@ -38,6 +38,10 @@ TRAINING_FORMAT = 'av_td3_ros.training/1'
 POLICY_PATTERN = re.compile(r'^policy_(\d+)\.safetensors$')
 # write_atomic's temp files: '.' + target name + '.' + mkstemp's 8 random characters + '.tmp'.
 TEMP_PATTERN = re.compile(r'^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$')
+# What safetensors' own save_file leaves when killed (it writes a '.tmp' + 6 random
+# characters file next to the target, then renames it). Our writers used save_file until
+# 2026-12; write_atomic now serialises in memory and never creates one.
+LEGACY_TEMP_PATTERN = re.compile(r'^\.tmp[A-Za-z0-9]{6}$')
 # A safetensors header is JSON of at most this size (the format's own reader limit).
 _MAX_HEADER_BYTES = 100_000_000
 
@@ -105,11 +109,13 @@ def write_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + path.name + '.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
     try:
-        contiguous = {k: v.detach().to('cpu').contiguous() for k, v in tensors.items()}
-        save_file(contiguous, tmp, metadata=metadata)
-        with open(tmp, 'rb') as handle:
+        with os.fdopen(fd, 'wb') as handle:
+            contiguous = {k: v.detach().to('cpu').contiguous() for k, v in tensors.items()}
+            # Serialised here and written by us: safetensors' save_file would write (and, if
+            # killed, leave) a temp file of its own next to ours.
+            handle.write(serialize(contiguous, metadata=metadata))
+            handle.flush()
             os.fsync(handle.fileno())
         if replace:
             os.replace(tmp, path)
@@ -168,11 +174,23 @@ def remove_stale_temps(directory: str | os.PathLike, target: re.Pattern) -> list
 def remove_stale_run_temps(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temp files killed writers left in a trainer's run directory; return them.
 
-    Only the training state's and the policies' own temp names (see `remove_stale_temps`).
+    The training state's and the policies' temp names (see `remove_stale_temps`), and in
+    those two directories (ours alone) the temp files of earlier versions, which wrote with
+    safetensors' save_file (`LEGACY_TEMP_PATTERN`).
     """
     run_dir = Path(run_dir)
-    return (remove_stale_temps(run_dir, re.compile(re.escape(TRAINING_STATE)))
-            + remove_stale_temps(run_dir / CHECKPOINT_SUBDIR, POLICY_PATTERN))
+    removed = (remove_stale_temps(run_dir, re.compile(re.escape(TRAINING_STATE)))
+               + remove_stale_temps(run_dir / CHECKPOINT_SUBDIR, POLICY_PATTERN))
+    for directory in (run_dir, run_dir / CHECKPOINT_SUBDIR):
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if LEGACY_TEMP_PATTERN.match(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def _parse_header(data: bytes, path) -> dict[str, str]:

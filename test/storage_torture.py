@@ -13,6 +13,7 @@ bench/storage_kills.py (100 kills).
 """
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,11 +83,19 @@ def writer_main(run_dir, run_id, capacity):
 
 
 def temp_files(run_dir):
-    """Return every temp file our writers use, anywhere under run_dir."""
-    from av_td3_ros.checkpoint import TEMP_PATTERN
-    from av_td3_ros.replay_buffer import META_TEMP
-    return sorted(path for path in Path(run_dir).rglob('*')
-                  if TEMP_PATTERN.match(path.name) or path.name == META_TEMP)
+    """Return every file under run_dir that a writer did not mean to leave there.
+
+    Not only our temp names: anything but the buffer's files, the training state and policy
+    files counts (a library writing a temp file of its own would show up here).
+    """
+    from av_td3_ros.checkpoint import POLICY_PATTERN, TRAINING_STATE
+    run_dir = Path(run_dir)
+    expected_in = {run_dir: re.compile(re.escape(TRAINING_STATE)),
+                   run_dir / 'checkpoints': POLICY_PATTERN,
+                   run_dir / 'replay_buffer': re.compile(r'[a-z]+\.npy|lock|meta\.json')}
+    return sorted(path for path in run_dir.rglob('*') if path.is_file()
+                  and not (path.parent in expected_in
+                           and expected_in[path.parent].fullmatch(path.name)))
 
 
 def _start(run_dir, run_id, capacity):

@@ -318,6 +318,36 @@ def test_remove_stale_temps_only_touches_our_own_pattern(tmp_path):
     assert remove_stale_temps(tmp_path / 'missing', re.compile('.*')) == []
 
 
+def test_start_up_cleaning_of_a_run_dir_removes_old_save_file_temps_too(tmp_path):
+    # Earlier versions wrote through safetensors' save_file, whose kill leaves '.tmpXXXXXX'.
+    checkpoints = tmp_path / 'checkpoints'
+    checkpoints.mkdir()
+    (tmp_path / 'tb').mkdir()
+    ours = [tmp_path / '.tmpAb3dE9', checkpoints / '.tmpZ9y8X7',
+            tmp_path / '.training_state.safetensors.ab_cd123.tmp',
+            checkpoints / '.policy_000000008.safetensors.q1w2e3r4.tmp']
+    theirs = [tmp_path / 'tb' / '.tmpAb3dE9', tmp_path / '.tmp', tmp_path / '.tmpAb3dE9x',
+              checkpoints / '.other.safetensors.q1w2e3r4.tmp']
+    for path in ours + theirs:
+        path.write_bytes(b'x')
+    assert sorted(checkpoint_module.remove_stale_run_temps(tmp_path)) == sorted(ours)
+    assert all(path.exists() for path in theirs)
+
+
+def test_a_write_creates_no_file_but_its_own_temp_and_target(policy, tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def replace_and_look(source, target):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, 'replace', replace_and_look)
+    save_policy(tmp_path / 'policy.safetensors', policy, PolicySpec())
+    (names,) = seen
+    assert len(names) == 1 and checkpoint_module.TEMP_PATTERN.match(names[0])
+
+
 def test_save_leaves_no_temp_files(policy, tmp_path):
     for step in (10, 20, 30):
         save_policy(policy_path(tmp_path, step), policy, PolicySpec())
@@ -333,12 +363,10 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temp_file(policy, saved
     path.write_bytes(saved.read_bytes())
     before = path.read_bytes()
 
-    def half_write(tensors, filename, metadata=None):
-        with open(filename, 'wb') as handle:
-            handle.write(b'\x00' * 100)
+    def failing_serialize(tensors, metadata=None):
         raise OSError('disk full')
 
-    monkeypatch.setattr(checkpoint_module, 'save_file', half_write)
+    monkeypatch.setattr(checkpoint_module, 'serialize', failing_serialize)
     with pytest.raises(OSError, match='disk full'):
         save_policy(path, policy, PolicySpec())
     assert path.read_bytes() == before
