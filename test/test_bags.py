@@ -485,3 +485,42 @@ def _spin(executor, predicate, timeout):
     while not predicate() and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.02)
     return predicate()
+
+
+def test_replay_finds_a_driver_of_any_name_by_its_camera_subscription(start_node, start_tool,
+                                                                        tmp_path, checker):
+    # `ros2 run av_td3_ros driver_node` is /driver, not the launch files' /ego_vehicle/driver.
+    bag = tmp_path / 'drive'
+    stamps = write_drive_bag(bag)
+    driver = start_node('av_td3_ros.driver_node', '-p', 'allow_random_policy:=true',
+                        '-p', 'device:=cpu')
+    assert checker.spin_until(lambda: checker.node.count_publishers(CONTROL) > 0, 30.0), \
+        driver.output()
+    player = start_tool('av_td3_ros.bags.replay', bag, '--as-fast-as-consumed')
+    assert player.wait(90) == 0, player.output()
+    assert 'synchronising with /driver' in player.output()
+    assert f'frames {len(stamps)}, answered {len(stamps)}' in player.output()
+
+
+def test_replay_without_a_recognisable_driver_fails_naming_the_candidates(start_tool, tmp_path,
+                                                                          rclpy_context):
+    from carla_msgs.msg import CarlaEgoVehicleControl
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+    bag = tmp_path / 'drive'
+    write_drive_bag(bag, frames=2)
+    # Two camera viewers and a separate command source: none of them is the driver.
+    nodes = [Node(name, context=rclpy_context) for name in ('viewer_a', 'viewer_b', 'joy')]
+    for viewer in nodes[:2]:
+        viewer.create_subscription(Image, CAMERA, lambda msg: None, 1)
+    nodes[2].create_publisher(CarlaEgoVehicleControl, CONTROL, 10)
+    player = start_tool('av_td3_ros.bags.replay', bag, '--as-fast-as-consumed',
+                        '--wait-for', CAMERA, '--wait-timeout', '20')
+    try:
+        assert player.wait(60) == 2, player.output()
+    finally:
+        for node in nodes:
+            node.destroy_node()
+    output = player.output()
+    assert 'cannot find the driver' in output and '/viewer_a' in output \
+        and '/viewer_b' in output and '--sync-node' in output, output

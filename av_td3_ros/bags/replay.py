@@ -50,6 +50,10 @@ SYNC_AUTO = 'auto'
 """--sync-node value (the default): find the consumer by its camera subscription."""
 
 
+UNKNOWN_NODE = '_NODE_NAME_UNKNOWN_'
+"""The node name rclpy reports for an endpoint whose node the graph does not know yet."""
+
+
 class SyncNodeError(RuntimeError):
     """The node to synchronise with cannot be found or chosen (the message says why)."""
 
@@ -142,12 +146,17 @@ class BagPlayer(Node):
         self.sync_node = node_name
         self.barrier = self.create_client(GetParameters, f'{node_name}/get_parameters')
 
-    def camera_consumers(self) -> list[str]:
-        """Return the full names of the other nodes subscribed to the camera topic."""
+    def camera_consumers(self) -> tuple[list[str], int]:
+        """Return the full names of the other nodes subscribed to the camera topic.
+
+        Also returns how many subscriptions still have no node name: DDS announces an
+        endpoint before the node that owns it is known to the graph.
+        """
         own = self.get_fully_qualified_name()
-        return sorted({_full_name(info.node_namespace, info.node_name)
-                       for info in self.get_subscriptions_info_by_topic(
-                           self.config.camera_topic)} - {own})
+        infos = self.get_subscriptions_info_by_topic(self.config.camera_topic)
+        unnamed = sum(UNKNOWN_NODE in info.node_name for info in infos)
+        return sorted({_full_name(info.node_namespace, info.node_name) for info in infos
+                       if UNKNOWN_NODE not in info.node_name} - {own}), unnamed
 
     def control_publishers(self) -> set[str]:
         """Return the full names of the nodes publishing on the control topic."""
@@ -230,8 +239,11 @@ class Replay:
         node, config = self.node, self.config
         name = config.sync_node
         if name == SYNC_AUTO:
-            self._spin_until(lambda: node.camera_consumers(), config.wait_timeout)
-            candidates = node.camera_consumers()
+            def all_named():
+                named, unnamed = node.camera_consumers()
+                return bool(named) and unnamed == 0
+            self._spin_until(all_named, config.wait_timeout)
+            candidates, _ = node.camera_consumers()
             if len(candidates) > 1:  # prefer the one(s) that also answer with commands
                 answering = [c for c in candidates if c in node.control_publishers()]
                 candidates = answering or candidates
@@ -247,7 +259,7 @@ class Replay:
         node.connect_barrier(name)
         self.synced = self._spin_until(node.barrier.service_is_ready, config.wait_timeout)
         if not self.synced:
-            consumers = node.camera_consumers()
+            consumers, _ = node.camera_consumers()
             raise SyncNodeError(
                 f'no node {name} answered within {config.wait_timeout} s (nodes subscribed '
                 f'to {config.camera_topic}: {", ".join(consumers) or "none"}). Pass '
