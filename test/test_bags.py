@@ -524,3 +524,25 @@ def test_replay_without_a_recognisable_driver_fails_naming_the_candidates(start_
     output = player.output()
     assert 'cannot find the driver' in output and '/viewer_a' in output \
         and '/viewer_b' in output and '--sync-node' in output, output
+
+
+def test_offline_evaluation_of_a_camera_only_bag_says_what_is_missing(start_tool, tmp_path):
+    store = typestore()
+    T = store.types
+    bag = tmp_path / 'camera_only'
+    with Writer(bag, version=9, storage_plugin=STORAGES['mcap']) as writer:
+        conn = writer.add_connection(CAMERA, 'sensor_msgs/msg/Image', typestore=store,
+                                     offered_qos_profiles=[bag_qos()])
+        for k in range(3):
+            header = T['std_msgs/msg/Header'](
+                stamp=T['builtin_interfaces/msg/Time'](sec=1 + k, nanosec=0), frame_id='cam')
+            image = T['sensor_msgs/msg/Image'](header=header, height=6, width=8,
+                                               encoding='bgra8', is_bigendian=0, step=32,
+                                               data=np.zeros(6 * 32, np.uint8))
+            writer.write(conn, (1 + k) * 10**9, store.serialize_cdr(image, conn.msgtype))
+    run = start_tool('av_td3_ros.bags.offline_eval', bag, '--allow-random-policy', 'true',
+                     '-p', 'device:=cpu')
+    assert run.wait() == 0, run.output()
+    output = run.output()
+    assert f'the bag has no {ODOM}' in output and f'the bag has no {ROUTE}' in output
+    assert 'no recent odometry: 3' in output
