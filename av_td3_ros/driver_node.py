@@ -296,8 +296,10 @@ class DriverNode(Node):
         try:
             policy, metadata = load_policy(path, self.config.spec)
             runner = PolicyRunner(policy, self.device, self.config.allow_tf32)
-        except CheckpointError as error:
-            self.get_logger().error(f'{error}; '
+        except Exception as error:  # CheckpointError, or e.g. CUDA out of memory: never fatal
+            text = str(error) if isinstance(error, CheckpointError) else \
+                f'cannot load {path}: {type(error).__name__}: {error}'
+            self.get_logger().error(f'{text}; '
                                     + ('keeping the current policy' if self.pipeline.runner
                                        else 'braking'))
             return
