@@ -319,3 +319,76 @@ def test_seeded_frame_fuzz_over_dds(driver, probe):
     assert len(lost) <= 5, lost
     assert driver.proc.poll() is None
     assert 'Traceback' not in driver.output()
+
+
+def bad_checkpoints(good_path):
+    """Return {name: bytes of a bad policy file} built from a good one."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from av_td3_ros.checkpoint import POLICY_FORMAT, PolicySpec
+    from av_td3_ros.networks import NetworkConfig
+
+    good = good_path.read_bytes()
+    state = load_file(str(good_path))
+    spec = PolicySpec().to_metadata()
+    scratch = good_path.parent / 'scratch.bin'
+
+    def saved(tensors, metadata):
+        save_file(tensors, str(scratch), metadata=metadata)
+        return scratch.read_bytes()
+
+    unknown = json.loads(spec['network'])
+    unknown['secret_switch'] = True
+    poisoned = {k: v.clone() for k, v in state.items()}
+    poisoned['actor.fc3.bias'].fill_(float('nan'))
+    return {
+        'empty file': b'',
+        'random bytes': bytes(np.random.default_rng(1).integers(0, 256, 1000, np.uint8)),
+        'header longer than the file': (10**6).to_bytes(8, 'little') + b'{}',
+        'header not JSON': (8).to_bytes(8, 'little') + b'not json',
+        'truncated file': good[:len(good) // 2],
+        'no format metadata': saved(state, {}),
+        'network config not JSON': saved(state, {**spec, 'format': POLICY_FORMAT,
+                                                 'network': '{oops'}),
+        'unknown network field': saved(state, {**spec, 'format': POLICY_FORMAT,
+                                               'network': json.dumps(unknown)}),
+        'architecture mismatch (relu)': saved(state, {
+            **PolicySpec(network=NetworkConfig(activation='relu')).to_metadata(),
+            'format': POLICY_FORMAT}),
+        'NaN weights': saved(poisoned, {**spec, 'format': POLICY_FORMAT}),
+        'weights of another shape': saved({**state, 'actor.fc3.bias': torch.zeros(7)},
+                                          {**spec, 'format': POLICY_FORMAT}),
+    }
+
+
+@pytest.mark.slow
+def test_bad_checkpoints_are_refused_naming_the_file_and_driving_goes_on(start_node,
+                                                                         tmp_path, probe):
+    import torch
+
+    from av_td3_ros.checkpoint import PolicySpec, policy_path, save_policy
+    from av_td3_ros.networks import ActorPolicy
+    directory = tmp_path / 'checkpoints'
+    directory.mkdir()
+    torch.manual_seed(0)
+    save_policy(policy_path(directory, 1), ActorPolicy(PolicySpec().network), PolicySpec())
+    driver = start_node('av_td3_ros.driver_node', '-p', f'checkpoint:={directory}',
+                        '-p', 'checkpoint_poll_period:=0.1', '-p', 'device:=cpu',
+                        '-p', 'publish_debug:=false')
+    assert probe.wait_for_subscriber(probe.image_pub), driver.output()
+    probe.route_pub.publish(path_msg(GOOD_ROUTE))
+    assert probe.drives(timeout=60.0), driver.output()
+    cases = bad_checkpoints(policy_path(directory, 1))
+    for step, (name, data) in enumerate(cases.items(), start=2):
+        path = policy_path(directory, step)
+        temp = directory / 'incoming.tmp'
+        temp.write_bytes(data)
+        temp.rename(path)  # appears whole, as the trainer writes
+        assert driver.wait_for_output(f'{path.name}', timeout=20.0), (name, driver.output())
+        assert probe.drives(), (name, driver.output())  # the previous policy still drives
+    output = driver.output()
+    assert output.count('keeping the current policy') == len(cases), output
+    assert driver.proc.poll() is None and 'Traceback' not in output
