@@ -361,7 +361,7 @@ class TrainerNode(Node):
             stack=config.spec.preprocessing.frame_stack,
             fill_mode=config.spec.preprocessing.stack_fill)
         for stale in remove_stale_run_temps(config.run_dir):
-            self.get_logger().warn(f'removed {stale}, left by a writer killed mid-write')
+            self.get_logger().warning(f'removed {stale}, left by a writer killed mid-write')
         self.agent = TD3(config.spec.network, config.td3)
         self.buffer_lock = threading.Lock()
         self.unstored = 0  # assembled items the buffer refused (and steps skipped after one)
@@ -421,7 +421,7 @@ class TrainerNode(Node):
         newest = latest_policy(self.checkpoint_dir)
         newest_step = int(POLICY_PATTERN.match(newest.name).group(1)) if newest else -1
         if newest_step > self.agent.total_updates:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f'{newest.name} is newer than the resumed state ({self.agent.total_updates} '
                 'updates; the previous run ended between a policy save and a state save): '
                 'existing policy files are kept, never rewritten with other weights')

@@ -26,10 +26,10 @@ CAPACITY = 500
 def trainer_params(tmp_path, **overrides):
     content = yaml.safe_load((REPO / 'config' / 'trainer.yaml').read_text())
     (section,) = content.values()
-    section['ros__parameters'].update(
+    section['ros__parameters'].update(dict(
         buffer_capacity=CAPACITY, batch_size=8, checkpoint_every=4, state_every=4,
         keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
-        updates_per_step=1.0, tensorboard=True, **overrides)
+        updates_per_step=1.0, tensorboard=True), **overrides)
     path = tmp_path / 'trainer_test.yaml'
     path.write_text(yaml.safe_dump(content))
     return path
@@ -332,3 +332,79 @@ def test_bad_routes_odometry_and_commands_never_end_the_trainer(start_node, tmp_
     finally:
         bridge.close()
     assert trainer.stop() == 0, trainer.output()
+
+
+
+def feed_until_checkpoints(bridge, command_pub, trainer, first_sec, checkpoints):
+    """Send frames and commands until the trainer logged `checkpoints` policy saves."""
+    from carla_msgs.msg import CarlaEgoVehicleControl
+
+    def saved():
+        return trainer.output().count('checkpoint: policy after') >= checkpoints
+
+    for sec in range(first_sec, first_sec + 400):
+        bridge.publish_odometry()
+        bridge.image_pub.publish(bridge.image_msg(sec, bgra_frame(sec)))
+        command = CarlaEgoVehicleControl(steer=0.1, throttle=0.3)
+        command.header.stamp.sec = sec
+        command_pub.publish(command)
+        if bridge.spin_until(saved, timeout=0.1):
+            return sec + 1
+    raise AssertionError(trainer.output())
+
+
+KILLS = 2
+
+
+@pytest.mark.slow
+def test_a_trainer_killed_while_saving_restarts_clean_and_never_rewrites_a_policy(
+        start_node, tmp_path, rclpy_context):
+    # The full training state (~64 MB) is saved after every update here; each trainer is
+    # SIGKILLed as soon as a save's temp file shows up. After each restart no temp file may be
+    # left, and no policy name may ever have held two different contents.
+    from carla_msgs.msg import CarlaEgoVehicleControl
+    from storage_torture import temp_files
+    run_dir = tmp_path / 'run'
+
+    def stray_files():
+        """Return files a writer did not mean to leave (logs and TensorBoard are meant)."""
+        return [path for path in temp_files(run_dir) if path.name != 'episodes.jsonl'
+                and path.relative_to(run_dir).parts[0] != 'tb']
+
+    args = ('--params-file', str(trainer_params(tmp_path, state_every=1, checkpoint_every=1,
+                                                keep_checkpoints=100)),
+            '-p', f'run_dir:={run_dir}', '-p', 'learning_starts:=6', '-p', 'device:=cpu')
+    bridge = FakeBridge(rclpy_context)
+    command_pub = bridge.node.create_publisher(
+        CarlaEgoVehicleControl, '/carla/ego_vehicle/vehicle_control_cmd', 10)
+    contents, leftovers, left_by_kills, sec = {}, [], 0, 1
+
+    def same_names_same_bytes():
+        for path in (run_dir / 'checkpoints').glob('policy_*'):
+            assert contents.setdefault(path.name, path.read_bytes()) == path.read_bytes(), \
+                path.name
+
+    try:
+        for run in range(KILLS + 1):
+            trainer = start_node('av_td3_ros.trainer_node', *args, name=f'trainer_{run}')
+            assert trainer.wait_for_output('training from', timeout=60), trainer.output()
+            # (It may already be writing again: only the killed writer's files must be gone.)
+            assert [path for path in leftovers if path.exists()] == [], trainer.output()
+            same_names_same_bytes()
+            if run == KILLS:
+                break
+            assert wait_until_matched(bridge, {bridge.image_pub: 1, bridge.odom_pub: 1,
+                                               bridge.route_pub: 1, command_pub: 1})
+            bridge.publish_route()
+            sec = feed_until_checkpoints(bridge, command_pub, trainer, sec, 2)
+            bridge.spin_until(lambda: any(run_dir.glob('.training_state.*.tmp')), timeout=10)
+            trainer.kill()
+            leftovers = stray_files()
+            left_by_kills += len(leftovers)
+        assert 'resumed' in trainer.output()
+        assert trainer.stop() == 0, trainer.output()
+    finally:
+        bridge.close()
+    assert stray_files() == []
+    same_names_same_bytes()
+    assert left_by_kills >= 1  # the kills did land inside writes
