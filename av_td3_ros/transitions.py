@@ -163,7 +163,12 @@ class TransitionAssembler:
         self._odometry.append((stamp, pose, float(speed), yaw_rate))
         if len(self._odometry) > 1 and stamp < self._odometry[-2][0]:
             self._odometry.sort(key=lambda entry: entry[0])
-        del self._odometry[:-64]
+        if len(self._odometry) > 64:
+            first = len(self._odometry) - 64
+            oldest = self._oldest_waiting()
+            if oldest is not None:  # keep the sample a waiting frame will be measured with
+                first = min(first, max(self._odometry_index(oldest) - 1, 0))
+            del self._odometry[:first]
         return None
 
     def on_event(self, stamp: int, kind: str):
@@ -184,8 +189,10 @@ class TransitionAssembler:
             return f'non-finite action {action.tolist()}'
         self._actions[stamp] = action
         if len(self._actions) > 256:  # commands for frames never seen (e.g. watchdog brakes)
+            oldest = self._oldest_waiting()
             for old in sorted(self._actions)[:-128]:
-                del self._actions[old]
+                if oldest is None or old < oldest:  # never a waiting frame's command
+                    del self._actions[old]
         self._drain()
         return None
 
@@ -292,9 +299,18 @@ class TransitionAssembler:
         return self._ended
 
     # ------------------------------------------------------------------ internals
+    def _odometry_index(self, stamp: int) -> int:
+        """Return how many odometry samples are not newer than `stamp`."""
+        return bisect_right([entry[0] for entry in self._odometry], stamp)
+
     def _odometry_at(self, stamp: int):
-        index = bisect_right([entry[0] for entry in self._odometry], stamp)
+        index = self._odometry_index(stamp)
         return self._odometry[index - 1] if index else None
+
+    def _oldest_waiting(self) -> int | None:
+        """Return the stamp of the oldest frame still waiting to be decided, or None."""
+        stamps = [obs.stamp for obs in (*self._parked, *self._pending)]
+        return min(stamps) if stamps else None
 
     def _observe(self, obs: _Observation) -> _Observation:
         """Compute features and state (once, when first needed, i.e. as late as possible).

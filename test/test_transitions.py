@@ -472,3 +472,20 @@ def test_a_non_finite_command_leaves_its_frame_unpaired():
         feed(assembler, k)
     assert assembler.stats.bad_commands == 1 and assembler.stats.dropped_unpaired == 1
     assert all(np.isfinite(s.action).all() for s in transitions(assembler.finish()))
+
+
+def test_a_long_window_keeps_what_its_waiting_frames_need():
+    # 10 odometry samples and a stray command per frame: far more than the 64 samples and
+    # 256 commands kept in general, while 120 frames wait out a 6 s window.
+    assembler = make(event_window=6.0)
+    for k in range(1, 121):
+        stamp = k * 50 * MS
+        for j in range(10):
+            assembler.on_odometry(stamp - j * 5 * MS, Pose2D(k * 0.25, 0.0, 0.0), 5.0, 0.0)
+        assembler.on_control(stamp + 7 * MS, np.array([0.0, 0.0], np.float32))  # no frame
+        assembler.on_frame(stamp, frame(k))
+        assembler.on_control(stamp, np.array([0.01, 0.5], np.float32))
+    assert assembler.pop_output() == []  # all still inside the window
+    steps = transitions(assembler.finish())
+    assert [int(s.next_frame[0, 0]) for s in steps] == list(range(2, 121))
+    assert assembler.stats.dropped_unpaired == 0
