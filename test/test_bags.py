@@ -155,6 +155,14 @@ def test_typestore_hashes_match_compiled_carla_msgs():
 
 
 def test_record_live_graph_mcap_and_sqlite3(start_node, start_tool, tmp_path, bridge):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    # The recorder is under test, not the bridge's history: with the bridge's depth 10 a
+    # recorder starved of CPU for ~10 frames (load average 10-14 here) lost 4 of 8 frames
+    # when the writer overwrote them unacknowledged (2 of 7 runs).
+    bridge.node.destroy_publisher(bridge.image_pub)
+    bridge.image_pub = bridge.node.create_publisher(
+        Image, CAMERA, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     checkpoint = write_checkpoint(tmp_path / 'policy.safetensors')
     _, (driver,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, use_sim_time='false',
                                 checkpoint=str(checkpoint), device='cpu')
