@@ -25,7 +25,7 @@ from av_td3_ros.networks import ActorPolicy
 from av_td3_ros.pipeline import DrivingPipeline
 
 CHANNELS = {'bgra8': 4, 'bgr8': 3, 'rgba8': 4, 'rgb8': 3, 'mono8': 1}
-PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
+PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                              suppress_health_check=[HealthCheck.too_slow,
                                                     HealthCheck.function_scoped_fixture])
 
