@@ -43,7 +43,7 @@ from .episode_manager import (
     Teleport,
     poses_from_flat,
 )
-from .node_main import run_node
+from .node_main import guard_callback, run_node
 from .node_params import ParameterReader
 from .ros_conversions import pose_from_odometry, speed_from_odometry, stamp_to_ns
 
@@ -135,16 +135,18 @@ class CarlaEpisodeManagerNode(Node):
         self.goal_pub = self.create_publisher(PoseStamped, f'{base}/goal', reliable)
         self.start_pub = self.create_publisher(Header, f'/av_td3/{role}/episode_start', reliable)
         self.end_pub = self.create_publisher(String, f'/av_td3/{role}/episode_end', reliable)
-        self.create_subscription(Odometry, f'{base}/odometry', self.on_odometry, reliable)
+        # Guarded: no message (or bug) may end the process (callback_guard.py).
+        guard = lambda callback: guard_callback(self, callback)  # noqa: E731
+        self.create_subscription(Odometry, f'{base}/odometry', guard(self.on_odometry), reliable)
         self.create_subscription(
-            PathMsg, f'{base}/waypoints', self.on_route,
+            PathMsg, f'{base}/waypoints', guard(self.on_route),
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.create_subscription(CameraInfo, camera_info, self.on_camera_info, reliable)
-        self.create_service(Trigger, f'/av_td3/{role}/reset_episode', self.on_reset)
+        self.create_subscription(CameraInfo, camera_info, guard(self.on_camera_info), reliable)
+        self.create_service(Trigger, f'/av_td3/{role}/reset_episode', guard(self.on_reset))
         # Retries run on the steady clock: simulator time stops when nothing ticks.
         self.steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(0.2, self.on_timer, clock=self.steady)
+        self.create_timer(0.2, guard(self.on_timer), clock=self.steady)
         self._pending_routes: list = []  # routes that arrived before the manager existed
         self.get_logger().info(
             f'{role}: episodes via {base}/{control}/set_transform, goals on {base}/goal, '

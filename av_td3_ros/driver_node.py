@@ -18,6 +18,7 @@ from carla_msgs.msg import CarlaEgoVehicleControl
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -36,16 +37,19 @@ from .driver_logic import DriverInputs
 from .features import Pose2D
 from .inference import PolicyRunner, resolve_device
 from .networks import ActorPolicy
-from .node_main import run_node
+from .node_main import guard_callback, run_node
 from .node_params import ParameterReader, read_policy_spec
 from .pipeline import DrivingPipeline, ExplorationConfig
 from .policy_topic import PolicyReceiver
-from .ros_conversions import (
-    fill_control_msg,
-    pose_from_odometry,
-)
+from .ros_conversions import fill_control_msg
+from .transport import shared_memory_limit
+from .watchdog import StallWatchdog
 
 LOG_THROTTLE_S = 2.0
+DRIVING_REASONS = ('policy', 'random', 'expert')
+"""Reasons of a frame whose command is the policy's (or exploration's), not a safety stop."""
+FRAMES_MISSING_AFTER_S = 5.0
+"""Camera publishers matched this long without a single frame: say the transport limit."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,10 @@ class DriverConfig:
     checkpoint: str
     allow_random_policy: bool
     device: str
+    allow_tf32: bool
     torch_threads: int
     frame_timeout: float
+    stop_repeat_period: float
     odometry_timeout: float
     require_route: bool
     checkpoint_poll_period: float
@@ -118,9 +124,15 @@ def read_config(node: Node) -> DriverConfig:
         allow_random_policy=p.boolean('allow_random_policy', False, 'drive a randomly '
                                       'initialised policy when no checkpoint is given'),
         device=p.string('device', 'auto', 'auto (CUDA when available), cpu or cuda'),
+        allow_tf32=p.boolean('allow_tf32', False, 'allow TensorFloat-32 in CUDA matmuls and '
+                             'convolutions (faster on Ampere+, actions differ from CPU by '
+                             '~1e-4); false: exact float32'),
         torch_threads=p.integer('torch_threads', 1, 'torch CPU threads for inference', 1, 64),
         frame_timeout=p.floating('frame_timeout', 0.5, 'brake when no camera frame arrives for '
-                                 'this long (s)', 0.01, 60.0),
+                                 'this long (s, steady clock)', 0.01, 60.0),
+        stop_repeat_period=p.floating('stop_repeat_period', 0.1, 'while the camera is '
+                                      'stalled, repeat the full brake this often (s)',
+                                      0.01, 10.0),
         odometry_timeout=p.floating('odometry_timeout', 1.0, 'brake when odometry is older '
                                     'than this (s, wall clock)', 0.01, 60.0),
         require_route=p.boolean('require_route', True, 'brake until a route has arrived'),
@@ -177,6 +189,8 @@ class DriverNode(Node):
         except ValueError as error:
             self.get_logger().error(f'{error}; running on CPU')
             self.device = resolve_device('cpu')
+        self.precision = ('tf32 allowed' if self.config.allow_tf32 and self.device.type == 'cuda'
+                          else 'float32')
         self.pipeline = DrivingPipeline(self.config.spec, None, self.config.exploration)
         self.status = 'no policy'
         self._loaded_key = None
@@ -185,13 +199,18 @@ class DriverNode(Node):
         self._loader = None
         self.inputs = DriverInputs(self.pipeline, self.config.odometry_timeout,
                                    self.config.require_route)
-        self._last_frame_time = None
         self._stalled = False
         self.processed = RateMeter()
         self.stage_meters = {}  # stage name -> RateMeter of its cost in ms
         self.bad_frames = 0
         self.last_reason = 'waiting for camera'
         self._log_times = {}
+        self._callback_guards = []
+        self._started = time.monotonic()
+        self._frames_missing_reported = False
+        self._frame_rate = 0.0
+        self._reported_reason = None
+        self._last_frame_stamp = ''
 
         self._load_initial_policy(torch)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -202,32 +221,44 @@ class DriverNode(Node):
                       if self.config.camera_reliable else
                       QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                                  reliability=qos_profile_sensor_data.reliability))
-        self.create_subscription(Odometry, self.config.odometry_topic, self.on_odometry, 10)
+        self.create_subscription(Odometry, self.config.odometry_topic,
+                                 self._guard(self.on_odometry), 10)
         route_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                durability=(DurabilityPolicy.TRANSIENT_LOCAL
                                            if self.config.route_transient_local
                                            else DurabilityPolicy.VOLATILE))
-        self.create_subscription(PathMsg, self.config.route_topic, self.on_route, route_qos)
+        self.create_subscription(PathMsg, self.config.route_topic, self._guard(self.on_route),
+                                 route_qos)
         self.create_subscription(Header, self.config.episode_start_topic,
-                                 self.on_episode_start, 10)
+                                 self._guard(self.on_episode_start), 10)
         # Created last: when a frame and its tick's odometry wait together, the executor
         # serves the earlier-created subscriptions first, so the frame sees that odometry.
-        self.create_subscription(Image, self.config.camera_topic, self.on_image, camera_qos)
+        self.camera_sub = self.create_subscription(
+            Image, self.config.camera_topic,
+            self._guard(self.on_image, on_error=self._brake_after_error), camera_qos)
         if self.config.publish_debug:
             self.debug_pub = self.create_publisher(Image, '~/debug/frame_stack', 1)
             self.marker_pub = self.create_publisher(MarkerArray, '~/debug/control_markers', 1)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._control_msg = CarlaEgoVehicleControl()
-        self.create_timer(self.config.frame_timeout / 5.0, self.check_watchdog)
-        self.create_timer(self.config.diagnostics_period, self.publish_diagnostics)
+        self._stop_msg = CarlaEgoVehicleControl()  # the watchdog thread's own message
+        # Timers on the steady clock: with use_sim_time they would stop with /clock, i.e.
+        # exactly when the simulator died and the brake and the diagnostics matter most.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(self.config.diagnostics_period,
+                          self._guard(self.publish_diagnostics), clock=steady)
         if self.config.checkpoint and self.config.checkpoint_poll_period > 0.0:
-            self.create_timer(self.config.checkpoint_poll_period, self.poll_checkpoint)
+            self.create_timer(self.config.checkpoint_poll_period,
+                              self._guard(self.poll_checkpoint), clock=steady)
+        self.watchdog = StallWatchdog(self.config.frame_timeout, self.config.stop_repeat_period,
+                                      self.on_stall, self._on_watchdog_error)
+        self.watchdog.start()
         if self.config.policy_topic:  # each received policy goes through the file loader
             self.policy_receiver = PolicyReceiver(self, self.config.policy_topic, self._load)
         self.get_logger().info(
             f'driving {self.config.role_name}: camera {self.config.camera_topic} -> '
-            f'{self.config.control_topic} on {self.device}, mode {self.config.exploration.mode}'
-            f', status: {self.status}')
+            f'{self.config.control_topic} on {self.device} ({self.precision}), mode '
+            f'{self.config.exploration.mode}, status: {self.status}')
 
     # ----------------------------------------------------------------- policy loading
     def _load_initial_policy(self, torch):
@@ -238,7 +269,7 @@ class DriverNode(Node):
         elif self.config.allow_random_policy:
             torch.manual_seed(self.config.seed)
             policy = ActorPolicy(self.config.spec.network)
-            self.pipeline.set_runner(PolicyRunner(policy, self.device))
+            self.pipeline.set_runner(PolicyRunner(policy, self.device, self.config.allow_tf32))
             self.status = 'random policy (allow_random_policy)'
         elif self.config.policy_topic:
             self.status = f'waiting for a policy on {self.config.policy_topic}'
@@ -282,9 +313,11 @@ class DriverNode(Node):
     def _load(self, path: Path):
         try:
             policy, metadata = load_policy(path, self.config.spec)
-            runner = PolicyRunner(policy, self.device)
-        except CheckpointError as error:
-            self.get_logger().error(f'{error}; '
+            runner = PolicyRunner(policy, self.device, self.config.allow_tf32)
+        except Exception as error:  # CheckpointError, or e.g. CUDA out of memory: never fatal
+            text = str(error) if isinstance(error, CheckpointError) else \
+                f'cannot load {path}: {type(error).__name__}: {error}'
+            self.get_logger().error(f'{text}; '
                                     + ('keeping the current policy' if self.pipeline.runner
                                        else 'braking'))
             return
@@ -302,29 +335,51 @@ class DriverNode(Node):
             self.get_logger().info(f'loaded {pending[1]}')
 
     # ----------------------------------------------------------------- callbacks
+    def _guard(self, callback, on_error=None):
+        """Wrap a callback so no exception from it ends the node (see callback_guard)."""
+        guarded = guard_callback(self, callback, on_error)
+        self._callback_guards.append(guarded)
+        return guarded
+
+    def _brake_after_error(self, msg):
+        """Answer a frame whose callback raised with a full brake carrying its stamp."""
+        self.last_reason = 'internal error (see log)'
+        stamp = (msg.header.stamp if msg is not None and hasattr(msg, 'header')
+                 else self.get_clock().now().to_msg())
+        self.publish_control(SAFE_STOP, stamp)
+
     def on_odometry(self, msg: Odometry):
-        """Keep recent odometry (the frame picks the one of its own tick)."""
-        self.inputs.on_odometry(msg, time.monotonic())
+        """Keep recent odometry (the frame picks the one of its own tick); refuse bad values."""
+        problem = self.inputs.on_odometry(msg, time.monotonic())
+        if problem is not None:
+            self._log_throttled('warn', 'bad_odometry', f'bad odometry ignored, braking until '
+                                f'good odometry arrives: {problem} '
+                                f'({self.inputs.bad_odometry} so far)')
 
     def on_route(self, msg: PathMsg):
-        """Keep the route."""
-        self.inputs.on_route(msg)
+        """Keep the route; a route that cannot be driven along counts as no route."""
+        problem = self.inputs.on_route(msg)
+        if problem is not None:
+            self.get_logger().error(f'route refused ({len(msg.poses)} poses): {problem}; '
+                                    + ('braking until a usable route arrives'
+                                       if self.config.require_route else 'driving without'))
 
     def on_episode_start(self, msg: Header):
         """Reset the frame stack: frames of the previous episode must not leak into this one."""
         self.pipeline.reset_episode()
-        self.get_logger().info(f'episode {msg.frame_id} starts: frame stack reset')
+        self.get_logger().info(f'episode {msg.frame_id[:40]} starts: frame stack reset')
 
     def on_image(self, msg: Image):
         """Turn one camera frame into exactly one control command."""
         received = time.perf_counter()
-        self._last_frame_time = time.monotonic()
+        self.watchdog.feed()
         if self._stalled:
             self._stalled = False
             self.get_logger().info('camera frames are back')
         self._swap_pending()  # hot reload happens between frames, never during one
         command, reason, result = self._decide(msg)
         self.last_reason = reason
+        self._last_frame_stamp = f'{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}'
         start = time.perf_counter()
         self.publish_control(command, msg.header.stamp)
         publish_ms = (time.perf_counter() - start) * 1e3
@@ -334,6 +389,10 @@ class DriverNode(Node):
                 self.stage_meters.setdefault(stage, RateMeter()).add(cost_ms)
         if self.config.publish_debug and result is not None:
             self.publish_debug(msg.header, command)
+        if reason not in DRIVING_REASONS or reason != self._reported_reason:
+            # Every brake is reported at once with its reason and the frame's stamp, and so
+            # is driving again; a driving stream only gets the periodic status.
+            self._publish_status()
 
     def _decide(self, msg: Image):
         command, reason, result = self.inputs.decide(msg, time.monotonic())
@@ -341,30 +400,59 @@ class DriverNode(Node):
             self.bad_frames += 1
             self._log_throttled('error', 'bad_frame', f'bad camera frame, braking: '
                                 f'{reason[len("bad frame: "):]}')
-        elif command.is_safe_stop and reason != 'policy':
-            self._log_throttled('warn', reason, f'braking: {reason}')
+        elif command.is_safe_stop and reason not in DRIVING_REASONS:
+            # One throttle per kind of reason ('bad route: <why>' varies in its details).
+            self._log_throttled('warn', reason.split(':')[0], f'braking: {reason}')
         return command, reason, result
 
-    def publish_control(self, command: ControlCommand, stamp):
+    def publish_control(self, command: ControlCommand, stamp, msg=None):
         """Publish one CarlaEgoVehicleControl (reusing the message object)."""
-        fill_control_msg(self._control_msg, command, stamp, self.config.role_name)
+        msg = self._control_msg if msg is None else msg
+        fill_control_msg(msg, command, stamp, self.config.role_name)
         try:
-            self.control_pub.publish(self._control_msg)
+            self.control_pub.publish(msg)
         except Exception as error:  # rclpy raises RCLError when DDS is saturated
             self._log_throttled('error', 'publish', f'failed to publish control: {error}')
 
-    def check_watchdog(self):
-        """Brake while the camera is silent for longer than frame_timeout."""
-        last = self._last_frame_time
-        if last is not None and time.monotonic() - last <= self.config.frame_timeout:
-            return
-        if last is not None and not self._stalled:
+    def on_stall(self, silent_for: float | None):
+        """Brake while the camera is silent (called by the watchdog thread, steady clock)."""
+        if silent_for is not None and not self._stalled:
             self._stalled = True
             self.get_logger().error(
-                f'no camera frame for {time.monotonic() - last:.2f} s '
-                f'(frame_timeout {self.config.frame_timeout} s): braking until frames return')
-        self.last_reason = 'camera stalled' if last is not None else 'waiting for camera'
-        self.publish_control(SAFE_STOP, self.get_clock().now().to_msg())
+                f'no camera frame for {silent_for:.2f} s (frame_timeout '
+                f'{self.config.frame_timeout} s): braking until frames return')
+        self.last_reason = 'camera stalled' if silent_for is not None else 'waiting for camera'
+        # Its own message object: the executor thread may be filling _control_msg right now.
+        self.publish_control(SAFE_STOP, self.get_clock().now().to_msg(), self._stop_msg)
+
+    def _on_watchdog_error(self, error: Exception):
+        self._log_throttled('error', 'watchdog', f'watchdog brake failed: '
+                            f'{type(error).__name__}: {error}')
+
+    def check_camera_transport(self):
+        """Say once when camera publishers are matched but no frame has ever arrived.
+
+        The usual cause is a frame larger than the transport can carry (the shared-memory
+        segment of the Fast DDS profile): such frames are dropped without any error.
+        """
+        if self._frames_missing_reported or self.processed.count > 0:
+            return
+        waited = time.monotonic() - self._started
+        publishers = self.camera_sub.get_publisher_count()
+        if publishers == 0 or waited < FRAMES_MISSING_AFTER_S:
+            return
+        self._frames_missing_reported = True
+        limit = shared_memory_limit()
+        self.get_logger().error(
+            f'{publishers} camera publisher(s) matched on {self.config.camera_topic} but no '
+            f'frame arrived in {waited:.0f} s. Frames larger than the transport can carry are '
+            f'dropped silently: {limit}. Check the camera resolution and '
+            'FASTDDS_DEFAULT_PROFILES_FILE on both sides (README, Transport).')
+
+    def destroy_node(self):
+        """Stop the watchdog thread, then destroy the node."""
+        self.watchdog.stop()
+        return super().destroy_node()
 
     # ----------------------------------------------------------------- rviz and diagnostics
     def publish_debug(self, header, command: ControlCommand):
@@ -376,25 +464,40 @@ class DriverNode(Node):
             image.data = pixels.tobytes()
             self.debug_pub.publish(image)
         if self.marker_pub.get_subscription_count() > 0:
-            odometry = self.inputs.latest_odometry()
-            pose = pose_from_odometry(odometry) if odometry is not None else Pose2D(0, 0, 0)
+            pose = self.inputs.latest_pose() or Pose2D(0, 0, 0)
             # In the map frame at the vehicle's pose: needs no TF from the simulator.
             self.marker_pub.publish(control_markers(header.stamp, 'map', pose, command))
 
     def publish_diagnostics(self):
-        """Publish model, frame-rate and latency status on /diagnostics."""
+        """Publish model, frame-rate and latency status on /diagnostics (periodic)."""
+        self.check_camera_transport()
+        self._frame_rate = self.processed.rate()
+        self._publish_status()
+
+    def _publish_status(self):
+        """Publish the status now (periodically, and at once when a frame's reason changes).
+
+        `last_frame_stamp` names the frame `last_reason` was decided for, so a reader can
+        tell which input a brake answered.
+        """
+        self._reported_reason = self.last_reason
         status = DiagnosticStatus(name=f'av_td3_ros driver ({self.config.role_name})',
                                   hardware_id=self.config.role_name)
-        driving = ((self.pipeline.runner is not None or self.config.exploration.mode == 'expert')
-                   and not self._stalled)
+        driving = not self._stalled and self.last_reason in DRIVING_REASONS
         status.level = DiagnosticStatus.OK if driving else DiagnosticStatus.WARN
         status.message = self.status if driving else f'braking: {self.last_reason}'
         values = {'model': self.status, 'device': str(self.device),
-                  'frame_rate_hz': f'{self.processed.rate():.2f}',
+                  'frame_rate_hz': f'{self._frame_rate:.2f}',
                   'frames_processed': str(self.processed.count),
                   'bad_frames': str(self.bad_frames),
+                  'bad_odometry': str(self.inputs.bad_odometry),
+                  'bad_routes': str(self.inputs.bad_routes),
+                  'callback_errors': str(sum(guard.errors for guard in self._callback_guards)),
+                  'watchdog_brakes': str(self.watchdog.stalls),
+                  'precision': self.precision,
                   'callback_ms_mean': f'{self.processed.mean_ms():.3f}',
-                  'last_reason': self.last_reason}
+                  'last_reason': self.last_reason,
+                  'last_frame_stamp': self._last_frame_stamp}
         values.update({f'{stage}_ms_mean': f'{meter.mean_ms():.3f}'
                        for stage, meter in self.stage_meters.items()})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]

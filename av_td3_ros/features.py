@@ -61,8 +61,67 @@ class RouteState:
     """Remaining route length from the projection of the vehicle, m."""
 
 
+MAX_COORDINATE = 1e7
+"""Largest |x| or |y| (m) accepted in a route or a pose: 10,000 km is beyond any map, and the
+squared distances of larger values overflow float64 arithmetic into inf and NaN features."""
+MAX_SPEED = 1e3
+"""Largest |speed| (m/s) accepted from odometry: no vehicle drives at 3,600 km/h."""
+MIN_SEGMENT_LENGTH2 = 1e-12
+"""Squared length (m^2) below which a route segment has no direction (a repeated point)."""
+
+
+def route_problem(route) -> str | None:
+    """Return why a route array cannot be driven along, or None when it can.
+
+    A usable route is an (M, 2) array of finite coordinates within MAX_COORDINATE with at
+    least two distinct points (one segment with a direction). Callers treat a route with a
+    problem as no route: the driver brakes with the reason, the trainer labels no features.
+    """
+    route = np.asarray(route)
+    if route.ndim != 2 or route.shape[1] != 2:
+        return f'route must be (M, 2) points, got shape {route.shape}'
+    if not np.issubdtype(route.dtype, np.number):
+        return f'route has non-numeric points ({route.dtype})'
+    if not np.isfinite(route).all():
+        return 'route has non-finite values'
+    if (np.abs(route) > MAX_COORDINATE).any():
+        return f'route has coordinates beyond {MAX_COORDINATE:g} m'
+    if route.shape[0] < 2:
+        return 'route has fewer than two distinct points'
+    seg = np.diff(route, axis=0)
+    if not ((seg * seg).sum(axis=1) > MIN_SEGMENT_LENGTH2).any():
+        return 'route has fewer than two distinct points'
+    return None
+
+
+def odometry_problem(x: float, y: float, yaw: float, speed: float) -> str | None:
+    """Return why an odometry sample (planar pose and speed) is unusable, or None when it is.
+
+    The values are those `ros_conversions.pose_from_odometry` and `speed_from_odometry`
+    return: all must be finite, the position within MAX_COORDINATE and |speed| within
+    MAX_SPEED.
+    """
+    values = {'x': x, 'y': y, 'yaw': yaw, 'speed': speed}
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        return f'odometry has non-finite {", ".join(bad)}'
+    if abs(x) > MAX_COORDINATE or abs(y) > MAX_COORDINATE:
+        return f'odometry position beyond {MAX_COORDINATE:g} m'
+    if abs(speed) > MAX_SPEED:
+        return f'odometry speed {speed:g} m/s beyond {MAX_SPEED:g}'
+    return None
+
+
 def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
-    """Return the yaw (rotation about z) of a quaternion."""
+    """Return the yaw (rotation about z) of a quaternion; NaN when it is no rotation.
+
+    A quaternion with a non-finite component or a zero norm (an unset orientation) has no
+    yaw; NaN makes `odometry_problem` refuse the sample instead of reading a made-up angle
+    (atan2 turns inf components into finite angles).
+    """
+    norm2 = x * x + y * y + z * z + w * w
+    if not math.isfinite(norm2) or norm2 < 1e-12:
+        return math.nan
     return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
@@ -94,7 +153,7 @@ def route_state(pose: Pose2D, route: np.ndarray, hint: int | None = None) -> Rou
     seg = ends - starts
     raw_len2 = (seg * seg).sum(axis=1)
     # Repeated points make zero-length segments with no direction: never pick those.
-    valid = raw_len2 > 1e-12
+    valid = raw_len2 > MIN_SEGMENT_LENGTH2
     if not valid.any():
         raise ValueError('route has no two distinct points')
     seg_len2 = np.where(valid, raw_len2, 1.0)

@@ -19,11 +19,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def set_float32_precision(allow_tf32: bool):
+    """Choose exact float32 (False) or TensorFloat-32 (True) for CUDA matmuls and convolutions.
+
+    PyTorch's defaults differ per backend: matmuls are exact float32 but cuDNN convolutions
+    may use TF32 (10-bit mantissa) on Ampere and later GPUs, which moves the actor's actions
+    by ~1e-4 against CPU float32, so a GPU driver and a CPU `bag_eval` would disagree.
+    The flags are process-wide; the legacy `allow_tf32` switches are used because they set
+    every sub-backend consistently (mixing them with the newer `fp32_precision` ones makes
+    later reads raise). Without a GPU the flags are set and have no effect.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+    torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
+
+
+def float32_precision() -> dict[str, bool]:
+    """Return whether TF32 is allowed for CUDA matmuls and cuDNN (for diagnostics and tests)."""
+    return {'matmul_tf32': bool(torch.backends.cuda.matmul.allow_tf32),
+            'cudnn_tf32': bool(torch.backends.cudnn.allow_tf32)}
+
+
 class PolicyRunner:
     """Hold an ActorPolicy on a device with preallocated input tensors."""
 
-    def __init__(self, policy: ActorPolicy, device: torch.device):
-        """Move the policy to `device` and allocate its (1, ...) inputs once."""
+    def __init__(self, policy: ActorPolicy, device: torch.device, allow_tf32: bool = False):
+        """Move the policy to `device` and allocate its (1, ...) inputs once.
+
+        `allow_tf32` False (the default) makes CUDA inference exact float32, like the CPU;
+        see `set_float32_precision`.
+        """
+        set_float32_precision(allow_tf32)
         config = policy.config
         self.device = device
         self.policy = policy.to(device).eval()

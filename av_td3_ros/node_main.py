@@ -7,6 +7,10 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from .callback_guard import guard_callback
+
+__all__ = ['guard_callback', 'run_node']
+
 
 def run_node(make_node: Callable[[], Node], args=None):
     """Init rclpy, spin the node `make_node()` builds until shutdown, then clean up.

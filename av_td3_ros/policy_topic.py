@@ -25,7 +25,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
 from .checkpoint import CheckpointError, read_metadata
-from .node_main import run_node
+from .node_main import guard_callback, run_node
 from .policy_transfer import PolicyInbox, PolicyTransferError, policy_label, step_from_label
 
 DEFAULT_TOPIC = '/av_td3/policy'
@@ -96,8 +96,8 @@ class PolicyReceiver:
         self._worker = threading.Thread(target=self._work, daemon=True,
                                         name='policy_receiver')
         self._worker.start()
-        self.subscription = node.create_subscription(UInt8MultiArray, topic, self.on_message,
-                                                     POLICY_QOS)
+        self.subscription = node.create_subscription(
+            UInt8MultiArray, topic, guard_callback(node, self.on_message), POLICY_QOS)
 
     def on_message(self, msg: UInt8MultiArray):
         """Store a received policy and wake the loader; log and drop malformed messages."""

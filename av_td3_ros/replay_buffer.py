@@ -33,7 +33,9 @@ when the process died end there (their last transition keeps terminated = trunca
 so it bootstraps like a time-limit truncation).
 
 One process writes a directory at a time (an exclusive ``flock`` that the kernel releases when
-the process dies); the object is not thread-safe.
+the process dies); the object is not thread-safe. The buffer's only temp file,
+``meta.json.tmp`` (written once, when the files are created), is deleted on open under that
+lock if a killed writer left it.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ FORMAT_VERSION = 1
 BUFFER_SUBDIR = 'replay_buffer'
 FILL_MODES = ('zero', 'repeat_first')
 VEC_DTYPES = ('float16', 'float32')
+META_TEMP = 'meta.json.tmp'
 
 _TERMINATED = 1
 _TRUNCATED = 2
@@ -231,6 +234,11 @@ class ReplayBuffer:
             except BlockingIOError:
                 raise RuntimeError(
                     f'replay buffer {directory} is already open in another writer') from None
+            stale = directory / META_TEMP
+            if stale.exists():  # a writer killed while creating the files; we hold the lock
+                stale.unlink()
+                logger.warning('replay buffer %s: removed %s left by a killed writer',
+                               directory, META_TEMP)
             meta_path = directory / 'meta.json'
             created = not meta_path.exists()
             total = spec.bytes_per_record() * spec.slots
@@ -287,7 +295,7 @@ class ReplayBuffer:
         header.flush()
         del header
         # meta.json is written last and atomically: its presence marks a complete layout.
-        tmp = directory / 'meta.json.tmp'
+        tmp = directory / META_TEMP
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump({'format_version': FORMAT_VERSION, **spec.to_json()}, f, indent=1)
             f.flush()
@@ -425,6 +433,16 @@ class ReplayBuffer:
         idx = self._write(frame, vec, act, rew, flags, prev_idx)
         self._streams[stream] = (idx, bool(flags))
         return idx
+
+    def abandon_episode(self, stream: Hashable = 0) -> None:
+        """End ``stream``'s open episode here without an end flag, as a crash would.
+
+        Its last transition bootstraps like a truncation; the next :meth:`add` on the stream
+        raises until :meth:`start_episode` (for a writer that could not store a step and
+        must not link the next one across the gap).
+        """
+        if stream in self._streams:
+            self._streams[stream] = (self._streams[stream][0], True)
 
     def _check_obs(self, frame: np.ndarray, vec: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         frame = np.asarray(frame)

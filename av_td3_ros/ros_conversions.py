@@ -12,10 +12,25 @@ import numpy as np
 from .control import ControlCommand
 from .features import Pose2D, yaw_from_quaternion
 
+NANOSECONDS_PER_SECOND = 1_000_000_000
+
 
 def stamp_to_ns(stamp) -> int:
     """Return a builtin_interfaces/Time as integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    return int(stamp.sec) * NANOSECONDS_PER_SECOND + int(stamp.nanosec)
+
+
+def stamp_problem(stamp) -> str | None:
+    """Return why a builtin_interfaces/Time is not a valid time, or None when it is.
+
+    ROS times are non-negative with nanosec < 1e9; anything else comes from a broken
+    publisher, and a frame or sample carrying it cannot be placed in time.
+    """
+    if int(stamp.sec) < 0:
+        return f'negative stamp sec {int(stamp.sec)}'
+    if not 0 <= int(stamp.nanosec) < NANOSECONDS_PER_SECOND:
+        return f'stamp nanosec {int(stamp.nanosec)} out of [0, 1e9)'
+    return None
 
 
 def pose_from_odometry(msg) -> Pose2D:
@@ -29,7 +44,8 @@ def pose_from_odometry(msg) -> Pose2D:
 def speed_from_odometry(msg) -> float:
     """Return the speed (m/s) of a nav_msgs/Odometry, negative when reversing."""
     linear = msg.twist.twist.linear
-    speed = math.sqrt(linear.x ** 2 + linear.y ** 2 + linear.z ** 2)
+    # hypot, not x ** 2: a float power raises OverflowError for |x| > 1e154 instead of inf.
+    speed = math.hypot(linear.x, linear.y, linear.z)
     return -speed if linear.x < 0.0 else speed
 
 

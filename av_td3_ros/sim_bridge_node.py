@@ -82,7 +82,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32, Header, String
 from std_srvs.srv import Trigger
 
-from av_td3_ros.node_main import run_node
+from av_td3_ros.node_main import guard_callback, run_node
 from av_td3_ros.node_params import ParameterReader
 from av_td3_ros.sim_env import SimEnv, SimEnvConfig, SimState
 
@@ -183,9 +183,11 @@ class SimBridgeNode(Node):
         self._pub_start = self.create_publisher(
             Header, f'/av_td3/{role}/episode_start', LATCHED_QOS)
         self._pub_end = self.create_publisher(String, f'/av_td3/{role}/episode_end', BRIDGE_QOS)
+        # Guarded: an exception in one callback is logged and the simulator goes on.
         self.create_subscription(CarlaEgoVehicleControl, f'{prefix}/vehicle_control_cmd',
-                                 self._on_control, BRIDGE_QOS)
-        self.create_service(Trigger, f'/av_td3/{role}/reset_episode', self._on_reset)
+                                 guard_callback(self, self._on_control), BRIDGE_QOS)
+        self.create_service(Trigger, f'/av_td3/{role}/reset_episode',
+                            guard_callback(self, self._on_reset))
 
         # Messages reused every tick: only stamps and values change.
         self._image = Image(height=cfg.image_height, width=cfg.image_width, encoding='bgra8',
@@ -215,9 +217,11 @@ class SimBridgeNode(Node):
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._watchdog = None
         if cfg.synchronous_mode and cfg.step_timeout > 0.0:
-            self._watchdog = self.create_timer(cfg.step_timeout, self._tick, clock=steady)
+            self._watchdog = self.create_timer(cfg.step_timeout, guard_callback(self, self._tick),
+                                               clock=steady)
         elif not cfg.synchronous_mode:
-            self.create_timer(1.0 / cfg.publish_rate, self._tick, clock=steady)
+            self.create_timer(1.0 / cfg.publish_rate, guard_callback(self, self._tick),
+                              clock=steady)
         self._start_episode()
         self.get_logger().info(
             f'sim_bridge ready: role {role}, {cfg.image_width}x{cfg.image_height} bgra8, '

@@ -7,11 +7,17 @@ replay buffer in run_dir. TD3 updates run in a worker thread, so camera callback
 blocked; every `checkpoint_every` updates a policy file lands atomically in
 run_dir/checkpoints, where drivers pick it up. Episodes the trainer ends (collision, lateral
 deviation, route completed, step limit) are reset through /av_td3/<role>/reset_episode.
+
+No message ends the process: every subscription and timer callback is wrapped by
+`guard_callback` (an exception is logged, throttled, with the message, and the node goes on);
+unusable routes and odometry are refused on arrival and logged. At start-up the temp files of
+writers killed mid-write are removed (the replay buffer's lock makes this process the run
+directory's only writer), and a policy file name is never rewritten: a trainer resumed from an
+older state keeps the `policy_<step>` files a previous run wrote and writes new names only.
 """
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -35,11 +41,17 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
+from .callback_guard import guard_callback
 from .checkpoint import (
+    CHECKPOINT_SUBDIR,
+    POLICY_PATTERN,
+    TRAINING_STATE,
     PolicySpec,
     latest_policy,
     policy_path,
     prune_policies,
+    read_safetensors,
+    remove_stale_run_temps,
     save_policy_state,
     write_atomic,
 )
@@ -56,8 +68,6 @@ from .ros_conversions import (
     stamp_to_ns,
 )
 from .transitions import EpisodeConfig, TransitionAssembler
-
-TRAINING_STATE = 'training_state.safetensors'
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,9 @@ def read_config(node: Node) -> TrainerConfig:
         max_lateral_deviation=p.floating('max_lateral_deviation', 2.5, 'terminate beyond this '
                                          'distance from the route (m)', 0.0, 1e6),
         goal_tolerance=p.floating('goal_tolerance', 2.0, 'route completed within this '
-                                  'distance of its end (m)', 0.0, 1e6))
+                                  'distance of its end (m)', 0.0, 1e6),
+        event_window=p.floating('event_window', 0.2, 'seconds (frame stamps) each step waits '
+                                'for late collision / lane-invasion events', 0.0, 10.0))
     reward = RewardConfig(
         efficiency_weight=p.floating('efficiency_weight', 2.0, 'reward weight', -1e3, 1e3),
         lane_keeping_weight=p.floating('lane_keeping_weight', 2.0, 'reward weight', -1e3, 1e3),
@@ -189,10 +201,15 @@ class VehicleFeed:
         self.frame_stamps: list[int] = []  # recent frame stamps (vehicle_status pairing)
         self.resetting = False
         self.reset_requested: float | None = None  # monotonic time of the last request
+        self.last_frame: float | None = None  # monotonic time of the newest camera frame
         base = f'/carla/{role}'
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # Reliable keep-10 for the camera: the trainer must see every frame the driver saw.
-        sub = node.create_subscription
+
+        def sub(msg_type, topic, callback, qos, callback_group):
+            node.create_subscription(msg_type, topic, guard_callback(node, callback), qos,
+                                     callback_group=callback_group)
+
         sub(Image, config.camera_topic.replace('{role}', role), self.on_image, reliable,
             callback_group=group)
         sub(Odometry, f'{base}/odometry', self.on_odometry, reliable, callback_group=group)
@@ -228,34 +245,45 @@ class VehicleFeed:
             return
         self.frame_stamps.append(stamp)
         del self.frame_stamps[:-32]
+        self.last_frame = time.monotonic()
         self.assembler.on_frame(stamp, frame)
         self.flush()
 
     def on_odometry(self, msg: Odometry):
-        """Feed odometry (pose, speed, yaw rate)."""
-        yaw_rate = msg.twist.twist.angular.z
-        self.assembler.on_odometry(stamp_to_ns(msg.header.stamp), pose_from_odometry(msg),
-                                   speed_from_odometry(msg),
-                                   yaw_rate if math.isfinite(yaw_rate) else 0.0)
+        """Feed odometry (pose, speed, yaw rate); an unusable sample is logged and ignored."""
+        problem = self.assembler.on_odometry(stamp_to_ns(msg.header.stamp),
+                                             pose_from_odometry(msg), speed_from_odometry(msg),
+                                             msg.twist.twist.angular.z)
+        if problem is not None:
+            self.node.log_throttled('warn', f'odometry_{self.role}',
+                                    f'{self.role}: odometry ignored: {problem}')
 
     def on_route(self, msg: PathMsg):
-        """Feed a new route."""
-        self.assembler.on_route(route_from_path(msg))
+        """Feed a new route; an unusable one counts as no route (frames wait for a good one)."""
+        problem = self.assembler.on_route(route_from_path(msg))
+        if problem is not None:
+            self.node.log_throttled('error', f'route_{self.role}',
+                                    f'{self.role}: route of {len(msg.poses)} poses refused '
+                                    f'({problem}); no route until a usable one arrives')
 
     def on_command(self, msg: CarlaEgoVehicleControl):
         """Pair the driver's command with the frame carrying the same stamp."""
         action = control_to_action(command_from_control_msg(msg))
-        self.assembler.on_control(stamp_to_ns(msg.header.stamp), np.array(action))
-        self.flush()
+        self._control(stamp_to_ns(msg.header.stamp), action)
 
     def on_status(self, msg: CarlaEgoVehicleStatus):
         """Pair the applied control with the newest frame older than the status tick."""
         stamp = stamp_to_ns(msg.header.stamp)
         older = [s for s in self.frame_stamps if s < stamp]
         if older:
-            action = control_to_action(command_from_control_msg(msg.control))
-            self.assembler.on_control(older[-1], np.array(action))
-            self.flush()
+            self._control(older[-1], control_to_action(command_from_control_msg(msg.control)))
+
+    def _control(self, stamp: int, action):
+        problem = self.assembler.on_control(stamp, np.array(action))
+        if problem is not None:
+            self.node.log_throttled('warn', f'command_{self.role}',
+                                    f'{self.role}: command ignored: {problem}')
+        self.flush()
 
     def on_collision(self, msg: CarlaCollisionEvent):
         """Feed a collision event."""
@@ -264,6 +292,17 @@ class VehicleFeed:
     def on_lane_invasion(self, msg: CarlaLaneInvasionEvent):
         """Feed a lane invasion event."""
         self.assembler.on_event(stamp_to_ns(msg.header.stamp), 'lane_invasion')
+
+    def check_idle(self):
+        """Decide steps still waiting for late events once the camera has gone quiet.
+
+        Their window closes with a newer frame; without one (the simulator paused, e.g. after
+        a collision) they, and a reset they may ask for, would wait forever.
+        """
+        quiet = max(1.0, self.node.config.episode.event_window)
+        if self.last_frame is not None and time.monotonic() - self.last_frame > quiet:
+            self.assembler.decide_pending()
+            self.flush()
 
     def check_reset(self):
         """Ask again when a requested reset brought no episode_start within reset_timeout."""
@@ -320,10 +359,12 @@ class TrainerNode(Node):
         from .td3 import TD3
         torch.set_num_threads(config.torch_threads)
         config.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_dir = config.run_dir / 'checkpoints'
+        self.checkpoint_dir = config.run_dir / CHECKPOINT_SUBDIR
         self.checkpoint_dir.mkdir(exist_ok=True)
         self.policy_broadcaster = (PolicyBroadcaster(self, config.policy_topic)
                                    if config.policy_topic else None)
+        # Opening the buffer takes the run directory's writer lock: from here on no other
+        # trainer writes here, so every temp file found is a killed writer's.
         self.buffer = ReplayBuffer.open(
             config.run_dir, config.buffer_capacity,
             vec_dim=config.spec.network.kinematic_dim,
@@ -331,8 +372,12 @@ class TrainerNode(Node):
             vec_dtype=config.buffer_kinematics_dtype,
             stack=config.spec.preprocessing.frame_stack,
             fill_mode=config.spec.preprocessing.stack_fill)
+        for stale in remove_stale_run_temps(config.run_dir):
+            self.get_logger().warning(f'removed {stale}, left by a writer killed mid-write')
         self.agent = TD3(config.spec.network, config.td3)
         self.buffer_lock = threading.Lock()
+        self.unstored = 0  # assembled items the buffer refused (and steps skipped after one)
+        self._broken_streams: set = set()
         self.env_steps = 0
         self.episodes = 0
         self.recent_returns: list[float] = []
@@ -346,10 +391,9 @@ class TrainerNode(Node):
         self.rng = np.random.default_rng(config.seed + self.agent.total_updates)
         group = MutuallyExclusiveCallbackGroup()
         self.feeds = [VehicleFeed(self, role, group) for role in config.vehicles]
-        self.create_timer(config.log_period, self.log_progress,
+        self.create_timer(config.log_period, guard_callback(self, self.log_progress),
                           callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, lambda: [feed.check_reset() for feed in self.feeds],
-                          callback_group=group)
+        self.create_timer(1.0, guard_callback(self, self.check_feeds), callback_group=group)
         self._stop = threading.Event()
         self._updates_since_log = 0
         self._last_log = time.monotonic()
@@ -366,23 +410,33 @@ class TrainerNode(Node):
             f'{self.agent.total_updates} updates done, learning starts at '
             f'{config.learning_starts} transitions')
 
+    def check_feeds(self):
+        """Once a second: decide steps of quiet cameras, repeat unanswered reset requests."""
+        for feed in self.feeds:
+            feed.check_idle()
+            feed.check_reset()
+
     # ------------------------------------------------------------------ state
     def _resume(self, torch):
         path = self.config.run_dir / TRAINING_STATE
         if not (self.config.resume and path.exists()):
             return
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        with safe_open(str(path), framework='pt') as handle:
-            metadata = handle.metadata()
+        tensors, metadata = read_safetensors(path)  # one read: tensors and metadata agree
         td3_metadata = json.loads(metadata['td3'])
-        self.agent.load_state_tensors(load_file(str(path)), td3_metadata)
+        self.agent.load_state_tensors(tensors, td3_metadata)
         counters = json.loads(metadata['counters'])
         # The buffer may hold more than the state recorded (written after the last save).
         self.env_steps = max(int(counters['env_steps']), 0)
         self.episodes = int(counters['episodes'])
         self.get_logger().info(f'resumed {path}: {self.agent.total_updates} updates, '
                                f'{self.env_steps} env steps, buffer {self.buffer.size}')
+        newest = latest_policy(self.checkpoint_dir)
+        newest_step = int(POLICY_PATTERN.match(newest.name).group(1)) if newest else -1
+        if newest_step > self.agent.total_updates:
+            self.get_logger().warning(
+                f'{newest.name} is newer than the resumed state ({self.agent.total_updates} '
+                'updates; the previous run ended between a policy save and a state save): '
+                'existing policy files are kept, never rewritten with other weights')
 
     def save_training_state(self):
         """Write networks, targets, optimisers and counters atomically; flush the buffer."""
@@ -393,27 +447,48 @@ class TrainerNode(Node):
         write_atomic(self.config.run_dir / TRAINING_STATE, tensors,
                      {'td3': json.dumps(metadata), 'counters': json.dumps(counters)})
 
-    def save_policy(self):
-        """Write the current policy where drivers look for it and prune old ones."""
+    def save_policy(self) -> bool:
+        """Write the current policy where drivers look for it and prune old ones.
+
+        A `policy_<step>` that exists is kept (return False): a name always means the same
+        weights, for drivers that loaded it and for any reader mid-load.
+        """
         step = self.agent.total_updates
-        save_policy_state(policy_path(self.checkpoint_dir, step), self.agent.policy_state(),
-                          self.config.spec, {'step': str(step)})
+        path = policy_path(self.checkpoint_dir, step)
+        written = save_policy_state(path, self.agent.policy_state(), self.config.spec,
+                                    {'step': str(step)}, replace=False)
         if self.policy_broadcaster is not None:  # drivers with policy_topic (policy_topic.py)
-            self.policy_broadcaster.publish_file(policy_path(self.checkpoint_dir, step), step)
+            self.policy_broadcaster.publish_file(path, step)
+        if not written:
+            self.log_throttled('warn', 'policy_exists', f'{path.name} exists (an earlier run '
+                               'reached this step): kept, not rewritten', period=60.0)
         prune_policies(self.checkpoint_dir, self.config.keep_checkpoints)
+        return written
 
     # ------------------------------------------------------------------ experience
     def store(self, role: str, item):
         """Write one assembler output item into the replay buffer and the logs."""
         kind = item[0]
+        if kind == 'transition' and role in self._broken_streams:
+            self.unstored += 1  # its episode lost a step: no transition may link across
+            return
         with self.buffer_lock:
-            if kind == 'start':
-                self.buffer.start_episode(item[1], item[2], stream=role)
-            elif kind == 'transition':
-                t = item[1]
-                self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec, t.terminated,
-                                t.truncated, stream=role)
-                self.env_steps += 1
+            try:
+                if kind == 'start':
+                    self.buffer.start_episode(item[1], item[2], stream=role)
+                    self._broken_streams.discard(role)
+                elif kind == 'transition':
+                    t = item[1]
+                    self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
+                                    t.terminated, t.truncated, stream=role)
+                    self.env_steps += 1
+            except ValueError as error:  # e.g. kinematics beyond float16: skip, go on
+                self.buffer.abandon_episode(role)
+                self._broken_streams.add(role)
+                self.unstored += 1
+                self.log_throttled('error', f'store_{role}', f'{role}: {kind} not stored '
+                                   f'({error}); its episode continues from the next start')
+                return
                 if self.tb is not None and self.env_steps % 50 == 0:
                     for name, value in t.terms.items():
                         self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
@@ -482,13 +557,16 @@ class TrainerNode(Node):
         now = time.monotonic()
         rate = self._updates_since_log / max(now - self._last_log, 1e-9)
         self._updates_since_log, self._last_log = 0, now
-        dropped = sum(f.assembler.stats.dropped_unpaired + f.assembler.stats.dropped_no_odometry
-                      for f in self.feeds)
+        stats = [f.assembler.stats for f in self.feeds]
+        dropped = sum(s.dropped_unpaired + s.dropped_no_odometry for s in stats)
+        refused = sum(s.bad_routes + s.bad_odometry + s.bad_commands for s in stats)
+        late = sum(s.late_events for s in stats)
         mean_return = (f'{np.mean(self.recent_returns):.1f}' if self.recent_returns else 'n/a')
         self.get_logger().info(
             f'steps {self.env_steps} | episodes {self.episodes} | mean return (last 20) '
             f'{mean_return} | updates {self.agent.total_updates} ({rate:.1f}/s) | buffer '
-            f'{self.buffer.size} | dropped frames {dropped}')
+            f'{self.buffer.size} | dropped frames {dropped} | refused routes/odometry/commands '
+            f'{refused} | events beyond the window {late} | unstored {self.unstored}')
         if self.tb is not None:
             self.tb.add_scalar('train/updates_per_s', rate, self.agent.total_updates)
             self.tb.flush()

@@ -11,6 +11,18 @@ ever mis-paired. Messages may arrive in any order across topics.
 Each step's output is held back until the next frame is emitted (or the episode ends): an
 episode_start that overtakes the first frame of the new episode on another topic can then
 still move that frame out of the old episode, so no transition ever spans a reset.
+
+Collision and lane-invasion events come on their own topics, asynchronously from the camera
+(CARLA's bridge publishes them when the sensor reports, possibly after later frames). A frame
+is therefore decided - its transition labelled terminal or not, its reward computed - only
+once a frame stamped `event_window` seconds later has arrived (or the episode ends, the
+trainer sees no frames for a while, or it shuts down). An event stamped within a step's
+interval that arrives within the window makes that step terminal / penalised exactly as if
+it had come first; an event that comes later than that is counted (`late_events`).
+
+Routes and odometry are validated on arrival (`features.route_problem`,
+`features.odometry_problem`): an unusable route counts as no route (frames are dropped until
+a good one comes), unusable odometry is ignored; both are counted and the reason returned.
 """
 from __future__ import annotations
 
@@ -20,8 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .features import FeatureConfig, Pose2D, kinematic_vector
+from .features import FeatureConfig, Pose2D, kinematic_vector, odometry_problem, route_problem
 from .reward import RewardConfig, RewardFunction, StepEvents, VehicleState
+
+MAX_YAW_RATE = 100.0
+"""Largest |yaw rate| (rad/s) taken from odometry; others (and NaN) count as 0."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,8 @@ class EpisodeConfig:
     """Route completed (terminated) within this distance of its end (m)."""
     max_pending_frames: int = 4
     """Give up on a frame's command once this many newer frames are waiting."""
+    event_window: float = 0.2
+    """Seconds (by frame stamps) a step waits for late collision/lane-invasion events."""
 
 
 @dataclass
@@ -74,6 +91,11 @@ class AssemblerStats:
     dropped_no_odometry: int = 0
     dropped_stale: int = 0
     late_episode_ends: int = 0
+    late_events: int = 0
+    """Events that arrived after their step was decided (beyond the event window)."""
+    bad_routes: int = 0
+    bad_odometry: int = 0
+    bad_commands: int = 0
     episodes: int = 0
 
 
@@ -107,36 +129,80 @@ class TransitionAssembler:
         self._output: list = []
         self._held: tuple[_Observation, list, float] | None = None  # (obs, items, reward)
         self._parked: list[_Observation] = []  # frames seen after an end, before the restart
+        self._window_ns = round(self.episode.event_window * 1e9)
+        self._newest_frame = -1  # newest frame stamp seen: how far the stream's time got
+        self._decided = -1  # stamp of the newest decided (emitted) frame of this episode
 
     # ------------------------------------------------------------------ inputs
-    def on_route(self, route: np.ndarray):
-        """Use a new route (M, 2) for the features."""
-        self.route = route if len(route) >= 2 else None
+    def on_route(self, route: np.ndarray | None) -> str | None:
+        """Use a new route (M, 2) for the features; return why it is unusable, or None.
 
-    def on_odometry(self, stamp: int, pose: Pose2D, speed: float, yaw_rate: float):
-        """Remember an odometry sample (the newest 64 are kept)."""
-        self._odometry.append((stamp, pose, speed, yaw_rate))
+        An unusable route (or None) counts as no route: frames are dropped until a good one.
+        """
+        problem = 'no route' if route is None else route_problem(route)
+        if problem is not None:
+            self.stats.bad_routes += route is not None
+            self.route = None
+            return problem
+        self.route = np.asarray(route, np.float64)
+        return None
+
+    def on_odometry(self, stamp: int, pose: Pose2D, speed: float,
+                    yaw_rate: float) -> str | None:
+        """Remember an odometry sample (the newest 64 are kept); return why it is unusable.
+
+        An unusable sample (non-finite or absurd pose or speed) is ignored; a yaw rate beyond
+        MAX_YAW_RATE or NaN counts as 0.
+        """
+        problem = odometry_problem(pose.x, pose.y, pose.yaw, speed)
+        if problem is not None:
+            self.stats.bad_odometry += 1
+            return problem
+        # Only the comfort term uses it: an absurd value must not make the reward NaN.
+        yaw_rate = float(yaw_rate) if abs(yaw_rate) <= MAX_YAW_RATE else 0.0
+        self._odometry.append((stamp, pose, float(speed), yaw_rate))
         if len(self._odometry) > 1 and stamp < self._odometry[-2][0]:
             self._odometry.sort(key=lambda entry: entry[0])
-        del self._odometry[:-64]
+        if len(self._odometry) > 64:
+            first = len(self._odometry) - 64
+            oldest = self._oldest_waiting()
+            if oldest is not None:  # keep the sample a waiting frame will be measured with
+                first = min(first, max(self._odometry_index(oldest) - 1, 0))
+            del self._odometry[:first]
+        return None
 
     def on_event(self, stamp: int, kind: str):
-        """Record a 'collision' or 'lane_invasion' event."""
+        """Record a 'collision' or 'lane_invasion' event (it may come after its frame)."""
+        if stamp <= self._decided and not self._ended:
+            self.stats.late_events += 1  # its step is already labelled and written
         self._events.append((stamp, kind))
         del self._events[:-256]
 
-    def on_control(self, stamp: int, action: np.ndarray):
-        """Record the action the driver took on the frame stamped `stamp`."""
-        self._actions[stamp] = np.asarray(action, np.float32)
+    def on_control(self, stamp: int, action: np.ndarray) -> str | None:
+        """Record the action the driver took on the frame stamped `stamp`.
+
+        A non-finite action is refused (its frame then goes unpaired); return why, or None.
+        """
+        action = np.asarray(action, np.float32)
+        if not np.isfinite(action).all():
+            self.stats.bad_commands += 1
+            return f'non-finite action {action.tolist()}'
+        self._actions[stamp] = action
         if len(self._actions) > 256:  # commands for frames never seen (e.g. watchdog brakes)
+            oldest = self._oldest_waiting()
             for old in sorted(self._actions)[:-128]:
-                del self._actions[old]
+                if oldest is None or old < oldest:  # never a waiting frame's command
+                    del self._actions[old]
         self._drain()
+        return None
 
     def on_frame(self, stamp: int, frame: np.ndarray):
         """Add a preprocessed (84, 84) uint8 frame taken at `stamp`."""
         self.stats.frames += 1
-        if stamp <= self._episode_floor:
+        self._newest_frame = max(self._newest_frame, stamp)
+        if stamp <= max(self._episode_floor, self._decided):
+            # From an old episode, or older than a frame already decided (so late that its
+            # transition would run backwards in time).
             self.stats.dropped_stale += 1
             return
         odometry = self._odometry_at(stamp)
@@ -150,6 +216,7 @@ class TransitionAssembler:
             self._parked = [*self._parked[-7:], obs]
             return
         self._pending.append(obs)
+        self._pending = deque(sorted(self._pending, key=lambda pending: pending.stamp))
         self._drain()
 
     def on_episode_end(self, kind: str, reason: str):
@@ -159,7 +226,7 @@ class TransitionAssembler:
         end = (kind == 'terminated', kind == 'truncated', f'simulator: {reason}')
         if self._pending:
             self._pending[-1].simulator_end = end
-            self._drain()
+            self._drain(decide_until=self._pending[-1].stamp)
         elif self._held is not None and self._held[1][0][0] == 'transition':
             # The last transition is still held back: give it the simulator's end flags.
             obs, items, _ = self._held
@@ -178,6 +245,7 @@ class TransitionAssembler:
 
     def on_episode_start(self, stamp: int):
         """Start a new episode whose first frame is stamped `stamp`; older frames are stale."""
+        self._drain(decide_until=stamp - 1)  # the old episode's frames waiting for events
         moved = None
         if self._held is not None and self._held[0].stamp >= stamp:
             # The new episode's first frame overtook this message: take it back out of the
@@ -197,6 +265,7 @@ class TransitionAssembler:
         self._pending = deque(sorted(waiting, key=lambda obs: obs.stamp))
         self._break_chain()
         self._episode_floor = stamp - 1
+        self._decided = stamp - 1
         self._ended = False
         self._episode_return, self._episode_steps = 0.0, 0
         self._events = [event for event in self._events if event[0] >= stamp]
@@ -210,8 +279,17 @@ class TransitionAssembler:
         output, self._output = self._output, []
         return output
 
+    def decide_pending(self):
+        """Decide every waiting frame now, without waiting out the event window.
+
+        For a stream that went quiet (no newer frame will come to close the window).
+        """
+        if self._pending:
+            self._drain(decide_until=self._pending[-1].stamp)
+
     def finish(self) -> list:
-        """Release the held-back step too (at shutdown) and return all remaining output."""
+        """Decide waiting frames, release the held-back step (at shutdown); return output."""
+        self.decide_pending()
         self._release()
         return self.pop_output()
 
@@ -221,9 +299,18 @@ class TransitionAssembler:
         return self._ended
 
     # ------------------------------------------------------------------ internals
+    def _odometry_index(self, stamp: int) -> int:
+        """Return how many odometry samples are not newer than `stamp`."""
+        return bisect_right([entry[0] for entry in self._odometry], stamp)
+
     def _odometry_at(self, stamp: int):
-        index = bisect_right([entry[0] for entry in self._odometry], stamp)
+        index = self._odometry_index(stamp)
         return self._odometry[index - 1] if index else None
+
+    def _oldest_waiting(self) -> int | None:
+        """Return the stamp of the oldest frame still waiting to be decided, or None."""
+        stamps = [obs.stamp for obs in (*self._parked, *self._pending)]
+        return min(stamps) if stamps else None
 
     def _observe(self, obs: _Observation) -> _Observation:
         """Compute features and state (once, when first needed, i.e. as late as possible).
@@ -252,10 +339,18 @@ class TransitionAssembler:
         self._previous = None
         self.reward.reset()
 
-    def _drain(self):
-        """Emit every resolved pending frame, oldest first."""
+    def _drain(self, decide_until: int | None = None):
+        """Emit every resolved pending frame, oldest first.
+
+        A frame is resolved once its event window has passed (or its stamp is at most
+        `decide_until`) and its command is known (or it ends the episode, or it was given up).
+        """
         while self._pending and not self._ended:
-            head = self._observe(self._pending[0])
+            head = self._pending[0]
+            if (head.stamp + self._window_ns > self._newest_frame
+                    and (decide_until is None or head.stamp > decide_until)):
+                return  # a collision or lane invasion for it may still be on its way
+            head = self._observe(head)
             head.action = self._actions.pop(head.stamp, None)
             terminal = self._previous is not None and self._end_of(head) is not None
             if head.action is None and not terminal:
@@ -290,6 +385,7 @@ class TransitionAssembler:
 
     def _emit(self, obs: _Observation):
         self._observe(obs)
+        self._decided = max(self._decided, obs.stamp)
         previous = self._previous
         self._release()
         if previous is None:

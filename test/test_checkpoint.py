@@ -1,6 +1,10 @@
 """Tests for safetensors policy checkpoints: round trip, refusals, atomic writes, rotation."""
 import os
 import pickle
+import re
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
@@ -16,8 +20,10 @@ from av_td3_ros.checkpoint import (
     policy_path,
     prune_policies,
     read_metadata,
+    remove_stale_temps,
     resolve_checkpoint,
     save_policy,
+    save_policy_state,
 )
 from av_td3_ros.features import FeatureConfig
 from av_td3_ros.networks import ActorPolicy, NetworkConfig
@@ -118,8 +124,19 @@ def test_unknown_config_field_is_refused(policy, tmp_path):
     metadata['network'] = metadata['network'][:-1] + ', "layer_norm": true}'
     path = tmp_path / 'future.safetensors'
     save_file(policy.state_dict(), str(path), metadata=metadata)
-    with pytest.raises(CheckpointError, match="unknown fields \\['layer_norm'\\]"):
+    with pytest.raises(CheckpointError, match="unknown fields \\['layer_norm'\\]") as error:
         load_policy(path)
+    assert str(path) in str(error.value)
+
+
+def test_bad_config_json_is_refused_naming_the_file(policy, tmp_path):
+    metadata = {'format': POLICY_FORMAT, **PolicySpec().to_metadata()}
+    metadata['features'] = '{"n_waypoints": 25,'
+    path = tmp_path / 'broken_json.safetensors'
+    save_file(policy.state_dict(), str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match='bad features config') as error:
+        load_policy(path)
+    assert str(path) in str(error.value)
 
 
 def test_right_metadata_with_missing_tensors_is_refused(policy, tmp_path):
@@ -192,6 +209,145 @@ def test_loading_never_unpickles(saved, monkeypatch):
 
 # --- atomic writes -----------------------------------------------------------------------------
 
+def test_load_reads_the_file_exactly_once(saved, monkeypatch):
+    import builtins
+    opened = []
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, 'open', counting_open)
+    monkeypatch.setattr(os, 'open', lambda *a, **k: pytest.fail('os.open during a load'))
+    load_policy(saved, expected=PolicySpec())
+    assert opened.count(str(saved)) == 1
+
+
+SMALL = NetworkConfig(features_dim=8, hidden_dim=8)
+REPLACER = r"""
+import os, sys
+directory, sources = sys.argv[1], [open(p, 'rb').read() for p in sys.argv[2:4]]
+target, stop, k = os.path.join(directory, 'policy.safetensors'), os.path.join(directory, 'stop'), 0
+while not os.path.exists(stop):
+    tmp = os.path.join(directory, '.policy.safetensors.%08d.tmp' % (k % 10**8))
+    with open(tmp, 'wb') as handle:
+        handle.write(sources[k % 2])
+    os.replace(tmp, target)  # what every atomic writer does: a new file under the old name
+    k += 1
+print(k)
+"""
+
+
+def test_concurrent_replace_never_mixes_metadata_and_weights(tmp_path):
+    # Two policies that differ in their spec (activation) and their weights. One process
+    # keeps replacing the file with either; every load must pair one file's spec with that
+    # same file's weights (a two-read load accepted ReLU weights under LeakyReLU metadata).
+    variants = {}
+    for seed, activation in ((1, 'leaky_relu'), (2, 'relu')):
+        torch.manual_seed(seed)
+        spec = PolicySpec(network=NetworkConfig(features_dim=8, hidden_dim=8,
+                                                activation=activation))
+        policy = ActorPolicy(spec.network)
+        source = tmp_path / f'{activation}.safetensors'
+        save_policy(source, policy, spec)
+        variants[activation] = (source, policy.state_dict()['actor.fc1.weight'].clone())
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    target = shared / 'policy.safetensors'
+    target.write_bytes(variants['relu'][0].read_bytes())
+    replacer = subprocess.Popen([sys.executable, '-c', REPLACER, str(shared),
+                                 *(str(v[0]) for v in variants.values())],
+                                stdout=subprocess.PIPE, text=True)
+    results = {'mixed': 0, 'loads': 0, 'seen': set()}
+    lock = threading.Lock()
+
+    def load_many(count):
+        for _ in range(count):
+            loaded, metadata = load_policy(target)
+            activation = PolicySpec.from_metadata(metadata).network.activation
+            weights = loaded.state_dict()['actor.fc1.weight']
+            with lock:
+                results['loads'] += 1
+                results['seen'].add(activation)
+                if not torch.equal(weights, variants[activation][1]):
+                    results['mixed'] += 1
+
+    try:
+        readers = [threading.Thread(target=load_many, args=(500,)) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+    finally:
+        (shared / 'stop').touch()
+        replacements = int(replacer.communicate(timeout=30)[0])
+    assert results['loads'] == 1000
+    assert results['mixed'] == 0
+    assert replacements > 100 and results['seen'] == {'leaky_relu', 'relu'}
+
+
+def test_a_policy_name_is_never_reused_for_other_weights(tmp_path):
+    torch.manual_seed(7)
+    first, second = ActorPolicy(SMALL), ActorPolicy(SMALL)
+    spec = PolicySpec(network=SMALL)
+    path = policy_path(tmp_path, 500)
+    assert save_policy_state(path, first.state_dict(), spec, replace=False)
+    before = path.read_bytes()
+    # A resumed trainer reaching step 500 again must not rewrite policy_500 with its weights.
+    assert not save_policy_state(path, second.state_dict(), spec, replace=False)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left
+
+
+def test_remove_stale_temps_only_touches_our_own_pattern(tmp_path):
+    ours = ['.policy_000000100.safetensors.k2_x9abc.tmp',
+            '.policy_000000200.safetensors.a1b2c3d4.tmp']
+    theirs = ['.training_state.safetensors.a1b2c3d4.tmp',  # another target name
+              '.policy_000000100.safetensors.tmp',  # not mkstemp's 8 characters
+              '.policy_000000100.safetensors.ABCDEFGH.tmp',  # mkstemp never uses upper case
+              'policy_000000100.safetensors.a1b2c3d4.tmp',  # no leading dot
+              'policy_000000100.safetensors', 'notes.tmp']
+    for name in ours + theirs:
+        (tmp_path / name).write_bytes(b'x')
+    (tmp_path / '.policy_000000300.safetensors.dir12345.tmp').mkdir()  # not a file
+    removed = remove_stale_temps(tmp_path, checkpoint_module.POLICY_PATTERN)
+    assert sorted(p.name for p in removed) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        theirs + ['.policy_000000300.safetensors.dir12345.tmp'])
+    assert remove_stale_temps(tmp_path / 'missing', re.compile('.*')) == []
+
+
+def test_start_up_cleaning_of_a_run_dir_removes_old_save_file_temps_too(tmp_path):
+    # Earlier versions wrote through safetensors' save_file, whose kill leaves '.tmpXXXXXX'.
+    checkpoints = tmp_path / 'checkpoints'
+    checkpoints.mkdir()
+    (tmp_path / 'tb').mkdir()
+    ours = [tmp_path / '.tmpAb3dE9', checkpoints / '.tmpZ9y8X7',
+            tmp_path / '.training_state.safetensors.ab_cd123.tmp',
+            checkpoints / '.policy_000000008.safetensors.q1w2e3r4.tmp']
+    theirs = [tmp_path / 'tb' / '.tmpAb3dE9', tmp_path / '.tmp', tmp_path / '.tmpAb3dE9x',
+              checkpoints / '.other.safetensors.q1w2e3r4.tmp']
+    for path in ours + theirs:
+        path.write_bytes(b'x')
+    assert sorted(checkpoint_module.remove_stale_run_temps(tmp_path)) == sorted(ours)
+    assert all(path.exists() for path in theirs)
+
+
+def test_a_write_creates_no_file_but_its_own_temp_and_target(policy, tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def replace_and_look(source, target):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, 'replace', replace_and_look)
+    save_policy(tmp_path / 'policy.safetensors', policy, PolicySpec())
+    (names,) = seen
+    assert len(names) == 1 and checkpoint_module.TEMP_PATTERN.match(names[0])
+
+
 def test_save_leaves_no_temp_files(policy, tmp_path):
     for step in (10, 20, 30):
         save_policy(policy_path(tmp_path, step), policy, PolicySpec())
@@ -207,12 +363,10 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temp_file(policy, saved
     path.write_bytes(saved.read_bytes())
     before = path.read_bytes()
 
-    def half_write(tensors, filename, metadata=None):
-        with open(filename, 'wb') as handle:
-            handle.write(b'\x00' * 100)
+    def failing_serialize(tensors, metadata=None):
         raise OSError('disk full')
 
-    monkeypatch.setattr(checkpoint_module, 'save_file', half_write)
+    monkeypatch.setattr(checkpoint_module, 'serialize', failing_serialize)
     with pytest.raises(OSError, match='disk full'):
         save_policy(path, policy, PolicySpec())
     assert path.read_bytes() == before

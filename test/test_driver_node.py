@@ -143,3 +143,129 @@ def test_checkpoint_drives_like_the_offline_policy(start_node, tmp_path, bridge)
     assert command.steer == pytest.approx(expected.steer, abs=1e-5)
     assert command.throttle == pytest.approx(expected.throttle, abs=1e-5)
     assert command.brake == pytest.approx(expected.brake, abs=1e-5)
+
+
+def _driver_process(start_node, *params):
+    """Start the driver module directly (ros2 run style: node name /driver) with -p params."""
+    args = []
+    for param in ('allow_random_policy:=true', 'device:=cpu', 'publish_debug:=false',
+                  *params):
+        args += ['-p', param]
+    return start_node('av_td3_ros.driver_node', *args)
+
+
+def test_watchdog_brakes_on_the_steady_clock_with_sim_time_and_no_clock(start_node, bridge):
+    from diagnostic_msgs.msg import DiagnosticArray
+    diagnostics = []
+    bridge.node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    # use_sim_time and nobody publishes /clock: the simulator is dead. Brakes and
+    # diagnostics must still come (they stopped with an rclpy timer on the node's clock).
+    driver = _driver_process(start_node, 'use_sim_time:=true', 'diagnostics_period:=0.2')
+    assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
+    bridge.publish_route()
+    assert bridge.warm_up(), driver.output()
+    bridge.commands.clear()
+    diagnostics.clear()
+
+    def watchdog_brakes():  # frames are stamped >= 1000 s; the stopped sim time is 0
+        return [c for c in bridge.commands if c.header.stamp.sec < 1000]
+    assert bridge.spin_until(lambda: len(watchdog_brakes()) >= 5, timeout=10.0), \
+        driver.output()
+    assert all(is_full_brake(c) for c in watchdog_brakes())
+    assert bridge.spin_until(lambda: len(diagnostics) >= 2, timeout=10.0)
+    assert 'camera stalled' in [kv.value for kv in diagnostics[-1].status[0].values]
+    assert driver.wait_for_output('no camera frame for'), driver.output()
+    (command,) = bridge.send_frame_and_wait(1)
+    assert command.brake < 1.0, 'frames again: driving again'
+    assert driver.proc.poll() is None
+
+
+def is_full_brake(command):
+    return (command.steer, command.throttle, command.brake) == (0.0, 0.0, 1.0)
+
+
+def test_latched_degenerate_route_brakes_a_starting_driver_instead_of_ending_it(
+        start_node, bridge):
+    # The crash loop of issue 7: a latched route of two identical poses is the first thing a
+    # (re)started driver receives.
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Path as PathMsg
+    path = PathMsg()
+    for _ in range(2):
+        pose = PoseStamped()
+        pose.pose.position.x = 3.0
+        path.poses.append(pose)
+    bridge.route_pub.publish(path)
+    driver = _driver_process(start_node)
+    assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
+    assert driver.wait_for_output('route refused'), driver.output()
+    for sec in range(1, 4):
+        (command,) = bridge.send_frame_and_wait(sec)
+        assert is_full_brake(command)
+    assert 'fewer than two distinct points' in driver.output()
+    bridge.publish_route()  # a usable route: driving
+    assert bridge.warm_up(first_sec=100), driver.output()
+    assert driver.proc.poll() is None and 'Traceback' not in driver.output()
+
+
+def test_matched_camera_without_frames_is_reported_with_the_transport_limit(start_node,
+                                                                              bridge):
+    # A matched publisher whose frames never arrive looks like this one, which sends none:
+    # frames larger than the shared-memory segment are dropped without any error.
+    driver = _driver_process(start_node, 'diagnostics_period:=0.5')
+    assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
+    assert driver.wait_for_output('but no frame arrived', timeout=30.0), driver.output()
+    assert 'shared-memory segment' in driver.output() and '64 MiB' in driver.output()
+
+
+@pytest.mark.slow
+def test_a_4096x3072_frame_reaches_the_driver(start_node, bridge):
+    # The largest camera the README claims: 48 MiB bgra8 frames fit the 64 MiB segment.
+    driver = _driver_process(start_node, 'require_route:=false')
+    assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
+    assert bridge.warm_up(), driver.output()
+    height, width = 3072, 4096
+    msg = bridge.image_msg(1, bytes(height * width * 4), height=height, width=width)
+    commands = []
+    for _ in range(3):  # best effort: a re-send is the driver's normal input
+        commands = bridge.send_frame_and_wait(1, msg, timeout=10.0)
+        if commands:
+            break
+    assert commands and commands[0].brake < 1.0, driver.output()
+    assert 'but no frame arrived' not in driver.output()
+
+
+def test_exact_float32_is_the_default_and_tf32_a_parameter(start_node, bridge):
+    from av_td3_ros.inference import PolicyRunner, float32_precision
+    policy = ActorPolicy(NetworkConfig())
+    try:
+        PolicyRunner(policy, torch.device('cpu'), allow_tf32=True)
+        assert float32_precision() == {'matmul_tf32': True, 'cudnn_tf32': True}
+        PolicyRunner(policy, torch.device('cpu'))
+        assert float32_precision() == {'matmul_tf32': False, 'cudnn_tf32': False}
+    finally:
+        PolicyRunner(policy, torch.device('cpu'))
+    driver = _driver_process(start_node)
+    assert driver.wait_for_output('(float32)'), driver.output()
+    from rcl_interfaces.srv import GetParameters
+    client = bridge.node.create_client(GetParameters, '/driver/get_parameters')
+    assert bridge.spin_until(client.service_is_ready, 30.0)
+    future = client.call_async(GetParameters.Request(names=['allow_tf32',
+                                                            'stop_repeat_period']))
+    assert bridge.spin_until(future.done, 10.0)
+    allow_tf32, repeat = future.result().values
+    assert allow_tf32.bool_value is False and repeat.double_value == 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_gpu_inference_matches_cpu_float32():
+    from av_td3_ros.inference import PolicyRunner
+    torch.manual_seed(0)
+    policy = ActorPolicy(NetworkConfig())
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(-1, 1, (4, 84, 84)).astype(np.float32)
+    kinematics = rng.uniform(-1, 1, 53).astype(np.float32)
+    import copy
+    cpu = PolicyRunner(copy.deepcopy(policy), torch.device('cpu')).act(frames, kinematics)
+    gpu = PolicyRunner(policy, torch.device('cuda')).act(frames, kinematics)
+    assert np.abs(gpu - cpu).max() < 1e-5  # exact float32 (TF32 moved them by ~2.6e-4)

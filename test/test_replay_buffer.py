@@ -232,6 +232,37 @@ def test_second_writer_is_refused(tmp_path):
             ReplayBuffer.open(tmp_path, 10)
 
 
+def test_a_stale_meta_temp_file_is_removed_on_open(tmp_path):
+    # A writer killed while creating the files leaves meta.json.tmp (and no meta.json); one
+    # killed later never has it. Either way the next open removes it, and nothing else.
+    directory = tmp_path / 'replay_buffer'
+    directory.mkdir()
+    (directory / 'meta.json.tmp').write_text('{"format_ver')
+    (directory / 'notes.tmp').write_text('not ours')
+    with ReplayBuffer.open(tmp_path, 10):
+        pass
+    (directory / 'meta.json.tmp').write_text('{"format_ver')
+    with ReplayBuffer.open(tmp_path, 10):
+        pass
+    assert sorted(p.name for p in directory.iterdir() if 'tmp' in p.name) == ['notes.tmp']
+
+
+def test_an_abandoned_episode_needs_a_new_start(tmp_path):
+    frame = np.zeros((84, 84), np.uint8)
+    vec = np.zeros(K)
+    with ReplayBuffer.open(tmp_path, 10) as buf:
+        buf.start_episode(frame, vec, stream='a')
+        first = buf.add([0, 0], 0.0, frame, vec, False, False, stream='a')
+        buf.abandon_episode('a')
+        buf.abandon_episode('never started')  # no-op
+        with pytest.raises(RuntimeError, match='start_episode'):
+            buf.add([0, 0], 0.0, frame, vec, False, False, stream='a')
+        buf.start_episode(frame, vec, stream='a')
+        second = buf.add([0, 0], 0.0, frame, vec, False, False, stream='a')
+        batch = buf.get(np.array([first, second]))
+    assert batch.obs_missing[1].tolist() == [True, True, True, False]  # no link across
+
+
 def test_add_validates_inputs(tmp_path):
     frame = np.zeros((84, 84), np.uint8)
     vec = np.zeros(K)

@@ -289,3 +289,23 @@ def test_without_auto_reset_the_world_waits_for_reset(start_node, probe):
     probe.send(0, throttle=1.0)
     assert probe.spin_until(lambda: max(s.frame for s in status) == 4)  # stepping again
     assert len(ends) == 1
+
+
+def test_bad_commands_never_end_the_simulator(start_node, probe):
+    node = start_node(MODULE, '--params-file', PARAMS, '-p', 'step_timeout:=0.0',
+                      '-p', 'image_width:=64', '-p', 'image_height:=48')
+    probe.wait_connected()
+    images = probe['/carla/ego_vehicle/rgb_front/image']
+    nan, inf = float('nan'), float('inf')
+    for values in ((nan, nan, nan), (inf, -inf, inf), (-inf, inf, -inf), (1e308, -1e308, 0.0),
+                   (0.0, 0.0, nan)):
+        probe.send(0, *values)  # unstamped: each one ticks the world
+    for stamp_ns in (2**63 - 1, 1, 4294967295 * 1_000_000_000):
+        probe.send(stamp_ns, 0.1, 0.5, 0.0)
+    # Still ticking and answering: a command for the newest frame advances the world.
+    assert probe.spin_until(lambda: len(images) >= 2), node.output()
+    probe.spin_until(lambda: False, timeout=0.3)  # let the ticks of the sends above land
+    count = len(images)
+    probe.send(_ns(images[-1].header.stamp), 0.0, 0.2, 0.0)
+    assert probe.spin_until(lambda: len(images) > count), node.output()
+    assert node.proc.poll() is None and 'Traceback' not in node.output()

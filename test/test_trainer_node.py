@@ -1,5 +1,6 @@
 # Test driver + trainer over real DDS: transitions land in the buffer, updates run,
 # checkpoints are written atomically and the driver hot-reloads them.
+import math
 import re
 from pathlib import Path
 
@@ -7,36 +8,58 @@ import numpy as np
 import pytest
 import yaml
 from carla_msgs.msg import CarlaCollisionEvent
-from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from av_td3_ros.checkpoint import latest_policy, load_policy
+from av_td3_ros.checkpoint import PolicySpec, latest_policy, load_policy, save_policy
+from av_td3_ros.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.replay_buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 CAPACITY = 500
 
 
-def trainer_params(tmp_path):
+def trainer_params(tmp_path, **overrides):
     content = yaml.safe_load((REPO / 'config' / 'trainer.yaml').read_text())
     (section,) = content.values()
-    section['ros__parameters'].update(
+    section['ros__parameters'].update(dict(
         buffer_capacity=CAPACITY, batch_size=8, checkpoint_every=4, state_every=4,
         keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
-        updates_per_step=1.0, tensorboard=True)
+        updates_per_step=1.0, tensorboard=True), **overrides)
     path = tmp_path / 'trainer_test.yaml'
     path.write_text(yaml.safe_dump(content))
     return path
 
 
+def wait_until_matched(bridge, expected, timeout=60.0):
+    """Spin until every publisher has matched at least its expected number of subscribers."""
+    return bridge.spin_until(lambda: all(pub.get_subscription_count() >= count
+                                         for pub, count in expected.items()), timeout)
+
+
+def trainer_steps(trainer):
+    """Return the newest env step count of the trainer's progress lines (0 before any)."""
+    counts = re.findall(r'steps (\d+) \|', trainer.output())
+    return int(counts[-1]) if counts else 0
+
+
+# Episode stamps (s) far above the warm-up's, so warm-up frames are stale once they start.
+FIRST_EPISODE, SECOND_EPISODE = 5000, 7000  # bgra_frame(k) needs k < 9000
+
+
 @pytest.mark.slow
 def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_context):
     run_dir = tmp_path / 'run'
+    # Frames here are stamped 1 s apart; a 3 s event window lets the collision below be
+    # served up to three frames after its own, whatever order the trainer's executor picks.
     _, (driver, trainer) = launch_nodes(
         start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml', run_dir=str(run_dir),
         learning_starts='12', device='cpu', use_sim_time='false',
-        trainer_params_file=str(trainer_params(tmp_path)))
+        trainer_params_file=str(trainer_params(tmp_path, event_window=3.0)))
     bridge = FakeBridge(rclpy_context)
     collision_pub = bridge.node.create_publisher(
         CarlaCollisionEvent, '/carla/ego_vehicle/collision', 10)
@@ -49,25 +72,43 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
 
     bridge.node.create_service(Trigger, '/av_td3/ego_vehicle/reset_episode', on_reset)
     try:
-        assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
         assert trainer.wait_for_output('training from ego_vehicle', timeout=60), \
             trainer.output()
+        # Both nodes' subscriptions, not only the driver's: camera, odometry, route and
+        # episode_start go to the driver and the trainer, collisions to the trainer.
+        assert wait_until_matched(bridge, {
+            bridge.image_pub: 2, bridge.odom_pub: 2, bridge.route_pub: 2,
+            bridge.episode_pub: 2, collision_pub: 1}), (driver.output(), trainer.output())
         bridge.publish_route()
         assert bridge.warm_up(), driver.output()
-        # Lock-step frames; the trainer pairs each with the driver's command.
-        bridge.episode_pub.publish(Header(frame_id='1', stamp=_stamp(1)))
+        # The trainer pairs frames with the driver's commands once the driver's publisher
+        # has matched it too: feed frames until it has stored a transition.
+        # (Watchdog brakes carry the wall-clock time; frame answers carry the frame's stamp.)
+        after_warm_up = max(c.header.stamp.sec for c in bridge.commands
+                            if c.header.stamp.sec < FIRST_EPISODE) + 1
+        for sec in range(after_warm_up, after_warm_up + 800):
+            bridge.send_frame_and_wait(sec)
+            if bridge.spin_until(lambda: trainer_steps(trainer) > 0, timeout=0.05):
+                break
+        assert trainer_steps(trainer) > 0, trainer.output()
+        # Lock-step frames; the trainer pairs each with the driver's command. Frames older
+        # than this episode_start (the warm-up) are stale for the trainer from here on.
+        bridge.episode_pub.publish(Header(frame_id='1', stamp=_stamp(FIRST_EPISODE)))
         assert driver.wait_for_output('episode 1 starts')
-        for sec in range(1, 25):
+        for sec in range(FIRST_EPISODE, FIRST_EPISODE + 25):
             assert bridge.send_frame_and_wait(sec), (sec, driver.output())
-        # A collision ends the episode: terminated, then the trainer asks for a reset.
+        # A collision ends the episode: terminated, then the trainer asks for a reset. The
+        # event travels on its own topic; no sleep orders it before its frame.
         event = CarlaCollisionEvent()
-        event.header.stamp = _stamp(25)
+        event.header.stamp = _stamp(FIRST_EPISODE + 25)
         collision_pub.publish(event)
-        bridge.spin_until(lambda: False, timeout=0.3)
-        assert bridge.send_frame_and_wait(25)
+        for sec in range(FIRST_EPISODE + 25, FIRST_EPISODE + 60):
+            assert bridge.send_frame_and_wait(sec), (sec, driver.output())
+            if bridge.spin_until(lambda: resets, timeout=0.05):
+                break
         assert bridge.spin_until(lambda: resets, timeout=30.0), trainer.output()
-        bridge.episode_pub.publish(Header(frame_id='2', stamp=_stamp(100)))
-        for sec in range(100, 112):
+        bridge.episode_pub.publish(Header(frame_id='2', stamp=_stamp(SECOND_EPISODE)))
+        for sec in range(SECOND_EPISODE, SECOND_EPISODE + 12):
             assert bridge.send_frame_and_wait(sec), (sec, driver.output())
         assert trainer.wait_for_output('checkpoint: policy after', timeout=60), \
             trainer.output()
@@ -77,7 +118,7 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
             steps = re.findall(r'loaded policy_(\d+)\.safetensors', driver.output())
             return any(int(step) > 0 for step in steps)
 
-        for sec in range(112, 300):
+        for sec in range(SECOND_EPISODE + 12, SECOND_EPISODE + 300):
             bridge.send_frame_and_wait(sec)
             if trained_policy_loaded():
                 break
@@ -179,9 +220,191 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
         assert np.all(batch.next_frames[mine, -1] == brightness[role])
         assert np.all(batch.obs_frames[mine][~batch.obs_missing[mine]] == brightness[role])
 
+    # Writers killed mid-write leave temp files; a file of the same step from a lost run
+    # holds other weights than this run's state. Restart: the temps go, nothing else does,
+    # and the resumed trainer never rewrites an existing policy name with its own weights.
+    checkpoints = run_dir / 'checkpoints'
+    newest = latest_policy(checkpoints)
+    step = int(re.search(r'policy_(\d+)', newest.name).group(1))
+    save_policy(newest, ActorPolicy(NetworkConfig()), PolicySpec())  # another run's weights
+    policies_before = {p.name: p.read_bytes() for p in checkpoints.glob('policy_*')}
+    stale = [run_dir / '.training_state.safetensors.k2j4h6g8.tmp',
+             checkpoints / f'.policy_{step + 4:09d}.safetensors.a1b2c3d4.tmp',
+             run_dir / 'replay_buffer' / 'meta.json.tmp']
+    foreign = [checkpoints / 'notes.tmp', run_dir / '.other.safetensors.a1b2c3d4.tmp']
+    for path in stale + foreign:
+        path.write_bytes(b'\x00' * 64)
     # Restarting with the same run_dir resumes networks, optimisers and counters.
-    again = start_node('av_td3_ros.trainer_node', *args, name='trainer_again')
+    # (No updates in the resumed run: its shutdown save is at the resumed step.)
+    again = start_node('av_td3_ros.trainer_node', *args, '-p', 'updates_per_step:=0.0',
+                       name='trainer_again')
     assert again.wait_for_output('resumed', timeout=60), again.output()
     line = next(line for line in again.output().splitlines() if 'resumed' in line)
     assert ' 0 updates' not in line and 'env steps' in line
+    assert again.wait_for_output('training from', timeout=60), again.output()
+    assert [path for path in stale if path.exists()] == []
+    assert all(path.exists() for path in foreign)
     assert again.stop() == 0
+    # Its shutdown save reached the same step: the file there keeps the other run's bytes.
+    assert {p.name: p.read_bytes() for p in checkpoints.glob('policy_*')} == policies_before
+
+
+def refused_count(trainer):
+    """Return the trainer's newest count of refused routes/odometry/commands (0 before any)."""
+    counts = re.findall(r'refused routes/odometry/commands (\d+)', trainer.output())
+    return int(counts[-1]) if counts else 0
+
+
+def path_msg(points):
+    path = PathMsg()
+    path.header.frame_id = 'map'
+    for x, y in points:
+        pose = PoseStamped()
+        pose.pose.position.x, pose.pose.position.y = float(x), float(y)
+        pose.pose.orientation.w = 1.0
+        path.poses.append(pose)
+    return path
+
+
+@pytest.mark.slow
+def test_bad_routes_odometry_and_commands_never_end_the_trainer(start_node, tmp_path,
+                                                                 rclpy_context):
+    # Degenerate routes (two identical poses, a NaN in the middle, inf, none), unusable
+    # odometry and a NaN command: each is refused and logged, frames wait for a good route,
+    # and the trainer goes on to store transitions once one comes.
+    from carla_msgs.msg import CarlaEgoVehicleControl
+    run_dir = tmp_path / 'run'
+    trainer = start_node('av_td3_ros.trainer_node', '--params-file',
+                         str(trainer_params(tmp_path)), '-p', f'run_dir:={run_dir}',
+                         '-p', 'learning_starts:=100000', '-p', 'device:=cpu', name='trainer')
+    bridge = FakeBridge(rclpy_context)
+    command_pub = bridge.node.create_publisher(
+        CarlaEgoVehicleControl, '/carla/ego_vehicle/vehicle_control_cmd', 10)
+
+    def send_frame(sec, steer=0.1):
+        bridge.publish_odometry()
+        bridge.image_pub.publish(bridge.image_msg(sec, bgra_frame(sec)))
+        command = CarlaEgoVehicleControl(steer=steer, throttle=0.3)
+        command.header.stamp.sec = sec
+        command_pub.publish(command)
+
+    def refused_reaches(count):
+        return bridge.spin_until(lambda: refused_count(trainer) >= count, timeout=30.0)
+
+    try:
+        assert trainer.wait_for_output('training from ego_vehicle', timeout=60), \
+            trainer.output()
+        assert wait_until_matched(bridge, {bridge.image_pub: 1, bridge.odom_pub: 1,
+                                           bridge.route_pub: 1, command_pub: 1})
+        sec = 1
+        bad_routes = [[(5.0, 5.0), (5.0, 5.0)], [(0.0, 0.0), (math.nan, 1.0), (4.0, 0.0)],
+                      [(0.0, 0.0), (math.inf, 0.0)], []]
+        for refused, points in enumerate(bad_routes, start=1):
+            bridge.route_pub.publish(path_msg(points))  # latched, depth 1: one at a time
+            assert refused_reaches(refused), trainer.output()
+            for _ in range(3):  # frames on a refused route: dropped, never a crash
+                send_frame(sec)
+                sec += 1
+        for field, value in (('x', math.nan), ('speed', math.inf), ('yaw', math.nan)):
+            odometry = Odometry()
+            odometry.pose.pose.orientation.w = 1.0
+            if field == 'x':
+                odometry.pose.pose.position.x = value
+            elif field == 'speed':
+                odometry.twist.twist.linear.x = value
+            else:
+                odometry.pose.pose.orientation.z = value
+            bridge.odom_pub.publish(odometry)
+        assert refused_reaches(len(bad_routes) + 3), trainer.output()
+        bridge.publish_route()
+        send_frame(sec, steer=math.nan)
+        assert refused_reaches(len(bad_routes) + 4), trainer.output()
+        for good in range(sec + 1, sec + 40):
+            send_frame(good)
+            if bridge.spin_until(lambda: trainer_steps(trainer) >= 5, timeout=0.1):
+                break
+        assert trainer_steps(trainer) >= 5, trainer.output()
+        output = trainer.output()
+        assert 'route of 2 poses refused (route has fewer than two distinct points)' in output
+        assert 'odometry ignored: odometry has non-finite' in output
+        assert 'command ignored: non-finite action' in output
+        assert 'Traceback' not in output
+    finally:
+        bridge.close()
+    assert trainer.stop() == 0, trainer.output()
+
+
+
+def feed_until_checkpoints(bridge, command_pub, trainer, first_sec, checkpoints):
+    """Send frames and commands until the trainer logged `checkpoints` policy saves."""
+    from carla_msgs.msg import CarlaEgoVehicleControl
+
+    def saved():
+        return trainer.output().count('checkpoint: policy after') >= checkpoints
+
+    for sec in range(first_sec, first_sec + 400):
+        bridge.publish_odometry()
+        bridge.image_pub.publish(bridge.image_msg(sec, bgra_frame(sec)))
+        command = CarlaEgoVehicleControl(steer=0.1, throttle=0.3)
+        command.header.stamp.sec = sec
+        command_pub.publish(command)
+        if bridge.spin_until(saved, timeout=0.1):
+            return sec + 1
+    raise AssertionError(trainer.output())
+
+
+KILLS = 2
+
+
+@pytest.mark.slow
+def test_a_trainer_killed_while_saving_restarts_clean_and_never_rewrites_a_policy(
+        start_node, tmp_path, rclpy_context):
+    # The full training state (~64 MB) is saved after every update here; each trainer is
+    # SIGKILLed as soon as a save's temp file shows up. After each restart no temp file may be
+    # left, and no policy name may ever have held two different contents.
+    from carla_msgs.msg import CarlaEgoVehicleControl
+    from storage_torture import temp_files
+    run_dir = tmp_path / 'run'
+
+    def stray_files():
+        """Return files a writer did not mean to leave (logs and TensorBoard are meant)."""
+        return [path for path in temp_files(run_dir) if path.name != 'episodes.jsonl'
+                and path.relative_to(run_dir).parts[0] != 'tb']
+
+    args = ('--params-file', str(trainer_params(tmp_path, state_every=1, checkpoint_every=1,
+                                                keep_checkpoints=100)),
+            '-p', f'run_dir:={run_dir}', '-p', 'learning_starts:=6', '-p', 'device:=cpu')
+    bridge = FakeBridge(rclpy_context)
+    command_pub = bridge.node.create_publisher(
+        CarlaEgoVehicleControl, '/carla/ego_vehicle/vehicle_control_cmd', 10)
+    contents, leftovers, left_by_kills, sec = {}, [], 0, 1
+
+    def same_names_same_bytes():
+        for path in (run_dir / 'checkpoints').glob('policy_*'):
+            assert contents.setdefault(path.name, path.read_bytes()) == path.read_bytes(), \
+                path.name
+
+    try:
+        for run in range(KILLS + 1):
+            trainer = start_node('av_td3_ros.trainer_node', *args, name=f'trainer_{run}')
+            assert trainer.wait_for_output('training from', timeout=60), trainer.output()
+            # (It may already be writing again: only the killed writer's files must be gone.)
+            assert [path for path in leftovers if path.exists()] == [], trainer.output()
+            same_names_same_bytes()
+            if run == KILLS:
+                break
+            assert wait_until_matched(bridge, {bridge.image_pub: 1, bridge.odom_pub: 1,
+                                               bridge.route_pub: 1, command_pub: 1})
+            bridge.publish_route()
+            sec = feed_until_checkpoints(bridge, command_pub, trainer, sec, 2)
+            bridge.spin_until(lambda: any(run_dir.glob('.training_state.*.tmp')), timeout=10)
+            trainer.kill()
+            leftovers = stray_files()
+            left_by_kills += len(leftovers)
+        assert 'resumed' in trainer.output()
+        assert trainer.stop() == 0, trainer.output()
+    finally:
+        bridge.close()
+    assert stray_files() == []
+    same_names_same_bytes()
+    assert left_by_kills >= 1  # the kills did land inside writes

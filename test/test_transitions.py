@@ -42,6 +42,9 @@ def transitions(output):
 
 
 def make(**episode):
+    # No event window unless a test asks for one: these tests check pairing and episode
+    # bookkeeping step by step; the window's own tests are below.
+    episode.setdefault('event_window', 0.0)
     assembler = TransitionAssembler(episode=EpisodeConfig(**episode))
     assembler.on_route(ROUTE)
     return assembler
@@ -225,3 +228,264 @@ def test_finish_releases_the_held_step():
         feed(assembler, k)
     assert len(transitions(assembler.pop_output())) == 1  # the step into frame 3 is held
     assert [int(t.next_frame[0, 0]) for t in transitions(assembler.finish())] == [3]
+
+
+# --- late events: the event window -------------------------------------------------------------
+
+WINDOW = 0.2  # s: four 50 ms frames
+
+
+def frame_messages(k, action=True):
+    """Return frame k's messages as (kind, stamp, payload) in the order the bridge sends them."""
+    stamp = k * 50 * MS
+    messages = [('odometry', stamp, Pose2D(k * 0.25, 0.0, 0.0)), ('frame', stamp, frame(k))]
+    if action:
+        messages.append(('control', stamp, np.array([0.01 * k, 0.5], np.float32)))
+    return messages
+
+
+def deliver(assembler, message):
+    kind, stamp, payload = message
+    if kind == 'odometry':
+        assembler.on_odometry(stamp, payload, 5.0, 0.0)
+    elif kind == 'frame':
+        assembler.on_frame(stamp, payload)
+    elif kind == 'control':
+        assembler.on_control(stamp, payload)
+    else:
+        assembler.on_event(stamp, kind)
+
+
+def event_for(k, kind):
+    """Return an event stamped inside step k's interval (after frame k-1, at most frame k)."""
+    return (kind, k * 50 * MS - 7 * MS, None)
+
+
+# Where frame 5's event is delivered relative to frame 5's own messages.
+TIMINGS = {'before its frame': 0, 'between frame and command': 2, 'right after': 3,
+           'after two more frames': 9, 'after three more frames': 12}
+
+
+@pytest.mark.parametrize('timing', TIMINGS)
+def test_a_late_collision_within_the_window_still_terminates_and_resets(timing):
+    assembler = make(event_window=WINDOW)
+    messages = [m for k in range(1, 12) for m in frame_messages(k)]
+    at = [i for i, m in enumerate(messages) if m[0] == 'odometry' and m[1] == 5 * 50 * MS][0]
+    messages.insert(at + TIMINGS[timing], event_for(5, 'collision'))
+    for message in messages:
+        deliver(assembler, message)
+    output = assembler.pop_output()
+    steps = transitions(output)
+    assert [int(s.next_frame[0, 0]) for s in steps] == [2, 3, 4, 5]
+    assert steps[-1].terminated and steps[-1].end_reason == 'collision'
+    assert steps[-1].terms['safety'] == pytest.approx(-100.0)
+    assert not any(s.terminated for s in steps[:-1])
+    end = output[-1]
+    assert end[0] == 'episode_end' and end[3] == 'collision' and end[4] is True  # reset
+    assert assembler.ended and assembler.stats.late_events == 0
+
+
+@pytest.mark.parametrize('timing', TIMINGS)
+def test_a_late_lane_invasion_within_the_window_is_penalised_on_its_step(timing):
+    assembler = make(event_window=WINDOW)
+    messages = [m for k in range(1, 12) for m in frame_messages(k)]
+    at = [i for i, m in enumerate(messages) if m[0] == 'odometry' and m[1] == 5 * 50 * MS][0]
+    messages.insert(at + TIMINGS[timing], event_for(5, 'lane_invasion'))
+    for message in messages:
+        deliver(assembler, message)
+    steps = {int(s.next_frame[0, 0]): s for s in transitions(assembler.finish())}
+    assert sorted(steps) == list(range(2, 12))
+    assert [k for k, s in steps.items() if s.terms['lane_keeping'] == -1.0] == [5]
+    assert not any(s.terminated for s in steps.values())
+
+
+def test_an_event_later_than_the_window_is_counted_not_applied():
+    assembler = make(event_window=WINDOW)
+    for k in range(1, 12):
+        for message in frame_messages(k):
+            deliver(assembler, message)
+    deliver(assembler, event_for(5, 'collision'))  # frame 10 (5 + 0.25 s) already came
+    assert assembler.stats.late_events == 1
+    assert not any(s.terminated for s in transitions(assembler.finish()))
+
+
+@pytest.mark.parametrize('seed', range(25))
+def test_events_in_random_delivery_order_label_the_right_steps(seed):
+    # Every message (odometry, frame, command, event) is delayed by a random 0-150 ms, less
+    # than the window, so topics interleave in any order; labels must not depend on it.
+    rng = np.random.default_rng(seed)
+    frames = 30
+    collision = int(rng.integers(6, frames - 5))
+    invasions = sorted(set(rng.integers(2, collision, size=3).tolist()))
+    messages = [m for k in range(1, frames + 1) for m in frame_messages(k)]
+    messages += [event_for(k, 'lane_invasion') for k in invasions]
+    messages.append(event_for(collision, 'collision'))
+    delays = rng.uniform(0, 0.15e9, size=len(messages))
+    order = np.argsort([m[1] + d for m, d in zip(messages, delays, strict=True)], kind='stable')
+    assembler = make(event_window=WINDOW)
+    # A frame is only kept if some odometry came before it (the first one could be dropped).
+    deliver(assembler, ('odometry', 0, Pose2D(0.0, 0.0, 0.0)))
+    for index in order:
+        deliver(assembler, messages[index])
+    output = assembler.pop_output()
+    steps = transitions(output)
+    assert [int(s.next_frame[0, 0]) for s in steps] == list(range(2, collision + 1))
+    assert [s.terminated for s in steps] == [False] * (collision - 2) + [True]
+    assert steps[-1].end_reason == 'collision'
+    penalised = [int(s.next_frame[0, 0]) for s in steps if s.terms['lane_keeping'] == -1.0]
+    assert penalised == [k for k in invasions if k != collision]
+    assert output[-1][0] == 'episode_end' and output[-1][4] is True
+    assert assembler.stats.late_events == 0 and assembler.stats.dropped_unpaired == 0
+
+
+def test_the_window_holds_steps_until_a_later_frame_or_a_quiet_stream():
+    assembler = make(event_window=WINDOW)
+    for k in range(1, 4):
+        for message in frame_messages(k):
+            deliver(assembler, message)
+    assert assembler.pop_output() == []  # frame 1 waits for a frame stamped 0.2 s later
+    for message in frame_messages(6):
+        deliver(assembler, message)
+    # Frames 1 and 2 are decided; the step into 2 is held until the next one, as always.
+    assert [item[0] for item in assembler.pop_output()] == ['start']
+    assembler.decide_pending()  # the stream went quiet: decide without the window
+    assert [int(s.next_frame[0, 0]) for s in transitions(assembler.pop_output())] == [2, 3]
+    assert [int(s.next_frame[0, 0]) for s in transitions(assembler.finish())] == [6]
+
+
+def test_a_simulator_end_decides_the_waiting_frames():
+    assembler = make(event_window=WINDOW)
+    for k in range(1, 4):
+        for message in frame_messages(k):
+            deliver(assembler, message)
+    assembler.on_episode_end('truncated', 'time_limit')
+    steps = transitions(assembler.pop_output())
+    assert [int(s.next_frame[0, 0]) for s in steps] == [2, 3]
+    assert steps[-1].truncated and 'time_limit' in steps[-1].end_reason
+
+
+def test_old_episode_frames_waiting_for_events_are_kept_at_an_episode_start():
+    assembler = make(event_window=WINDOW)
+    for k in range(1, 5):
+        for message in frame_messages(k):
+            deliver(assembler, message)
+    assembler.on_episode_start(100 * 50 * MS)
+    for k in range(100, 103):
+        for message in frame_messages(k):
+            deliver(assembler, message)
+    output = assembler.finish()
+    assert [item[0] for item in output] == ['start', 'transition', 'transition', 'transition',
+                                            'episode_end', 'start', 'transition', 'transition']
+    assert assembler.stats.dropped_stale == 0
+
+
+def test_a_frame_older_than_a_decided_one_is_dropped_as_stale():
+    assembler = make()
+    for k in (1, 2, 3):
+        feed(assembler, k)
+    feed(assembler, 2)  # a duplicate/late frame: its transition would run backwards
+    assert assembler.stats.dropped_stale == 1
+
+
+# --- bad routes and odometry ---------------------------------------------------------------
+
+BAD_ROUTES = {
+    'two identical poses': np.array([[5.0, 5.0], [5.0, 5.0]]),
+    'nan in the middle': np.array([[0.0, 0.0], [np.nan, 1.0], [4.0, 0.0]]),
+    'inf': np.array([[0.0, 0.0], [np.inf, 0.0]]),
+    'one point': np.array([[0.0, 0.0]]),
+    'empty': np.empty((0, 2)),
+    'huge coordinates': np.array([[0.0, 0.0], [1e300, 0.0]]),
+}
+
+
+@pytest.mark.parametrize('name', BAD_ROUTES)
+def test_an_unusable_route_counts_as_no_route(name):
+    assembler = make()
+    feed(assembler, 1)
+    feed(assembler, 2)
+    problem = assembler.on_route(BAD_ROUTES[name])
+    assert problem
+    feed(assembler, 3)  # no route now: dropped, the chain restarts
+    assert assembler.route is None and assembler.stats.dropped_no_odometry == 1
+    assert assembler.stats.bad_routes == 1
+    assert assembler.on_route(ROUTE) is None
+    for k in range(4, 8):
+        feed(assembler, k)
+    output = assembler.finish()
+    assert [int(s.next_frame[0, 0]) for s in transitions(output)] == [2, 5, 6, 7]
+
+
+@pytest.mark.parametrize('pose, speed', [
+    (Pose2D(np.nan, 0.0, 0.0), 5.0), (Pose2D(0.0, np.inf, 0.0), 5.0),
+    (Pose2D(0.0, 0.0, np.nan), 5.0), (Pose2D(0.0, 0.0, 0.0), np.nan),
+    (Pose2D(1e300, 0.0, 0.0), 5.0), (Pose2D(0.0, 0.0, 0.0), 1e9)])
+def test_unusable_odometry_is_ignored(pose, speed):
+    assembler = make()
+    feed(assembler, 1)
+    assert assembler.on_odometry(2 * 50 * MS, pose, speed, 0.0)
+    assembler.on_frame(2 * 50 * MS, frame(2))  # the newest usable odometry (frame 1's) is used
+    assembler.on_control(2 * 50 * MS, np.array([0.0, 0.5], np.float32))
+    assert assembler.stats.bad_odometry == 1
+    (step,) = transitions(assembler.finish())
+    assert np.isfinite(step.next_vec).all() and np.isfinite(step.reward)
+
+
+def test_random_routes_and_odometry_never_raise_and_never_give_non_finite_output():
+    rng = np.random.default_rng(11)
+    specials = [np.nan, np.inf, -np.inf, 0.0, 1e308, -1e-320, 5.0]
+    assembler = make()
+    stored = 0
+    for k in range(1, 600):
+        if rng.random() < 0.1:
+            points = rng.normal(0, 50, size=(int(rng.integers(0, 6)), 2))
+            if points.size and rng.random() < 0.5:
+                points.flat[rng.integers(points.size)] = rng.choice(specials)
+            if len(points) > 1 and rng.random() < 0.3:
+                points[:] = points[0]  # all points identical
+            assembler.on_route(points if rng.random() < 0.8 else ROUTE)
+        values = [k * 0.25, 0.0, 0.0, 5.0]
+        if rng.random() < 0.2:
+            values[rng.integers(4)] = rng.choice(specials)
+        stamp = k * 50 * MS
+        assembler.on_odometry(stamp, Pose2D(*values[:3]), values[3],
+                              float(rng.choice(specials)))
+        assembler.on_frame(stamp, frame(k))
+        assembler.on_control(stamp, np.array([0.0, 0.5], np.float32))
+        for item in assembler.pop_output():
+            if item[0] == 'transition':
+                stored += 1
+                assert np.isfinite(item[1].next_vec).all() and np.isfinite(item[1].reward)
+            elif item[0] == 'start':
+                assert np.isfinite(item[2]).all()
+            if item[0] == 'episode_end':
+                assembler.on_episode_start((k + 1) * 50 * MS)
+    assert stored > 50  # good stretches still become transitions
+
+
+def test_a_non_finite_command_leaves_its_frame_unpaired():
+    assembler = make(max_pending_frames=1)
+    feed(assembler, 1)
+    feed(assembler, 2, action=False)
+    assert assembler.on_control(2 * 50 * MS, np.array([np.nan, 0.5], np.float32))
+    for k in range(3, 6):
+        feed(assembler, k)
+    assert assembler.stats.bad_commands == 1 and assembler.stats.dropped_unpaired == 1
+    assert all(np.isfinite(s.action).all() for s in transitions(assembler.finish()))
+
+
+def test_a_long_window_keeps_what_its_waiting_frames_need():
+    # 10 odometry samples and a stray command per frame: far more than the 64 samples and
+    # 256 commands kept in general, while 120 frames wait out a 6 s window.
+    assembler = make(event_window=6.0)
+    for k in range(1, 121):
+        stamp = k * 50 * MS
+        for j in range(10):
+            assembler.on_odometry(stamp - j * 5 * MS, Pose2D(k * 0.25, 0.0, 0.0), 5.0, 0.0)
+        assembler.on_control(stamp + 7 * MS, np.array([0.0, 0.0], np.float32))  # no frame
+        assembler.on_frame(stamp, frame(k))
+        assembler.on_control(stamp, np.array([0.01, 0.5], np.float32))
+    assert assembler.pop_output() == []  # all still inside the window
+    steps = transitions(assembler.finish())
+    assert [int(s.next_frame[0, 0]) for s in steps] == list(range(2, 121))
+    assert assembler.stats.dropped_unpaired == 0

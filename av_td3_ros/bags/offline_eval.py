@@ -134,10 +134,10 @@ def make_runner(config):
         if path is None:
             raise FileNotFoundError(f'no policy checkpoint in {config.checkpoint}')
         policy, _ = load_policy(path, config.spec)  # raises CheckpointError like the driver
-        return PolicyRunner(policy, device)
+        return PolicyRunner(policy, device, config.allow_tf32)
     if config.allow_random_policy:
         torch.manual_seed(config.seed)
-        return PolicyRunner(ActorPolicy(config.spec.network), device)
+        return PolicyRunner(ActorPolicy(config.spec.network), device, config.allow_tf32)
     return None
 
 
@@ -158,6 +158,8 @@ class EvalResult:
 
     decisions: list[FrameDecision] = field(default_factory=list)
     episodes: int = 0
+    missing_topics: list[str] = field(default_factory=list)
+    """Inputs the driver needs that the bag does not have (its frames then all brake)."""
 
     def reasons(self) -> dict[str, int]:
         """Count frames per reason ('policy', 'no route', ...)."""
@@ -176,6 +178,16 @@ def offline_driver(config, runner=None, odometry_timeout: bool = True) -> Driver
     pipeline = DrivingPipeline(config.spec, runner, config.exploration)
     return DriverInputs(pipeline, config.odometry_timeout if odometry_timeout else None,
                         config.require_route)
+
+
+def missing_inputs(config, topics: set[str]) -> list[str]:
+    """Return the driver inputs absent from a bag's `topics`, each with what it causes."""
+    needed = [(config.camera_topic, 'no frames to decide'),
+              (config.odometry_topic, "every frame brakes: 'no recent odometry'")]
+    if config.require_route:
+        needed.append((config.route_topic, "every frame brakes: 'no route' "
+                       '(or pass --require-route false)'))
+    return [f'{topic} ({effect})' for topic, effect in needed if topic not in topics]
 
 
 def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: str = 'mcap',
@@ -198,6 +210,7 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
         writer.open()
     try:
         with Reader(bag) as reader:
+            result.missing_topics = missing_inputs(config, {c.topic for c in reader.connections})
             copies = {}
             if writer is not None:
                 control_conn = writer.add_connection(config.control_topic, CONTROL_TYPE,
@@ -312,6 +325,9 @@ def main(args=None):
     result = evaluate_bag(parsed.bag, parsed.output, config, runner, parsed.storage,
                           parsed.debug_topic, parsed.copy_inputs,
                           not parsed.no_odometry_timeout)
+    for missing in result.missing_topics:
+        print(f'bag_eval: the bag has no {missing}; a bag needs the camera, odometry and '
+              'route topics (README, Bags)', file=sys.stderr)
     reasons = ', '.join(f'{k}: {v}' for k, v in sorted(result.reasons().items()))
     print(f'{len(result.decisions)} frames, {result.episodes} episode starts; {reasons}'
           + (f'; wrote {parsed.output}' if parsed.output else ''), flush=True)

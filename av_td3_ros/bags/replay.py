@@ -2,7 +2,7 @@
 
     bag_replay BAG [--rate R] [--topics T ...] [--exclude T ...] [--clock]
                [--as-fast-as-consumed [--role ego_vehicle] [--consume-timeout S]
-                                      [--sync-node /ego_vehicle/driver]]
+                                      [--sync-node auto|/ns/name|""]]
                [--wait-for T ...] [--delay S] [--ros-args ...]
 
 Messages go out as the bag stores them: `publisher.publish(bytes(raw))` on a publisher of the
@@ -13,11 +13,14 @@ carrying its stamp (the driver's contract), which makes a replay through a live 
 repeatable: no frame is dropped by its keep-last-1 camera subscription, and the messages that
 precede a frame in the bag (odometry, route, episode start) have been handled by the driver
 when the frame arrives - a get_parameters call to the driver node (--sync-node) answered
-after them is the proof (without that node: a --settle pause). It starts --delay seconds after
-the driver's subscriptions appeared (DDS matching is not symmetric; a best-effort frame sent
-too early is lost) and re-sends a frame that gets no answer within --consume-timeout, with
-the newest odometry again (the driver measures odometry age on its wall clock). The bag's
-own control commands are not published in that mode (the live driver answers instead).
+after them is the proof (with --sync-node "": a --settle pause). By default the driver is
+found by its subscription to the camera topic, whatever its name; when no node or several
+unrelated ones subscribe, the player stops with a message naming them. It starts --delay
+seconds after the driver's subscriptions appeared (DDS matching is not symmetric; a
+best-effort frame sent too early is lost) and re-sends a frame that gets no answer within
+--consume-timeout, with the newest odometry again (the driver measures odometry age on its
+wall clock). The bag's own control commands are not published in that mode (the live driver
+answers instead).
 Latched topics (recorded transient-local, or named by --latched) are re-published
 transient-local. --clock publishes each message's bag time on /clock before the message
 (and then the bag's recorded /clock is not replayed). At the end the player waits (up to
@@ -42,6 +45,17 @@ from rosbags.rosbag2 import Reader
 from .qos import publisher_qos
 from .record import IGNORED_TOPICS, default_latched
 from .types import UnknownTypeError, header_stamp_ns, message_class
+
+SYNC_AUTO = 'auto'
+"""--sync-node value (the default): find the consumer by its camera subscription."""
+
+
+UNKNOWN_NODE = '_NODE_NAME_UNKNOWN_'
+"""The node name rclpy reports for an endpoint whose node the graph does not know yet."""
+
+
+class SyncNodeError(RuntimeError):
+    """The node to synchronise with cannot be found or chosen (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +87,8 @@ class ReplayConfig:
     """As-fast-as-consumed: topics whose newest message is sent again with a re-sent frame."""
     sync_node: str = ''
     """As-fast-as-consumed: the consumer node ('/ns/name') whose parameter service is the
-    barrier proving it ran the callbacks of the messages sent before a frame ('': settle)."""
+    barrier proving it ran the callbacks of the messages sent before a frame; SYNC_AUTO:
+    the node that subscribes to the camera topic; '': no barrier, --settle pauses."""
     drain_timeout: float = 10.0
     """Seconds to wait at the end until reliable subscribers acknowledged every message
     (a writer that is destroyed first takes the undelivered ones with it)."""
@@ -116,16 +131,37 @@ class BagPlayer(Node):
             self._clock_msg = Clock()
         self.answers: dict[int, int] = {}
         self.barrier = None
-        if config.as_fast_as_consumed and config.sync_node:
-            from rcl_interfaces.srv import GetParameters
-            self.barrier = self.create_client(GetParameters,
-                                              f'{config.sync_node}/get_parameters')
+        self.sync_node = ''
+        """The node whose parameter service is the barrier ('' until connected)."""
         self.control_sub = None
         if config.as_fast_as_consumed:
             from carla_msgs.msg import CarlaEgoVehicleControl
             self.control_sub = self.create_subscription(
                 CarlaEgoVehicleControl, config.control_topic, self._on_control,
                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+
+    def connect_barrier(self, node_name: str):
+        """Use `node_name`'s get_parameters service as the barrier before frames."""
+        from rcl_interfaces.srv import GetParameters
+        self.sync_node = node_name
+        self.barrier = self.create_client(GetParameters, f'{node_name}/get_parameters')
+
+    def camera_consumers(self) -> tuple[list[str], int]:
+        """Return the full names of the other nodes subscribed to the camera topic.
+
+        Also returns how many subscriptions still have no node name: DDS announces an
+        endpoint before the node that owns it is known to the graph.
+        """
+        own = self.get_fully_qualified_name()
+        infos = self.get_subscriptions_info_by_topic(self.config.camera_topic)
+        unnamed = sum(UNKNOWN_NODE in info.node_name for info in infos)
+        return sorted({_full_name(info.node_namespace, info.node_name) for info in infos
+                       if UNKNOWN_NODE not in info.node_name} - {own}), unnamed
+
+    def control_publishers(self) -> set[str]:
+        """Return the full names of the nodes publishing on the control topic."""
+        return {_full_name(info.node_namespace, info.node_name)
+                for info in self.get_publishers_info_by_topic(self.config.control_topic)}
 
     def _on_control(self, raw: bytes):
         stamp = header_stamp_ns(raw)
@@ -189,14 +225,46 @@ class Replay:
                                f'{self.config.control_topic}) after '
                                f'{self.config.wait_timeout} s')
         self.synced = False
-        if node.barrier is not None:
-            self.synced = self._spin_until(node.barrier.service_is_ready,
-                                           self.config.wait_timeout)
-            if not self.synced:
-                node.get_logger().warn(f'no node {self.config.sync_node}: settling '
-                                       f'{self.config.settle} s before frames instead')
+        if self.config.as_fast_as_consumed and self.config.sync_node:
+            self._connect_sync_node()
         if self.config.delay > 0.0:
             self._spin_until(lambda: False, self.config.delay)
+
+    def _connect_sync_node(self):
+        """Find the node to synchronise with (or take the named one) and wait for it.
+
+        Raises SyncNodeError when it cannot be found or chosen: a replay without its barrier
+        would silently feed frames before their odometry and route were handled.
+        """
+        node, config = self.node, self.config
+        name = config.sync_node
+        if name == SYNC_AUTO:
+            def all_named():
+                named, unnamed = node.camera_consumers()
+                return bool(named) and unnamed == 0
+            self._spin_until(all_named, config.wait_timeout)
+            candidates, _ = node.camera_consumers()
+            if len(candidates) > 1:  # prefer the one(s) that also answer with commands
+                answering = [c for c in candidates if c in node.control_publishers()]
+                candidates = answering or candidates
+            if len(candidates) != 1:
+                found = (f'nodes {", ".join(candidates)} subscribe to it' if candidates
+                         else 'no node subscribes to it')
+                raise SyncNodeError(
+                    f'cannot find the driver by its subscription to {config.camera_topic} '
+                    f'after {config.wait_timeout} s: {found}. Pass --sync-node /ns/name (the '
+                    'driver), or --sync-node "" to pause --settle seconds before each frame '
+                    'instead')
+            name = candidates[0]
+        node.connect_barrier(name)
+        self.synced = self._spin_until(node.barrier.service_is_ready, config.wait_timeout)
+        if not self.synced:
+            consumers, _ = node.camera_consumers()
+            raise SyncNodeError(
+                f'no node {name} answered within {config.wait_timeout} s (nodes subscribed '
+                f'to {config.camera_topic}: {", ".join(consumers) or "none"}). Pass '
+                '--sync-node with the driver\'s full name, or --sync-node "" to use --settle')
+        node.get_logger().info(f'synchronising with {name}')
 
     def _publish(self, topic: str, raw) -> None:
         publisher = self.node.publishers_by_topic[topic]
@@ -277,13 +345,13 @@ class Replay:
         for _ in range(rounds):
             future = self.node.barrier.call_async(GetParameters.Request(names=[]))
             if not self._spin_until(future.done, self.config.consume_timeout):
-                self.node.get_logger().warn(f'{self.config.sync_node} did not answer a '
+                self.node.get_logger().warn(f'{self.node.sync_node} did not answer a '
                                             'parameter request: sending the frame anyway')
                 return
 
     def _sync_topics(self):
         """Return the topics the sync node subscribes to (all replayed ones if unknown)."""
-        namespace, _, name = self.config.sync_node.rpartition('/')
+        namespace, _, name = self.node.sync_node.rpartition('/')
         try:
             return {topic for topic, _ in self.node.get_subscriber_names_and_types_by_node(
                 name, namespace or '/')}
@@ -310,6 +378,11 @@ class Replay:
                 return
         self.stats.unanswered.append(stamp)
         self.node.get_logger().error(f'frame {stamp} was never answered')
+
+
+def _full_name(namespace: str, name: str) -> str:
+    """Return '/ns/name' ('/name' in the root namespace)."""
+    return f'{namespace.rstrip("/")}/{name}'
 
 
 def replay(config: ReplayConfig, context=None) -> ReplayStats:
@@ -353,9 +426,11 @@ def parse_args(argv: list[str]) -> ReplayConfig:
     parser.add_argument('--delay', type=float,
                         help='seconds to wait after the subscribers appeared (default 0.5 '
                              'with --as-fast-as-consumed, else 0)')
-    parser.add_argument('--sync-node', help='as-fast-as-consumed: the consumer node whose '
+    parser.add_argument('--sync-node', default=SYNC_AUTO,
+                        help='as-fast-as-consumed: the consumer node (/ns/name) whose '
                         'parameter service confirms it handled the messages before a frame '
-                        '(default /<role>/driver, as the launch files name the driver; '
+                        '(default auto: the node subscribed to the camera topic, e.g. '
+                        '/ego_vehicle/driver from the launch files or /driver from ros2 run; '
                         '"" to use --settle)')
     parser.add_argument('--drain-timeout', type=float, default=10.0,
                         help='seconds to wait at the end for reliable subscribers to '
@@ -387,8 +462,7 @@ def parse_args(argv: list[str]) -> ReplayConfig:
         delay=args.delay if args.delay is not None else (
             0.5 if args.as_fast_as_consumed else 0.0),
         refresh=(f'{base}/odometry',),
-        sync_node=(args.sync_node if args.sync_node is not None
-                   else f'/{args.role}/driver') if args.as_fast_as_consumed else '')
+        sync_node=args.sync_node if args.as_fast_as_consumed else '')
 
 
 def main(args=None):
@@ -405,7 +479,7 @@ def main(args=None):
               f'{len(stats.unacknowledged)}', flush=True)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (TimeoutError, UnknownTypeError) as error:
+    except (TimeoutError, UnknownTypeError, SyncNodeError) as error:
         print(f'bag_replay: {error}', file=sys.stderr, flush=True)
         sys.exit(2)
     finally:
