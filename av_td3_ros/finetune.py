@@ -36,6 +36,7 @@ from .checkpoint import PolicySpec, load_policy, save_policy_state
 from .evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, summary_line
 from .expert import expert_actions
 from .inference import PolicyRunner
+from .mc_returns import MonteCarloReturns
 from .networks import ActorPolicy
 from .pipeline import DrivingPipeline, ExplorationConfig
 from .preprocessing import gray_from_pixels, image_pixels
@@ -149,12 +150,7 @@ class Finetuner:
         self._train_seed = config.train_seed_start
         self._episode_open = False
         self._cpu = 0.0  # CPU seconds of acting and learning (evaluations excluded)
-        slots = config.buffer_capacity + 1
-        # Monte Carlo returns by buffer record (slot = index % slots, valid while the slot
-        # still holds that index), and the open episode's (index, reward) pairs.
-        self._returns = np.full(slots, np.nan, np.float32)
-        self._return_index = np.full(slots, -1, np.int64)
-        self._episode_rewards: list[tuple[int, float]] = []
+        self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
 
     # ------------------------------------------------------------------ acting
     def _begin_episode(self):
@@ -194,12 +190,12 @@ class Finetuner:
         kind = item[0]
         if kind == 'start':
             self.buffer.start_episode(item[1], item[2])
-            self._episode_rewards = []
+            self.returns.start()
         elif kind == 'transition':
             t = item[1]
             index = self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
                                     t.terminated, t.truncated)
-            self._episode_rewards.append((index, t.reward))
+            self.returns.add(index, t.reward)
             self.report.env_steps += 1
         elif kind == 'episode_end':
             _, episode_return, length, reason, _ = item
@@ -208,28 +204,7 @@ class Finetuner:
                       'reason': reason, 'updates': self.agent.total_updates}
             self.report.episodes.append(record)
             self._episode_open = False
-            self._record_returns()
-
-    def _record_returns(self):
-        """Store the discounted return-to-go of every transition of the finished episode.
-
-        The tail after the last step counts as 0, exact for a terminal end and an
-        underestimate for a truncated one (rare here: laps end before the time limit).
-        """
-        gamma = self.config.td3.gamma
-        value = 0.0
-        slots = len(self._returns)
-        for index, reward in reversed(self._episode_rewards):
-            value = reward + gamma * value
-            self._returns[index % slots] = value
-            self._return_index[index % slots] = index
-        self._episode_rewards = []
-
-    def _returns_of(self, indices: np.ndarray) -> np.ndarray:
-        """Return the stored Monte Carlo returns of buffer records (NaN where unknown)."""
-        slots = indices % len(self._returns)
-        known = self._return_index[slots] == indices
-        return np.where(known, self._returns[slots], np.nan).astype(np.float32)
+            self.returns.finish()
 
     # ------------------------------------------------------------------ learning
     def _bc_weight(self) -> float:
@@ -253,7 +228,7 @@ class Finetuner:
         returns = None
         if (self.config.warmup_targets == 'mc'
                 and self.agent.total_updates < self.config.td3.critic_warmup_updates):
-            returns = self._returns_of(batch.indices)
+            returns = self.returns.lookup(batch.indices)
         metrics = self.agent.update(batch, labels, returns)
         if self.agent.total_updates % self.config.sync_every == 0:
             self.acting.load_state_dict(self.agent.policy_state())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +43,24 @@ from std_srvs.srv import Trigger
 
 from .callback_guard import guard_callback
 from .checkpoint import (
+    CHECKPOINT_DECIDES,
     CHECKPOINT_SUBDIR,
     POLICY_PATTERN,
     TRAINING_STATE,
     PolicySpec,
     latest_policy,
+    load_policy,
     policy_path,
     prune_policies,
+    read_metadata,
     read_safetensors,
     remove_stale_run_temps,
     save_policy_state,
     write_atomic,
 )
 from .control import control_to_action
+from .expert import expert_actions
+from .mc_returns import MonteCarloReturns
 from .node_params import ParameterReader, read_policy_spec
 from .policy_topic import PolicyBroadcaster
 from .preprocessing import ImageFormatError, ImageView, to_gray
@@ -98,6 +103,8 @@ class TrainerConfig:
     reset_timeout: float
     camera_topic: str = '/carla/{role}/rgb_front/image'  # {role}: each vehicle's role name
     policy_topic: str = '/av_td3/policy'  # every saved policy is published here ('' = off)
+    initial_policy: str = ''  # a fresh run's actor starts from this policy ('' = random init)
+    warmup_targets: str = 'mc'  # critic targets during critic_warmup_updates: mc or td
 
 
 def read_config(node: Node) -> TrainerConfig:
@@ -129,6 +136,12 @@ def read_config(node: Node) -> TrainerConfig:
         target_encoders=p.boolean('target_encoders', True, 'target copies of both CNNs'),
         precision=p.string('precision', 'auto', 'update precision: fp32, bf16, or auto (bf16 '
                            'where the CPU/GPU computes it natively)'),
+        critic_warmup_updates=p.integer('critic_warmup_updates', 0, 'critic updates before '
+                                        'the first actor update', 0, 10**9),
+        bc_weight=p.floating('bc_weight', 0.0, 'TD3+BC: weight of the route expert cloning '
+                             'term in the actor loss (0: plain TD3)', 0.0, 1e3),
+        bc_alpha=p.floating('bc_alpha', 2.5, "TD3+BC's alpha: the normalised Q term's weight",
+                            0.0, 1e3),
         frame_scale=preprocessing.scale, device=device, seed=seed)
     episode = EpisodeConfig(
         max_steps=p.integer('max_episode_steps', 1000, 'step limit (truncation)', 1, 10**9),
@@ -186,7 +199,27 @@ def read_config(node: Node) -> TrainerConfig:
         camera_topic=p.string('camera_topic', '/carla/{role}/rgb_front/image', 'camera topic; '
                               '{role} is replaced by the role name'),
         policy_topic=p.string('policy_topic', '/av_td3/policy', 'publish each saved policy '
-                              'here for drivers on other machines; empty: off'))
+                              'here for drivers on other machines; empty: off'),
+        initial_policy=p.string('initial_policy', '', 'policy checkpoint a fresh run starts '
+                                'its actor from (e.g. an imitation policy); empty: random'),
+        warmup_targets=p.string('warmup_targets', 'mc', 'critic targets during the warm-up: '
+                                'mc (Monte Carlo returns of finished episodes) or td'))
+
+
+def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:
+    """Return `config` with the spec fields a checkpoint decides taken from initial_policy.
+
+    What the actor sees of the kinematic vector (`CHECKPOINT_DECIDES`) belongs to the policy:
+    a camera-profile start must go on training a camera-profile actor, now and on resume.
+    """
+    if not config.initial_policy:
+        return config
+    start = PolicySpec.from_metadata(read_metadata(config.initial_policy))
+    network = config.spec.network
+    for section, name in CHECKPOINT_DECIDES:
+        if section == 'network':
+            network = replace(network, **{name: getattr(start.network, name)})
+    return replace(config, spec=replace(config.spec, network=network))
 
 
 class VehicleFeed:
@@ -352,7 +385,7 @@ class TrainerNode(Node):
     def __init__(self):
         """Read parameters, open the buffer and agent (resuming if asked), wire the topics."""
         super().__init__('trainer')
-        self.config = config = read_config(self)
+        self.config = config = with_initial_policy_decisions(read_config(self))
         import torch
 
         from .replay_buffer import ReplayBuffer
@@ -383,6 +416,9 @@ class TrainerNode(Node):
         self.recent_returns: list[float] = []
         self._log_times = {}
         self._resume(torch)
+        if self.agent.total_updates == 0 and config.initial_policy:
+            self._start_from(config.initial_policy)
+        self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
         self._episode_log = open(config.run_dir / 'episodes.jsonl', 'a', buffering=1)
         self.tb = None
         if config.tensorboard:
@@ -438,6 +474,13 @@ class TrainerNode(Node):
                 'updates; the previous run ended between a policy save and a state save): '
                 'existing policy files are kept, never rewritten with other weights')
 
+    def _start_from(self, path: str):
+        """Start the actor (and its target) from a policy checkpoint with the trainer's spec."""
+        policy, _ = load_policy(path, expected=self.config.spec)
+        state = {k: v.detach().float() for k, v in policy.state_dict().items()}
+        self.agent.load_policy_state(state)
+        self.get_logger().info(f'actor starts from {path}')
+
     def save_training_state(self):
         """Write networks, targets, optimisers and counters atomically; flush the buffer."""
         with self.buffer_lock:
@@ -477,23 +520,28 @@ class TrainerNode(Node):
                 if kind == 'start':
                     self.buffer.start_episode(item[1], item[2], stream=role)
                     self._broken_streams.discard(role)
+                    self.returns.start(role)
                 elif kind == 'transition':
                     t = item[1]
-                    self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
-                                    t.terminated, t.truncated, stream=role)
+                    index = self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
+                                            t.terminated, t.truncated, stream=role)
+                    self.returns.add(index, t.reward, role)
                     self.env_steps += 1
             except ValueError as error:  # e.g. kinematics beyond float16: skip, go on
                 self.buffer.abandon_episode(role)
                 self._broken_streams.add(role)
+                self.returns.start(role)  # the broken episode's returns would be wrong
                 self.unstored += 1
                 self.log_throttled('error', f'store_{role}', f'{role}: {kind} not stored '
                                    f'({error}); its episode continues from the next start')
                 return
-                if self.tb is not None and self.env_steps % 50 == 0:
-                    for name, value in t.terms.items():
-                        self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
+            if kind == 'transition' and self.tb is not None and self.env_steps % 50 == 0:
+                for name, value in t.terms.items():
+                    self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
         if kind == 'episode_end':
             _, episode_return, length, reason, _ = item
+            with self.buffer_lock:
+                self.returns.finish(role)
             self.episodes += 1
             self.recent_returns = (self.recent_returns + [episode_return])[-20:]
             record = {'episode': self.episodes, 'vehicle': role, 'return': episode_return,
@@ -522,9 +570,16 @@ class TrainerNode(Node):
             start = time.perf_counter()
             with self.buffer_lock:
                 batch = self.buffer.sample(batch_size, self.rng)
+                returns = None
+                if (config.warmup_targets == 'mc'
+                        and self.agent.total_updates < config.td3.critic_warmup_updates):
+                    returns = self.returns.lookup(batch.indices)
+            # TD3+BC's labels: the route expert's action for each stored kinematic vector.
+            labels = (expert_actions(batch.obs_vec, config.spec.features)
+                      if config.td3.bc_weight > 0.0 else None)
             sample_ms = (time.perf_counter() - start) * 1e3
             try:
-                metrics = self.agent.update(batch)
+                metrics = self.agent.update(batch, labels, returns)
             except Exception as error:  # keep experience collection alive; say what failed
                 self.get_logger().error(f'TD3 update failed: {error!r}')
                 self._stop.wait(1.0)

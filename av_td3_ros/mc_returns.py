@@ -1,0 +1,53 @@
+"""Monte Carlo returns of finished episodes, by replay-buffer record (no ROS).
+
+A critic warmed up on these targets knows a state's long-run value from its first updates;
+TD targets would carry it back only about one step per target-network lag (see
+`finetune.py`). Used by the trainer and the in-process fine-tuning for the critic warm-up.
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import numpy as np
+
+
+class MonteCarloReturns:
+    """Discounted returns-to-go of every transition of finished episodes.
+
+    Feed each stored transition with `add(index, reward, stream)` (the replay buffer's record
+    index) and call `finish(stream)` when that stream's episode ends; `lookup(indices)` then
+    gives the returns (NaN for records of open episodes or overwritten slots). The tail after
+    an episode's last step counts as 0: exact for a terminal end, an underestimate for a
+    truncation.
+    """
+
+    def __init__(self, slots: int, gamma: float):
+        """Keep returns for `slots` records (the buffer's slot count) discounted by gamma."""
+        self.gamma = gamma
+        self._values = np.full(slots, np.nan, np.float32)
+        self._indices = np.full(slots, -1, np.int64)
+        self._open: dict[Hashable, list[tuple[int, float]]] = {}
+
+    def start(self, stream: Hashable = 0):
+        """Forget `stream`'s unfinished episode (a new one starts)."""
+        self._open[stream] = []
+
+    def add(self, index: int, reward: float, stream: Hashable = 0):
+        """Record the transition stored at buffer record `index` with its reward."""
+        self._open.setdefault(stream, []).append((int(index), float(reward)))
+
+    def finish(self, stream: Hashable = 0):
+        """Compute the returns of `stream`'s episode, which has just ended."""
+        value = 0.0
+        slots = len(self._values)
+        for index, reward in reversed(self._open.pop(stream, [])):
+            value = reward + self.gamma * value
+            self._values[index % slots] = value
+            self._indices[index % slots] = index
+
+    def lookup(self, indices: np.ndarray) -> np.ndarray:
+        """Return the returns of buffer records `indices` (NaN where unknown)."""
+        indices = np.asarray(indices, np.int64)
+        slots = indices % len(self._values)
+        known = self._indices[slots] == indices
+        return np.where(known, self._values[slots], np.nan).astype(np.float32)
