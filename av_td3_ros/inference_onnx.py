@@ -60,8 +60,8 @@ class OnnxRuntimeRunner:
         return self._session.run(None, self._inputs)[0][0]
 
 
-def make_runner(policy: ActorPolicy, device: torch.device, backend: str
-                ) -> tuple[PolicyRunner | OnnxRuntimeRunner, str]:
+def build_runner(policy: ActorPolicy, device: torch.device, backend: str,
+                 allow_tf32: bool = False) -> tuple[PolicyRunner | OnnxRuntimeRunner, str]:
     """Return a runner for `policy` and a description of the backend actually used.
 
     `onnxruntime` applies to the CPU only; on CUDA, or when ONNX Runtime (or the onnx package
@@ -72,10 +72,12 @@ def make_runner(policy: ActorPolicy, device: torch.device, backend: str
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     if backend == 'onnxruntime':
         if device.type != 'cpu':
-            return PolicyRunner(policy, device), f'torch (onnxruntime is CPU-only, not {device})'
+            return (PolicyRunner(policy, device, allow_tf32),
+                    f'torch (onnxruntime is CPU-only, not {device})')
         try:
             return OnnxRuntimeRunner(policy), 'onnxruntime'
         except Exception as error:  # missing packages or an export the runtime rejects
             reason = f'{type(error).__name__}: {error}'.splitlines()[0][:200]
-            return PolicyRunner(policy, device), f'torch (onnxruntime unavailable: {reason})'
-    return PolicyRunner(policy, device), 'torch'
+            return (PolicyRunner(policy, device, allow_tf32),
+                    f'torch (onnxruntime unavailable: {reason})')
+    return PolicyRunner(policy, device, allow_tf32), 'torch'

@@ -117,10 +117,12 @@ def test_bad_checkpoint_brakes_and_says_why(start_node, tmp_path, bridge, case):
     assert driver.proc.poll() is None
 
 
-def test_checkpoint_drives_like_the_offline_policy(start_node, tmp_path, bridge):
+@pytest.mark.parametrize('backend', ['torch', 'onnxruntime'])
+def test_checkpoint_drives_like_the_offline_policy(start_node, tmp_path, bridge, backend):
     checkpoint = tmp_path / 'policy.safetensors'
     policy = _write_policy(checkpoint)
-    driver = start_driver(start_node, tmp_path, checkpoint=str(checkpoint), device='cpu')
+    driver = start_driver(start_node, tmp_path, checkpoint=str(checkpoint), device='cpu',
+                          backend=backend)
     assert bridge.wait_for_subscriber(bridge.image_pub)
     bridge.publish_route()
     assert driver.wait_for_output('loaded policy.safetensors'), driver.output()
@@ -143,6 +145,7 @@ def test_checkpoint_drives_like_the_offline_policy(start_node, tmp_path, bridge)
     assert command.steer == pytest.approx(expected.steer, abs=1e-5)
     assert command.throttle == pytest.approx(expected.throttle, abs=1e-5)
     assert command.brake == pytest.approx(expected.brake, abs=1e-5)
+    assert f'backend {backend}' not in driver.output()  # no fallback warning: it ran
 
 
 def _driver_process(start_node, *params):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from av_td3_ros.inference import PolicyRunner
-from av_td3_ros.inference_onnx import OnnxRuntimeRunner, make_runner
+from av_td3_ros.inference_onnx import OnnxRuntimeRunner, build_runner
 from av_td3_ros.networks import ActorPolicy, NetworkConfig
 
 pytest.importorskip('onnxruntime')
@@ -29,7 +29,7 @@ def observations(config, count, seed=1):
 def test_onnxruntime_actions_match_torch_within_1e4(overrides):
     policy = random_policy(**overrides)
     torch_runner = PolicyRunner(policy, torch.device('cpu'))
-    ort_runner, used = make_runner(policy, torch.device('cpu'), 'onnxruntime')
+    ort_runner, used = build_runner(policy, torch.device('cpu'), 'onnxruntime')
     assert used == 'onnxruntime' and isinstance(ort_runner, OnnxRuntimeRunner)
     actions = []
     for frames, kinematics in observations(policy.config, 20):
@@ -43,11 +43,11 @@ def test_onnxruntime_actions_match_torch_within_1e4(overrides):
 
 def test_torch_backend_and_fallbacks(monkeypatch):
     policy = random_policy()
-    runner, used = make_runner(policy, torch.device('cpu'), 'torch')
+    runner, used = build_runner(policy, torch.device('cpu'), 'torch')
     assert used == 'torch' and isinstance(runner, PolicyRunner)
     with pytest.raises(ValueError, match='backend'):
-        make_runner(policy, torch.device('cpu'), 'tensorrt')
+        build_runner(policy, torch.device('cpu'), 'tensorrt')
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # import fails as if not installed
-    runner, used = make_runner(policy, torch.device('cpu'), 'onnxruntime')
+    runner, used = build_runner(policy, torch.device('cpu'), 'onnxruntime')
     assert isinstance(runner, PolicyRunner)
     assert used.startswith('torch (onnxruntime unavailable: ') and 'onnxruntime' in used[30:]

@@ -118,11 +118,12 @@ def load_params_file(path: Path, node_name: str = 'driver') -> dict:
 
 
 def make_runner(config):
-    """Build the PolicyRunner the driver would start with (None: the driver brakes)."""
+    """Build the runner the driver would start with (None: the driver brakes)."""
     import torch
 
     from ..checkpoint import load_policy, resolve_checkpoint
-    from ..inference import PolicyRunner, resolve_device
+    from ..inference import resolve_device
+    from ..inference_onnx import build_runner
     from ..networks import ActorPolicy
     torch.set_num_threads(config.torch_threads)
     try:
@@ -134,11 +135,12 @@ def make_runner(config):
         if path is None:
             raise FileNotFoundError(f'no policy checkpoint in {config.checkpoint}')
         policy, _ = load_policy(path, config.spec)  # raises CheckpointError like the driver
-        return PolicyRunner(policy, device, config.allow_tf32)
-    if config.allow_random_policy:
+    elif config.allow_random_policy:
         torch.manual_seed(config.seed)
-        return PolicyRunner(ActorPolicy(config.spec.network), device, config.allow_tf32)
-    return None
+        policy = ActorPolicy(config.spec.network)
+    else:
+        return None
+    return build_runner(policy, device, config.backend, config.allow_tf32)[0]
 
 
 @dataclass
