@@ -20,7 +20,8 @@ def build_config(args) -> FinetuneConfig:
     """Turn command-line arguments into a FinetuneConfig."""
     base = FinetuneConfig()
     td3 = replace(base.td3, bc_weight=args.bc_weight, critic_warmup_updates=args.critic_warmup,
-                  actor_lr=args.actor_lr, precision=args.precision)
+                  actor_lr=args.actor_lr, precision=args.precision,
+                  freeze_actor_encoder=args.freeze_actor_encoder)
     seeds = tuple(int(s) for s in args.eval_seeds.split(',')) if args.eval_seeds else ()
     sim = base.sim
     if args.sim_steps is not None:
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument('--warmup-targets', choices=('mc', 'td'), default='mc',
                         help='critic targets during the warm-up: Monte Carlo returns or TD')
     parser.add_argument('--actor-lr', type=float, default=3e-4)
+    parser.add_argument('--freeze-actor-encoder', action='store_true',
+                        help="train only the actor's MLP head")
     parser.add_argument('--precision', default='auto', help='fp32, bf16 or auto')
     parser.add_argument('--prefill', type=int, default=2000,
                         help='steps of the starting policy before updates')

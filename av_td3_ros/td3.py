@@ -85,6 +85,9 @@ class TD3Config:
     TD3 (no labels needed). Annealing w towards 0 hands the actor over to the critic."""
     bc_alpha: float = 2.5
     """TD3+BC's alpha: the Q term's weight after normalising by the batch's mean |Q|."""
+    freeze_actor_encoder: bool = False
+    """Train only the actor's MLP head, keeping its CNN as it started (a cloned policy's
+    visual features then cannot be worn down by the critic's noisy action gradients)."""
     critic_warmup_updates: int = 0
     """Critic steps before the first actor step. A critic fresh from initialisation rates
     actions by their immediate reward only (its targets have not propagated the future yet),
@@ -286,7 +289,11 @@ class TD3:
         else:
             self._noise_gen.seed()
 
-        self._actor_named = self._named_params(actor_cnn=self.actor_cnn, actor=self.actor)
+        if self.config.freeze_actor_encoder:
+            self.actor_cnn.requires_grad_(False)
+            self._actor_named = self._named_params(actor=self.actor)
+        else:
+            self._actor_named = self._named_params(actor_cnn=self.actor_cnn, actor=self.actor)
         self._critic_named = self._named_params(critic_cnn=self.critic_cnn, critic=self.critic)
         self.actor_optimizer = self._adam([p for _, p in self._actor_named],
                                           self.config.actor_lr)

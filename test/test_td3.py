@@ -576,3 +576,20 @@ def test_targets_become_exact_copies_when_the_warmup_ends():
     assert same(snapshot(agent.target_critic_cnn), snapshot(agent.critic_cnn))
     agent.update(make_batch(seed=3))  # an actor step and a regular Polyak blend
     assert not same(snapshot(agent.target_critic), snapshot(agent.critic))
+
+
+def test_frozen_actor_encoder_keeps_the_cnn_and_trains_the_head():
+    agent = make_agent(freeze_actor_encoder=True, policy_frequency=1)
+    cnn, head = snapshot(agent.actor_cnn), snapshot(agent.actor)
+    critic_cnn = snapshot(agent.critic_cnn)
+    for seed in range(3):
+        metrics = agent.update(make_batch(seed=seed))
+    assert 'actor_loss' in metrics
+    assert same(snapshot(agent.actor_cnn), cnn)
+    assert not same(snapshot(agent.actor), head)
+    assert not same(snapshot(agent.critic_cnn), critic_cnn)
+    tensors, metadata = agent.state_tensors()  # resumable without the encoder's Adam state
+    assert not any(k.startswith('optim.actor.actor_cnn.') for k in tensors)
+    fresh = make_agent(freeze_actor_encoder=True, policy_frequency=1, seed=9)
+    fresh.load_state_tensors(tensors, metadata)
+    assert same(snapshot(fresh.actor_cnn), cnn)
