@@ -88,10 +88,12 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
         raise ValueError('--through-ros runs consecutive seeds from 1 up (the bridge drives '
                          'track seed + episode after a warm-up on the track before the '
                          'first): give a range such as 7000-7009')
-    if args.expert:
-        raise ValueError('--through-ros drives a checkpoint (mode:=expert is the driver '
-                         'node parameter for the expert)')
-    spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
+    if args.expert:  # the driver node drives with its route expert (mode:=expert)
+        arguments = {'mode': 'expert', 'checkpoint': ''}
+    else:
+        spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
+        arguments = {'checkpoint': str(Path(args.checkpoint).resolve()),
+                     'feature_norm': spec.network.feature_norm}
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     with tempfile.TemporaryDirectory(prefix='av_td3_eval_') as workdir:
         bridge_defaults = resolve_launch_path('sim_drive.launch.xml').parent.parent / \
@@ -100,10 +102,8 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
         params['sim_bridge']['ros__parameters']['max_episode_steps'] = args.max_steps
         sim_params = Path(workdir, 'sim_bridge.yaml')
         sim_params.write_text(yaml.safe_dump(params))
-        arguments = {'checkpoint': str(Path(args.checkpoint).resolve()),
-                     'seed': str(seeds[0] - 1), 'device': 'cpu',
-                     'feature_norm': spec.network.feature_norm,
-                     'sim_params_file': str(sim_params)}
+        arguments.update(seed=str(seeds[0] - 1), device='cpu',
+                         sim_params_file=str(sim_params))
         description = parse_launch_file(resolve_launch_path('sim_drive.launch.xml'),
                                         arguments)
         env = dict(os.environ, **description.environment, PYTHONUNBUFFERED='1')
