@@ -344,7 +344,8 @@ class ImitationTrainer:
         extra = {'imitation_config': json.dumps(self.config.to_dict(), sort_keys=True),
                  'imitation_report': json.dumps(asdict(self.report), sort_keys=True),
                  'expert_config': json.dumps(ExpertConfig().to_dict(), sort_keys=True),
-                 'step': str(self.updates)}
+                 # the updates behind the weights written (the best), not the run's total
+                 'step': str(self.report.best.get('updates', self.updates))}
         save_policy_state(path, state, self.spec, extra)
 
 
