@@ -1,6 +1,7 @@
 """Run the main job without CARLA: stand-in simulator + driver (+ trainer), with a summary.
 
-    python -m av_td3_ros.demo                 # sim + driver, 60 s
+    python -m av_td3_ros.demo                 # sim + driver with the shipped policy, 60 s
+    python -m av_td3_ros.demo --random        # the same with a randomly initialised policy
     python -m av_td3_ros.demo --train         # sim + driver (explore) + trainer, learning
     python -m av_td3_ros.demo --checkpoint runs/sim/checkpoints --duration 300
 
@@ -88,6 +89,32 @@ class Monitor:
         self._rclpy.try_shutdown()
 
 
+DEFAULT_POLICY = 'camera_policy.safetensors'
+"""The shipped camera policy (models/ in the source tree, share/av_td3_ros/models/ installed)."""
+
+
+def default_policy_path() -> Path:
+    """Return the shipped policy: the source tree's copy, else the installed one."""
+    source = Path(__file__).resolve().parent.parent / 'models' / DEFAULT_POLICY
+    if source.exists():
+        return source
+    from .launch_runner import find_package_share
+    return Path(find_package_share('av_td3_ros')) / 'models' / DEFAULT_POLICY
+
+
+def episode_lines(episode_ends: list[str]) -> list[str]:
+    """Return one summary line per episode_end text: return, steps, lap completed or why not."""
+    from .sim_bridge_node import parse_episode_end
+    lines = []
+    for number, text in enumerate(episode_ends, start=1):
+        fields = parse_episode_end(text)
+        lap = fields['reason'] == 'lap_complete'
+        lines.append(f'episode {number}: return {fields.get("return", float("nan")):.1f}, '
+                     f'{fields.get("steps", "?")} steps, lap '
+                     + ('completed' if lap else f'not completed ({fields["reason"]})'))
+    return lines
+
+
 def episode_returns(episode_ends: list[str]) -> list[float]:
     """Parse `return=<x>` out of episode_end messages."""
     returns = []
@@ -125,9 +152,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--train', action='store_true',
                         help='also run the trainer (driver in explore mode)')
-    parser.add_argument('--duration', type=float, default=60.0, help='seconds to run')
+    parser.add_argument('--duration', type=float, default=60.0,
+                        help='seconds to run (the shipped policy laps the stand-in in ~15 s '
+                             'at ~60 frames/s on 2 cores)')
     parser.add_argument('--checkpoint', default='',
-                        help='policy file or directory (default: a random policy)')
+                        help='policy file or directory (default: the shipped camera policy, '
+                             'models/camera_policy.safetensors)')
+    parser.add_argument('--random', action='store_true',
+                        help='drive a randomly initialised policy instead')
     parser.add_argument('--run-dir', default='runs/demo', help='trainer run directory')
     parser.add_argument('--learning-starts', type=int, default=300,
                         help='random transitions before the first update (--train)')
@@ -143,8 +175,17 @@ def main(argv=None) -> int:
         arguments.update(run_dir=args.run_dir, learning_starts=str(args.learning_starts))
     else:
         launch_file = 'sim_drive.launch.xml'
-        arguments.update(checkpoint=args.checkpoint,
-                         allow_random_policy='false' if args.checkpoint else 'true')
+        checkpoint = '' if args.random else args.checkpoint or str(default_policy_path())
+        if checkpoint:
+            from .checkpoint import PolicySpec, read_metadata
+            try:  # the driver must expect the checkpoint's CNN feature normalisation
+                metadata = read_metadata(checkpoint)
+                arguments['feature_norm'] = PolicySpec.from_metadata(metadata) \
+                    .network.feature_norm
+            except ValueError:
+                pass  # a directory a trainer fills later, or a bad file the driver reports
+        arguments.update(checkpoint=checkpoint,
+                         allow_random_policy='false' if checkpoint else 'true')
     description = parse_launch_file(resolve_launch_path(launch_file), arguments)
     env = dict(os.environ, **description.environment, PYTHONUNBUFFERED='1')
     os.environ.update(description.environment)  # the monitor uses the same transport
@@ -191,6 +232,8 @@ def main(argv=None) -> int:
           'frames')
     print(f'[demo] episodes ended: {len(monitor.episodes)}; CarRacing returns: '
           + (', '.join(f'{r:.1f}' for r in returns) if returns else 'none finished yet'))
+    for line in episode_lines(monitor.episodes):
+        print(f'[demo]   {line}')
     if args.train:
         checkpoints = sorted(Path(args.run_dir, 'checkpoints').glob('policy_*.safetensors'))
         print(f'[demo] trainer run dir {args.run_dir}: {len(checkpoints)} policy checkpoints'

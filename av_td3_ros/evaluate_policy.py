@@ -8,10 +8,11 @@
 
 In-process (default) the episodes run on `SimEnv` through the driver's own pipeline. With
 `--through-ros` the sim_bridge and driver nodes of launch/sim_drive.launch.xml run as
-processes (as `scripts/demo.sh` starts them) and the returns come from the bridge's
-episode_end messages; the bridge then waits for each command (step_timeout 0), so a slow
-machine changes the wall time, not the driving. One line per episode, then
-`mean return X ± Y over N episodes`.
+processes (as `scripts/demo.sh` starts them) with the bridge's default parameters, and the
+returns come from the bridge's episode_end messages. The bridge starts on the track before
+the first seed; once the driver drives, the episode is reset, so every measured episode
+starts with the driver ready (the bridge's episode e drives track seed + e). One line per
+episode, then `mean return X ± Y over N episodes`.
 """
 from __future__ import annotations
 
@@ -83,46 +84,61 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
 
     from .checkpoint import PolicySpec, read_metadata
     from .launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
-    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-        raise ValueError('--through-ros runs consecutive seeds (the bridge drives track '
-                         'seed + episode): give a range such as 7000-7009')
-    if args.expert:
-        raise ValueError('--through-ros drives a checkpoint (mode:=expert is the driver '
-                         'node parameter for the expert)')
-    spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))) or seeds[0] < 1:
+        raise ValueError('--through-ros runs consecutive seeds from 1 up (the bridge drives '
+                         'track seed + episode after a warm-up on the track before the '
+                         'first): give a range such as 7000-7009')
+    if args.expert:  # the driver node drives with its route expert (mode:=expert)
+        arguments = {'mode': 'expert', 'checkpoint': ''}
+    else:
+        spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
+        arguments = {'checkpoint': str(Path(args.checkpoint).resolve()),
+                     'feature_norm': spec.network.feature_norm}
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     with tempfile.TemporaryDirectory(prefix='av_td3_eval_') as workdir:
         bridge_defaults = resolve_launch_path('sim_drive.launch.xml').parent.parent / \
             'config' / 'sim_bridge.yaml'
         params = yaml.safe_load(Path(bridge_defaults).read_text())
-        # Wait for every command: the machine's speed must not change the driving.
-        params['sim_bridge']['ros__parameters']['step_timeout'] = 0.0
         params['sim_bridge']['ros__parameters']['max_episode_steps'] = args.max_steps
         sim_params = Path(workdir, 'sim_bridge.yaml')
         sim_params.write_text(yaml.safe_dump(params))
-        arguments = {'checkpoint': str(Path(args.checkpoint).resolve()),
-                     'seed': str(seeds[0]), 'device': 'cpu',
-                     'feature_norm': spec.network.feature_norm,
-                     'sim_params_file': str(sim_params)}
+        arguments.update(seed=str(seeds[0] - 1), device='cpu',
+                         sim_params_file=str(sim_params))
         description = parse_launch_file(resolve_launch_path('sim_drive.launch.xml'),
                                         arguments)
         env = dict(os.environ, **description.environment, PYTHONUNBUFFERED='1')
         os.environ.update(description.environment)
-        ends = []
+        ends, driving = [], []
         import rclpy
+        from carla_msgs.msg import CarlaEgoVehicleControl
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
+        from std_srvs.srv import Trigger
         rclpy.init(args=[])
         node = Node('evaluate_policy')
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(String, '/av_td3/ego_vehicle/episode_end',
-                                 lambda msg: ends.append(msg.data),
-                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+                                 lambda msg: ends.append(msg.data), reliable)
+        # A command that is not the full brake the driver sends while it waits: it drives.
+        node.create_subscription(CarlaEgoVehicleControl, '/carla/ego_vehicle/vehicle_control_cmd',
+                                 lambda msg: driving.append(msg.brake < 1.0 or msg.throttle > 0),
+                                 reliable)
+        reset = node.create_client(Trigger, '/av_td3/ego_vehicle/reset_episode')
         nodes, results = [], []
         deadline = time.monotonic() + args.timeout
         try:
             for node_spec in description.nodes:
                 nodes.append(LaunchedNode(node_spec, env, Path(workdir), echo=args.verbose))
+            while not any(driving) and time.monotonic() < deadline:
+                rclpy.spin_once(node, timeout_sec=0.2)
+                if any(launched.process.poll() is not None for launched in nodes):
+                    raise OSError('a node exited before the driver drove')
+            if not reset.wait_for_service(timeout_sec=30.0):
+                raise OSError('the sim_bridge offers no reset_episode service')
+            future = reset.call_async(Trigger.Request())
+            rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
+            ends.clear()  # the warm-up episode was cut short: it published no end
             while len(results) < len(seeds) and time.monotonic() < deadline:
                 rclpy.spin_once(node, timeout_sec=0.2)
                 while ends and len(results) < len(seeds):

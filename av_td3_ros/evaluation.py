@@ -34,6 +34,7 @@ class EpisodeResult:
     steps: int
     reason: str
     off_track_steps: int
+    """Steps with all wheels off the road; -1 where not measured."""
 
     @property
     def lap_complete(self) -> bool:
@@ -42,9 +43,11 @@ class EpisodeResult:
 
     def line(self) -> str:
         """Return the one-line report of this episode."""
-        return (f'seed {self.seed}: return {self.episode_return:.1f}, {self.steps} steps, '
-                f'{self.reason} (lap {"completed" if self.lap_complete else "not completed"})'
-                f', {self.off_track_steps} steps off the road')
+        text = (f'seed {self.seed}: return {self.episode_return:.1f}, {self.steps} steps, '
+                f'{self.reason} (lap {"completed" if self.lap_complete else "not completed"})')
+        if self.off_track_steps >= 0:  # -1: not measured (through ROS)
+            text += f', {self.off_track_steps} steps off the road'
+        return text
 
 
 def parse_seeds(text: str) -> list[int]:

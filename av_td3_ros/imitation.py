@@ -92,6 +92,8 @@ class TrainingReport:
     best: dict = field(default_factory=dict)
     frames: int = 0
     cpu_seconds: float = 0.0
+    """CPU time of the whole run (this process), validation included."""
+    validation_cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
 
 
@@ -227,6 +229,8 @@ class ImitationTrainer:
         self.policy = ActorPolicy(self.spec.network)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate)
         self.updates = 0
+        self._cpu_start = time.process_time()
+        self._validation_cpu = 0.0  # CPU spent validating: evaluation, not learning
         self.report = TrainingReport()
         self.best_state = None
         self.best_return = -np.inf
@@ -290,12 +294,17 @@ class ImitationTrainer:
 
     def validate(self, phase: str) -> float:
         """Drive the validation seeds; keep the policy if it is the best so far."""
+        started = time.process_time()
         self._eval_policy.load_state_dict(self.policy.state_dict())
         results = evaluate_policy(copy.deepcopy(self._eval_policy), self.spec,
                                   list(self.config.validation_seeds))
         value = mean_return(results)
+        learning_cpu = started - self._cpu_start - self._validation_cpu
+        self._validation_cpu += time.process_time() - started
         record = {'phase': phase, 'updates': self.updates, 'mean_return': round(value, 1),
-                  'returns': [round(r.episode_return, 1) for r in results]}
+                  'returns': [round(r.episode_return, 1) for r in results],
+                  'env_steps': self.dataset.size,
+                  'learning_cpu_minutes': round(learning_cpu / 60.0, 2)}
         self.report.validations.append(record)
         if value > self.best_return:
             self.best_return = value
@@ -310,6 +319,7 @@ class ImitationTrainer:
         """Run the whole recipe; return the report (the best weights are in best_state)."""
         config = self.config
         wall, cpu = time.monotonic(), time.process_time()
+        self._cpu_start, self._validation_cpu = cpu, 0.0
         self.collect(config.expert_frames, config.collect_seed_start, False, 1.0, 'expert data')
         last = len(config.dagger_betas) == 0
         self.train(config.bc_updates, config.validate_every if last else 0, 'bc')
@@ -322,6 +332,7 @@ class ImitationTrainer:
                        f'dagger {round_index}')
         self.report.frames = self.dataset.size
         self.report.cpu_seconds = time.process_time() - cpu
+        self.report.validation_cpu_seconds = self._validation_cpu
         self.report.wall_seconds = time.monotonic() - wall
         return self.report
 
@@ -333,7 +344,8 @@ class ImitationTrainer:
         extra = {'imitation_config': json.dumps(self.config.to_dict(), sort_keys=True),
                  'imitation_report': json.dumps(asdict(self.report), sort_keys=True),
                  'expert_config': json.dumps(ExpertConfig().to_dict(), sort_keys=True),
-                 'step': str(self.updates)}
+                 # the updates behind the weights written (the best), not the run's total
+                 'step': str(self.report.best.get('updates', self.updates))}
         save_policy_state(path, state, self.spec, extra)
 
 

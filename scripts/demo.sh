@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the venv (idempotent) and run the main job without CARLA: the CarRacing stand-in
-# simulator on the CARLA bridge topics + the driver node, then print a summary.
-# Usage: scripts/demo.sh [--train] [--duration S] [--checkpoint PATH] [--run-dir DIR] ...
+# simulator on the CARLA bridge topics + the driver node driving the shipped camera policy
+# (models/camera_policy.safetensors), then print a summary with each episode's return.
+# Usage: scripts/demo.sh [--random] [--train] [--duration S] [--checkpoint PATH] ...
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

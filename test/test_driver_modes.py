@@ -66,3 +66,19 @@ def test_dagger_mode_mixes_by_the_beta_schedule(runner):
 def test_dagger_betas_are_validated():
     with pytest.raises(ValueError, match='beta'):
         ExplorationConfig(mode='dagger', beta_start=1.5)
+
+
+@pytest.mark.slow
+def test_driver_node_in_expert_mode_drives_the_simulator_like_the_core(ros_env, capsys):
+    from av_td3_ros.evaluate_policy import main as evaluate_main
+    from av_td3_ros.evaluation import evaluate_expert
+    from av_td3_ros.sim_env import SimEnvConfig
+    # sim_bridge + driver_node (mode:=expert, no checkpoint) as processes, 120 steps
+    assert evaluate_main(['--expert', '--seeds', '43', '--through-ros', '--max-steps', '120',
+                          '--timeout', '240']) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    ros_return = float(line.split('return ')[1].split(',')[0])
+    (core,) = evaluate_expert([43], env_config=SimEnvConfig(max_episode_steps=120,
+                                                            render_camera=False))
+    assert ros_return == pytest.approx(core.episode_return, abs=10.0), line
+    assert ros_return > 50.0, line
