@@ -19,7 +19,7 @@ def build_config(args):
     """Return the ImitationConfig the command line asks for."""
     from .imitation import ImitationConfig
     config = ImitationConfig(kinematic_inputs='speed' if args.profile == 'camera' else 'all',
-                             seed=args.seed)
+                             seed=args.seed, precision=args.precision)
     overrides = {name: getattr(args, name) for name in
                  ('expert_frames', 'bc_updates', 'dagger_frames', 'dagger_updates',
                   'batch_size', 'validate_every', 'log_every')
@@ -42,6 +42,8 @@ def main(argv=None) -> int:
                              'route: all of it')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    parser.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'auto'),
+                        help='BC update precision (bf16: ~2x faster on AMX/AVX512-BF16 CPUs)')
     parser.add_argument('--expert-frames', type=int)
     parser.add_argument('--bc-updates', type=int)
     parser.add_argument('--dagger-betas', help="comma list, one DAgger round each ('' none)")

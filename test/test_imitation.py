@@ -98,12 +98,17 @@ def test_ar1_noise_is_correlated_with_the_requested_scale():
     assert lag1 == pytest.approx(0.9, abs=0.03)
 
 
-def test_bc_updates_fit_the_expert_labels_and_save_a_loadable_policy(env, tmp_path):
-    config = replace(ImitationConfig(), expert_frames=64, batch_size=32, dagger_betas=())
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_bc_updates_fit_the_expert_labels_and_save_a_loadable_policy(env, tmp_path,
+                                                                     precision):
+    config = replace(ImitationConfig(), expert_frames=64, batch_size=32, dagger_betas=(),
+                     precision=precision)
     trainer = ImitationTrainer(config, log=lambda text: None)
     trainer.collect(64, 31, student=False, beta=1.0, phase='test data')
     losses = [trainer.update() for _ in range(60)]
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    # bf16 computes in bfloat16 but keeps float32 weights (channels_last in memory only)
+    assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
     path = tmp_path / 'policy.safetensors'
     trainer.save(path)
     # fp16 storage loads as float32 under the sim driver's spec (kinematic_inputs left at
