@@ -34,6 +34,10 @@ from .types import UnknownTypeError, ensure_type, message_class, typestore
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 # Topics every graph has that say nothing about a drive.
 IGNORED_TOPICS = ('/rosout', '/parameter_events')
+DRAIN_IDLE_ROUNDS = 3
+"""After a stop, keep spinning until this many 0.1 s spins in a row bring no message..."""
+DRAIN_LIMIT_S = 10.0
+"""...but no longer than this (a publisher that never stops must not hold the exit)."""
 
 
 def default_topics(role: str = 'ego_vehicle', camera: str = 'rgb_front') -> list[str]:
@@ -156,12 +160,15 @@ def record(config: RecordConfig, context=None, stop=None) -> int:
             if config.duration and time.monotonic() - start >= config.duration:
                 break
             executor.spin_once(timeout_sec=0.05)
-        # Drain what DDS already delivered (e.g. on Ctrl-C) instead of dropping it.
-        drain_until = time.monotonic() + 0.5
-        count = -1
-        while not node.done and node.count != count and time.monotonic() < drain_until:
+        # Drain what DDS already delivered (e.g. on Ctrl-C) instead of dropping it: until
+        # DRAIN_IDLE_ROUNDS spins in a row bring nothing new. A recorder starved of CPU writes
+        # a 2 MB frame in a good part of a second, so the cap is generous.
+        drain_until = time.monotonic() + DRAIN_LIMIT_S
+        idle = 0
+        while not node.done and idle < DRAIN_IDLE_ROUNDS and time.monotonic() < drain_until:
             count = node.count
             executor.spin_once(timeout_sec=0.1)
+            idle = idle + 1 if node.count == count else 0
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
