@@ -126,6 +126,16 @@ def test_training_runs_episodes_end_to_end_through_the_manager(start_node, rclpy
     try:
         assert trainer.wait_for_output('training from ego_vehicle', timeout=90), \
             trainer.output()
+        # DDS matches endpoints in the background: tick only once the camera reaches both
+        # readers, odometry all three nodes, and the manager's episode_start both the driver
+        # and the trainer (a volatile topic: a start sent before the match is lost for good).
+        start_topic = '/av_td3/ego_vehicle/episode_start'
+        assert world.spin_until(
+            lambda: world.image_pub.get_subscription_count() >= 2
+            and world.odom_pub.get_subscription_count() >= 3
+            and world.node.count_subscribers(start_topic) >= 3
+            and world.node.count_publishers(start_topic) >= 1, timeout=60.0), \
+            (manager.output(), trainer.output(), driver.output())
 
         def recorded_episodes():
             path = run_dir / 'episodes.jsonl'
