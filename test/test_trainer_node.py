@@ -54,17 +54,12 @@ FIRST_EPISODE, SECOND_EPISODE = 5000, 7000  # bgra_frame(k) needs k < 9000
 @pytest.mark.slow
 def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_context):
     run_dir = tmp_path / 'run'
-    # The fine-tuning path too: the actor starts from a policy file, the critic warms up on
-    # Monte Carlo returns, then TD3+BC with the route expert's labels.
-    start = tmp_path / 'start.safetensors'
-    save_policy(start, ActorPolicy(NetworkConfig()), PolicySpec())
-    fine_tuning = dict(initial_policy=str(start), critic_warmup_updates=4, bc_weight=1.0)
     # Frames here are stamped 1 s apart; a 3 s event window lets the collision below be
     # served up to three frames after its own, whatever order the trainer's executor picks.
     _, (driver, trainer) = launch_nodes(
         start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml', run_dir=str(run_dir),
         learning_starts='12', device='cpu', use_sim_time='false',
-        trainer_params_file=str(trainer_params(tmp_path, event_window=3.0, **fine_tuning)))
+        trainer_params_file=str(trainer_params(tmp_path, event_window=3.0)))
     bridge = FakeBridge(rclpy_context)
     collision_pub = bridge.node.create_publisher(
         CarlaCollisionEvent, '/carla/ego_vehicle/collision', 10)
@@ -130,8 +125,6 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
         assert trained_policy_loaded(), driver.output()
         assert 'ended (collision)' in trainer.output()
         assert 'activation health' in trainer.output()
-        assert f'actor starts from {start}' in trainer.output()
-        assert 'TD3 update failed' not in trainer.output()
     finally:
         bridge.close()
     assert trainer.stop() == 0, trainer.output()
