@@ -1,6 +1,8 @@
 """The one `main` every single-threaded node of this package runs."""
 from __future__ import annotations
 
+import faulthandler
+import signal
 from collections.abc import Callable
 
 import rclpy
@@ -9,7 +11,15 @@ from rclpy.node import Node
 
 from .callback_guard import guard_callback
 
-__all__ = ['guard_callback', 'run_node']
+__all__ = ['dump_stacks_on_sigusr1', 'guard_callback', 'run_node']
+
+
+def dump_stacks_on_sigusr1():
+    """Print every thread's Python stack to stderr on SIGUSR1 (`kill -USR1 <pid>`).
+
+    A node that still logs but no longer handles messages shows where it waits.
+    """
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def run_node(make_node: Callable[[], Node], args=None):
@@ -18,6 +28,7 @@ def run_node(make_node: Callable[[], Node], args=None):
     Ctrl-C and SIGTERM end it quietly (rclpy turns them into ExternalShutdownException).
     """
     rclpy.init(args=args)
+    dump_stacks_on_sigusr1()
     node = None
     try:
         node = make_node()

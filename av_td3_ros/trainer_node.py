@@ -61,6 +61,7 @@ from .checkpoint import (
 from .control import control_to_action
 from .expert import expert_actions
 from .mc_returns import MonteCarloReturns
+from .node_main import dump_stacks_on_sigusr1
 from .node_params import ParameterReader, read_policy_spec
 from .policy_topic import PolicyBroadcaster
 from .preprocessing import ImageFormatError, ImageView, to_gray
@@ -613,14 +614,17 @@ class TrainerNode(Node):
         rate = self._updates_since_log / max(now - self._last_log, 1e-9)
         self._updates_since_log, self._last_log = 0, now
         stats = [f.assembler.stats for f in self.feeds]
+        frames = sum(s.frames for s in stats)
         dropped = sum(s.dropped_unpaired + s.dropped_no_odometry for s in stats)
+        stale = sum(s.dropped_stale for s in stats)
         refused = sum(s.bad_routes + s.bad_odometry + s.bad_commands for s in stats)
         late = sum(s.late_events for s in stats)
         mean_return = (f'{np.mean(self.recent_returns):.1f}' if self.recent_returns else 'n/a')
         self.get_logger().info(
             f'steps {self.env_steps} | episodes {self.episodes} | mean return (last 20) '
             f'{mean_return} | updates {self.agent.total_updates} ({rate:.1f}/s) | buffer '
-            f'{self.buffer.size} | dropped frames {dropped} | refused routes/odometry/commands '
+            f'{self.buffer.size} | frames {frames} | dropped frames {dropped} (stale {stale}) | '
+            f'refused routes/odometry/commands '
             f'{refused} | events beyond the window {late} | unstored {self.unstored}')
         if self.tb is not None:
             self.tb.add_scalar('train/updates_per_s', rate, self.agent.total_updates)
@@ -653,6 +657,7 @@ class TrainerNode(Node):
 def main(args=None):
     """Run the trainer node until shutdown, then save its state."""
     rclpy.init(args=args)
+    dump_stacks_on_sigusr1()
     node = None
     executor = MultiThreadedExecutor(num_threads=2)
     try:
