@@ -615,17 +615,20 @@ class TrainerNode(Node):
         self._updates_since_log, self._last_log = 0, now
         stats = [f.assembler.stats for f in self.feeds]
         frames = sum(s.frames for s in stats)
-        dropped = sum(s.dropped_unpaired + s.dropped_no_odometry for s in stats)
+        unpaired = sum(s.dropped_unpaired for s in stats)
+        no_odometry = sum(s.dropped_no_odometry for s in stats)
         stale = sum(s.dropped_stale for s in stats)
+        gap_collisions = sum(s.gap_collisions for s in stats)
         refused = sum(s.bad_routes + s.bad_odometry + s.bad_commands for s in stats)
         late = sum(s.late_events for s in stats)
         mean_return = (f'{np.mean(self.recent_returns):.1f}' if self.recent_returns else 'n/a')
         self.get_logger().info(
             f'steps {self.env_steps} | episodes {self.episodes} | mean return (last 20) '
             f'{mean_return} | updates {self.agent.total_updates} ({rate:.1f}/s) | buffer '
-            f'{self.buffer.size} | frames {frames} | dropped frames {dropped} (stale {stale}) | '
-            f'refused routes/odometry/commands '
-            f'{refused} | events beyond the window {late} | unstored {self.unstored}')
+            f'{self.buffer.size} | frames {frames}: without command {unpaired}, dropped '
+            f'without odometry or route {no_odometry}, stale {stale} | refused '
+            f'routes/odometry/commands {refused} | events beyond the window {late}, collisions '
+            f'between chains {gap_collisions} | unstored {self.unstored}')
         if self.tb is not None:
             self.tb.add_scalar('train/updates_per_s', rate, self.agent.total_updates)
             self.tb.flush()

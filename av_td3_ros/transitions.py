@@ -4,9 +4,12 @@ The driver answers every camera frame with one command stamped with the frame's 
 frame and the action taken on it are paired by exact stamp. Kinematics come from the newest
 odometry not newer than the frame. A frame is emitted as a step once its command is known;
 the transition (previous step -> this frame) is then written with the reward of that step.
-A frame that cannot be paired (its command never arrives, no odometry or route yet) is
-dropped and counted, and the episode's chain restarts at the next good frame, so nothing is
-ever mis-paired. Messages may arrive in any order across topics.
+A frame whose command never arrives still ends the transition from the previous frame (that
+needs only the previous frame's action), but none can start from it: the chain restarts at
+the next good frame, so nothing is ever mis-paired. A frame without odometry or route is
+dropped. Both are counted. A collision that falls in such a gap (after the command-less
+frame, before the chain restarts) still ends the episode, without a transition to label.
+Messages may arrive in any order across topics.
 
 Each step's output is held back until the next frame is emitted (or the episode ends): an
 episode_start that overtakes the first frame of the new episode on another topic can then
@@ -93,6 +96,8 @@ class AssemblerStats:
     late_episode_ends: int = 0
     late_events: int = 0
     """Events that arrived after their step was decided (beyond the event window)."""
+    gap_collisions: int = 0
+    """Collisions that ended an episode between two chains (no transition to label)."""
     bad_routes: int = 0
     bad_odometry: int = 0
     bad_commands: int = 0
@@ -132,6 +137,7 @@ class TransitionAssembler:
         self._window_ns = round(self.episode.event_window * 1e9)
         self._newest_frame = -1  # newest frame stamp seen: how far the stream's time got
         self._decided = -1  # stamp of the newest decided (emitted) frame of this episode
+        self._gap_floor: int | None = None  # the chain broke after this frame (mid-episode)
 
     # ------------------------------------------------------------------ inputs
     def on_route(self, route: np.ndarray | None) -> str | None:
@@ -266,11 +272,12 @@ class TransitionAssembler:
         self._break_chain()
         self._episode_floor = stamp - 1
         self._decided = stamp - 1
+        self._gap_floor = None
         self._ended = False
         self._episode_return, self._episode_steps = 0.0, 0
         self._events = [event for event in self._events if event[0] >= stamp]
-        if moved is not None:
-            self._emit(moved)
+        if moved is not None and moved.action is not None:
+            self._emit(moved)  # (a first frame without a command could start no transition)
         self._drain()
 
     # ------------------------------------------------------------------ output
@@ -358,7 +365,15 @@ class TransitionAssembler:
                     return  # its command may still be on its way
                 self._pending.popleft()
                 self.stats.dropped_unpaired += 1
-                self._break_chain()  # the next transition would need this frame's action
+                if self._previous is not None:
+                    # It still ends the transition from the previous frame (which needs only
+                    # that frame's action), so an event in that step is labelled as usual.
+                    self._emit(head)
+                else:
+                    self._decided = max(self._decided, head.stamp)
+                if not self._ended:
+                    self._break_chain()  # the next transition would need this frame's action
+                    self._gap_floor = head.stamp
                 continue
             self._pending.popleft()
             self._emit(head)
@@ -388,6 +403,15 @@ class TransitionAssembler:
         self._decided = max(self._decided, obs.stamp)
         previous = self._previous
         self._release()
+        if previous is None and self._gap_floor is not None:
+            gap, self._gap_floor = self._gap_floor, None
+            if any(kind == 'collision' and gap < stamp <= obs.stamp
+                   for stamp, kind in self._events):
+                # The vehicle collided while the chain was broken: no transition can carry
+                # the terminal flag, but the episode is over and the simulator must reset.
+                self.stats.gap_collisions += 1
+                self._end_episode('collision', needs_reset=True)
+                return
         if previous is None:
             if self._episode_steps == 0:
                 self.stats.episodes += 1

@@ -75,7 +75,7 @@ def test_late_commands_are_paired_by_stamp_not_arrival_order():
     assert [round(float(s.action[0]), 2) for s in steps] == [0.01, 0.02]
 
 
-def test_frame_without_command_is_dropped_and_chain_restarts():
+def test_frame_without_command_ends_its_step_and_the_chain_restarts():
     assembler = make(max_pending_frames=2)
     feed(assembler, 1)
     feed(assembler, 2)
@@ -86,10 +86,41 @@ def test_frame_without_command_is_dropped_and_chain_restarts():
     assert assembler.stats.dropped_unpaired == 1
     kinds = [item[0] for item in output]
     assert kinds.count('start') == 2
-    # No transition ends in frame 3 and none starts from it: nothing is mis-paired.
+    # The step into frame 3 needs only frame 2's action: it is kept. None starts from frame 3
+    # (its action is unknown), so nothing is mis-paired: the chain restarts at frame 4.
     next_frames = [int(s.next_frame[0, 0]) for s in transitions(output)]
-    assert 3 not in next_frames and 4 not in next_frames
-    assert next_frames == [2, 5, 6]
+    assert next_frames == [2, 3, 5, 6]
+    assert [round(float(s.action[0]), 2) for s in transitions(output)] == [
+        0.01, 0.02, 0.04, 0.05]
+
+
+def test_a_collision_in_the_step_into_a_frame_without_command_is_terminal():
+    assembler = make(max_pending_frames=2)
+    feed(assembler, 1)
+    feed(assembler, 2)
+    assembler.on_event(feed(assembler, 3, action=False) - MS, 'collision')
+    for k in range(4, 8):
+        feed(assembler, k)
+    output = assembler.pop_output()
+    (last,) = [s for s in transitions(output) if s.terminated]
+    assert int(last.next_frame[0, 0]) == 3 and last.end_reason == 'collision'
+    assert output[-1][0] == 'episode_end' and output[-1][3] == 'collision' and output[-1][4]
+
+
+@pytest.mark.parametrize('missing', [[3], [2, 3]])
+def test_a_collision_between_chains_still_ends_the_episode(missing):
+    # The collision falls after the last frame a transition can reach and before the next
+    # chain starts: no transition carries it, but the episode ends and asks for a reset.
+    assembler = make(max_pending_frames=2)
+    for k in range(1, 8):
+        stamp = feed(assembler, k, action=k not in missing)
+        if k == 3:
+            assembler.on_event(stamp + MS, 'collision')
+    output = assembler.pop_output()
+    assert not any(s.terminated for s in transitions(output))
+    assert [item[3:] for item in output if item[0] == 'episode_end'] == [('collision', True)]
+    assert assembler.stats.gap_collisions == 1 and assembler.ended
+    assert max(int(s.next_frame[0, 0]) for s in transitions(output)) <= 3
 
 
 def test_frames_without_odometry_are_dropped():
