@@ -219,7 +219,9 @@ class DriverNode(Node):
         self._last_frame_stamp = ''
 
         self._load_initial_policy(torch)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        # Deep enough that a trainer busy for a moment still gets every command (it pairs
+        # each frame with its command); commands are 100 bytes.
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.control_pub = self.create_publisher(CarlaEgoVehicleControl,
                                                  self.config.control_topic, qos)
         camera_qos = (QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,

@@ -237,14 +237,17 @@ class VehicleFeed:
         self.reset_requested: float | None = None  # monotonic time of the last request
         self.last_frame: float | None = None  # monotonic time of the newest camera frame
         base = f'/carla/{role}'
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        # Reliable keep-10 for the camera: the trainer must see every frame the driver saw.
+        # Reliable keep-10 for the camera (2 MB frames): the trainer should see every frame
+        # the driver saw. Small messages queue deeper: a trainer busy for a moment must not
+        # lose the command of a frame it still has (the frame would go unpaired).
+        camera = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
         def sub(msg_type, topic, callback, qos, callback_group):
             node.create_subscription(msg_type, topic, guard_callback(node, callback), qos,
                                      callback_group=callback_group)
 
-        sub(Image, config.camera_topic.replace('{role}', role), self.on_image, reliable,
+        sub(Image, config.camera_topic.replace('{role}', role), self.on_image, camera,
             callback_group=group)
         sub(Odometry, f'{base}/odometry', self.on_odometry, reliable, callback_group=group)
         sub(PathMsg, f'{base}/waypoints', self.on_route,
@@ -618,6 +621,7 @@ class TrainerNode(Node):
         unpaired = sum(s.dropped_unpaired for s in stats)
         no_odometry = sum(s.dropped_no_odometry for s in stats)
         stale = sum(s.dropped_stale for s in stats)
+        missed = sum(s.missed_frames for s in stats)
         gap_collisions = sum(s.gap_collisions for s in stats)
         refused = sum(s.bad_routes + s.bad_odometry + s.bad_commands for s in stats)
         late = sum(s.late_events for s in stats)
@@ -625,10 +629,10 @@ class TrainerNode(Node):
         self.get_logger().info(
             f'steps {self.env_steps} | episodes {self.episodes} | mean return (last 20) '
             f'{mean_return} | updates {self.agent.total_updates} ({rate:.1f}/s) | buffer '
-            f'{self.buffer.size} | frames {frames}: without command {unpaired}, dropped '
-            f'without odometry or route {no_odometry}, stale {stale} | refused '
-            f'routes/odometry/commands {refused} | events beyond the window {late}, collisions '
-            f'between chains {gap_collisions} | unstored {self.unstored}')
+            f'{self.buffer.size} | frames {frames} (no command {unpaired}, no odometry/route '
+            f'{no_odometry}, stale {stale}, missed {missed}) | refused routes/odometry/commands '
+            f'{refused} | events beyond the window {late} | collisions between chains '
+            f'{gap_collisions} | unstored {self.unstored}')
         if self.tb is not None:
             self.tb.add_scalar('train/updates_per_s', rate, self.agent.total_updates)
             self.tb.flush()

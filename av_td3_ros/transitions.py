@@ -7,9 +7,12 @@ the transition (previous step -> this frame) is then written with the reward of 
 A frame whose command never arrives still ends the transition from the previous frame (that
 needs only the previous frame's action), but none can start from it: the chain restarts at
 the next good frame, so nothing is ever mis-paired. A frame without odometry or route is
-dropped. Both are counted. A collision that falls in such a gap (after the command-less
-frame, before the chain restarts) still ends the episode, without a transition to label.
-Messages may arrive in any order across topics.
+dropped. A command stamped between two frames means the driver saw a frame this assembler
+never got (a lagging queue lost it): the chain restarts there too, rather than link two
+frames across two actions. All are counted. A collision that falls in such a gap (before the
+chain restarts) still ends the episode, without a transition to label. Frames, commands and
+odometry may interleave in any order across topics; events are honoured within the event
+window (below).
 
 Each step's output is held back until the next frame is emitted (or the episode ends): an
 episode_start that overtakes the first frame of the new episode on another topic can then
@@ -96,6 +99,8 @@ class AssemblerStats:
     late_episode_ends: int = 0
     late_events: int = 0
     """Events that arrived after their step was decided (beyond the event window)."""
+    missed_frames: int = 0
+    """Chains broken because a command came for a frame that never arrived here."""
     gap_collisions: int = 0
     """Collisions that ended an episode between two chains (no transition to label)."""
     bad_routes: int = 0
@@ -403,6 +408,13 @@ class TransitionAssembler:
         self._decided = max(self._decided, obs.stamp)
         previous = self._previous
         self._release()
+        if previous is not None and any(previous.stamp < stamp < obs.stamp
+                                        for stamp in self._actions):
+            # The driver answered a frame between these two that never reached us (lost or
+            # overwritten in a lagging queue): previous -> obs spans two actions. Restart.
+            self.stats.missed_frames += 1
+            self._break_chain()
+            self._gap_floor, previous = previous.stamp, None
         if previous is None and self._gap_floor is not None:
             gap, self._gap_floor = self._gap_floor, None
             if any(kind == 'collision' and gap < stamp <= obs.stamp

@@ -123,6 +123,39 @@ def test_a_collision_between_chains_still_ends_the_episode(missing):
     assert max(int(s.next_frame[0, 0]) for s in transitions(output)) <= 3
 
 
+def test_a_frame_answered_by_the_driver_but_never_received_breaks_the_chain():
+    assembler = make()
+    for k in range(1, 8):
+        stamp = k * 50 * MS
+        assembler.on_odometry(stamp, Pose2D(k * 0.25, 0.0, 0.0), 5.0, 0.0)
+        if k != 4:  # frame 4 was lost on the way here; its command was not
+            assembler.on_frame(stamp, frame(k))
+        assembler.on_control(stamp, np.array([0.01 * k, 0.5], np.float32))
+    output = assembler.pop_output()
+    assert assembler.stats.missed_frames == 1
+    # 3 -> 5 would carry frame 3's action over two steps: no such transition exists.
+    steps = transitions(output)
+    assert [int(s.next_frame[0, 0]) for s in steps] == [2, 3, 6]
+    assert [round(float(s.action[0]), 2) for s in steps] == [0.01, 0.02, 0.05]
+    assert [item[0] for item in output].count('start') == 2
+
+
+def test_a_collision_in_a_lost_frame_s_step_still_ends_the_episode():
+    assembler = make()
+    for k in range(1, 8):
+        stamp = k * 50 * MS
+        assembler.on_odometry(stamp, Pose2D(k * 0.25, 0.0, 0.0), 5.0, 0.0)
+        if k != 4:
+            assembler.on_frame(stamp, frame(k))
+        else:
+            assembler.on_event(stamp, 'collision')
+        assembler.on_control(stamp, np.array([0.01 * k, 0.5], np.float32))
+    output = assembler.pop_output()
+    assert [item[3:] for item in output if item[0] == 'episode_end'] == [('collision', True)]
+    assert not any(s.terminated for s in transitions(output))
+    assert assembler.stats.gap_collisions == 1
+
+
 def test_frames_without_odometry_are_dropped():
     assembler = make()
     assembler.on_frame(10 * MS, frame(0))
@@ -513,7 +546,9 @@ def test_a_long_window_keeps_what_its_waiting_frames_need():
         stamp = k * 50 * MS
         for j in range(10):
             assembler.on_odometry(stamp - j * 5 * MS, Pose2D(k * 0.25, 0.0, 0.0), 5.0, 0.0)
-        assembler.on_control(stamp + 7 * MS, np.array([0.0, 0.0], np.float32))  # no frame
+        # A command for no frame (a watchdog brake stamped by the wall clock under sim time;
+        # one stamped between two frames would mean a lost frame and break the chain).
+        assembler.on_control(stamp + 10**15, np.array([0.0, 0.0], np.float32))
         assembler.on_frame(stamp, frame(k))
         assembler.on_control(stamp, np.array([0.01, 0.5], np.float32))
     assert assembler.pop_output() == []  # all still inside the window
