@@ -1,7 +1,7 @@
 """TD3 learner for the camera driving policy (no ROS imports).
 
 Twin Delayed DDPG (Fujimoto et al. 2018, arXiv:1802.09477) over the networks in
-`av_td3_ros.networks`: the actor and the critics each own a NatureCNN (one critic CNN feeds
+`av_td3_ros.driving.networks`: the actor and the critics each own a NatureCNN (one critic CNN feeds
 both Q heads, as in av_td3_system), and every online network has a target copy.
 
 Batches arrive with uint8 frames; `TD3.prepare` is the ONE place where frames become floats
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from av_td3_ros.inference import resolve_device
-from av_td3_ros.networks import Actor, NatureCNN, NetworkConfig, TwinCritic
+from av_td3_ros.driving.inference import resolve_device
+from av_td3_ros.driving.networks import Actor, NatureCNN, NetworkConfig, TwinCritic
 
 FRAME_SCALES = ('zero_centered', 'unit')
 OPTIMIZER_IMPLS = ('fused', 'foreach', 'for_loop')

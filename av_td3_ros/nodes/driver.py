@@ -31,18 +31,18 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from .checkpoint import CheckpointError, PolicySpec, load_policy, resolve_checkpoint
-from .control import SAFE_STOP, ControlCommand
-from .driver_logic import DriverInputs
-from .features import Pose2D
-from .inference import resolve_device
-from .inference_onnx import BACKENDS, build_runner
-from .networks import ActorPolicy
+from ..driving.control import SAFE_STOP, ControlCommand
+from ..driving.decision import DriverInputs
+from ..driving.features import Pose2D
+from ..driving.inference import resolve_device
+from ..driving.inference_onnx import BACKENDS, build_runner
+from ..driving.networks import ActorPolicy
+from ..driving.pipeline import DrivingPipeline, ExplorationConfig
+from ..driving.ros_conversions import fill_control_msg
+from ..learning.checkpoint import CheckpointError, PolicySpec, load_policy, resolve_checkpoint
 from .node_main import guard_callback, run_node
 from .node_params import ParameterReader, read_policy_spec
-from .pipeline import DrivingPipeline, ExplorationConfig
 from .policy_topic import PolicyReceiver
-from .ros_conversions import fill_control_msg
 from .transport import shared_memory_limit
 from .watchdog import StallWatchdog
 

@@ -13,7 +13,7 @@ what carla-simulator/ros-bridge offers:
 
 Spawn points (map frame: x, y, z, yaw in degrees) come from `spawn_points` (a flat list of
 numbers), `spawn_points_file` (YAML with `spawn_points:` and optional `goals:` lists), or, with
-neither, the car's pose when the manager starts. The decisions live in `episode_manager.py`.
+neither, the car's pose when the manager starts. The decisions live in `sim/episode_manager.py`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from .episode_manager import (
+from ..driving.ros_conversions import pose_from_odometry, speed_from_odometry, stamp_to_ns
+from ..sim.episode_manager import (
     EndEpisode,
     EpisodeManager,
     EpisodeManagerConfig,
@@ -45,7 +46,6 @@ from .episode_manager import (
 )
 from .node_main import guard_callback, run_node
 from .node_params import ParameterReader
-from .ros_conversions import pose_from_odometry, speed_from_odometry, stamp_to_ns
 
 
 def read_spawn_file(path: str) -> tuple[tuple[MapPose, ...], tuple[MapPose, ...]]:

@@ -13,10 +13,10 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointError, PolicySpec, save_policy
-from .features import FeatureConfig
-from .networks import ActorPolicy, NetworkConfig
-from .preprocessing import PreprocessConfig
+from ..driving.features import FeatureConfig
+from ..driving.networks import ActorPolicy, NetworkConfig
+from ..driving.preprocessing import PreprocessConfig
+from ..learning.checkpoint import CheckpointError, PolicySpec, save_policy
 
 CNN_KEYS = ('conv1.weight', 'conv1.bias', 'conv2.weight', 'conv2.bias', 'conv3.weight',
             'conv3.bias', 'fc.weight', 'fc.bias')

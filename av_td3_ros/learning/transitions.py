@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .features import FeatureConfig, Pose2D, kinematic_vector, odometry_problem, route_problem
+from ..driving.features import (
+    FeatureConfig,
+    Pose2D,
+    kinematic_vector,
+    odometry_problem,
+    route_problem,
+)
 from .reward import RewardConfig, RewardFunction, StepEvents, VehicleState
 
 MAX_YAW_RATE = 100.0

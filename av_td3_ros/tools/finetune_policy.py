@@ -13,7 +13,7 @@ import json
 import tempfile
 from dataclasses import asdict, replace
 
-from .finetune import FinetuneConfig, Finetuner
+from ..learning.finetune import FinetuneConfig, Finetuner
 
 
 def build_config(args) -> FinetuneConfig:

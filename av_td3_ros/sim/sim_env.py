@@ -40,7 +40,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d import car_racing
 
-from .reward import STAND_IN_REWARD
+from ..learning.reward import STAND_IN_REWARD
 
 PHYSICS_DT = 1.0 / car_racing.FPS
 """Physics seconds CarRacing integrates per step (fixed by the environment)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from rosbags.interfaces import Nodetype
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-REPO_MSG_DIR = (Path(__file__).resolve().parents[2] / 'carla_msgs_fallback' / 'carla_msgs'
+REPO_MSG_DIR = (Path(__file__).resolve().parents[3] / 'carla_msgs_fallback' / 'carla_msgs'
                 / 'msg')
 CARLA_PACKAGE = 'carla_msgs'
 

@@ -41,8 +41,16 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from .callback_guard import guard_callback
-from .checkpoint import (
+from ..driving.control import control_to_action
+from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
+from ..driving.ros_conversions import (
+    command_from_control_msg,
+    pose_from_odometry,
+    route_from_path,
+    speed_from_odometry,
+    stamp_to_ns,
+)
+from ..learning.checkpoint import (
     CHECKPOINT_DECIDES,
     CHECKPOINT_SUBDIR,
     POLICY_PATTERN,
@@ -58,22 +66,14 @@ from .checkpoint import (
     save_policy_state,
     write_atomic,
 )
-from .control import control_to_action
-from .expert import expert_actions
-from .mc_returns import MonteCarloReturns
+from ..learning.mc_returns import MonteCarloReturns
+from ..learning.reward import RewardConfig
+from ..learning.transitions import EpisodeConfig, TransitionAssembler
+from ..sim.expert import expert_actions
+from .callback_guard import guard_callback
 from .node_main import dump_stacks_on_sigusr1
 from .node_params import ParameterReader, read_policy_spec
 from .policy_topic import PolicyBroadcaster
-from .preprocessing import ImageFormatError, ImageView, to_gray
-from .reward import RewardConfig
-from .ros_conversions import (
-    command_from_control_msg,
-    pose_from_odometry,
-    route_from_path,
-    speed_from_odometry,
-    stamp_to_ns,
-)
-from .transitions import EpisodeConfig, TransitionAssembler
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class TrainerConfig:
 
 def read_config(node: Node) -> TrainerConfig:
     """Declare the trainer's parameters (descriptions, ranges) and read them."""
-    from .td3 import TD3Config
+    from ..learning.td3 import TD3Config
     p = ParameterReader(node)
     spec = read_policy_spec(p)
     preprocessing = spec.preprocessing
@@ -389,8 +389,8 @@ class TrainerNode(Node):
         self.config = config = with_initial_policy_decisions(read_config(self))
         import torch
 
-        from .replay_buffer import ReplayBuffer
-        from .td3 import TD3
+        from ..learning.replay_buffer import ReplayBuffer
+        from ..learning.td3 import TD3
         torch.set_num_threads(config.torch_threads)
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = config.run_dir / CHECKPOINT_SUBDIR
@@ -558,7 +558,7 @@ class TrainerNode(Node):
     # ------------------------------------------------------------------ learning
     def update_loop(self):
         """Run TD3 updates whenever the update-to-data ratio allows (worker thread)."""
-        from .td3 import metrics_to_floats
+        from ..learning.td3 import metrics_to_floats
         config = self.config
         batch_size = config.td3.batch_size
         while not self._stop.is_set():

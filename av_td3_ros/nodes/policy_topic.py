@@ -24,9 +24,14 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
-from .checkpoint import CheckpointError, read_metadata
+from ..learning.checkpoint import CheckpointError, read_metadata
+from ..learning.policy_transfer import (
+    PolicyInbox,
+    PolicyTransferError,
+    policy_label,
+    step_from_label,
+)
 from .node_main import guard_callback, run_node
-from .policy_transfer import PolicyInbox, PolicyTransferError, policy_label, step_from_label
 
 DEFAULT_TOPIC = '/av_td3/policy'
 POLICY_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .features import FeatureConfig, Pose2D, kinematic_vector
+from ..driving.features import FeatureConfig, Pose2D, kinematic_vector
 
 
 @dataclass(frozen=True)

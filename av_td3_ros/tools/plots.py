@@ -121,8 +121,8 @@ def read_run(bags, role: str = 'ego_vehicle', camera_topic: str | None = None,
     """Collect camera stamps, commands, debug stacks and episode ends from bags."""
     from rosbags.rosbag2 import Reader
 
+    from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
     from .bags.types import header_stamp_ns, typestore
-    from .preprocessing import ImageFormatError, ImageView, to_gray
     store = typestore()
     camera_topic = camera_topic or f'/carla/{role}/rgb_front/image'
     control_topic = control_topic or f'/carla/{role}/vehicle_control_cmd'

@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as serialize
 
-from .features import FeatureConfig
-from .networks import ActorPolicy, NetworkConfig
-from .preprocessing import PreprocessConfig
+from ..driving.features import FeatureConfig
+from ..driving.networks import ActorPolicy, NetworkConfig
+from ..driving.preprocessing import PreprocessConfig
 
 POLICY_FORMAT = 'av_td3_ros.policy/1'
 TRAINING_STATE = 'training_state.safetensors'

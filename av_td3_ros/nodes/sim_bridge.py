@@ -1,6 +1,6 @@
 """Serve CarRacing-v3 (`sim_env.SimEnv`) on the CARLA ROS bridge topics, as a CARLA stand-in.
 
-Run: `ros2 run av_td3_ros sim_bridge` or `python -m av_td3_ros.sim_bridge_node --ros-args
+Run: `ros2 run av_td3_ros sim_bridge` or `python -m av_td3_ros.nodes.sim_bridge --ros-args
 --params-file config/sim_bridge.yaml`. `<role>` is the `role_name` parameter (ego_vehicle).
 
 Publishes (reliable, volatile, depth 10 like the bridge unless noted; one world tick's
@@ -82,9 +82,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32, Header, String
 from std_srvs.srv import Trigger
 
-from av_td3_ros.node_main import guard_callback, run_node
-from av_td3_ros.node_params import ParameterReader
-from av_td3_ros.sim_env import SimEnv, SimEnvConfig, SimState
+from av_td3_ros.nodes.node_main import guard_callback, run_node
+from av_td3_ros.nodes.node_params import ParameterReader
+from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState
 
 BRIDGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import PolicySpec
+from ..learning.checkpoint import PolicySpec
+from ..sim.expert import expert_action_from_kinematics
 from .control import SAFE_STOP, ControlCommand, action_to_control
-from .expert import expert_action_from_kinematics
 from .features import Pose2D, RouteState, kinematic_vector
 from .inference import PolicyRunner
 from .preprocessing import FrameStack, ImageView, gray_from_pixels, image_pixels, scale_frames

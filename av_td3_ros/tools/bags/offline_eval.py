@@ -7,7 +7,7 @@
 Every driver parameter is an option (`--frame-scale unit` is `-p frame_scale:=unit`): they are
 read by the driver node's own `read_config`, through a stand-in for the node's parameter
 interface, so names, defaults, ranges and the resulting PolicySpec are the driver's.
-Each camera frame is decided by the driver's own `DriverInputs` (driver_logic.py) with what
+Each camera frame is decided by the driver's own `DriverInputs` (driving/decision.py) with what
 was recorded before it in bag order: the newest odometry not newer than the frame's stamp,
 and the newest route; episode_start messages
 reset the frame stack. The output bag holds one CarlaEgoVehicleControl per frame on the
@@ -34,9 +34,9 @@ import numpy as np
 import yaml
 from rosbags.rosbag2 import Reader, Writer
 
-from ..control import ControlCommand
-from ..driver_logic import DriverInputs
-from ..ros_conversions import (
+from ...driving.control import ControlCommand
+from ...driving.decision import DriverInputs
+from ...driving.ros_conversions import (
     fill_control_msg,
     stamp_to_ns,
 )
@@ -89,7 +89,7 @@ class ParameterSource:
 
 def driver_config(values: dict | None = None):
     """Return the driver's DriverConfig for parameter `values` (its own read_config)."""
-    from ..driver_node import read_config  # the node module: same parameters, same defaults
+    from ...nodes.driver import read_config  # the node module: same parameters, same defaults
     source = ParameterSource(values)
     config = read_config(source)
     unknown = source.unknown()
@@ -100,7 +100,7 @@ def driver_config(values: dict | None = None):
 
 def driver_parameters() -> dict:
     """Return {name: (default, description)} of every driver parameter."""
-    from ..driver_node import read_config
+    from ...nodes.driver import read_config
     source = ParameterSource()
     read_config(source)
     return {name: (default, descriptor.description)
@@ -121,10 +121,10 @@ def make_runner(config):
     """Build the runner the driver would start with (None: the driver brakes)."""
     import torch
 
-    from ..checkpoint import load_policy, resolve_checkpoint
-    from ..inference import resolve_device
-    from ..inference_onnx import build_runner
-    from ..networks import ActorPolicy
+    from ...driving.inference import resolve_device
+    from ...driving.inference_onnx import build_runner
+    from ...driving.networks import ActorPolicy
+    from ...learning.checkpoint import load_policy, resolve_checkpoint
     torch.set_num_threads(config.torch_threads)
     try:
         device = resolve_device(config.device)
@@ -176,7 +176,7 @@ def offline_driver(config, runner=None, odometry_timeout: bool = True) -> Driver
 
     The same `DriverInputs` the driver node uses; time is bag time in seconds.
     """
-    from ..pipeline import DrivingPipeline
+    from ...driving.pipeline import DrivingPipeline
     pipeline = DrivingPipeline(config.spec, runner, config.exploration)
     return DriverInputs(pipeline, config.odometry_timeout if odometry_timeout else None,
                         config.require_route)

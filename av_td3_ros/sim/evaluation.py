@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import PolicySpec
-from .control import action_to_control
+from ..driving.control import action_to_control
+from ..driving.features import Pose2D
+from ..driving.inference import PolicyRunner
+from ..driving.networks import ActorPolicy
+from ..driving.pipeline import DrivingPipeline
+from ..driving.preprocessing import ImageView
+from ..learning.checkpoint import PolicySpec
 from .expert import RouteExpert
-from .features import Pose2D
-from .inference import PolicyRunner
-from .networks import ActorPolicy
-from .pipeline import DrivingPipeline
-from .preprocessing import ImageView
 from .sim_env import SimEnv, SimEnvConfig, SimState
 
 

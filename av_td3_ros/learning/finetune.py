@@ -32,17 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..driving.inference import PolicyRunner
+from ..driving.networks import ActorPolicy
+from ..driving.pipeline import DrivingPipeline, ExplorationConfig
+from ..driving.preprocessing import gray_from_pixels, image_pixels
+from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, summary_line
+from ..sim.expert import expert_actions
+from ..sim.sim_env import SimEnv, SimEnvConfig
 from .checkpoint import PolicySpec, load_policy, save_policy_state
-from .evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, summary_line
-from .expert import expert_actions
-from .inference import PolicyRunner
 from .mc_returns import MonteCarloReturns
-from .networks import ActorPolicy
-from .pipeline import DrivingPipeline, ExplorationConfig
-from .preprocessing import gray_from_pixels, image_pixels
 from .replay_buffer import ReplayBuffer
 from .reward import RewardConfig
-from .sim_env import SimEnv, SimEnvConfig
 from .td3 import TD3, TD3Config, metrics_to_floats
 from .transitions import EpisodeConfig, TransitionAssembler
 

@@ -1,9 +1,9 @@
 """Run the main job without CARLA: stand-in simulator + driver (+ trainer), with a summary.
 
-    python -m av_td3_ros.demo                 # sim + driver with the shipped policy, 60 s
-    python -m av_td3_ros.demo --random        # the same with a randomly initialised policy
-    python -m av_td3_ros.demo --train         # sim + driver (explore) + trainer, learning
-    python -m av_td3_ros.demo --checkpoint runs/sim/checkpoints --duration 300
+    python -m av_td3_ros.tools.demo               # sim + driver with the shipped policy, 60 s
+    python -m av_td3_ros.tools.demo --random      # the same with a randomly initialised policy
+    python -m av_td3_ros.tools.demo --train       # sim + driver (explore) + trainer, learning
+    python -m av_td3_ros.tools.demo --checkpoint runs/sim/checkpoints --duration 300
 
 Starts the nodes of launch/sim_drive.launch.xml (or sim_train.launch.xml) exactly as
 `ros2 launch` would (same parameter files, via run_launch), watches the graph from a small
@@ -95,7 +95,7 @@ DEFAULT_POLICY = 'camera_policy.safetensors'
 
 def default_policy_path() -> Path:
     """Return the shipped policy: the source tree's copy, else the installed one."""
-    source = Path(__file__).resolve().parent.parent / 'models' / DEFAULT_POLICY
+    source = Path(__file__).resolve().parents[2] / 'models' / DEFAULT_POLICY
     if source.exists():
         return source
     from .launch_runner import find_package_share
@@ -104,7 +104,7 @@ def default_policy_path() -> Path:
 
 def episode_lines(episode_ends: list[str]) -> list[str]:
     """Return one summary line per episode_end text: return, steps, lap completed or why not."""
-    from .sim_bridge_node import parse_episode_end
+    from ..nodes.sim_bridge import parse_episode_end
     lines = []
     for number, text in enumerate(episode_ends, start=1):
         fields = parse_episode_end(text)
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         launch_file = 'sim_drive.launch.xml'
         checkpoint = '' if args.random else args.checkpoint or str(default_policy_path())
         if checkpoint:
-            from .checkpoint import PolicySpec, read_metadata
+            from ..learning.checkpoint import PolicySpec, read_metadata
             try:  # the driver must expect the checkpoint's CNN feature normalisation
                 metadata = read_metadata(checkpoint)
                 arguments['feature_norm'] = PolicySpec.from_metadata(metadata) \

@@ -52,10 +52,10 @@ def read_policy_spec(p: ParameterReader):
     The driver and the trainer share these names and defaults, so a trainer's checkpoints fit
     a driver started from the same parameter files.
     """
-    from .checkpoint import PolicySpec
-    from .features import FeatureConfig
-    from .networks import NetworkConfig
-    from .preprocessing import PreprocessConfig
+    from ..driving.features import FeatureConfig
+    from ..driving.networks import NetworkConfig
+    from ..driving.preprocessing import PreprocessConfig
+    from ..learning.checkpoint import PolicySpec
     network = NetworkConfig(
         activation=p.string('activation', 'leaky_relu', 'CNN activation: leaky_relu, relu, '
                             'prelu (must match the checkpoint)'),

@@ -27,15 +27,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..driving.control import action_to_control
+from ..driving.inference import PolicyRunner
+from ..driving.networks import ActorPolicy, NetworkConfig
+from ..driving.pipeline import DrivingPipeline
+from ..driving.preprocessing import PreprocessConfig, gray_from_pixels, image_pixels, scale_frames
+from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, mean_return, pose_of
+from ..sim.expert import ExpertConfig, RouteExpert
+from ..sim.sim_env import SimEnv, SimEnvConfig
 from .checkpoint import PolicySpec, save_policy_state
-from .control import action_to_control
-from .evaluation import EpisodeResult, evaluate_policy, image_of, mean_return, pose_of
-from .expert import ExpertConfig, RouteExpert
-from .inference import PolicyRunner
-from .networks import ActorPolicy, NetworkConfig
-from .pipeline import DrivingPipeline
-from .preprocessing import PreprocessConfig, gray_from_pixels, image_pixels, scale_frames
-from .sim_env import SimEnv, SimEnvConfig
 from .td3 import resolve_precision
 
 
