@@ -124,7 +124,7 @@ def declared_parameters(*modules):
 
 
 @pytest.mark.parametrize('params_file, modules', [
-    ('driver.yaml', ('nodes/driver.py', 'nodes/node_params.py')),
+    ('driver.yaml', ('nodes/driver.py', 'nodes/driver_config.py', 'nodes/node_params.py')),
     ('trainer.yaml', ('nodes/trainer.py', 'nodes/node_params.py')),
     ('trainer_sim.yaml', ('nodes/trainer.py', 'nodes/node_params.py')),
     ('sim_bridge.yaml', ('nodes/sim_bridge.py',)),

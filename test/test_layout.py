@@ -50,6 +50,17 @@ def test_core_modules_import_no_rclpy():
     assert ros == '[]', f'the core pulled in {ros}'
 
 
+# Test if bag_eval reads the driver's parameters without rclpy (it runs without DDS).
+def test_bag_eval_reads_driver_parameters_without_rclpy():
+    script = ('import sys\n'
+              'from av_td3_ros.tools.bags import offline_eval\n'
+              'assert "role_name" in offline_eval.driver_parameters()\n'
+              'print(sorted(name for name in sys.modules if name.split(".")[0] == "rclpy"))\n')
+    result = run_python('-c', script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[]'
+
+
 # Test if no core module mentions rclpy in an import, not even a lazy one inside a function.
 @pytest.mark.parametrize('subpackage', CORE)
 def test_core_source_has_no_rclpy_import(subpackage):

@@ -2,8 +2,8 @@
 
 The numbers follow av_td3_system: drop alpha, RGB -> grey with OpenCV's RGB2GRAY weights,
 `cv2.resize(..., (84, 84), INTER_AREA)`, `/255`, then `(x - 0.5) / 0.5` -> [-1, 1]. The grey
-84x84 frame stays uint8 until `scale_frame`, so the replay buffer can store it in one byte per
-pixel and the learner applies the very same scaling.
+84x84 frame stays uint8 until `scale_frames`, so the replay buffer can store it in one byte
+per pixel and the learner applies the very same scaling.
 
 Nothing here imports rclpy: `ImageView.from_msg` reads any object with the sensor_msgs/Image
 field names (an rclpy message, a rosbags message, a test double).

@@ -34,7 +34,6 @@ TRAINING_STATE = 'training_state.safetensors'
 """A trainer's full state, in its run directory."""
 CHECKPOINT_SUBDIR = 'checkpoints'
 """Where in its run directory a trainer writes `policy_<step>.safetensors` files."""
-TRAINING_FORMAT = 'av_td3_ros.training/1'
 POLICY_PATTERN = re.compile(r'^policy_(\d+)\.safetensors$')
 # write_atomic's temp files: '.' + target name + '.' + mkstemp's 8 random characters + '.tmp'.
 TEMP_PATTERN = re.compile(r'^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$')

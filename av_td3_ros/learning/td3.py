@@ -140,9 +140,12 @@ class TD3Config:
 
 
 class Batch(NamedTuple):
-    """A replay batch as produced by the replay buffer (numpy arrays or CPU tensors).
+    """The fields `TD3.prepare` reads from a batch (numpy arrays or tensors), as a tuple.
 
-    Any object with these attributes is accepted by `TD3`.
+    Tests and benchmarks build these. The trainer passes the replay buffer's own
+    `replay_buffer.Batch`, which has these fields plus `indices` and the masks
+    `obs_missing`/`next_missing` (applied by `prepare` when present): `TD3` accepts any object
+    with these attributes.
     """
 
     obs_frames: Any

@@ -6,7 +6,9 @@ odometry not newer than the frame. A frame is emitted as a step once its command
 the transition (previous step -> this frame) is then written with the reward of that step.
 A frame that cannot be paired (its command never arrives, no odometry or route yet) is
 dropped and counted, and the episode's chain restarts at the next good frame, so nothing is
-ever mis-paired. Messages may arrive in any order across topics.
+ever mis-paired. Frames, commands and odometry may interleave across their topics: a frame
+waits for its command while fewer than `max_pending_frames` newer frames wait, and its
+odometry is looked up only when it is emitted. Events count within the event window (below).
 
 Each step's output is held back until the next frame is emitted (or the episode ends): an
 episode_start that overtakes the first frame of the new episode on another topic can then

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+import torch
 from carla_msgs.msg import (
     CarlaCollisionEvent,
     CarlaEgoVehicleControl,
@@ -67,7 +68,9 @@ from ..learning.checkpoint import (
     write_atomic,
 )
 from ..learning.mc_returns import MonteCarloReturns
+from ..learning.replay_buffer import ReplayBuffer
 from ..learning.reward import RewardConfig
+from ..learning.td3 import TD3, TD3Config, metrics_to_floats
 from ..learning.transitions import EpisodeConfig, TransitionAssembler
 from ..sim.expert import expert_actions
 from .callback_guard import guard_callback
@@ -88,7 +91,7 @@ class TrainerConfig:
     seed: int
     resume: bool
     spec: PolicySpec
-    td3: object  # TD3Config (imported lazily with torch)
+    td3: TD3Config
     buffer_capacity: int
     buffer_kinematics_dtype: str
     learning_starts: int
@@ -110,7 +113,6 @@ class TrainerConfig:
 
 def read_config(node: Node) -> TrainerConfig:
     """Declare the trainer's parameters (descriptions, ranges) and read them."""
-    from ..learning.td3 import TD3Config
     p = ParameterReader(node)
     spec = read_policy_spec(p)
     preprocessing = spec.preprocessing
@@ -387,10 +389,6 @@ class TrainerNode(Node):
         """Read parameters, open the buffer and agent (resuming if asked), wire the topics."""
         super().__init__('trainer')
         self.config = config = with_initial_policy_decisions(read_config(self))
-        import torch
-
-        from ..learning.replay_buffer import ReplayBuffer
-        from ..learning.td3 import TD3
         torch.set_num_threads(config.torch_threads)
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = config.run_dir / CHECKPOINT_SUBDIR
@@ -416,7 +414,7 @@ class TrainerNode(Node):
         self.episodes = 0
         self.recent_returns: list[float] = []
         self._log_times = {}
-        self._resume(torch)
+        self._resume()
         if self.agent.total_updates == 0 and config.initial_policy:
             self._start_from(config.initial_policy)
         self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
@@ -454,7 +452,7 @@ class TrainerNode(Node):
             feed.check_reset()
 
     # ------------------------------------------------------------------ state
-    def _resume(self, torch):
+    def _resume(self):
         path = self.config.run_dir / TRAINING_STATE
         if not (self.config.resume and path.exists()):
             return
@@ -558,7 +556,6 @@ class TrainerNode(Node):
     # ------------------------------------------------------------------ learning
     def update_loop(self):
         """Run TD3 updates whenever the update-to-data ratio allows (worker thread)."""
-        from ..learning.td3 import metrics_to_floats
         config = self.config
         batch_size = config.td3.batch_size
         while not self._stop.is_set():

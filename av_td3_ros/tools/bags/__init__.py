@@ -5,3 +5,7 @@ rosbag2 itself is not installable here, so these tools read and write the rosbag
 Recorded messages stay serialized (CDR) end to end: the recorder writes what DDS delivered
 and the player publishes those bytes back.
 """
+from rosbags.rosbag2 import StoragePlugin
+
+STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+"""The storage plugins the bag tools write, by name (pure: bag_eval needs no rclpy for it)."""

@@ -5,8 +5,9 @@
              [--copy-inputs] [--debug-topic T] [--no-odometry-timeout]
 
 Every driver parameter is an option (`--frame-scale unit` is `-p frame_scale:=unit`): they are
-read by the driver node's own `read_config`, through a stand-in for the node's parameter
-interface, so names, defaults, ranges and the resulting PolicySpec are the driver's.
+read by the driver's own `read_config` (nodes/driver_config.py, no rclpy), through a
+stand-in for the node's parameter interface, so names, defaults, ranges and the resulting
+PolicySpec are the driver's.
 Each camera frame is decided by the driver's own `DriverInputs` (driving/decision.py) with what
 was recorded before it in bag order: the newest odometry not newer than the frame's stamp,
 and the newest route; episode_start messages
@@ -40,7 +41,7 @@ from ...driving.ros_conversions import (
     fill_control_msg,
     stamp_to_ns,
 )
-from .record import STORAGES
+from . import STORAGES
 from .types import typestore
 
 CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
@@ -89,7 +90,7 @@ class ParameterSource:
 
 def driver_config(values: dict | None = None):
     """Return the driver's DriverConfig for parameter `values` (its own read_config)."""
-    from ...nodes.driver import read_config  # the node module: same parameters, same defaults
+    from ...nodes.driver_config import read_config  # the driver's: same names and defaults
     source = ParameterSource(values)
     config = read_config(source)
     unknown = source.unknown()
@@ -100,7 +101,7 @@ def driver_config(values: dict | None = None):
 
 def driver_parameters() -> dict:
     """Return {name: (default, description)} of every driver parameter."""
-    from ...nodes.driver import read_config
+    from ...nodes.driver_config import read_config
     source = ParameterSource()
     read_config(source)
     return {name: (default, descriptor.description)

@@ -1,13 +1,12 @@
-"""QoS for bag tools: what to subscribe/publish with, and rclpy <-> rosbags QoS records."""
+"""QoS for bag tools: what to subscribe/publish with, and rclpy -> rosbags QoS records."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rclpy.duration import Duration, Infinite
+from rclpy.duration import Duration
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
-    LivelinessPolicy,
     QoSProfile,
     ReliabilityPolicy,
 )
@@ -22,20 +21,11 @@ from rosbags.interfaces import (
 
 RECORD_DEPTH = 100
 """Subscription depth of the recorder: bursts queue here rather than being dropped."""
-# Older rosbag2 versions wrote infinite durations as INT32_MAX s + UINT32_MAX ns.
-_LEGACY_INFINITE = QosTime(2147483647, 4294967295)
 
 
 def _time(duration: Duration) -> QosTime:
     sec, nsec = divmod(duration.nanoseconds, 1_000_000_000)
     return QosTime(sec, nsec)
-
-
-def _duration(time: QosTime) -> Duration:
-    nanoseconds = time.sec * 1_000_000_000 + time.nsec
-    if time == _LEGACY_INFINITE or nanoseconds >= Infinite.nanoseconds:
-        return Infinite
-    return Duration(nanoseconds=nanoseconds)
 
 
 def to_bag_qos(profile: QoSProfile) -> Qos:
@@ -50,23 +40,6 @@ def to_bag_qos(profile: QoSProfile) -> Qos:
         liveliness=QosLiveliness[profile.liveliness.name],
         liveliness_lease_duration=_time(profile.liveliness_lease_duration),
         avoid_ros_namespace_conventions=bool(profile.avoid_ros_namespace_conventions))
-
-
-def from_bag_qos(qos: Qos) -> QoSProfile:
-    """Convert a rosbags Qos (a bag's offered_qos_profiles entry) to an rclpy QoSProfile."""
-    history = HistoryPolicy[qos.history.name]
-    if history not in (HistoryPolicy.KEEP_LAST, HistoryPolicy.KEEP_ALL):
-        history = HistoryPolicy.KEEP_LAST  # graph queries report UNKNOWN/depth 0
-    return QoSProfile(
-        history=history,
-        depth=max(int(qos.depth), 1),
-        reliability=ReliabilityPolicy[qos.reliability.name],
-        durability=DurabilityPolicy[qos.durability.name],
-        deadline=_duration(qos.deadline),
-        lifespan=_duration(qos.lifespan),
-        liveliness=LivelinessPolicy[qos.liveliness.name],
-        liveliness_lease_duration=_duration(qos.liveliness_lease_duration),
-        avoid_ros_namespace_conventions=qos.avoid_ros_namespace_conventions)
 
 
 def subscription_qos(offered: Iterable[QoSProfile], latched: bool = False) -> QoSProfile:

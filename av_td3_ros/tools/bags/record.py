@@ -26,12 +26,12 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import Writer
 
+from . import STORAGES
 from .qos import subscription_qos, to_bag_qos
 from .types import UnknownTypeError, ensure_type, message_class, typestore
 
-STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 # Topics every graph has that say nothing about a drive.
 IGNORED_TOPICS = ('/rosout', '/parameter_events')
 DRAIN_IDLE_ROUNDS = 3
