@@ -154,7 +154,7 @@ def main():
     results = {}
     targets = {
         'echo': [sys.executable, __file__, '--echo'],
-        'driver': [sys.executable, '-m', 'av_td3_ros.driver_node', '--ros-args',
+        'driver': [sys.executable, '-m', 'av_td3_ros.nodes.driver', '--ros-args',
                    '--params-file', str(REPO / 'config' / 'driver.yaml'),
                    '-p', 'allow_random_policy:=true', '-p', 'device:=cpu',
                    '-p', 'publish_debug:=false', '-p', 'frame_timeout:=5.0'],

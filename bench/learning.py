@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from av_td3_ros.imitation import ImitationConfig, ImitationTrainer  # noqa: E402
+from av_td3_ros.learning.imitation import ImitationConfig, ImitationTrainer  # noqa: E402
 
 
 def copy_data(source: ImitationTrainer, target: ImitationTrainer):
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument('--validation-seeds', default='500-503')
     parser.add_argument('--threads', type=int, default=1)
     args = parser.parse_args(argv)
-    from av_td3_ros.evaluation import parse_seeds
+    from av_td3_ros.sim.evaluation import parse_seeds
     torch.set_num_threads(args.threads)
     base = replace(ImitationConfig(), expert_frames=args.expert_frames,
                    kinematic_inputs='speed' if args.profile == 'camera' else 'all',

@@ -10,7 +10,7 @@ what an earlier case left behind. Numbers are measured, not computed from dtypes
 set growth from /proc/self/statm, ``nbytes`` of the allocated arrays, and the sizes of the
 memmap files on disk. Layouts:
 
-* ``ours``: av_td3_ros.replay_buffer (one uint8 frame per record, float16 kinematics).
+* ``ours``: av_td3_ros.learning.replay_buffer (one uint8 frame per record, float16 kinematics).
 * ``ours-f32``: the same with float32 kinematics.
 * ``sb3``/``sb3-opt``: Stable-Baselines3 ReplayBuffer with uint8 Box obs (4, 84, 84),
   without / with ``optimize_memory_usage`` (its sample() also builds torch tensors).
@@ -67,7 +67,7 @@ def time_sampling(sample, batches):
 
 def case_ours(capacity, batches, vec_dtype):
     sys.path.insert(0, str(REPO))
-    from av_td3_ros.replay_buffer import ReplayBuffer
+    from av_td3_ros.learning.replay_buffer import ReplayBuffer
 
     rng = np.random.default_rng(0)
     pool = frame_pool(rng)

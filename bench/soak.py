@@ -42,17 +42,17 @@ def start_processes(args, work: Path) -> dict[str, subprocess.Popen]:
     config = REPO / 'config'
     common = ['-p', 'feature_norm:=layernorm_tanh']
     commands = {
-        'sim_bridge': ['av_td3_ros.sim_bridge_node', '--ros-args', '--params-file',
+        'sim_bridge': ['av_td3_ros.nodes.sim_bridge', '--ros-args', '--params-file',
                        str(config / 'sim_bridge.yaml'), '-p', 'synchronous_mode:=false',
                        '-p', f'publish_rate:={args.rate}', '-p', 'max_episode_steps:=1000'],
-        'driver': ['av_td3_ros.driver_node', '--ros-args', '-r', '__ns:=/ego_vehicle',
+        'driver': ['av_td3_ros.nodes.driver', '--ros-args', '-r', '__ns:=/ego_vehicle',
                    '--params-file', str(config / 'driver.yaml'), *common,
                    '-p', 'device:=cpu', '-p', 'use_sim_time:=true'],
     }
     if args.trainer:
         commands['driver'] += ['-p', 'mode:=explore', '-p', 'random_steps:=1000',
                                '-p', f'checkpoint:={work / "run" / "checkpoints"}']
-        commands['trainer'] = ['av_td3_ros.trainer_node', '--ros-args', '--params-file',
+        commands['trainer'] = ['av_td3_ros.nodes.trainer', '--ros-args', '--params-file',
                                str(config / 'trainer_sim.yaml'), *common,
                                '-p', f'run_dir:={work / "run"}', '-p', 'device:=cpu',
                                '-p', 'learning_starts:=1000', '-p', 'use_sim_time:=true']

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def start_driver(sim_time: bool, frame_timeout: float, log_dir: str) -> subprocess.Popen:
     """Start a driver process with a random policy."""
-    args = [sys.executable, '-m', 'av_td3_ros.driver_node', '--ros-args',
+    args = [sys.executable, '-m', 'av_td3_ros.nodes.driver', '--ros-args',
             '-p', 'allow_random_policy:=true', '-p', 'device:=cpu',
             '-p', f'use_sim_time:={"true" if sim_time else "false"}',
             '-p', f'frame_timeout:={frame_timeout}', '-p', 'require_route:=false',

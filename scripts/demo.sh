@@ -10,4 +10,4 @@ bash scripts/setup.sh
 # shellcheck source=/dev/null
 source scripts/env.sh
 export ROS_LOG_DIR=${ROS_LOG_DIR:-$repo/runs/ros_log}
-exec python -m av_td3_ros.demo "$@"
+exec python -m av_td3_ros.tools.demo "$@"

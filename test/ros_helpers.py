@@ -13,7 +13,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from av_td3_ros.launch_runner import executable_module, parse_launch_file
+from av_td3_ros.tools.launch_runner import executable_module, parse_launch_file
 
 REPO_LAUNCH = Path(__file__).resolve().parents[1] / 'launch'
 

@@ -39,7 +39,7 @@ def writer_main(run_dir, run_id, capacity):
     """Write like a trainer until killed; print 'R', 'S i', 'A i', 'P step written', 'T'."""
     import torch
 
-    from av_td3_ros.checkpoint import (
+    from av_td3_ros.learning.checkpoint import (
         CHECKPOINT_SUBDIR,
         TRAINING_STATE,
         PolicySpec,
@@ -49,7 +49,7 @@ def writer_main(run_dir, run_id, capacity):
         save_policy_state,
         write_atomic,
     )
-    from av_td3_ros.replay_buffer import ReplayBuffer
+    from av_td3_ros.learning.replay_buffer import ReplayBuffer
     run_dir = Path(run_dir)
     buffer = ReplayBuffer.open(run_dir, capacity, check_ram=False, verify=False)
     removed = remove_stale_run_temps(run_dir)  # as the trainer does, after taking the lock
@@ -88,7 +88,7 @@ def temp_files(run_dir):
     Not only our temp names: anything but the buffer's files, the training state and policy
     files counts (a library writing a temp file of its own would show up here).
     """
-    from av_td3_ros.checkpoint import POLICY_PATTERN, TRAINING_STATE
+    from av_td3_ros.learning.checkpoint import POLICY_PATTERN, TRAINING_STATE
     run_dir = Path(run_dir)
     expected_in = {run_dir: re.compile(re.escape(TRAINING_STATE)),
                    run_dir / 'checkpoints': POLICY_PATTERN,
@@ -176,7 +176,7 @@ def _count_lost(run_dir, capacity, reported):
     A transition's s stack ends with the record before it, often an episode start: its
     frame carries its index, so starts are checked through the transitions that follow them.
     """
-    from av_td3_ros.replay_buffer import ReplayBuffer
+    from av_td3_ros.learning.replay_buffer import ReplayBuffer
     with ReplayBuffer.open(run_dir, capacity, check_ram=False) as buffer:
         lo, end = buffer.window
         assert lo == 0, 'the ring wrapped: raise the capacity'

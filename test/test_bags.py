@@ -9,10 +9,10 @@ import yaml
 from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from av_td3_ros.bags.qos import to_bag_qos
-from av_td3_ros.bags.types import carla_msg_dir, find_msg_file, header_stamp_ns, typestore
-from av_td3_ros.checkpoint import PolicySpec, save_policy
-from av_td3_ros.networks import ActorPolicy
+from av_td3_ros.driving.networks import ActorPolicy
+from av_td3_ros.learning.checkpoint import PolicySpec, save_policy
+from av_td3_ros.tools.bags.qos import to_bag_qos
+from av_td3_ros.tools.bags.types import carla_msg_dir, find_msg_file, header_stamp_ns, typestore
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER_LAUNCH = REPO_LAUNCH / 'driver.launch.xml'
@@ -168,7 +168,7 @@ def test_record_live_graph_mcap_and_sqlite3(start_node, start_tool, tmp_path, br
                                 checkpoint=str(checkpoint), device='cpu')
     bridge.publish_route()  # latched before the recorders exist: they must still get it
     topics = [CAMERA, ODOM, ROUTE, CONTROL, EPISODE_START]
-    recorders = {storage: start_tool('av_td3_ros.bags.record', '-o', tmp_path / storage,
+    recorders = {storage: start_tool('av_td3_ros.tools.bags.record', '-o', tmp_path / storage,
                                      '--storage', storage, '-t', *topics)
                  for storage in STORAGES}
     assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
@@ -270,7 +270,7 @@ class ReplayChecker:
         assert self.spin_until(lambda: self.node.count_publishers(CONTROL) > 0
                                and self.node.count_publishers(DEBUG) > 0, 30.0), \
             driver.output()
-        player = start_tool('av_td3_ros.bags.replay', bag, '--as-fast-as-consumed')
+        player = start_tool('av_td3_ros.tools.bags.replay', bag, '--as-fast-as-consumed')
         assert self.spin_until(lambda: player.proc.poll() is not None, 60.0), player.output()
         assert player.wait() == 0, player.output()
         self.spin_until(lambda: False, 0.2)  # the last command and debug image may be in flight
@@ -317,7 +317,7 @@ def test_replay_through_live_driver_equals_offline_evaluation(start_node, start_
     bag = tmp_path / 'drive'
     stamps = write_drive_bag(bag)
     checkpoint = write_checkpoint(tmp_path / 'policy.safetensors')
-    offline = start_tool('av_td3_ros.bags.offline_eval', bag, '-o', tmp_path / 'offline',
+    offline = start_tool('av_td3_ros.tools.bags.offline_eval', bag, '-o', tmp_path / 'offline',
                          '--checkpoint', checkpoint, '--device', 'cpu')
     _, (driver,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, use_sim_time='false',
                                 checkpoint=str(checkpoint), device='cpu')
@@ -333,7 +333,7 @@ def test_replay_through_live_driver_equals_offline_evaluation(start_node, start_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec('av_td3_ros.sim_bridge_node') is None,
+@pytest.mark.skipif(importlib.util.find_spec('av_td3_ros.nodes.sim_bridge') is None,
                     reason='the stand-in simulator is not in this checkout')
 def test_simulator_run_recorded_then_replayed_equals_offline(start_node, start_tool, tmp_path,
                                                              checker):
@@ -352,7 +352,7 @@ def test_simulator_run_recorded_then_replayed_equals_offline(start_node, start_t
     # Record once the driver answers every frame (the simulator then ticks at full speed).
     assert checker.spin_until(lambda: len(checker.commands) >= 5, 60.0), \
         '\n'.join(n.output() for n in nodes)
-    recorder = start_tool('av_td3_ros.bags.record', '-o', tmp_path / 'sim_run',
+    recorder = start_tool('av_td3_ros.tools.bags.record', '-o', tmp_path / 'sim_run',
                           '--storage', 'sqlite3')
     assert checker.spin_until(lambda: all(f'recording {topic} ' in recorder.output()
                                           for topic in (CAMERA, ODOM, ROUTE, CONTROL,
@@ -373,7 +373,7 @@ def test_simulator_run_recorded_then_replayed_equals_offline(start_node, start_t
 
     # The replay compresses the bag's time gaps, so the driver's wall-clock odometry timeout
     # cannot fire there; evaluate offline without it too.
-    offline = start_tool('av_td3_ros.bags.offline_eval', tmp_path / 'sim_run', '-o',
+    offline = start_tool('av_td3_ros.tools.bags.offline_eval', tmp_path / 'sim_run', '-o',
                          tmp_path / 'offline', '--checkpoint', checkpoint, '--device', 'cpu',
                          '--no-odometry-timeout')
     _, (driver,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, use_sim_time='false',
@@ -389,7 +389,7 @@ def test_simulator_run_recorded_then_replayed_equals_offline(start_node, start_t
 def test_offline_evaluation_is_deterministic(start_tool, tmp_path):
     bag = tmp_path / 'drive'
     stamps = write_drive_bag(bag, 'sqlite3')
-    runs = [start_tool('av_td3_ros.bags.offline_eval', bag, '-o', tmp_path / storage,
+    runs = [start_tool('av_td3_ros.tools.bags.offline_eval', bag, '-o', tmp_path / storage,
                        '--storage', storage, '--allow-random-policy', 'true', '--seed', '5',
                        '-p', 'device:=cpu', '--copy-inputs')
             for storage in STORAGES]
@@ -407,7 +407,7 @@ def test_offline_evaluation_is_deterministic(start_tool, tmp_path):
 
 
 def test_offline_parameters_are_the_drivers(tmp_path):
-    from av_td3_ros.bags.offline_eval import ParameterError, driver_config, load_params_file
+    from av_td3_ros.tools.bags.offline_eval import ParameterError, driver_config, load_params_file
     values = load_params_file(REPO / 'config' / 'driver.yaml')
     config = driver_config(values)
     assert config.control_topic == CONTROL and config.torch_threads == 1
@@ -469,7 +469,7 @@ def test_rosbags_bag_plays_into_rclpy_subscribers(start_tool, tmp_path, rclpy_co
                              QoSProfile(depth=100))
     late = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     try:
-        player = start_tool('av_td3_ros.bags.replay', bag, '--wait-for', '/chatter',
+        player = start_tool('av_td3_ros.tools.bags.replay', bag, '--wait-for', '/chatter',
                             '/carla/status')
         assert _spin(executor, lambda: strings, 30.0), player.output()
         # Joining after the route went out: the player re-publishes it transient-local.
@@ -500,11 +500,11 @@ def test_replay_finds_a_driver_of_any_name_by_its_camera_subscription(start_node
     # `ros2 run av_td3_ros driver_node` is /driver, not the launch files' /ego_vehicle/driver.
     bag = tmp_path / 'drive'
     stamps = write_drive_bag(bag)
-    driver = start_node('av_td3_ros.driver_node', '-p', 'allow_random_policy:=true',
+    driver = start_node('av_td3_ros.nodes.driver', '-p', 'allow_random_policy:=true',
                         '-p', 'device:=cpu')
     assert checker.spin_until(lambda: checker.node.count_publishers(CONTROL) > 0, 30.0), \
         driver.output()
-    player = start_tool('av_td3_ros.bags.replay', bag, '--as-fast-as-consumed')
+    player = start_tool('av_td3_ros.tools.bags.replay', bag, '--as-fast-as-consumed')
     assert player.wait(90) == 0, player.output()
     assert 'synchronising with /driver' in player.output()
     assert f'frames {len(stamps)}, answered {len(stamps)}' in player.output()
@@ -522,7 +522,7 @@ def test_replay_without_a_recognisable_driver_fails_naming_the_candidates(start_
     for viewer in nodes[:2]:
         viewer.create_subscription(Image, CAMERA, lambda msg: None, 1)
     nodes[2].create_publisher(CarlaEgoVehicleControl, CONTROL, 10)
-    player = start_tool('av_td3_ros.bags.replay', bag, '--as-fast-as-consumed',
+    player = start_tool('av_td3_ros.tools.bags.replay', bag, '--as-fast-as-consumed',
                         '--wait-for', CAMERA, '--wait-timeout', '20')
     try:
         assert player.wait(60) == 2, player.output()
@@ -548,7 +548,7 @@ def test_offline_evaluation_of_a_camera_only_bag_says_what_is_missing(start_tool
                                                encoding='bgra8', is_bigendian=0, step=32,
                                                data=np.zeros(6 * 32, np.uint8))
             writer.write(conn, (1 + k) * 10**9, store.serialize_cdr(image, conn.msgtype))
-    run = start_tool('av_td3_ros.bags.offline_eval', bag, '--allow-random-policy', 'true',
+    run = start_tool('av_td3_ros.tools.bags.offline_eval', bag, '--allow-random-policy', 'true',
                      '-p', 'device:=cpu')
     assert run.wait() == 0, run.output()
     output = run.output()

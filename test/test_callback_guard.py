@@ -7,9 +7,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from av_td3_ros.callback_guard import describe_message
-from av_td3_ros.node_main import guard_callback
-from av_td3_ros.transport import shared_memory_limit, shared_memory_segment
+from av_td3_ros.nodes.callback_guard import describe_message
+from av_td3_ros.nodes.node_main import guard_callback
+from av_td3_ros.nodes.transport import shared_memory_limit, shared_memory_segment
 
 
 class Spinner:

@@ -87,7 +87,7 @@ def test_readme_carla_commands_can_be_pasted():
 
 
 def test_carla_train_includes_the_bridge_launch_files_with_their_arguments(ros_env):
-    from av_td3_ros.launch_runner import LaunchError, parse_launch_file
+    from av_td3_ros.tools.launch_runner import LaunchError, parse_launch_file
 
     path = REPO / 'launch' / 'carla_train.launch.xml'
     includes = ET.parse(path).getroot().findall('include')

@@ -48,7 +48,7 @@ def drive(world, until, ticks, throttle=0.0, brake=0.0):
 def test_manager_runs_episodes_through_the_bridge_topics(start_node, rclpy_context, tmp_path):
     spawns = tmp_path / 'spawns.yaml'
     spawns.write_text(yaml.safe_dump({'spawn_points': [[*A, 0.5, 0.0], [*B, 0.5, 180.0]]}))
-    manager = start_node('av_td3_ros.carla_episode_manager_node',
+    manager = start_node('av_td3_ros.nodes.carla_episode_manager',
                          '-p', f'spawn_points_file:={spawns}', '-p', 'goal_tolerance:=3.0',
                          '-p', 'stuck_time:=1.0', '-p', 'episode_timeout:=6.0',
                          '-p', 'reset_timeout:=5.0')
@@ -178,7 +178,7 @@ def test_bad_spawn_files_stop_the_manager_with_a_reason(start_node, tmp_path, co
     path = tmp_path / 'spawns.yaml'
     if content is not None:
         path.write_text(content)
-    manager = start_node('av_td3_ros.carla_episode_manager_node',
+    manager = start_node('av_td3_ros.nodes.carla_episode_manager',
                          '-p', f'spawn_points_file:={path}')
     assert manager.wait(timeout=60) == 2, manager.output()
     assert 'cannot run episodes' in manager.output() and message in manager.output()

@@ -10,8 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from av_td3_ros import checkpoint as checkpoint_module
-from av_td3_ros.checkpoint import (
+from av_td3_ros.driving.features import FeatureConfig
+from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.driving.preprocessing import PreprocessConfig
+from av_td3_ros.learning import checkpoint as checkpoint_module
+from av_td3_ros.learning.checkpoint import (
     POLICY_FORMAT,
     CheckpointError,
     PolicySpec,
@@ -25,9 +28,6 @@ from av_td3_ros.checkpoint import (
     save_policy,
     save_policy_state,
 )
-from av_td3_ros.features import FeatureConfig
-from av_td3_ros.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.preprocessing import PreprocessConfig
 
 
 @pytest.fixture(scope='module')

@@ -5,7 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from av_td3_ros.control import SAFE_STOP, ControlCommand, action_to_control, control_to_action
+from av_td3_ros.driving.control import (
+    SAFE_STOP,
+    ControlCommand,
+    action_to_control,
+    control_to_action,
+)
 
 
 def test_safe_stop_is_full_brake_and_nothing_else():

@@ -4,12 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from av_td3_ros.checkpoint import PolicySpec, load_policy
-from av_td3_ros.demo import default_policy_path
-from av_td3_ros.evaluate_policy import main as evaluate_main
-from av_td3_ros.evaluation import evaluate_expert, evaluate_policy
-from av_td3_ros.networks import NetworkConfig
-from av_td3_ros.sim_env import SimEnvConfig
+from av_td3_ros.driving.networks import NetworkConfig
+from av_td3_ros.learning.checkpoint import PolicySpec, load_policy
+from av_td3_ros.sim.evaluation import evaluate_expert, evaluate_policy
+from av_td3_ros.sim.sim_env import SimEnvConfig
+from av_td3_ros.tools.demo import default_policy_path
+from av_td3_ros.tools.evaluate_policy import main as evaluate_main
 
 MODEL = Path(__file__).resolve().parents[1] / 'models' / 'camera_policy.safetensors'
 # What launch/sim_drive.launch.xml gives the driver (config/driver.yaml + feature_norm).

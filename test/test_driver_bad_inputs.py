@@ -328,8 +328,8 @@ def bad_checkpoints(good_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from av_td3_ros.checkpoint import POLICY_FORMAT, PolicySpec
-    from av_td3_ros.networks import NetworkConfig
+    from av_td3_ros.driving.networks import NetworkConfig
+    from av_td3_ros.learning.checkpoint import POLICY_FORMAT, PolicySpec
 
     good = good_path.read_bytes()
     state = load_file(str(good_path))
@@ -369,13 +369,13 @@ def test_bad_checkpoints_are_refused_naming_the_file_and_driving_goes_on(start_n
                                                                          tmp_path, probe):
     import torch
 
-    from av_td3_ros.checkpoint import PolicySpec, policy_path, save_policy
-    from av_td3_ros.networks import ActorPolicy
+    from av_td3_ros.driving.networks import ActorPolicy
+    from av_td3_ros.learning.checkpoint import PolicySpec, policy_path, save_policy
     directory = tmp_path / 'checkpoints'
     directory.mkdir()
     torch.manual_seed(0)
     save_policy(policy_path(directory, 1), ActorPolicy(PolicySpec().network), PolicySpec())
-    driver = start_node('av_td3_ros.driver_node', '-p', f'checkpoint:={directory}',
+    driver = start_node('av_td3_ros.nodes.driver', '-p', f'checkpoint:={directory}',
                         '-p', 'checkpoint_poll_period:=0.1', '-p', 'device:=cpu',
                         '-p', 'publish_debug:=false')
     assert probe.wait_for_subscriber(probe.image_pub), driver.output()

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from av_td3_ros.checkpoint import PolicySpec
-from av_td3_ros.control import action_to_control
-from av_td3_ros.expert import expert_action_from_kinematics
-from av_td3_ros.features import Pose2D, kinematic_vector
-from av_td3_ros.inference import PolicyRunner
-from av_td3_ros.networks import ActorPolicy
-from av_td3_ros.pipeline import DrivingPipeline, ExplorationConfig
-from av_td3_ros.preprocessing import ImageView
+from av_td3_ros.driving.control import action_to_control
+from av_td3_ros.driving.features import Pose2D, kinematic_vector
+from av_td3_ros.driving.inference import PolicyRunner
+from av_td3_ros.driving.networks import ActorPolicy
+from av_td3_ros.driving.pipeline import DrivingPipeline, ExplorationConfig
+from av_td3_ros.driving.preprocessing import ImageView
+from av_td3_ros.learning.checkpoint import PolicySpec
+from av_td3_ros.sim.expert import expert_action_from_kinematics
 
 SPEC = PolicySpec()
 ROUTE = np.stack([np.arange(0.0, 200.0, 2.0), np.zeros(100)], axis=1)
@@ -70,9 +70,9 @@ def test_dagger_betas_are_validated():
 
 @pytest.mark.slow
 def test_driver_node_in_expert_mode_drives_the_simulator_like_the_core(ros_env, capsys):
-    from av_td3_ros.evaluate_policy import main as evaluate_main
-    from av_td3_ros.evaluation import evaluate_expert
-    from av_td3_ros.sim_env import SimEnvConfig
+    from av_td3_ros.sim.evaluation import evaluate_expert
+    from av_td3_ros.sim.sim_env import SimEnvConfig
+    from av_td3_ros.tools.evaluate_policy import main as evaluate_main
     # sim_bridge + driver_node (mode:=expert, no checkpoint) as processes, 120 steps
     assert evaluate_main(['--expert', '--seeds', '43', '--through-ros', '--max-steps', '120',
                           '--timeout', '240']) == 0

@@ -6,8 +6,8 @@ import pytest
 import torch
 from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 
-from av_td3_ros.checkpoint import PolicySpec, save_policy
-from av_td3_ros.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.learning.checkpoint import PolicySpec, save_policy
 
 DRIVER_LAUNCH = REPO_LAUNCH / 'driver.launch.xml'
 
@@ -134,10 +134,10 @@ def test_checkpoint_drives_like_the_offline_policy(start_node, tmp_path, bridge,
     (command,) = bridge.send_frame_and_wait(1)
 
     # Same frame through the core pipeline in this process gives the same command.
-    from av_td3_ros.features import Pose2D
-    from av_td3_ros.inference import PolicyRunner
-    from av_td3_ros.pipeline import DrivingPipeline
-    from av_td3_ros.preprocessing import ImageView
+    from av_td3_ros.driving.features import Pose2D
+    from av_td3_ros.driving.inference import PolicyRunner
+    from av_td3_ros.driving.pipeline import DrivingPipeline
+    from av_td3_ros.driving.preprocessing import ImageView
     pipeline = DrivingPipeline(PolicySpec(), PolicyRunner(policy, torch.device('cpu')))
     route = np.stack([np.arange(100) * 2.0, np.zeros(100)], axis=1)
     expected = pipeline.step(ImageView('bgra8', 600, 800, 3200, bgra_frame(1).tobytes()),
@@ -154,7 +154,7 @@ def _driver_process(start_node, *params):
     for param in ('allow_random_policy:=true', 'device:=cpu', 'publish_debug:=false',
                   *params):
         args += ['-p', param]
-    return start_node('av_td3_ros.driver_node', *args)
+    return start_node('av_td3_ros.nodes.driver', *args)
 
 
 def test_watchdog_brakes_on_the_steady_clock_with_sim_time_and_no_clock(start_node, bridge):
@@ -239,7 +239,7 @@ def test_a_4096x3072_frame_reaches_the_driver(start_node, bridge):
 
 
 def test_exact_float32_is_the_default_and_tf32_a_parameter(start_node, bridge):
-    from av_td3_ros.inference import PolicyRunner, float32_precision
+    from av_td3_ros.driving.inference import PolicyRunner, float32_precision
     policy = ActorPolicy(NetworkConfig())
     try:
         PolicyRunner(policy, torch.device('cpu'), allow_tf32=True)
@@ -262,7 +262,7 @@ def test_exact_float32_is_the_default_and_tf32_a_parameter(start_node, bridge):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_gpu_inference_matches_cpu_float32():
-    from av_td3_ros.inference import PolicyRunner
+    from av_td3_ros.driving.inference import PolicyRunner
     torch.manual_seed(0)
     policy = ActorPolicy(NetworkConfig())
     rng = np.random.default_rng(0)

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from av_td3_ros.checkpoint import PolicySpec, save_policy
-from av_td3_ros.evaluate_policy import ablated, episode_seeds, main
-from av_td3_ros.evaluation import parse_seeds, reference_states
-from av_td3_ros.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.learning.checkpoint import PolicySpec, save_policy
+from av_td3_ros.sim.evaluation import parse_seeds, reference_states
+from av_td3_ros.tools.evaluate_policy import ablated, episode_seeds, main
 
 
 def test_seed_lists_and_ranges():

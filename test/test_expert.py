@@ -1,11 +1,12 @@
-"""Tests of the route-following expert (av_td3_ros.expert) on the stand-in simulator."""
+"""Tests of the route-following expert (av_td3_ros.sim.expert) on the stand-in simulator."""
 import math
 
 import numpy as np
 import pytest
 
-from av_td3_ros.evaluation import evaluate_expert
-from av_td3_ros.expert import (
+from av_td3_ros.driving.features import FeatureConfig, Pose2D, kinematic_vector
+from av_td3_ros.sim.evaluation import evaluate_expert
+from av_td3_ros.sim.expert import (
     ExpertConfig,
     RouteExpert,
     expert_action_from_kinematics,
@@ -13,7 +14,6 @@ from av_td3_ros.expert import (
     path_curvatures,
     target_speed,
 )
-from av_td3_ros.features import FeatureConfig, Pose2D, kinematic_vector
 
 
 def test_expert_completes_a_deterministic_lap_above_threshold():
@@ -89,6 +89,6 @@ def test_batch_labels_equal_single_labels():
 
 
 def test_vehicle_geometry_defaults_match_the_stand_in():
-    from av_td3_ros.sim_env import MAX_WHEEL_ANGLE, WHEELBASE
+    from av_td3_ros.sim.sim_env import MAX_WHEEL_ANGLE, WHEELBASE
     assert ExpertConfig().wheelbase == WHEELBASE
     assert ExpertConfig().max_wheel_angle == MAX_WHEEL_ANGLE

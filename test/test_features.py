@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from av_td3_ros.features import (
+from av_td3_ros.driving.features import (
     FeatureConfig,
     Pose2D,
     kinematic_vector,
@@ -230,9 +230,9 @@ def test_hint_keeps_the_vehicle_near_its_previous_segment_on_a_closed_track():
 
 
 def test_pipeline_tracks_the_route_segment_across_frames_and_resets_it():
-    from av_td3_ros.checkpoint import PolicySpec
-    from av_td3_ros.pipeline import DrivingPipeline
-    from av_td3_ros.preprocessing import ImageView
+    from av_td3_ros.driving.pipeline import DrivingPipeline
+    from av_td3_ros.driving.preprocessing import ImageView
+    from av_td3_ros.learning.checkpoint import PolicySpec
     angles = np.linspace(0.0, 2 * math.pi, 200, endpoint=False)
     loop = np.stack([50.0 * np.cos(angles), 50.0 * np.sin(angles)], axis=1)
     image = ImageView('mono8', 84, 84, 84, bytes(84 * 84))

@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from av_td3_ros.checkpoint import PolicySpec, load_policy, save_policy_state
-from av_td3_ros.finetune import FinetuneConfig, Finetuner
-from av_td3_ros.finetune_policy import main as finetune_main
-from av_td3_ros.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.sim_env import SimEnvConfig
-from av_td3_ros.td3 import TD3Config
+from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.learning.checkpoint import PolicySpec, load_policy, save_policy_state
+from av_td3_ros.learning.finetune import FinetuneConfig, Finetuner
+from av_td3_ros.learning.td3 import TD3Config
+from av_td3_ros.sim.sim_env import SimEnvConfig
+from av_td3_ros.tools.finetune_policy import main as finetune_main
 
 SIM = SimEnvConfig(image_width=96, image_height=64, max_episode_steps=40)
 

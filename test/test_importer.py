@@ -5,8 +5,8 @@ import pickle
 import torch
 import torch.nn.functional as F
 
-from av_td3_ros.checkpoint import PolicySpec, load_policy
-from av_td3_ros.importer import main
+from av_td3_ros.learning.checkpoint import PolicySpec, load_policy
+from av_td3_ros.tools.importer import main
 
 CNN_SHAPES = {'conv1.weight': (32, 4, 8, 8), 'conv1.bias': (32,),
               'conv2.weight': (64, 32, 4, 4), 'conv2.bias': (64,),

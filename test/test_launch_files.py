@@ -7,7 +7,7 @@ import yaml
 from rcl_interfaces.srv import GetParameters
 from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes
 
-from av_td3_ros.launch_runner import LaunchError, executable_module, parse_launch_file
+from av_td3_ros.tools.launch_runner import LaunchError, executable_module, parse_launch_file
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted(REPO_LAUNCH.glob('*.launch.xml'))
@@ -124,10 +124,10 @@ def declared_parameters(*modules):
 
 
 @pytest.mark.parametrize('params_file, modules', [
-    ('driver.yaml', ('driver_node.py', 'node_params.py')),
-    ('trainer.yaml', ('trainer_node.py', 'node_params.py')),
-    ('trainer_sim.yaml', ('trainer_node.py', 'node_params.py')),
-    ('sim_bridge.yaml', ('sim_bridge_node.py',)),
+    ('driver.yaml', ('nodes/driver.py', 'nodes/driver_config.py', 'nodes/node_params.py')),
+    ('trainer.yaml', ('nodes/trainer.py', 'nodes/node_params.py')),
+    ('trainer_sim.yaml', ('nodes/trainer.py', 'nodes/node_params.py')),
+    ('sim_bridge.yaml', ('nodes/sim_bridge.py',)),
 ])
 def test_parameter_files_list_exactly_the_declared_parameters(params_file, modules):
     # Test that every declared parameter has its documented default in the YAML file and the

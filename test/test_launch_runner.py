@@ -6,7 +6,7 @@ import pytest
 import yaml
 from ros_helpers import REPO_LAUNCH
 
-from av_td3_ros.launch_runner import LaunchError, _to_param_value, parse_launch_file
+from av_td3_ros.tools.launch_runner import LaunchError, _to_param_value, parse_launch_file
 
 LAUNCH_FILES = sorted(REPO_LAUNCH.glob('*.launch.xml'))
 
@@ -185,7 +185,7 @@ def test_respawn_restarts_an_exited_node(tmp_path, start_tool):
     path = write_launch(tmp_path, '''
   <node pkg="av_td3_ros" exec="run_launch" exec_name="quitter" respawn="true"
         respawn_delay="0.1" output="screen"/>''')
-    runner = start_tool('av_td3_ros.launch_runner', str(path))
+    runner = start_tool('av_td3_ros.tools.launch_runner', str(path))
 
     def respawns():
         return runner.output().count('quitter exited (2); respawning in 0.1 s')
@@ -200,13 +200,13 @@ def test_respawn_restarts_an_exited_node(tmp_path, start_tool):
 
 def test_a_node_without_respawn_stops_the_launch(tmp_path, start_tool):
     path = write_launch(tmp_path, '<node pkg="av_td3_ros" exec="run_launch" name="quitter"/>')
-    runner = start_tool('av_td3_ros.launch_runner', str(path))
+    runner = start_tool('av_td3_ros.tools.launch_runner', str(path))
     assert runner.wait(timeout=60.0) == 2, runner.output()
     assert 'quitter exited (2); stopping the others' in runner.output()
 
 
 def test_print_lists_the_nodes_of_a_launch_file(tmp_path, start_tool, ros_env):
-    runner = start_tool('av_td3_ros.launch_runner', str(REPO_LAUNCH / 'driver.launch.xml'),
+    runner = start_tool('av_td3_ros.tools.launch_runner', str(REPO_LAUNCH / 'driver.launch.xml'),
                         'checkpoint:=0123', '--print')
     assert runner.wait(timeout=60.0) == 0, runner.output()
     assert "'checkpoint': '0123'" in runner.output()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from av_td3_ros.mc_returns import MonteCarloReturns
+from av_td3_ros.learning.mc_returns import MonteCarloReturns
 
 
 def test_returns_to_go_per_stream_and_unknown_records_are_nan():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from av_td3_ros.networks import Actor, ActorPolicy, NatureCNN, NetworkConfig, TwinCritic
+from av_td3_ros.driving.networks import Actor, ActorPolicy, NatureCNN, NetworkConfig, TwinCritic
 
 CNN_KEYS = {'conv1.weight', 'conv1.bias', 'conv2.weight', 'conv2.bias', 'conv3.weight',
             'conv3.bias', 'fc.weight', 'fc.bias'}

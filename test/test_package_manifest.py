@@ -100,7 +100,7 @@ def test_keys_without_rosdep_are_documented():
 
 def test_share_directory_holds_every_launch_and_config_file(ros_env):
     # Under `colcon test` this is colcon's install space; in the venv, scripts/setup.sh's.
-    from av_td3_ros.launch_runner import find_package_share
+    from av_td3_ros.tools.launch_runner import find_package_share
 
     share = Path(find_package_share('av_td3_ros'))
     assert (share / 'package.xml').read_text() == (REPO / 'package.xml').read_text()

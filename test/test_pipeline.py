@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from av_td3_ros.checkpoint import PolicySpec
-from av_td3_ros.control import SAFE_STOP, action_to_control
-from av_td3_ros.features import Pose2D, kinematic_vector
-from av_td3_ros.inference import PolicyRunner
-from av_td3_ros.networks import ActorPolicy
-from av_td3_ros.pipeline import DrivingPipeline, ExplorationConfig
-from av_td3_ros.preprocessing import FrameStack, ImageFormatError, ImageView, preprocess
+from av_td3_ros.driving.control import SAFE_STOP, action_to_control
+from av_td3_ros.driving.features import Pose2D, kinematic_vector
+from av_td3_ros.driving.inference import PolicyRunner
+from av_td3_ros.driving.networks import ActorPolicy
+from av_td3_ros.driving.pipeline import DrivingPipeline, ExplorationConfig
+from av_td3_ros.driving.preprocessing import FrameStack, ImageFormatError, ImageView, preprocess
+from av_td3_ros.learning.checkpoint import PolicySpec
 
 SPEC = PolicySpec()
 CPU = torch.device('cpu')

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Writer
 
-from av_td3_ros.bags.types import typestore
-from av_td3_ros.plots import (
+from av_td3_ros.tools.bags.types import typestore
+from av_td3_ros.tools.plots import (
     episodes_from_bag,
     main,
     parse_episode_end,

@@ -10,22 +10,22 @@ import yaml
 from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes
 from std_msgs.msg import UInt8MultiArray
 
-from av_td3_ros.checkpoint import (
+from av_td3_ros.driving.networks import ActorPolicy
+from av_td3_ros.learning.checkpoint import (
     PolicySpec,
     latest_policy,
     load_policy,
     read_metadata,
     save_policy,
 )
-from av_td3_ros.networks import ActorPolicy
-from av_td3_ros.policy_topic import POLICY_QOS, policy_message, read_policy_message
-from av_td3_ros.policy_transfer import (
+from av_td3_ros.learning.policy_transfer import (
     MAX_POLICY_BYTES,
     PolicyInbox,
     PolicyTransferError,
     policy_label,
     step_from_label,
 )
+from av_td3_ros.nodes.policy_topic import POLICY_QOS, policy_message, read_policy_message
 
 TOPIC = '/test/av_td3/policy'
 
@@ -96,7 +96,7 @@ def loaded_steps(driver):
 def test_trainer_policies_reach_a_driver_over_dds(start_node, start_tool, tmp_path,
                                                   rclpy_context):
     run_dir = tmp_path / 'run'
-    trainer = start_node('av_td3_ros.trainer_node', '--params-file',
+    trainer = start_node('av_td3_ros.nodes.trainer', '--params-file',
                          str(trainer_params(tmp_path)), '-p', f'run_dir:={run_dir}',
                          '-p', 'device:=cpu', '-p', 'use_sim_time:=false', name='trainer')
     # The trainer writes (and so publishes) its initial policy as step 0 when it starts; the
@@ -119,7 +119,7 @@ def test_trainer_policies_reach_a_driver_over_dds(start_node, start_tool, tmp_pa
         spec = PolicySpec.from_metadata(read_metadata(latest_policy(run_dir / 'checkpoints')))
         relu = replace(spec, network=replace(spec.network, activation='relu'))
         save_policy(other, ActorPolicy(relu.network), relu, {'step': '77'})
-        publisher = start_tool('av_td3_ros.policy_topic', str(other), '--topic', TOPIC)
+        publisher = start_tool('av_td3_ros.nodes.policy_topic', str(other), '--topic', TOPIC)
         assert publisher.wait_for_output('published', timeout=60), publisher.output()
         assert driver.wait_for_output("activation: driver 'leaky_relu' != checkpoint 'relu'",
                                       timeout=60), driver.output()
@@ -145,7 +145,7 @@ def test_trainer_policies_reach_a_driver_over_dds(start_node, start_tool, tmp_pa
         torch.manual_seed(5)
         save_policy(good, ActorPolicy(spec.network), spec, {'step': '123'})
         load_policy(good, spec)  # the test's own file is valid for the driver's spec
-        publisher = start_tool('av_td3_ros.policy_topic', str(good), '--topic', TOPIC)
+        publisher = start_tool('av_td3_ros.nodes.policy_topic', str(good), '--topic', TOPIC)
         assert driver.wait_for_output('received policy step 123', timeout=60), driver.output()
         # It is swapped in between two frames: feed frames until it is.
         for sec in range(3000, 3200):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from av_td3_ros.replay_buffer import BUFFER_SUBDIR, ReplayBuffer
+from av_td3_ros.learning.replay_buffer import BUFFER_SUBDIR, ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 K = 53
@@ -187,7 +187,7 @@ def test_batch_dtypes_and_shapes(tmp_path):
 
 def test_memory_per_transition_measured_and_logged(tmp_path, caplog):
     capacity = 2000
-    with caplog.at_level(logging.INFO, logger='av_td3_ros.replay_buffer'):
+    with caplog.at_level(logging.INFO, logger='av_td3_ros.learning.replay_buffer'):
         buf = ReplayBuffer.open(tmp_path, capacity)
     files = list((tmp_path / BUFFER_SUBDIR).glob('*.npy'))
     measured = sum(p.stat().st_size for p in files) / capacity
@@ -341,7 +341,7 @@ WRITER = textwrap.dedent('''
     import numpy as np
     sys.path.insert(0, sys.argv[4])
     from test_replay_buffer import content
-    from av_td3_ros.replay_buffer import ReplayBuffer
+    from av_td3_ros.learning.replay_buffer import ReplayBuffer
     directory, cap, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     buf = ReplayBuffer.open(directory, cap)
     rng = np.random.default_rng(seed)

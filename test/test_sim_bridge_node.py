@@ -16,10 +16,10 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32, Header, String
 from std_srvs.srv import Trigger
 
-from av_td3_ros.sim_bridge_node import parse_episode_end
+from av_td3_ros.nodes.sim_bridge import parse_episode_end
 
 PARAMS = str(Path(__file__).resolve().parents[1] / 'config' / 'sim_bridge.yaml')
-MODULE = 'av_td3_ros.sim_bridge_node'
+MODULE = 'av_td3_ros.nodes.sim_bridge'
 DELTA_NS = 50_000_000  # fixed_delta_seconds 0.05 from the params file
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)

@@ -1,10 +1,10 @@
-"""Tests of the ROS-free CarRacing stand-in simulator (av_td3_ros.sim_env)."""
+"""Tests of the ROS-free CarRacing stand-in simulator (av_td3_ros.sim.sim_env)."""
 import math
 
 import numpy as np
 import pytest
 
-from av_td3_ros.sim_env import (
+from av_td3_ros.sim.sim_env import (
     END_REASONS,
     SimEnv,
     SimEnvConfig,
@@ -230,7 +230,7 @@ def test_route_is_closed_at_the_start_line_with_stand_in_spacing(make_env):
 
 
 def test_stand_in_reward_does_not_punish_a_car_on_its_road(make_env):
-    from av_td3_ros.reward import StepEvents, VehicleState, safety
+    from av_td3_ros.learning.reward import StepEvents, VehicleState, safety
     env = make_env(render_camera=False)
     config = env.reward_config
     # 5 m from the centre line is still on the 13.3 m road: no off-road penalty

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from av_td3_ros.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.td3 import (
+from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.learning.td3 import (
     TD3,
     Batch,
     DeviceBatch,
@@ -79,7 +79,7 @@ def test_resolve_device_auto():
 
 
 def test_frame_scaling_matches_preprocessing_bit_for_bit():
-    preprocessing = pytest.importorskip('av_td3_ros.preprocessing')
+    preprocessing = pytest.importorskip('av_td3_ros.driving.preprocessing')
     values = np.arange(256, dtype=np.uint8).reshape(1, 4, 8, 8)
     for scale in ('zero_centered', 'unit'):
         for channels_last in (False, True):
@@ -426,7 +426,7 @@ def test_channels_last_frames_equal_plain_frames():
 
 def test_padding_frames_before_the_episode_start_become_zero_like_the_driver():
     # Test that frames flagged missing by the buffer are 0.0 after scaling, not -1.0.
-    from av_td3_ros.preprocessing import FrameStack, PreprocessConfig, scale_frames
+    from av_td3_ros.driving.preprocessing import FrameStack, PreprocessConfig, scale_frames
     agent = TD3(NetworkConfig(), TD3Config(device='cpu', seed=0))
     first = np.full((84, 84), 200, np.uint8)
     frames = np.zeros((1, 4, 84, 84), np.uint8)

@@ -15,9 +15,9 @@ from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from av_td3_ros.checkpoint import PolicySpec, latest_policy, load_policy, save_policy
-from av_td3_ros.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.replay_buffer import ReplayBuffer
+from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.learning.checkpoint import PolicySpec, latest_policy, load_policy, save_policy
+from av_td3_ros.learning.replay_buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 CAPACITY = 500
@@ -172,7 +172,7 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
     params = trainer_params(tmp_path)
     args = ('--params-file', str(params), '-p', f'run_dir:={run_dir}',
             '-p', 'vehicles:=[alpha, beta]', '-p', 'learning_starts:=6', '-p', 'device:=cpu')
-    trainer = start_node('av_td3_ros.trainer_node', *args, name='trainer')
+    trainer = start_node('av_td3_ros.nodes.trainer', *args, name='trainer')
     bridges = {role: FakeBridge(rclpy_context, role=role, name=f'fake_{role}')
                for role in ('alpha', 'beta')}
     steer = {'alpha': 0.5, 'beta': -0.5}
@@ -238,7 +238,7 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
         path.write_bytes(b'\x00' * 64)
     # Restarting with the same run_dir resumes networks, optimisers and counters.
     # (No updates in the resumed run: its shutdown save is at the resumed step.)
-    again = start_node('av_td3_ros.trainer_node', *args, '-p', 'updates_per_step:=0.0',
+    again = start_node('av_td3_ros.nodes.trainer', *args, '-p', 'updates_per_step:=0.0',
                        name='trainer_again')
     assert again.wait_for_output('resumed', timeout=60), again.output()
     line = next(line for line in again.output().splitlines() if 'resumed' in line)
@@ -276,7 +276,7 @@ def test_bad_routes_odometry_and_commands_never_end_the_trainer(start_node, tmp_
     # and the trainer goes on to store transitions once one comes.
     from carla_msgs.msg import CarlaEgoVehicleControl
     run_dir = tmp_path / 'run'
-    trainer = start_node('av_td3_ros.trainer_node', '--params-file',
+    trainer = start_node('av_td3_ros.nodes.trainer', '--params-file',
                          str(trainer_params(tmp_path)), '-p', f'run_dir:={run_dir}',
                          '-p', 'learning_starts:=100000', '-p', 'device:=cpu', name='trainer')
     bridge = FakeBridge(rclpy_context)
@@ -388,7 +388,7 @@ def test_a_trainer_killed_while_saving_restarts_clean_and_never_rewrites_a_polic
 
     try:
         for run in range(KILLS + 1):
-            trainer = start_node('av_td3_ros.trainer_node', *args, name=f'trainer_{run}')
+            trainer = start_node('av_td3_ros.nodes.trainer', *args, name=f'trainer_{run}')
             assert trainer.wait_for_output('training from', timeout=60), trainer.output()
             # (It may already be writing again: only the killed writer's files must be gone.)
             assert [path for path in leftovers if path.exists()] == [], trainer.output()
@@ -416,7 +416,7 @@ def test_a_camera_profile_start_keeps_the_trainer_on_the_camera_profile(tmp_path
     # What the actor sees of the kinematic vector belongs to the starting policy.
     from dataclasses import replace as dc_replace
 
-    from av_td3_ros.trainer_node import TrainerConfig, with_initial_policy_decisions
+    from av_td3_ros.nodes.trainer import TrainerConfig, with_initial_policy_decisions
     camera = PolicySpec(network=NetworkConfig(kinematic_inputs='speed'))
     start = tmp_path / 'camera.safetensors'
     save_policy(start, ActorPolicy(camera.network), camera)

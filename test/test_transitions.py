@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from av_td3_ros.features import Pose2D
-from av_td3_ros.reward import (
+from av_td3_ros.driving.features import Pose2D
+from av_td3_ros.learning.reward import (
     RewardConfig,
     RewardFunction,
     StepEvents,
@@ -16,7 +16,7 @@ from av_td3_ros.reward import (
     progress,
     safety,
 )
-from av_td3_ros.transitions import EpisodeConfig, TransitionAssembler
+from av_td3_ros.learning.transitions import EpisodeConfig, TransitionAssembler
 
 ROUTE = np.stack([np.arange(200) * 2.0, np.zeros(200)], axis=1)
 MS = 1_000_000

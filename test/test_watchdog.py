@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from av_td3_ros.watchdog import StallWatchdog
+from av_td3_ros.nodes.watchdog import StallWatchdog
 
 
 def wait_for(predicate, timeout=10.0):

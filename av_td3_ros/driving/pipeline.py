@@ -1,0 +1,159 @@
+"""The driver's per-frame pipeline, shared by the driver node and offline bag evaluation.
+
+camera frame -> grey 84x84 -> frame stack -> (+ kinematic vector) -> actor -> control command.
+No ROS imports: inputs are ImageView, Pose2D, speed and a route array.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..learning.checkpoint import PolicySpec
+from ..sim.expert import expert_action_from_kinematics
+from .control import SAFE_STOP, ControlCommand, action_to_control
+from .features import Pose2D, RouteState, kinematic_vector
+from .inference import PolicyRunner
+from .preprocessing import FrameStack, ImageView, gray_from_pixels, image_pixels, scale_frames
+
+MODES = ('eval', 'explore', 'expert', 'dagger')
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    """How a driver in explore mode perturbs the policy's actions."""
+
+    mode: str = 'eval'
+    """eval: the policy's action as is; explore: uniform random, then Gaussian noise;
+    expert: the route expert drives (no policy needed); dagger: per frame the expert with
+    probability beta (see beta_*), else the policy."""
+    random_steps: int = 10000
+    """Explore mode: uniform random actions for the first steps (TD3 learning_starts)."""
+    noise_start: float = 0.3
+    """Gaussian action noise std at the end of the random phase."""
+    noise_end: float = 0.1
+    """Noise std after the decay."""
+    noise_decay_steps: int = 20000
+    """Steps over which the std decays linearly from noise_start to noise_end."""
+    seed: int = 0
+    """Seed of the exploration noise."""
+    beta_start: float = 1.0
+    """DAgger: probability that the expert drives a frame, at the first frame..."""
+    beta_end: float = 0.0
+    """...and after beta_decay_steps frames (linear in between)."""
+    beta_decay_steps: int = 20000
+    """DAgger: frames over which beta decays."""
+
+    def beta(self, step: int) -> float:
+        """Return the DAgger probability that the expert drives frame `step` (1-based)."""
+        if self.beta_decay_steps == 0:
+            return self.beta_end
+        progress = min(max(step - 1, 0) / self.beta_decay_steps, 1.0)
+        return self.beta_start + (self.beta_end - self.beta_start) * progress
+
+    def __post_init__(self):
+        """Validate the mode and the schedule."""
+        if self.mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
+        if self.random_steps < 0 or self.noise_decay_steps < 0:
+            raise ValueError('random_steps and noise_decay_steps must be >= 0')
+        if not (0.0 <= self.beta_start <= 1.0 and 0.0 <= self.beta_end <= 1.0) \
+                or self.beta_decay_steps < 0:
+            raise ValueError('beta_start and beta_end must be in [0, 1], '
+                             'beta_decay_steps >= 0')
+
+    def noise_std(self, step: int) -> float:
+        """Return the Gaussian noise std at driver step `step` (after the random phase)."""
+        if self.noise_decay_steps == 0:
+            return self.noise_end
+        progress = min(max(step - self.random_steps, 0) / self.noise_decay_steps, 1.0)
+        return self.noise_start + (self.noise_end - self.noise_start) * progress
+
+
+@dataclass
+class StepResult:
+    """What the pipeline decided for one camera frame."""
+
+    command: ControlCommand
+    reason: str
+    """'policy', 'random', 'expert', or why the car is stopped ('no policy',
+    'non-finite action')."""
+    action: np.ndarray | None = None
+    route: RouteState | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class DrivingPipeline:
+    """Stateful per-vehicle pipeline: frame stack, features, policy and exploration."""
+
+    def __init__(self, spec: PolicySpec, runner: PolicyRunner | None = None,
+                 exploration: ExplorationConfig = ExplorationConfig()):
+        """Prepare buffers for `spec`; `runner` may be None (the car then brakes)."""
+        self.spec = spec
+        self.runner = runner
+        self.exploration = exploration
+        self.stack = FrameStack(spec.preprocessing)
+        self.kinematics = np.zeros(spec.features.size, np.float32)
+        self._frame = np.empty((spec.preprocessing.image_size,) * 2, np.float32)
+        self.steps = 0
+        self._route_hint = None  # route segment of the previous frame
+        self._hint_route = None  # the route that hint refers to
+        self._rng = np.random.default_rng(exploration.seed)
+
+    def reset_episode(self):
+        """Forget the frames and the route position of the previous episode."""
+        self.stack.reset()
+        self._route_hint = None
+
+    def set_runner(self, runner: PolicyRunner | None):
+        """Swap the policy (between frames: the caller serialises calls)."""
+        self.runner = runner
+
+    def step(self, image: ImageView, pose: Pose2D, speed: float,
+             route: np.ndarray | None) -> StepResult:
+        """Process one camera frame; raise ImageFormatError (stack untouched) if it is bad."""
+        timings = {}
+        start = time.perf_counter()
+        pixels = image_pixels(image)
+        timings['conversion'] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        gray = gray_from_pixels(pixels, image.encoding, self.spec.preprocessing.image_size)
+        scale_frames(gray, self.spec.preprocessing.scale, out=self._frame)
+        frames = self.stack.push(self._frame)
+        timings['preprocess'] = (time.perf_counter() - start) * 1e3
+
+        start = time.perf_counter()
+        if route is not self._hint_route:
+            self._route_hint, self._hint_route = None, route
+        _, route_state = kinematic_vector(pose, speed, route, self.spec.features,
+                                          out=self.kinematics, hint=self._route_hint)
+        self._route_hint = route_state.segment if route_state is not None else None
+        timings['features'] = (time.perf_counter() - start) * 1e3
+        self.steps += 1
+
+        mode = self.exploration.mode
+        if mode == 'expert' or (mode == 'dagger'
+                                and self._rng.random() < self.exploration.beta(self.steps)):
+            # The expert reads the full vector (a camera-profile actor masks it itself).
+            action = expert_action_from_kinematics(self.kinematics, self.spec.features)
+            return StepResult(action_to_control(*action[:2]), 'expert', action, route_state,
+                              timings)
+        explore = mode == 'explore'
+        if explore and self.steps <= self.exploration.random_steps:
+            action = self._rng.uniform(-1.0, 1.0, self.spec.network.action_dim)
+            return StepResult(action_to_control(*action[:2]), 'random', action, route_state,
+                              timings)
+        if self.runner is None:
+            return StepResult(SAFE_STOP, 'no policy', None, route_state, timings)
+        start = time.perf_counter()
+        action = self.runner.act(frames, self.kinematics)
+        timings['inference'] = (time.perf_counter() - start) * 1e3
+        if not np.isfinite(action).all():
+            return StepResult(SAFE_STOP, 'non-finite action', action, route_state, timings)
+        if explore:
+            noise = self._rng.normal(0.0, self.exploration.noise_std(self.steps), action.shape)
+            limit = self.spec.network.max_action
+            action = np.clip(action + noise, -limit, limit)
+        return StepResult(action_to_control(*action[:2]), 'policy', action, route_state,
+                          timings)

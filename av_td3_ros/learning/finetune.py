@@ -1,0 +1,350 @@
+"""Fine-tune a driving policy with TD3 (optionally TD3+BC) on the stand-in, in one process.
+
+This is the ROS training loop with the graph taken out, built from the same parts:
+`SimEnv` plays the CARLA bridge; the driver's `DrivingPipeline` acts (the policy plus Gaussian
+exploration noise, as `mode:=explore` does after its random phase); the trainer's
+`TransitionAssembler` turns frames, odometry and actions into transitions with the trainer's
+reward and episode rules; the trainer's replay buffer feeds `TD3` at a fixed update-to-data
+ratio; and the acting policy is refreshed from the learner every `sync_every` updates, as the
+driver hot-reloads checkpoints. The route expert labels every sampled transition from its
+stored kinematic vector, so TD3+BC needs no extra data.
+
+What keeps a cloned policy alive (see README "Fine-tuning with TD3"): TD3 started from a
+good policy left the road within ~1,000 updates because its young critic was myopic. With
+gamma 0.99 the value of a state on the road is ~100 steps of reward, but TD targets carry it
+back only one step per target-network lag (~1/tau updates), so after a few hundred updates
+Q holds a few steps of reward: more throttle now means more progress reward now, and the
+actor goes to full throttle (measured: the critic's gradient asked for more throttle at 100 %
+of sampled states). So:
+- the critic first learns the starting policy's values (`critic_warmup_updates`) on the
+  policy's own noisy actions (`prefill_steps`), regressing on the Monte Carlo returns of the
+  finished episodes (`warmup_targets: mc`; TD targets where an episode is still open), which
+  are calibrated from the first update; the targets are then copied from the warmed critic;
+- then TD3 (or TD3+BC) as usual, evaluated on held-out seeds every `eval_every_updates`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..driving.inference import PolicyRunner
+from ..driving.networks import ActorPolicy
+from ..driving.pipeline import DrivingPipeline, ExplorationConfig
+from ..driving.preprocessing import gray_from_pixels, image_pixels
+from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, summary_line
+from ..sim.expert import expert_actions
+from ..sim.sim_env import SimEnv, SimEnvConfig
+from .checkpoint import PolicySpec, load_policy, save_policy_state
+from .mc_returns import MonteCarloReturns
+from .replay_buffer import ReplayBuffer
+from .reward import RewardConfig
+from .td3 import TD3, TD3Config, metrics_to_floats
+from .transitions import EpisodeConfig, TransitionAssembler
+
+STEP_NS = 50_000_000
+"""Stamp increment per simulator step (the bridge's 20 Hz)."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one fine-tuning run (defaults: the stand-in profile of trainer_sim.yaml)."""
+
+    td3: TD3Config = TD3Config(batch_size=64, precision='auto', critic_warmup_updates=5000,
+                               actor_pretanh_penalty=0.01)
+    """TD3 settings; bc_weight > 0 makes it TD3+BC with the route expert's labels."""
+    warmup_targets: str = 'mc'
+    """Critic targets during the warm-up: mc (discounted returns of the finished episodes of
+    the starting policy, TD where unknown) or td (plain TD targets)."""
+    bc_weight_final: float | None = None
+    """Anneal bc_weight linearly to this over `bc_anneal_updates` actor-phase updates
+    (None: constant)."""
+    bc_anneal_updates: int = 20000
+    """Updates (after the critic warm-up) over which bc_weight reaches bc_weight_final."""
+    cpu_minutes: float = 30.0
+    """Budget: process CPU time spent acting and learning (evaluations not counted)."""
+    prefill_steps: int = 2000
+    """Environment steps of the starting policy (with noise) before the first update."""
+    exploration_noise: float = 0.1
+    """Std of the Gaussian noise added to the policy's actions while collecting."""
+    updates_per_step: float = 0.5
+    """Update-to-data ratio after the prefill."""
+    sync_every: int = 250
+    """Updates between refreshes of the acting policy (the driver's checkpoint reloads)."""
+    eval_every_updates: int = 5000
+    """Updates between evaluations on `eval_seeds` (and once before the first update)."""
+    eval_seeds: tuple[int, ...] = (600, 601, 602, 603, 604)
+    """Held-out tracks for keep-the-best (no recipe or test uses them for training)."""
+    train_seed_start: int = 5000
+    """Tracks for collection: train_seed_start, +1, ... one per episode."""
+    buffer_capacity: int = 60000
+    """Replay capacity (transitions)."""
+    episode: EpisodeConfig = EpisodeConfig(max_steps=1200, max_lateral_deviation=6.5)
+    """Episode rules, as trainer_sim.yaml sets them for CarRacing's 13.3 m road."""
+    reward: RewardConfig = RewardConfig(lateral_tolerance=6.5)
+    """Reward settings, as the trainer derives them from trainer_sim.yaml."""
+    sim: SimEnvConfig = SimEnvConfig()
+    """Simulator settings for collection and evaluation (the sim_bridge defaults)."""
+    torch_threads: int = 1
+    """Intra-op threads (one: the figures are CPU-minutes of one core)."""
+    seed: int = 0
+    """Seed of sampling, exploration and target noise."""
+
+    def to_dict(self) -> dict:
+        """Return the config as plain values (JSON, for reports and checkpoint metadata)."""
+        return asdict(self)
+
+
+@dataclass
+class FinetuneReport:
+    """What happened during a run."""
+
+    start_return: float = float('nan')
+    best_return: float = float('nan')
+    best_updates: int = 0
+    evaluations: list[dict] = field(default_factory=list)
+    episodes: list[dict] = field(default_factory=list)
+    env_steps: int = 0
+    updates: int = 0
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+class Finetuner:
+    """Run TD3 (or TD3+BC) from a cloned policy on SimEnv; keep the best evaluated policy."""
+
+    def __init__(self, start: str | Path, run_dir: str | Path,
+                 config: FinetuneConfig = FinetuneConfig(), log=print):
+        """Load the starting policy, build the learner, buffer, assembler and simulator."""
+        self.config = config
+        self.log = log
+        torch.set_num_threads(config.torch_threads)
+        policy, metadata = load_policy(start)
+        self.spec = PolicySpec.from_metadata(metadata)
+        self.agent = TD3(self.spec.network, replace(config.td3, seed=config.seed))
+        self.agent.load_policy_state({k: v.float() for k, v in _policy_tensors(policy).items()})
+        self.run_dir = Path(run_dir)
+        self.buffer = ReplayBuffer.open(
+            self.run_dir, config.buffer_capacity, vec_dim=self.spec.network.kinematic_dim,
+            action_dim=self.spec.network.action_dim, vec_dtype='float32',
+            stack=self.spec.preprocessing.frame_stack,
+            fill_mode=self.spec.preprocessing.stack_fill)
+        self.acting = ActorPolicy(self.spec.network)
+        self.acting.load_state_dict(policy.state_dict())
+        self.pipeline = DrivingPipeline(
+            self.spec, PolicyRunner(self.acting, torch.device('cpu')),
+            ExplorationConfig(mode='explore', random_steps=0,
+                              noise_start=config.exploration_noise,
+                              noise_end=config.exploration_noise, noise_decay_steps=0,
+                              seed=config.seed))
+        self.assembler = TransitionAssembler(self.spec.features, config.reward, config.episode)
+        self.env = SimEnv(config.sim)
+        self.rng = np.random.default_rng(config.seed)
+        self.report = FinetuneReport()
+        self.best_state = _policy_tensors(policy)
+        self._stamp = 0
+        self._train_seed = config.train_seed_start
+        self._episode_open = False
+        self._cpu = 0.0  # CPU seconds of acting and learning (evaluations excluded)
+        self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
+
+    # ------------------------------------------------------------------ acting
+    def _begin_episode(self):
+        self.state = self.env.reset(seed=self._train_seed)
+        self._train_seed += 1
+        self.pipeline.reset_episode()
+        self.assembler.on_route(self.env.waypoints)
+        self._stamp += STEP_NS
+        self.assembler.on_episode_start(self._stamp)
+        self._episode_open = True
+
+    def act_once(self):
+        """Play one simulator step: observe, act (with noise), feed the assembler, store."""
+        if not self._episode_open:
+            self._begin_episode()
+        state = self.state
+        pose = pose_of(state)
+        self.assembler.on_odometry(self._stamp, pose, state.speed, state.yaw_rate)
+        image = image_of(state)
+        result = self.pipeline.step(image, pose, state.speed, self.env.waypoints)
+        gray = gray_from_pixels(image_pixels(image), image.encoding,
+                                self.spec.preprocessing.image_size)
+        self.assembler.on_frame(self._stamp, gray)
+        action = result.action if result.action is not None else np.array([0.0, -1.0])
+        self.assembler.on_control(self._stamp, np.asarray(action, np.float32))
+        if state.done:
+            self.assembler.on_episode_end('terminated' if state.terminated else 'truncated',
+                                          state.reason)
+        else:
+            command = result.command
+            self.state = self.env.step(command.steer, command.throttle, command.brake)
+        self._stamp += STEP_NS
+        for item in self.assembler.pop_output():
+            self._store(item)
+
+    def _store(self, item):
+        kind = item[0]
+        if kind == 'start':
+            self.buffer.start_episode(item[1], item[2])
+            self.returns.start()
+        elif kind == 'transition':
+            t = item[1]
+            index = self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
+                                    t.terminated, t.truncated)
+            self.returns.add(index, t.reward)
+            self.report.env_steps += 1
+        elif kind == 'episode_end':
+            _, episode_return, length, reason, _ = item
+            record = {'return': round(episode_return, 1), 'sim_return':
+                      round(float(self.state.episode_return), 1), 'length': length,
+                      'reason': reason, 'updates': self.agent.total_updates}
+            self.report.episodes.append(record)
+            self._episode_open = False
+            self.returns.finish()
+
+    # ------------------------------------------------------------------ learning
+    def _bc_weight(self) -> float:
+        config = self.config
+        if config.bc_weight_final is None:
+            return config.td3.bc_weight
+        progress = max(self.agent.total_updates - config.td3.critic_warmup_updates, 0)
+        fraction = min(progress / max(config.bc_anneal_updates, 1), 1.0)
+        return config.td3.bc_weight + (config.bc_weight_final - config.td3.bc_weight) * fraction
+
+    def learn_once(self) -> dict[str, float]:
+        """Sample a batch, label it with the expert, and run one TD3 update."""
+        batch = self.buffer.sample(self.config.td3.batch_size, self.rng)
+        weight = self._bc_weight()
+        labels = None
+        if weight > 0.0:
+            labels = expert_actions(batch.obs_vec, self.spec.features)
+        # bc_weight is read per update from the config, so annealing swaps the config.
+        if weight != self.agent.config.bc_weight:
+            self.agent.config = replace(self.agent.config, bc_weight=weight)
+        returns = None
+        if (self.config.warmup_targets == 'mc'
+                and self.agent.total_updates < self.config.td3.critic_warmup_updates):
+            returns = self.returns.lookup(batch.indices)
+        metrics = self.agent.update(batch, labels, returns)
+        if self.agent.total_updates % self.config.sync_every == 0:
+            self.acting.load_state_dict(self.agent.policy_state())
+        return metrics
+
+    # ------------------------------------------------------------------ diagnostics
+    def value_diagnostics(self, size: int = 512) -> dict[str, float]:
+        """Return what the critic believes about stored states, on the road and near its edge.
+
+        Near the edge: farther than 4.5 m from the centre line (the episode ends at 6.5 m).
+        `dq_dthrottle_pos`: fraction of states where the critic's gradient at the actor's
+        action asks for more throttle; `q_*`: Q1 of the stored action; `reward_*`: stored
+        rewards; `terminal_near_edge`: fraction of near-edge transitions that ended.
+        """
+        if self.buffer.size <= self.config.td3.batch_size:
+            return {}
+        batch = self.buffer.sample(size, self.rng)
+        agent = self.agent
+        b = agent.prepare(batch)
+        lateral = np.abs(batch.obs_vec[:, 1]) * self.spec.features.lateral_scale
+        near = lateral > 4.5
+        with torch.no_grad():
+            state = torch.cat([agent.critic_cnn(b.obs), b.obs_vec], dim=1)
+            q_data = agent.critic.Q1(state, b.actions).squeeze(1).numpy()
+            action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
+        action = action.clone().requires_grad_(True)
+        agent.critic.Q1(state, action).sum().backward()
+        agent.critic.zero_grad(set_to_none=True)
+        throttle_grad = action.grad[:, 1].numpy()
+        values = {'dq_dthrottle_pos': float(np.mean(throttle_grad > 0)),
+                  'actor_throttle': float(action[:, 1].mean()),
+                  'q_on_road': float(q_data[~near].mean()) if (~near).any() else float('nan'),
+                  'q_near_edge': float(q_data[near].mean()) if near.any() else float('nan'),
+                  'reward_on_road': float(batch.rewards[~near].mean()) if (~near).any()
+                  else float('nan'),
+                  'reward_near_edge': float(batch.rewards[near].mean()) if near.any()
+                  else float('nan'),
+                  'near_edge_fraction': float(near.mean()),
+                  'terminal_near_edge': float(batch.terminated[near].mean()) if near.any()
+                  else float('nan')}
+        return {k: round(v, 3) for k, v in values.items()}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> float:
+        """Drive the held-out seeds with the current policy; keep it if it is the best."""
+        policy = ActorPolicy(self.spec.network)
+        state = self.agent.policy_state()
+        policy.load_state_dict(state)
+        results: list[EpisodeResult] = evaluate_policy(
+            policy, self.spec, list(self.config.eval_seeds), self.config.sim)
+        value = float(np.mean([r.episode_return for r in results]))
+        record = {'updates': self.agent.total_updates, 'env_steps': self.report.env_steps,
+                  'cpu_minutes': round(self._cpu / 60.0, 2), 'mean_return': round(value, 1),
+                  'returns': [round(r.episode_return, 1) for r in results],
+                  'laps': sum(r.lap_complete for r in results),
+                  'critic': self.value_diagnostics()}
+        self.report.evaluations.append(record)
+        if not self.report.evaluations[:-1]:
+            self.report.start_return = value
+        if not value <= self.report.best_return:  # also true for the first (nan best)
+            self.report.best_return = value
+            self.report.best_updates = self.agent.total_updates
+            self.best_state = state
+        self.log(f'[finetune] eval {json.dumps(record)} ({summary_line(results)})')
+        return value
+
+    # ------------------------------------------------------------------ schedule
+    def run(self) -> FinetuneReport:
+        """Prefill, then act and learn at the update-to-data ratio until the CPU budget."""
+        config = self.config
+        wall = time.monotonic()
+        self.evaluate()
+        budget = config.cpu_minutes * 60.0
+        next_eval = config.eval_every_updates
+        last_log = time.monotonic()
+        while self._cpu < budget:
+            start = time.process_time()
+            self.act_once()
+            steps = self.report.env_steps
+            metrics = {}
+            if steps >= config.prefill_steps:
+                due = (steps - config.prefill_steps + 1) * config.updates_per_step
+                while self.agent.total_updates < due:
+                    metrics = self.learn_once()
+            self._cpu += time.process_time() - start
+            if self.agent.total_updates >= next_eval:
+                next_eval += config.eval_every_updates
+                self.evaluate()
+            if time.monotonic() - last_log > 60.0 and metrics:
+                last_log = time.monotonic()
+                values = metrics_to_floats(metrics)
+                recent = [e['sim_return'] for e in self.report.episodes[-5:]]
+                self.log(f'[finetune] {steps} steps, {self.agent.total_updates} updates, '
+                         f'{self._cpu / 60:.1f} CPU-min, recent sim returns {recent}, '
+                         + ', '.join(f'{k} {v:.3g}' for k, v in sorted(values.items())))
+        self.evaluate()
+        self.report.updates = self.agent.total_updates
+        self.report.cpu_seconds = self._cpu
+        self.report.wall_seconds = time.monotonic() - wall
+        return self.report
+
+    def save(self, path: str | Path, half: bool = True):
+        """Write the best evaluated policy (fp16 storage by default; it loads as float32)."""
+        state = self.best_state
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        save_policy_state(path, state, self.spec, {
+            'finetune_config': json.dumps(self.config.to_dict(), sort_keys=True, default=str),
+            'finetune_report': json.dumps(asdict(self.report), sort_keys=True),
+            'step': str(self.report.best_updates)})
+
+    def close(self):
+        """Close the simulator and the replay buffer."""
+        self.env.close()
+        self.buffer.close()
+
+
+def _policy_tensors(policy: ActorPolicy) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in policy.state_dict().items()}

@@ -1,0 +1,245 @@
+"""carla_episode_manager: the episode-reset interface for CARLA, through the ROS bridge.
+
+Offers `/av_td3/<role>/reset_episode` (std_srvs/Trigger) and publishes
+`/av_td3/<role>/episode_start` / `episode_end` (README: Episode reset interface), using only
+what carla-simulator/ros-bridge offers:
+
+* `/carla/<role>/<control_id>/set_transform` (geometry_msgs/Pose) and `set_target_velocity`
+  (geometry_msgs/Twist): the `actor.pseudo.control` pseudo-actor, declared under the vehicle
+  in the carla_spawn_objects objects file (config/carla_objects.json), teleports the car;
+* `/carla/<role>/goal` (geometry_msgs/PoseStamped): carla_waypoint_publisher plans a new route;
+* `/carla/<role>/odometry`, `/carla/<role>/waypoints` (latched) and the camera's
+  `camera_info` (same stamp as each image, and small) tell it when the reset has happened.
+
+Spawn points (map frame: x, y, z, yaw in degrees) come from `spawn_points` (a flat list of
+numbers), `spawn_points_file` (YAML with `spawn_points:` and optional `goals:` lists), or, with
+neither, the car's pose when the manager starts. The decisions live in `sim/episode_manager.py`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+from geometry_msgs.msg import Pose, PoseStamped, Twist
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo
+from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
+
+from ..driving.ros_conversions import pose_from_odometry, speed_from_odometry, stamp_to_ns
+from ..sim.episode_manager import (
+    EndEpisode,
+    EpisodeManager,
+    EpisodeManagerConfig,
+    MapPose,
+    SendGoal,
+    StartEpisode,
+    Teleport,
+    poses_from_flat,
+)
+from .node_main import guard_callback, run_node
+from .node_params import ParameterReader
+
+
+def read_spawn_file(path: str) -> tuple[tuple[MapPose, ...], tuple[MapPose, ...]]:
+    """Read `spawn_points:` and `goals:` ([[x, y, z, yaw], ...]) from a YAML file."""
+    content = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f'{path}: expected a mapping with spawn_points (and goals)')
+
+    def poses(key):
+        rows = content.get(key) or []
+        if not all(isinstance(row, list) and len(row) == 4 for row in rows):
+            raise ValueError(f'{path}: every {key} entry must be [x, y, z, yaw]')
+        return poses_from_flat([value for row in rows for value in row])
+
+    return poses('spawn_points'), poses('goals')
+
+
+def pose_msg(pose: MapPose) -> Pose:
+    """Return a geometry_msgs/Pose at `pose` (yaw in degrees about z)."""
+    msg = Pose()
+    msg.position.x, msg.position.y, msg.position.z = pose.x, pose.y, pose.z
+    half = math.radians(pose.yaw) / 2.0
+    msg.orientation.z, msg.orientation.w = math.sin(half), math.cos(half)
+    return msg
+
+
+class CarlaEpisodeManagerNode(Node):
+    """Reset episodes of one CARLA ego vehicle through the bridge's own topics."""
+
+    def __init__(self):
+        """Read parameters, wire the bridge topics and the reset service."""
+        super().__init__('carla_episode_manager')
+        p = ParameterReader(self)
+        role = p.string('role_name', 'ego_vehicle', 'CARLA role name of the ego vehicle')
+        control = p.string('control_id', 'control', 'id of the actor.pseudo.control under '
+                           'the vehicle in the objects file')
+        camera_info = p.string('camera_info_topic', f'/carla/{role}/rgb_front/camera_info',
+                               'camera_info of the camera the driver uses (same stamps as '
+                               'its images)')
+        spawn_file = p.string('spawn_points_file', '', 'YAML file with spawn_points (and '
+                              'goals): lists of [x, y, z, yaw_deg] in the map frame')
+        flat_spawns = self._double_array('spawn_points', 'flat x, y, z, yaw_deg, ... in the '
+                                         'map frame; empty: spawn_points_file, else the '
+                                         "car's pose at start")
+        flat_goals = self._double_array('goals', 'one goal per spawn point (flat x, y, z, '
+                                        'yaw_deg, ...); empty: the next spawn point')
+        self.auto_start = p.boolean('auto_start', True, 'start the first episode as soon as '
+                                    'the bridge is there')
+        self.settings = dict(
+            order=p.string('order', 'sequential', 'sequential or random spawn points'),
+            seed=p.integer('seed', 0, 'seed of the random order', 0, 2**31 - 1),
+            spawn_tolerance=p.floating('spawn_tolerance', 2.0, 'odometry this close to the '
+                                       'spawn point confirms the teleport (m)', 0.01, 100.0),
+            route_start_tolerance=p.floating('route_start_tolerance', 10.0, 'a new route must '
+                                             'start this close to the spawn point (m)', 0.1,
+                                             1000.0),
+            goal_tolerance=p.floating('goal_tolerance', 5.0, 'route completed within this '
+                                      'distance of its end (m)', 0.1, 1000.0),
+            stuck_speed=p.floating('stuck_speed', 0.5, 'slower than this (m/s) ...', 0.0,
+                                   100.0),
+            stuck_time=p.floating('stuck_time', 20.0, '... for this long (s, simulator time) '
+                                  'ends the episode as truncated:stuck', 0.1, 1e6),
+            episode_timeout=p.floating('episode_timeout', 300.0, 'episode length limit (s, '
+                                       'simulator time): truncated:time_limit', 0.1, 1e7),
+            reset_timeout=p.floating('reset_timeout', 10.0, 'retry a reset step that takes '
+                                     'longer (s, steady clock)', 0.1, 600.0))
+        try:
+            spawns, goals = poses_from_flat(flat_spawns), poses_from_flat(flat_goals)
+            if spawn_file:
+                spawns, goals = read_spawn_file(spawn_file)
+            # Checked now, also when the first odometry will give the spawn point.
+            EpisodeManagerConfig(spawn_points=spawns or (MapPose(0.0, 0.0),),
+                                 goals=goals if spawns else (), **self.settings)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            self.get_logger().fatal(f'cannot run episodes: {error}')
+            raise SystemExit(2) from error
+        self.manager = (EpisodeManager(EpisodeManagerConfig(spawn_points=spawns, goals=goals,
+                                                            **self.settings))
+                        if spawns else None)  # None: the first odometry gives the spawn point
+
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        base = f'/carla/{role}'
+        self.transform_pub = self.create_publisher(Pose, f'{base}/{control}/set_transform',
+                                                   reliable)
+        self.velocity_pub = self.create_publisher(Twist, f'{base}/{control}/set_target_velocity',
+                                                  reliable)
+        self.goal_pub = self.create_publisher(PoseStamped, f'{base}/goal', reliable)
+        self.start_pub = self.create_publisher(Header, f'/av_td3/{role}/episode_start', reliable)
+        self.end_pub = self.create_publisher(String, f'/av_td3/{role}/episode_end', reliable)
+        # Guarded: no message (or bug) may end the process (callback_guard.py).
+        guard = lambda callback: guard_callback(self, callback)  # noqa: E731
+        self.create_subscription(Odometry, f'{base}/odometry', guard(self.on_odometry), reliable)
+        self.create_subscription(
+            PathMsg, f'{base}/waypoints', guard(self.on_route),
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.create_subscription(CameraInfo, camera_info, guard(self.on_camera_info), reliable)
+        self.create_service(Trigger, f'/av_td3/{role}/reset_episode', guard(self.on_reset))
+        # Retries run on the steady clock: simulator time stops when nothing ticks.
+        self.steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(0.2, guard(self.on_timer), clock=self.steady)
+        self._pending_routes: list = []  # routes that arrived before the manager existed
+        self.get_logger().info(
+            f'{role}: episodes via {base}/{control}/set_transform, goals on {base}/goal, '
+            + (f'{len(spawns)} spawn points' if spawns else 'spawn point = pose at start'))
+
+    def _double_array(self, name: str, description: str) -> list[float]:
+        descriptor = ParameterDescriptor(description=description, read_only=True)
+        value = self.declare_parameter(name, Parameter.Type.DOUBLE_ARRAY, descriptor).value
+        return list(value or [])
+
+    def now(self) -> float:
+        """Return steady-clock seconds."""
+        return self.steady.now().nanoseconds * 1e-9
+
+    # ------------------------------------------------------------------ inputs
+    def on_odometry(self, msg: Odometry):
+        """Feed odometry; with no spawn points yet, the first one defines the spawn point."""
+        pose = pose_from_odometry(msg)
+        if self.manager is None:
+            spawn = MapPose(pose.x, pose.y, msg.pose.pose.position.z, math.degrees(pose.yaw))
+            self.manager = EpisodeManager(EpisodeManagerConfig(spawn_points=(spawn,),
+                                                               **self.settings))
+            self.get_logger().info(f'spawn point: the car\'s pose at start, {spawn}')
+            for route in self._pending_routes:
+                self.manager.on_route(route, self.now())
+        # Auto start once the bridge's control pseudo-actor listens (a teleport sent before
+        # would be lost and only retried after reset_timeout).
+        if (self.auto_start and self.manager.resets == 0
+                and self.transform_pub.get_subscription_count() > 0):
+            self.execute(self.manager.request_reset(self.now()))
+        speed = speed_from_odometry(msg)
+        self.execute(self.manager.on_odometry(stamp_to_ns(msg.header.stamp), pose.x, pose.y,
+                                              abs(speed), self.now()))
+
+    def on_route(self, msg: PathMsg):
+        """Feed the waypoint publisher's route."""
+        points = [(p.pose.position.x, p.pose.position.y) for p in msg.poses]
+        if self.manager is None:
+            self._pending_routes = [points]
+            return
+        self.execute(self.manager.on_route(points, self.now()))
+
+    def on_camera_info(self, msg: CameraInfo):
+        """Feed one camera frame's stamp."""
+        if self.manager is not None:
+            self.execute(self.manager.on_frame(stamp_to_ns(msg.header.stamp), self.now()))
+
+    def on_timer(self):
+        """Retry stalled resets."""
+        if self.manager is not None:
+            self.execute(self.manager.on_timer(self.now()))
+
+    def on_reset(self, request, response):
+        """Start a reset (the trainer calls this after ending an episode)."""
+        if self.manager is None:
+            response.success, response.message = False, 'no odometry yet: no spawn point'
+            return response
+        actions = self.manager.request_reset(self.now())
+        response.success = True
+        response.message = ('resetting' if actions else 'a reset is already under way')
+        self.get_logger().info(f'reset_episode called: {response.message}')
+        self.execute(actions)
+        return response
+
+    # ------------------------------------------------------------------ outputs
+    def execute(self, actions):
+        """Publish what the manager decided."""
+        for action in actions:
+            if isinstance(action, Teleport):
+                self.velocity_pub.publish(Twist())
+                self.transform_pub.publish(pose_msg(action.pose))
+                self.velocity_pub.publish(Twist())  # at standstill after the move too
+                self.get_logger().info(f'reset {self.manager.resets}: teleport to {action.pose}')
+            elif isinstance(action, SendGoal):
+                goal = PoseStamped(pose=pose_msg(action.pose))
+                goal.header.frame_id = 'map'
+                goal.header.stamp = self.get_clock().now().to_msg()
+                self.goal_pub.publish(goal)
+            elif isinstance(action, StartEpisode):
+                header = Header(frame_id=str(action.number))
+                header.stamp.sec, header.stamp.nanosec = divmod(action.stamp_ns, 10**9)
+                self.start_pub.publish(header)
+                self.get_logger().info(f'episode {action.number} starts at spawn point '
+                                       f'{action.spawn_index}')
+            elif isinstance(action, EndEpisode):
+                self.end_pub.publish(String(data=action.text()))
+                self.get_logger().info(f'episode {self.manager.episode} ended: {action.text()}')
+
+
+def main(args=None):
+    """Run the episode manager until shutdown."""
+    run_node(CarlaEpisodeManagerNode, args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,441 @@
+"""Serve CarRacing-v3 (`sim_env.SimEnv`) on the CARLA ROS bridge topics, as a CARLA stand-in.
+
+Run: `ros2 run av_td3_ros sim_bridge` or `python -m av_td3_ros.nodes.sim_bridge --ros-args
+--params-file config/sim_bridge.yaml`. `<role>` is the `role_name` parameter (ego_vehicle).
+
+Publishes (reliable, volatile, depth 10 like the bridge unless noted; one world tick's
+messages all carry the same stamp, the sim time of that tick):
+
+* `/carla/<role>/rgb_front/image` sensor_msgs/Image bgra8, frame_id `<role>/rgb_front`
+* `/carla/<role>/rgb_front/camera_info` sensor_msgs/CameraInfo (pinhole from `camera_fov`)
+* `/carla/<role>/odometry` nav_msgs/Odometry, frame `map`, child `<role>`; twist in the body
+  frame (x forward, y left), as the bridge publishes it
+* `/carla/<role>/speedometer` std_msgs/Float32, signed forward speed in m/s (as the bridge)
+* `/carla/<role>/vehicle_status` carla_msgs/CarlaEgoVehicleStatus: speed magnitude, map-frame
+  acceleration, orientation and the control applied in this tick
+* `/carla/<role>/lane_invasion` carla_msgs/CarlaLaneInvasionEvent, only in ticks where a
+  wheel that was on the road left it (crossed_lane_markings = [LANE_MARKING_SOLID])
+* `/carla/<role>/waypoints` nav_msgs/Path of the track centre line in driving order, frame
+  `map`; depth 1 TRANSIENT_LOCAL (latched, as carla_waypoint_publisher does), sent at every
+  episode start because every episode has a new track. Subscribe with TRANSIENT_LOCAL to get
+  it when joining late.
+* `/carla/status` carla_msgs/CarlaStatus: frame = world tick counter, fixed_delta_seconds,
+  synchronous_mode, synchronous_mode_running (= synchronous_mode)
+* `/clock` rosgraph_msgs/Clock, the sim time
+* `/av_td3/<role>/episode_start` std_msgs/Header (stamp = first frame of the episode,
+  frame_id = episode number, from 0), depth 1 TRANSIENT_LOCAL so late joiners learn the
+  current episode
+* `/av_td3/<role>/episode_end` std_msgs/String, volatile (a late joiner must not see old
+  endings), when the simulator ends an episode. Format:
+  `<terminated|truncated>:<reason>;return=<float>;steps=<int>;stamp_ns=<int>`, e.g.
+  `terminated:lap_complete;return=903.412;steps=868;stamp_ns=43450000000`; reasons are
+  lap_complete, off_playfield, off_track (terminated) and time_limit (truncated);
+  return is the episode's summed CarRacing reward, steps its control steps, stamp_ns the stamp
+  of its last frame. The part before the first `;` is exactly the CONVENTIONS.md format;
+  `parse_episode_end` reads it all.
+
+Subscribes `/carla/<role>/vehicle_control_cmd` carla_msgs/CarlaEgoVehicleControl: steer,
+throttle and brake are clipped to CARLA's ranges, hand_brake means full brake; reverse,
+gear and manual_gear_shift are ignored (CarRacing has no reverse).
+
+Service `/av_td3/<role>/reset_episode` std_srvs/Trigger starts a new episode at once (one
+world tick); no episode_end is published for the episode it cuts short. The response message
+is `episode=<n>;stamp_ns=<int>;previous_return=<float>;previous_steps=<int>`.
+
+Time and stepping: tick k has /carla/status frame k and stamp k * fixed_delta_seconds (sim
+time starts at 0 with the first episode's first frame). Every tick is one CarRacing step or
+one reset. With synchronous_mode true, the world ticks once per control command for the
+latest frame: a command whose header stamp is zero or not older than the latest frame's stamp
+triggers a tick; an older one is stale and ignored, so a driver answering every frame (stamp
+= the image stamp) gets exactly one new frame per command (frame 0's stamp is 0 and so
+reads as unstamped, which is harmless while it is the latest frame). If no command
+triggers a tick for step_timeout seconds (wall time; 0 disables this), the world ticks with
+the last control.
+With synchronous_mode false the world ticks at publish_rate Hz and commands only set the
+control. When the env ends an episode, that tick publishes its last frame and then
+episode_end; with auto_reset the next tick is the reset (new track, episode_start, first
+frame, zero control); without it the world stays frozen until reset_episode is called.
+Episode e uses track seed `seed + e` (seed -1: not seeded). One progress line is logged per
+episode.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from builtin_interfaces.msg import Time
+from carla_msgs.msg import (
+    CarlaEgoVehicleControl,
+    CarlaEgoVehicleStatus,
+    CarlaLaneInvasionEvent,
+    CarlaStatus,
+)
+from geometry_msgs.msg import PoseStamped, Quaternion
+from nav_msgs.msg import Odometry, Path
+from rclpy.clock import Clock, ClockType
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float32, Header, String
+from std_srvs.srv import Trigger
+
+from av_td3_ros.nodes.node_main import guard_callback, run_node
+from av_td3_ros.nodes.node_params import ParameterReader
+from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState
+
+BRIDGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass(frozen=True)
+class SimBridgeConfig:
+    """Parameters of the sim_bridge node (defaults as in config/sim_bridge.yaml)."""
+
+    role_name: str = 'ego_vehicle'
+    image_width: int = 600
+    image_height: int = 400
+    camera_fov: float = 90.0
+    seed: int = 0
+    fixed_delta_seconds: float = 0.05
+    synchronous_mode: bool = True
+    step_timeout: float = 1.0
+    max_episode_steps: int = 1000
+    max_off_track_steps: int = 0
+    publish_rate: float = 20.0
+    auto_reset: bool = True
+
+
+def format_episode_end(state: SimState, stamp_ns: int) -> str:
+    """Return the episode_end text for the last state of an episode."""
+    kind = 'terminated' if state.terminated else 'truncated'
+    return (f'{kind}:{state.reason};return={state.episode_return:.3f};steps={state.steps};'
+            f'stamp_ns={stamp_ns}')
+
+
+def parse_episode_end(text: str) -> dict:
+    """Split an episode_end text into kind, reason and the optional key=value fields.
+
+    Values of return are floats, of steps and stamp_ns ints; unknown keys stay strings.
+    """
+    head, *fields = text.split(';')
+    kind, _, reason = head.partition(':')
+    result = {'kind': kind, 'reason': reason}
+    for field in fields:
+        key, _, value = field.partition('=')
+        if key == 'return':
+            result[key] = float(value)
+        elif key in ('steps', 'stamp_ns'):
+            result[key] = int(value)
+        else:
+            result[key] = value
+    return result
+
+
+def _time_msg(stamp_ns: int) -> Time:
+    """Return a builtin_interfaces/Time for integer nanoseconds."""
+    return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+
+
+def _yaw_quaternion(yaw: float) -> Quaternion:
+    """Return the quaternion of a rotation by `yaw` about z."""
+    return Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    """Clip to [low, high] with NaN mapped to 0."""
+    if math.isnan(value):
+        return 0.0
+    return min(max(float(value), low), high)
+
+
+class SimBridgeNode(Node):
+    """Step a SimEnv and publish it like the CARLA ROS bridge; see the module docstring."""
+
+    def __init__(self):
+        """Read parameters, build the simulator, publishers and timers, start episode 0."""
+        super().__init__('sim_bridge')
+        self.config = self._read_parameters()
+        cfg = self.config
+        self.env = SimEnv(SimEnvConfig(image_width=cfg.image_width,
+                                       image_height=cfg.image_height,
+                                       step_seconds=cfg.fixed_delta_seconds,
+                                       max_episode_steps=cfg.max_episode_steps,
+                                       max_off_track_steps=cfg.max_off_track_steps))
+        role = cfg.role_name
+        prefix = f'/carla/{role}'
+        self._pub_image = self.create_publisher(Image, f'{prefix}/rgb_front/image', BRIDGE_QOS)
+        self._pub_info = self.create_publisher(
+            CameraInfo, f'{prefix}/rgb_front/camera_info', BRIDGE_QOS)
+        self._pub_odom = self.create_publisher(Odometry, f'{prefix}/odometry', BRIDGE_QOS)
+        self._pub_speed = self.create_publisher(Float32, f'{prefix}/speedometer', BRIDGE_QOS)
+        self._pub_status = self.create_publisher(
+            CarlaEgoVehicleStatus, f'{prefix}/vehicle_status', BRIDGE_QOS)
+        self._pub_invasion = self.create_publisher(
+            CarlaLaneInvasionEvent, f'{prefix}/lane_invasion', BRIDGE_QOS)
+        self._pub_waypoints = self.create_publisher(Path, f'{prefix}/waypoints', LATCHED_QOS)
+        self._pub_world = self.create_publisher(CarlaStatus, '/carla/status', BRIDGE_QOS)
+        self._pub_clock = self.create_publisher(ClockMsg, '/clock', BRIDGE_QOS)
+        self._pub_start = self.create_publisher(
+            Header, f'/av_td3/{role}/episode_start', LATCHED_QOS)
+        self._pub_end = self.create_publisher(String, f'/av_td3/{role}/episode_end', BRIDGE_QOS)
+        # Guarded: an exception in one callback is logged and the simulator goes on.
+        self.create_subscription(CarlaEgoVehicleControl, f'{prefix}/vehicle_control_cmd',
+                                 guard_callback(self, self._on_control), BRIDGE_QOS)
+        self.create_service(Trigger, f'/av_td3/{role}/reset_episode',
+                            guard_callback(self, self._on_reset))
+
+        # Messages reused every tick: only stamps and values change.
+        self._image = Image(height=cfg.image_height, width=cfg.image_width, encoding='bgra8',
+                            is_bigendian=0, step=cfg.image_width * 4)
+        self._image.header.frame_id = f'{role}/rgb_front'
+        self._camera_info = self._make_camera_info()
+        self._odom = Odometry()
+        self._odom.header.frame_id = 'map'
+        self._odom.child_frame_id = role
+        self._vehicle_status = CarlaEgoVehicleStatus()
+        self._vehicle_status.header.frame_id = 'map'
+        self._world_status = CarlaStatus(fixed_delta_seconds=cfg.fixed_delta_seconds,
+                                         synchronous_mode=cfg.synchronous_mode,
+                                         synchronous_mode_running=cfg.synchronous_mode)
+
+        self._delta_ns = round(cfg.fixed_delta_seconds * 1e9)
+        self._frame = -1
+        self._stamp_ns = 0
+        self._stamp = _time_msg(0)
+        self._episode = -1
+        self._control = (0.0, 0.0, 0.0)
+        self._prev_velocity = None  # map-frame velocity of the previous tick
+        self._episode_wall_start = time.monotonic()
+        self._stale_commands = 0
+        self._publish_failures = 0
+
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._watchdog = None
+        if cfg.synchronous_mode and cfg.step_timeout > 0.0:
+            self._watchdog = self.create_timer(cfg.step_timeout, guard_callback(self, self._tick),
+                                               clock=steady)
+        elif not cfg.synchronous_mode:
+            self.create_timer(1.0 / cfg.publish_rate, guard_callback(self, self._tick),
+                              clock=steady)
+        self._start_episode()
+        self.get_logger().info(
+            f'sim_bridge ready: role {role}, {cfg.image_width}x{cfg.image_height} bgra8, '
+            f'{"synchronous" if cfg.synchronous_mode else "asynchronous"} mode, '
+            f'fixed_delta_seconds {cfg.fixed_delta_seconds}')
+
+    def _read_parameters(self) -> SimBridgeConfig:
+        """Declare all parameters once and return them as a config."""
+        defaults = SimBridgeConfig()
+        p = ParameterReader(self)
+
+        def declare(name, description, value_range=None):
+            default = getattr(defaults, name)
+            if isinstance(default, bool):
+                return p.boolean(name, default, description)
+            if isinstance(default, str):
+                return p.string(name, default, description)
+            if isinstance(default, float):
+                return p.floating(name, default, description, *value_range)
+            return p.integer(name, default, description, *value_range)
+
+        return SimBridgeConfig(
+            role_name=declare('role_name', 'CARLA role name used in every topic name'),
+            image_width=declare('image_width', 'camera image width (px)', (16, 4096)),
+            image_height=declare('image_height', 'camera image height (px)', (16, 4096)),
+            camera_fov=declare('camera_fov', 'horizontal field of view for camera_info (deg)',
+                               (1.0, 179.0)),
+            seed=declare('seed', 'track seed of episode 0; episode e uses seed + e; -1: random',
+                         (-1, 2**31 - 1)),
+            fixed_delta_seconds=declare('fixed_delta_seconds', 'sim time per world tick (s)',
+                                        (0.001, 1.0)),
+            synchronous_mode=declare(
+                'synchronous_mode', 'tick once per control command (else at publish_rate)'),
+            step_timeout=declare('step_timeout',
+                                 'synchronous mode: tick anyway after this many wall seconds '
+                                 'without a command; 0 disables', (0.0, 3600.0)),
+            max_episode_steps=declare('max_episode_steps',
+                                      'truncate episodes after this many steps; 0: never',
+                                      (0, 10**9)),
+            max_off_track_steps=declare('max_off_track_steps',
+                                        'terminate after this many consecutive steps with all '
+                                        'wheels off the road; 0: never', (0, 10**9)),
+            publish_rate=declare('publish_rate', 'asynchronous mode tick rate (Hz)',
+                                 (0.1, 1000.0)),
+            auto_reset=declare('auto_reset',
+                               'start a new episode on the tick after the env ends one'),
+        )
+
+    def _make_camera_info(self) -> CameraInfo:
+        """Return the pinhole camera info CARLA derives from image size and field of view."""
+        cfg = self.config
+        focal = cfg.image_width / (2.0 * math.tan(math.radians(cfg.camera_fov) / 2.0))
+        cx, cy = cfg.image_width / 2.0, cfg.image_height / 2.0
+        info = CameraInfo(height=cfg.image_height, width=cfg.image_width,
+                          distortion_model='plumb_bob')
+        info.header.frame_id = self._image.header.frame_id
+        info.d = [0.0] * 5
+        info.k = [focal, 0.0, cx, 0.0, focal, cy, 0.0, 0.0, 1.0]
+        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        info.p = [focal, 0.0, cx, 0.0, 0.0, focal, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        return info
+
+    def _on_control(self, msg: CarlaEgoVehicleControl):
+        """Store the command; in synchronous mode tick if it answers the latest frame."""
+        brake = 1.0 if msg.hand_brake else _clip(msg.brake, 0.0, 1.0)
+        control = (_clip(msg.steer, -1.0, 1.0), _clip(msg.throttle, 0.0, 1.0), brake)
+        if not self.config.synchronous_mode:
+            self._control = control
+            return
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if stamp_ns != 0 and stamp_ns < self._stamp_ns:
+            # An answer to an older frame (a duplicate or a late one): it must not tick the
+            # world again, or one frame would advance the world twice.
+            self._stale_commands += 1
+            return
+        self._control = control
+        self._tick()
+
+    def _on_reset(self, request, response):
+        """Start a new episode now, whatever the state of the current one."""
+        previous_return = self.env.episode_return
+        previous_steps = self.env.episode_steps
+        if not self.env.episode_over:
+            self._log_episode('reset_requested', previous_steps, previous_return)
+        self._start_episode()
+        response.success = True
+        response.message = (f'episode={self._episode};stamp_ns={self._stamp_ns};'
+                            f'previous_return={previous_return:.3f};'
+                            f'previous_steps={previous_steps}')
+        return response
+
+    def _tick(self):
+        """Advance the world by one tick: a step, or the reset after an episode ended."""
+        if self.env.episode_over:
+            if self.config.auto_reset:
+                self._start_episode()
+            return
+        state = self.env.step(*self._control)
+        self._advance_clock()
+        self._publish_state(state)
+        if state.done:
+            kind = 'terminated' if state.terminated else 'truncated'
+            self._pub_end.publish(String(data=format_episode_end(state, self._stamp_ns)))
+            self._log_episode(f'{kind}:{state.reason}', state.steps, state.episode_return)
+
+    def _start_episode(self):
+        """Reset the env on the next track and publish the new episode's first tick."""
+        self._episode += 1
+        seed = None if self.config.seed < 0 else self.config.seed + self._episode
+        state = self.env.reset(seed)
+        self._control = (0.0, 0.0, 0.0)
+        self._prev_velocity = None
+        self._episode_wall_start = time.monotonic()
+        self._advance_clock()
+        header = Header(stamp=self._stamp, frame_id=str(self._episode))
+        self._pub_start.publish(header)
+        self._publish_waypoints()
+        self._publish_state(state)
+
+    def _advance_clock(self):
+        """Count one world tick and move sim time on by fixed_delta_seconds."""
+        self._frame += 1
+        self._stamp_ns = self._frame * self._delta_ns
+        self._stamp = _time_msg(self._stamp_ns)
+        if self._watchdog is not None:
+            # A tick restarts the wait for the next command.
+            self._watchdog.reset()
+
+    def _publish_waypoints(self):
+        """Publish the centre line of the current track (latched)."""
+        path = Path()
+        path.header.frame_id = 'map'
+        path.header.stamp = self._stamp
+        for (x, y), yaw in zip(self.env.waypoints, self.env.waypoint_yaws, strict=True):
+            pose = PoseStamped(header=path.header)
+            pose.pose.position.x = float(x)
+            pose.pose.position.y = float(y)
+            pose.pose.orientation = _yaw_quaternion(float(yaw))
+            path.poses.append(pose)
+        self._pub_waypoints.publish(path)
+
+    def _publish_state(self, state: SimState):
+        """Publish every topic of one tick with the tick's stamp; the image last."""
+        stamp = self._stamp
+        self._pub_clock.publish(ClockMsg(clock=stamp))
+        self._world_status.frame = self._frame
+        self._pub_world.publish(self._world_status)
+
+        orientation = _yaw_quaternion(state.yaw)
+        odom = self._odom
+        odom.header.stamp = stamp
+        odom.pose.pose.position.x = state.x
+        odom.pose.pose.position.y = state.y
+        odom.pose.pose.orientation = orientation
+        odom.twist.twist.linear.x = state.vx
+        odom.twist.twist.linear.y = state.vy
+        odom.twist.twist.angular.z = state.yaw_rate
+        self._pub_odom.publish(odom)
+        self._pub_speed.publish(Float32(data=float(state.vx)))
+
+        # map-frame velocity for the acceleration CARLA reports in vehicle_status
+        cos_yaw, sin_yaw = math.cos(state.yaw), math.sin(state.yaw)
+        velocity = (cos_yaw * state.vx - sin_yaw * state.vy,
+                    sin_yaw * state.vx + cos_yaw * state.vy)
+        status = self._vehicle_status
+        status.header.stamp = stamp
+        status.velocity = float(state.speed)
+        if self._prev_velocity is None:
+            status.acceleration.linear.x = status.acceleration.linear.y = 0.0
+        else:
+            dt = self.config.fixed_delta_seconds
+            status.acceleration.linear.x = (velocity[0] - self._prev_velocity[0]) / dt
+            status.acceleration.linear.y = (velocity[1] - self._prev_velocity[1]) / dt
+        self._prev_velocity = velocity
+        status.orientation = orientation
+        status.control.header.stamp = stamp
+        status.control.steer, status.control.throttle, status.control.brake = state.control
+        self._pub_status.publish(status)
+
+        if state.lane_invasion:
+            event = CarlaLaneInvasionEvent(
+                crossed_lane_markings=[CarlaLaneInvasionEvent.LANE_MARKING_SOLID])
+            event.header.stamp = stamp
+            event.header.frame_id = f'{self.config.role_name}/lane_invasion'
+            self._pub_invasion.publish(event)
+
+        self._camera_info.header.stamp = stamp
+        self._pub_info.publish(self._camera_info)
+        self._image.header.stamp = stamp
+        self._image.data = state.frame.tobytes()
+        try:
+            self._pub_image.publish(self._image)
+        except _rclpy.RCLError as error:
+            # Fast DDS can refuse a large reliable sample under load; drop this frame only.
+            self._publish_failures += 1
+            self.get_logger().warning(f'image publish failed ({error}); frame dropped',
+                                      throttle_duration_sec=5.0)
+
+    def _log_episode(self, how: str, steps: int, episode_return: float):
+        """Log the progress line of one finished episode."""
+        wall = max(time.monotonic() - self._episode_wall_start, 1e-9)
+        self.get_logger().info(
+            f'episode {self._episode} {how}: steps {steps}, return {episode_return:.1f}, '
+            f'sim time {self._stamp_ns / 1e9:.2f} s, {steps / wall:.1f} steps/s')
+
+    def destroy_node(self):
+        """Close the simulator, then destroy the node."""
+        self.env.close()
+        return super().destroy_node()
+
+
+def main(args=None):
+    """Run the sim_bridge node until shutdown."""
+    run_node(SimBridgeNode, args)
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,682 @@
+"""Trainer node: experience from the ROS graph -> replay buffer -> TD3 updates -> checkpoints.
+
+Per vehicle (role name) it subscribes to the camera, odometry, route, the command the driver
+sent (or vehicle_status.control), collision and lane-invasion events and the episode topics,
+pairs them into transitions with `TransitionAssembler`, and writes them to the memory-mapped
+replay buffer in run_dir. TD3 updates run in a worker thread, so camera callbacks are never
+blocked; every `checkpoint_every` updates a policy file lands atomically in
+run_dir/checkpoints, where drivers pick it up. Episodes the trainer ends (collision, lateral
+deviation, route completed, step limit) are reset through /av_td3/<role>/reset_episode.
+
+No message ends the process: every subscription and timer callback is wrapped by
+`guard_callback` (an exception is logged, throttled, with the message, and the node goes on);
+unusable routes and odometry are refused on arrival and logged. At start-up the temp files of
+writers killed mid-write are removed (the replay buffer's lock makes this process the run
+directory's only writer), and a policy file name is never rewritten: a trainer resumed from an
+older state keeps the `policy_<step>` files a previous run wrote and writes new names only.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import rclpy
+import torch
+from carla_msgs.msg import (
+    CarlaCollisionEvent,
+    CarlaEgoVehicleControl,
+    CarlaEgoVehicleStatus,
+    CarlaLaneInvasionEvent,
+)
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
+
+from ..driving.control import control_to_action
+from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
+from ..driving.ros_conversions import (
+    command_from_control_msg,
+    pose_from_odometry,
+    route_from_path,
+    speed_from_odometry,
+    stamp_to_ns,
+)
+from ..learning.checkpoint import (
+    CHECKPOINT_DECIDES,
+    CHECKPOINT_SUBDIR,
+    POLICY_PATTERN,
+    TRAINING_STATE,
+    PolicySpec,
+    latest_policy,
+    load_policy,
+    policy_path,
+    prune_policies,
+    read_metadata,
+    read_safetensors,
+    remove_stale_run_temps,
+    save_policy_state,
+    write_atomic,
+)
+from ..learning.mc_returns import MonteCarloReturns
+from ..learning.replay_buffer import ReplayBuffer
+from ..learning.reward import RewardConfig
+from ..learning.td3 import TD3, TD3Config, metrics_to_floats
+from ..learning.transitions import EpisodeConfig, TransitionAssembler
+from ..sim.expert import expert_actions
+from .callback_guard import guard_callback
+from .node_main import dump_stacks_on_sigusr1
+from .node_params import ParameterReader, read_policy_spec
+from .policy_topic import PolicyBroadcaster
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Everything the trainer node reads from its parameters, once."""
+
+    run_dir: Path
+    vehicles: list
+    control_source: str
+    device: str
+    torch_threads: int
+    seed: int
+    resume: bool
+    spec: PolicySpec
+    td3: TD3Config
+    buffer_capacity: int
+    buffer_kinematics_dtype: str
+    learning_starts: int
+    updates_per_step: float
+    checkpoint_every: int
+    keep_checkpoints: int
+    state_every: int
+    log_period: float
+    health_every: int
+    tensorboard: bool
+    episode: EpisodeConfig
+    reward: RewardConfig
+    reset_timeout: float
+    camera_topic: str = '/carla/{role}/rgb_front/image'  # {role}: each vehicle's role name
+    policy_topic: str = '/av_td3/policy'  # every saved policy is published here ('' = off)
+    initial_policy: str = ''  # a fresh run's actor starts from this policy ('' = random init)
+    warmup_targets: str = 'mc'  # critic targets during critic_warmup_updates: mc or td
+
+
+def read_config(node: Node) -> TrainerConfig:
+    """Declare the trainer's parameters (descriptions, ranges) and read them."""
+    p = ParameterReader(node)
+    spec = read_policy_spec(p)
+    preprocessing = spec.preprocessing
+    seed = p.integer('seed', 0, 'seed of networks, sampling and noise', 0, 2**31 - 1)
+    device = p.string('device', 'auto', 'auto, cpu or cuda')
+
+    td3 = TD3Config(
+        gamma=p.floating('gamma', 0.99, 'discount factor', 0.0, 1.0),
+        tau=p.floating('tau', 0.005, 'polyak rate, SB3 meaning', 0.0, 1.0),
+        actor_lr=p.floating('actor_lr', 3e-4, 'actor Adam learning rate', 0.0, 1.0),
+        critic_lr=p.floating('critic_lr', 3e-4, 'critic Adam learning rate', 0.0, 1.0),
+        batch_size=p.integer('batch_size', 256, 'transitions per update', 1, 65536),
+        policy_frequency=p.integer('policy_frequency', 2, 'policy delay', 1, 1000),
+        policy_noise=p.floating('policy_noise', 0.2, 'target smoothing noise std', 0.0, 10.0),
+        noise_clip=p.floating('noise_clip', 0.5, 'target smoothing noise clip', 0.0, 10.0),
+        # 0 disables clipping (TD3Config takes None for that).
+        actor_grad_clip=p.floating('actor_grad_clip', 1.0, 'actor max grad norm (0: off)', 0.0,
+                                   1e6) or None,
+        critic_grad_clip=p.floating('critic_grad_clip', 10.0, 'critic max grad norm (0: off)',
+                                    0.0, 1e6) or None,
+        actor_pretanh_penalty=p.floating('actor_pretanh_penalty', 0.0,
+                                         'weight of mean(pre-tanh logits^2) in the actor loss',
+                                         0.0, 1e3),
+        target_encoders=p.boolean('target_encoders', True, 'target copies of both CNNs'),
+        precision=p.string('precision', 'auto', 'update precision: fp32, bf16, or auto (bf16 '
+                           'where the CPU/GPU computes it natively)'),
+        critic_warmup_updates=p.integer('critic_warmup_updates', 0, 'critic updates before '
+                                        'the first actor update', 0, 10**9),
+        bc_weight=p.floating('bc_weight', 0.0, 'TD3+BC: weight of the route expert cloning '
+                             'term in the actor loss (0: plain TD3)', 0.0, 1e3),
+        bc_alpha=p.floating('bc_alpha', 2.5, "TD3+BC's alpha: the normalised Q term's weight",
+                            0.0, 1e3),
+        frame_scale=preprocessing.scale, device=device, seed=seed)
+    episode = EpisodeConfig(
+        max_steps=p.integer('max_episode_steps', 1000, 'step limit (truncation)', 1, 10**9),
+        max_lateral_deviation=p.floating('max_lateral_deviation', 2.5, 'terminate beyond this '
+                                         'distance from the route (m)', 0.0, 1e6),
+        goal_tolerance=p.floating('goal_tolerance', 2.0, 'route completed within this '
+                                  'distance of its end (m)', 0.0, 1e6),
+        event_window=p.floating('event_window', 0.2, 'seconds (frame stamps) each step waits '
+                                'for late collision / lane-invasion events', 0.0, 10.0))
+    reward = RewardConfig(
+        efficiency_weight=p.floating('efficiency_weight', 2.0, 'reward weight', -1e3, 1e3),
+        lane_keeping_weight=p.floating('lane_keeping_weight', 2.0, 'reward weight', -1e3, 1e3),
+        comfort_weight=p.floating('comfort_weight', 1.0, 'reward weight', -1e3, 1e3),
+        safety_weight=p.floating('safety_weight', 1.0, 'reward weight', -1e3, 1e3),
+        progress_weight=p.floating('progress_weight', 3.0, 'reward weight', -1e3, 1e3),
+        target_speed=p.floating('target_speed', 8.33, 'efficiency target speed (m/s)',
+                                0.1, 100.0),
+        lateral_tolerance=episode.max_lateral_deviation,
+        lane_invasion_penalty=p.floating('lane_invasion_penalty', -10.0, 'per lane invasion',
+                                         -1e4, 0.0),
+        off_road_penalty=p.floating('off_road_penalty', -20.0, 'beyond max_lateral_deviation',
+                                    -1e4, 0.0))
+    return TrainerConfig(
+        run_dir=Path(p.string('run_dir', 'runs/default', 'replay buffer, checkpoints, logs')),
+        vehicles=p.string_list('vehicles', ['ego_vehicle'], 'role names of the vehicles that '
+                               'feed this trainer'),
+        control_source=p.string('control_source', 'command', 'command (vehicle_control_cmd) '
+                                'or vehicle_status (vehicle_status.control)'),
+        device=device,
+        torch_threads=p.integer('torch_threads', 2, 'torch CPU threads', 1, 256),
+        seed=seed,
+        resume=p.boolean('resume', True, 'continue from run_dir/training_state if present'),
+        spec=spec, td3=td3,
+        buffer_capacity=p.integer('buffer_capacity', 100000, 'replay capacity (transitions)',
+                                  16, 10**9),
+        buffer_kinematics_dtype=p.string('buffer_kinematics_dtype', 'float16', 'float16 or '
+                                         'float32 kinematics in the buffer'),
+        learning_starts=p.integer('learning_starts', 10000, 'transitions before updates',
+                                  0, 10**9),
+        updates_per_step=p.floating('updates_per_step', 1.0, 'update-to-data ratio', 0.0,
+                                    1000.0),
+        checkpoint_every=p.integer('checkpoint_every', 5000, 'updates between policy '
+                                   'checkpoints', 1, 10**9),
+        keep_checkpoints=p.integer('keep_checkpoints', 5, 'policy files kept', 1, 10**6),
+        state_every=p.integer('state_every', 5000, 'updates between training-state saves',
+                              1, 10**9),
+        log_period=p.floating('log_period', 10.0, 'seconds between progress lines', 0.1,
+                              3600.0),
+        health_every=p.integer('health_every', 1000, 'updates between activation-health '
+                               'checks', 1, 10**9),
+        tensorboard=p.boolean('tensorboard', True, 'write TensorBoard logs to run_dir/tb'),
+        episode=episode, reward=reward,
+        reset_timeout=p.floating('reset_timeout', 10.0, 'seconds to wait for the reset '
+                                 'service', 0.1, 600.0),
+        camera_topic=p.string('camera_topic', '/carla/{role}/rgb_front/image', 'camera topic; '
+                              '{role} is replaced by the role name'),
+        policy_topic=p.string('policy_topic', '/av_td3/policy', 'publish each saved policy '
+                              'here for drivers on other machines; empty: off'),
+        initial_policy=p.string('initial_policy', '', 'policy checkpoint a fresh run starts '
+                                'its actor from (e.g. an imitation policy); empty: random'),
+        warmup_targets=p.string('warmup_targets', 'mc', 'critic targets during the warm-up: '
+                                'mc (Monte Carlo returns of finished episodes) or td'))
+
+
+def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:
+    """Return `config` with the spec fields a checkpoint decides taken from initial_policy.
+
+    What the actor sees of the kinematic vector (`CHECKPOINT_DECIDES`) belongs to the policy:
+    a camera-profile start must go on training a camera-profile actor, now and on resume.
+    """
+    if not config.initial_policy:
+        return config
+    start = PolicySpec.from_metadata(read_metadata(config.initial_policy))
+    network = config.spec.network
+    for section, name in CHECKPOINT_DECIDES:
+        if section == 'network':
+            network = replace(network, **{name: getattr(start.network, name)})
+    return replace(config, spec=replace(config.spec, network=network))
+
+
+class VehicleFeed:
+    """One vehicle's subscriptions, assembler and reset client."""
+
+    def __init__(self, node: TrainerNode, role: str, group):
+        """Subscribe to `role`'s topics in callback group `group`."""
+        self.node, self.role = node, role
+        config = node.config
+        self.assembler = TransitionAssembler(config.spec.features, config.reward,
+                                             config.episode)
+        self.frame_stamps: list[int] = []  # recent frame stamps (vehicle_status pairing)
+        self.resetting = False
+        self.reset_requested: float | None = None  # monotonic time of the last request
+        self.last_frame: float | None = None  # monotonic time of the newest camera frame
+        base = f'/carla/{role}'
+        # Reliable keep-10 for the camera (2 MB frames): the trainer should see every frame
+        # the driver saw. Small messages queue deeper: a trainer busy for a moment must not
+        # lose the command of a frame it still has (the frame would go unpaired).
+        camera = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+        def sub(msg_type, topic, callback, qos, callback_group):
+            node.create_subscription(msg_type, topic, guard_callback(node, callback), qos,
+                                     callback_group=callback_group)
+
+        sub(Image, config.camera_topic.replace('{role}', role), self.on_image, camera,
+            callback_group=group)
+        sub(Odometry, f'{base}/odometry', self.on_odometry, reliable, callback_group=group)
+        sub(PathMsg, f'{base}/waypoints', self.on_route,
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL), callback_group=group)
+        if config.control_source == 'vehicle_status':
+            sub(CarlaEgoVehicleStatus, f'{base}/vehicle_status', self.on_status, reliable,
+                callback_group=group)
+        else:
+            sub(CarlaEgoVehicleControl, f'{base}/vehicle_control_cmd', self.on_command,
+                reliable, callback_group=group)
+        sub(CarlaCollisionEvent, f'{base}/collision', self.on_collision, reliable,
+            callback_group=group)
+        sub(CarlaLaneInvasionEvent, f'{base}/lane_invasion', self.on_lane_invasion, reliable,
+            callback_group=group)
+        sub(Header, f'/av_td3/{role}/episode_start', self.on_episode_start, reliable,
+            callback_group=group)
+        sub(String, f'/av_td3/{role}/episode_end', self.on_episode_end, reliable,
+            callback_group=group)
+        self.reset_client = node.create_client(Trigger, f'/av_td3/{role}/reset_episode',
+                                               callback_group=group)
+
+    def on_image(self, msg: Image):
+        """Preprocess the frame exactly as the driver does (uint8 84x84) and queue it."""
+        stamp = stamp_to_ns(msg.header.stamp)
+        try:
+            frame = to_gray(ImageView.from_msg(msg), self.node.config.spec.preprocessing
+                            .image_size)
+        except ImageFormatError as error:
+            self.node.log_throttled('error', f'bad_frame_{self.role}',
+                                    f'{self.role}: bad camera frame dropped: {error}')
+            return
+        self.frame_stamps.append(stamp)
+        del self.frame_stamps[:-32]
+        self.last_frame = time.monotonic()
+        self.assembler.on_frame(stamp, frame)
+        self.flush()
+
+    def on_odometry(self, msg: Odometry):
+        """Feed odometry (pose, speed, yaw rate); an unusable sample is logged and ignored."""
+        problem = self.assembler.on_odometry(stamp_to_ns(msg.header.stamp),
+                                             pose_from_odometry(msg), speed_from_odometry(msg),
+                                             msg.twist.twist.angular.z)
+        if problem is not None:
+            self.node.log_throttled('warn', f'odometry_{self.role}',
+                                    f'{self.role}: odometry ignored: {problem}')
+
+    def on_route(self, msg: PathMsg):
+        """Feed a new route; an unusable one counts as no route (frames wait for a good one)."""
+        problem = self.assembler.on_route(route_from_path(msg))
+        if problem is not None:
+            self.node.log_throttled('error', f'route_{self.role}',
+                                    f'{self.role}: route of {len(msg.poses)} poses refused '
+                                    f'({problem}); no route until a usable one arrives')
+
+    def on_command(self, msg: CarlaEgoVehicleControl):
+        """Pair the driver's command with the frame carrying the same stamp."""
+        action = control_to_action(command_from_control_msg(msg))
+        self._control(stamp_to_ns(msg.header.stamp), action)
+
+    def on_status(self, msg: CarlaEgoVehicleStatus):
+        """Pair the applied control with the newest frame older than the status tick."""
+        stamp = stamp_to_ns(msg.header.stamp)
+        older = [s for s in self.frame_stamps if s < stamp]
+        if older:
+            self._control(older[-1], control_to_action(command_from_control_msg(msg.control)))
+
+    def _control(self, stamp: int, action):
+        problem = self.assembler.on_control(stamp, np.array(action))
+        if problem is not None:
+            self.node.log_throttled('warn', f'command_{self.role}',
+                                    f'{self.role}: command ignored: {problem}')
+        self.flush()
+
+    def on_collision(self, msg: CarlaCollisionEvent):
+        """Feed a collision event."""
+        self.assembler.on_event(stamp_to_ns(msg.header.stamp), 'collision')
+
+    def on_lane_invasion(self, msg: CarlaLaneInvasionEvent):
+        """Feed a lane invasion event."""
+        self.assembler.on_event(stamp_to_ns(msg.header.stamp), 'lane_invasion')
+
+    def check_idle(self):
+        """Decide steps still waiting for late events once the camera has gone quiet.
+
+        Their window closes with a newer frame; without one (the simulator paused, e.g. after
+        a collision) they, and a reset they may ask for, would wait forever.
+        """
+        quiet = max(1.0, self.node.config.episode.event_window)
+        if self.last_frame is not None and time.monotonic() - self.last_frame > quiet:
+            self.assembler.decide_pending()
+            self.flush()
+
+    def check_reset(self):
+        """Ask again when a requested reset brought no episode_start within reset_timeout."""
+        if self.reset_requested is None or not self.assembler.ended:
+            return
+        waited = time.monotonic() - self.reset_requested
+        if waited > self.node.config.reset_timeout:
+            self.node.get_logger().warn(f'{self.role}: no episode_start {waited:.1f} s after '
+                                        'the reset request; asking again')
+            self.request_reset()
+
+    def on_episode_start(self, msg: Header):
+        """Begin a new episode at the given stamp."""
+        self.resetting = False
+        self.reset_requested = None
+        self.assembler.on_episode_start(stamp_to_ns(msg.stamp))
+
+    def on_episode_end(self, msg: String):
+        """Handle the simulator's 'terminated:<reason>' or 'truncated:<reason>' message."""
+        kind, _, rest = msg.data.partition(':')
+        self.assembler.on_episode_end(kind, rest.split(';')[0])
+        self.resetting = True  # the simulator resets by itself
+        self.flush()
+
+    def flush(self):
+        """Write assembled output to the buffer; request a reset after trainer-side ends."""
+        for item in self.assembler.pop_output():
+            self.node.store(self.role, item)
+            if item[0] == 'episode_end' and item[4] and not self.resetting:
+                self.request_reset()
+
+    def request_reset(self):
+        """Ask the simulator side to respawn the vehicle (asynchronously)."""
+        self.resetting = True
+        self.reset_requested = time.monotonic()
+        if not self.reset_client.service_is_ready():
+            self.node.log_throttled('warn', f'reset_{self.role}',
+                                    f'{self.role}: reset service not available; waiting for '
+                                    'an episode_start')
+            return
+        self.reset_client.call_async(Trigger.Request())
+
+
+class TrainerNode(Node):
+    """Learn the driving policy from the ROS graph."""
+
+    def __init__(self):
+        """Read parameters, open the buffer and agent (resuming if asked), wire the topics."""
+        super().__init__('trainer')
+        self.config = config = with_initial_policy_decisions(read_config(self))
+        torch.set_num_threads(config.torch_threads)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = config.run_dir / CHECKPOINT_SUBDIR
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        self.policy_broadcaster = (PolicyBroadcaster(self, config.policy_topic)
+                                   if config.policy_topic else None)
+        # Opening the buffer takes the run directory's writer lock: from here on no other
+        # trainer writes here, so every temp file found is a killed writer's.
+        self.buffer = ReplayBuffer.open(
+            config.run_dir, config.buffer_capacity,
+            vec_dim=config.spec.network.kinematic_dim,
+            action_dim=config.spec.network.action_dim,
+            vec_dtype=config.buffer_kinematics_dtype,
+            stack=config.spec.preprocessing.frame_stack,
+            fill_mode=config.spec.preprocessing.stack_fill)
+        for stale in remove_stale_run_temps(config.run_dir):
+            self.get_logger().warning(f'removed {stale}, left by a writer killed mid-write')
+        self.agent = TD3(config.spec.network, config.td3)
+        self.buffer_lock = threading.Lock()
+        self.unstored = 0  # assembled items the buffer refused (and steps skipped after one)
+        self._broken_streams: set = set()
+        self.env_steps = 0
+        self.episodes = 0
+        self.recent_returns: list[float] = []
+        self._log_times = {}
+        self._resume()
+        if self.agent.total_updates == 0 and config.initial_policy:
+            self._start_from(config.initial_policy)
+        self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
+        self._episode_log = open(config.run_dir / 'episodes.jsonl', 'a', buffering=1)
+        self.tb = None
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(config.run_dir / 'tb'))
+        self.rng = np.random.default_rng(config.seed + self.agent.total_updates)
+        group = MutuallyExclusiveCallbackGroup()
+        self.feeds = [VehicleFeed(self, role, group) for role in config.vehicles]
+        self.create_timer(config.log_period, guard_callback(self, self.log_progress),
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, guard_callback(self, self.check_feeds), callback_group=group)
+        self._stop = threading.Event()
+        self._updates_since_log = 0
+        self._last_log = time.monotonic()
+        if latest_policy(self.checkpoint_dir) is None:
+            # Drivers leaving their random phase before the first update still get a policy
+            # (the initial actor, as TD3 would act at learning_starts) instead of braking.
+            self.save_policy()
+        self.worker = threading.Thread(target=self.update_loop, name='td3_updates',
+                                       daemon=True)
+        self.worker.start()
+        self.get_logger().info(
+            f'training from {", ".join(config.vehicles)} into {config.run_dir} on '
+            f'{self.agent.device}: buffer {self.buffer.size}/{self.buffer.capacity}, '
+            f'{self.agent.total_updates} updates done, learning starts at '
+            f'{config.learning_starts} transitions')
+
+    def check_feeds(self):
+        """Once a second: decide steps of quiet cameras, repeat unanswered reset requests."""
+        for feed in self.feeds:
+            feed.check_idle()
+            feed.check_reset()
+
+    # ------------------------------------------------------------------ state
+    def _resume(self):
+        path = self.config.run_dir / TRAINING_STATE
+        if not (self.config.resume and path.exists()):
+            return
+        tensors, metadata = read_safetensors(path)  # one read: tensors and metadata agree
+        td3_metadata = json.loads(metadata['td3'])
+        self.agent.load_state_tensors(tensors, td3_metadata)
+        counters = json.loads(metadata['counters'])
+        # The buffer may hold more than the state recorded (written after the last save).
+        self.env_steps = max(int(counters['env_steps']), 0)
+        self.episodes = int(counters['episodes'])
+        self.get_logger().info(f'resumed {path}: {self.agent.total_updates} updates, '
+                               f'{self.env_steps} env steps, buffer {self.buffer.size}')
+        newest = latest_policy(self.checkpoint_dir)
+        newest_step = int(POLICY_PATTERN.match(newest.name).group(1)) if newest else -1
+        if newest_step > self.agent.total_updates:
+            self.get_logger().warning(
+                f'{newest.name} is newer than the resumed state ({self.agent.total_updates} '
+                'updates; the previous run ended between a policy save and a state save): '
+                'existing policy files are kept, never rewritten with other weights')
+
+    def _start_from(self, path: str):
+        """Start the actor (and its target) from a policy checkpoint with the trainer's spec."""
+        policy, _ = load_policy(path, expected=self.config.spec)
+        state = {k: v.detach().float() for k, v in policy.state_dict().items()}
+        self.agent.load_policy_state(state)
+        self.get_logger().info(f'actor starts from {path}')
+
+    def save_training_state(self):
+        """Write networks, targets, optimisers and counters atomically; flush the buffer."""
+        with self.buffer_lock:
+            self.buffer.flush()
+            counters = {'env_steps': self.env_steps, 'episodes': self.episodes}
+        tensors, metadata = self.agent.state_tensors()
+        write_atomic(self.config.run_dir / TRAINING_STATE, tensors,
+                     {'td3': json.dumps(metadata), 'counters': json.dumps(counters)})
+
+    def save_policy(self) -> bool:
+        """Write the current policy where drivers look for it and prune old ones.
+
+        A `policy_<step>` that exists is kept (return False): a name always means the same
+        weights, for drivers that loaded it and for any reader mid-load.
+        """
+        step = self.agent.total_updates
+        path = policy_path(self.checkpoint_dir, step)
+        written = save_policy_state(path, self.agent.policy_state(), self.config.spec,
+                                    {'step': str(step)}, replace=False)
+        if self.policy_broadcaster is not None:  # drivers with policy_topic (policy_topic.py)
+            self.policy_broadcaster.publish_file(path, step)
+        if not written:
+            self.log_throttled('warn', 'policy_exists', f'{path.name} exists (an earlier run '
+                               'reached this step): kept, not rewritten', period=60.0)
+        prune_policies(self.checkpoint_dir, self.config.keep_checkpoints)
+        return written
+
+    # ------------------------------------------------------------------ experience
+    def store(self, role: str, item):
+        """Write one assembler output item into the replay buffer and the logs."""
+        kind = item[0]
+        if kind == 'transition' and role in self._broken_streams:
+            self.unstored += 1  # its episode lost a step: no transition may link across
+            return
+        with self.buffer_lock:
+            try:
+                if kind == 'start':
+                    self.buffer.start_episode(item[1], item[2], stream=role)
+                    self._broken_streams.discard(role)
+                    self.returns.start(role)
+                elif kind == 'transition':
+                    t = item[1]
+                    index = self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
+                                            t.terminated, t.truncated, stream=role)
+                    self.returns.add(index, t.reward, role)
+                    self.env_steps += 1
+            except ValueError as error:  # e.g. kinematics beyond float16: skip, go on
+                self.buffer.abandon_episode(role)
+                self._broken_streams.add(role)
+                self.returns.start(role)  # the broken episode's returns would be wrong
+                self.unstored += 1
+                self.log_throttled('error', f'store_{role}', f'{role}: {kind} not stored '
+                                   f'({error}); its episode continues from the next start')
+                return
+            if kind == 'transition' and self.tb is not None and self.env_steps % 50 == 0:
+                for name, value in t.terms.items():
+                    self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
+        if kind == 'episode_end':
+            _, episode_return, length, reason, _ = item
+            with self.buffer_lock:
+                self.returns.finish(role)
+            self.episodes += 1
+            self.recent_returns = (self.recent_returns + [episode_return])[-20:]
+            record = {'episode': self.episodes, 'vehicle': role, 'return': episode_return,
+                      'length': length, 'reason': reason, 'env_steps': self.env_steps,
+                      'updates': self.agent.total_updates, 'stamp': time.time()}
+            self._episode_log.write(json.dumps(record) + '\n')
+            if self.tb is not None:
+                self.tb.add_scalar('episode/return', episode_return, self.env_steps)
+                self.tb.add_scalar('episode/length', length, self.env_steps)
+            self.get_logger().info(f'{role}: episode {self.episodes} ended ({reason}): '
+                                   f'return {episode_return:.1f}, {length} steps')
+
+    # ------------------------------------------------------------------ learning
+    def update_loop(self):
+        """Run TD3 updates whenever the update-to-data ratio allows (worker thread)."""
+        config = self.config
+        batch_size = config.td3.batch_size
+        while not self._stop.is_set():
+            allowed = (self.env_steps >= config.learning_starts
+                       and self.buffer.size > batch_size
+                       and self.agent.total_updates < self.env_steps * config.updates_per_step)
+            if not allowed:
+                self._stop.wait(0.01)
+                continue
+            start = time.perf_counter()
+            with self.buffer_lock:
+                batch = self.buffer.sample(batch_size, self.rng)
+                returns = None
+                if (config.warmup_targets == 'mc'
+                        and self.agent.total_updates < config.td3.critic_warmup_updates):
+                    returns = self.returns.lookup(batch.indices)
+            # TD3+BC's labels: the route expert's action for each stored kinematic vector.
+            labels = (expert_actions(batch.obs_vec, config.spec.features)
+                      if config.td3.bc_weight > 0.0 else None)
+            sample_ms = (time.perf_counter() - start) * 1e3
+            try:
+                metrics = self.agent.update(batch, labels, returns)
+            except Exception as error:  # keep experience collection alive; say what failed
+                self.get_logger().error(f'TD3 update failed: {error!r}')
+                self._stop.wait(1.0)
+                continue
+            self._updates_since_log += 1
+            updates = self.agent.total_updates
+            if self.tb is not None and updates % 100 == 0:
+                for name, value in metrics_to_floats(metrics).items():
+                    self.tb.add_scalar(f'train/{name}', value, updates)
+                self.tb.add_scalar('train/sample_ms', sample_ms, updates)
+            if updates % config.health_every == 0:
+                health = self.agent.activation_health(batch)
+                if self.tb is not None:
+                    for name, value in health.items():
+                        self.tb.add_scalar(f'activation_health/{name}', value, updates)
+                dead = max(v for k, v in health.items() if 'dead_unit' in k)
+                self.get_logger().info(
+                    f'activation health at {updates} updates: max dead unit fraction '
+                    f'{dead:.3f}, saturated actor outputs '
+                    f'{health["actor.saturated_fraction"]:.3f} (mean |pre-tanh| '
+                    f'{health["actor.pretanh_abs_mean"]:.2f})')
+            if updates % config.checkpoint_every == 0:
+                self.save_policy()
+                self.get_logger().info(f'checkpoint: policy after {updates} updates')
+            if updates % config.state_every == 0:
+                self.save_training_state()
+
+    def log_progress(self):
+        """Print one progress line (steps, episodes, return, updates/s, drops)."""
+        now = time.monotonic()
+        rate = self._updates_since_log / max(now - self._last_log, 1e-9)
+        self._updates_since_log, self._last_log = 0, now
+        stats = [f.assembler.stats for f in self.feeds]
+        frames = sum(s.frames for s in stats)
+        unpaired = sum(s.dropped_unpaired for s in stats)
+        no_odometry = sum(s.dropped_no_odometry for s in stats)
+        stale = sum(s.dropped_stale for s in stats)
+        missed = sum(s.missed_frames for s in stats)
+        gap_collisions = sum(s.gap_collisions for s in stats)
+        refused = sum(s.bad_routes + s.bad_odometry + s.bad_commands for s in stats)
+        late = sum(s.late_events for s in stats)
+        mean_return = (f'{np.mean(self.recent_returns):.1f}' if self.recent_returns else 'n/a')
+        self.get_logger().info(
+            f'steps {self.env_steps} | episodes {self.episodes} | mean return (last 20) '
+            f'{mean_return} | updates {self.agent.total_updates} ({rate:.1f}/s) | buffer '
+            f'{self.buffer.size} | frames {frames} (no command {unpaired}, no odometry/route '
+            f'{no_odometry}, stale {stale}, missed {missed}) | refused routes/odometry/commands '
+            f'{refused} | events beyond the window {late} | collisions between chains '
+            f'{gap_collisions} | unstored {self.unstored}')
+        if self.tb is not None:
+            self.tb.add_scalar('train/updates_per_s', rate, self.agent.total_updates)
+            self.tb.flush()
+
+    def log_throttled(self, level: str, key: str, text: str, period: float = 2.0):
+        """Log at most once per `period` seconds per key."""
+        now = time.monotonic()
+        if now - self._log_times.get(key, -1e9) >= period:
+            self._log_times[key] = now
+            getattr(self.get_logger(), level)(text)
+
+    def shutdown(self):
+        """Stop updates, store the steps still held back, save the state, close everything."""
+        self._stop.set()
+        self.worker.join(timeout=30.0)
+        for feed in self.feeds:
+            for item in feed.assembler.finish():
+                self.store(feed.role, item)
+        if self.agent.total_updates > 0:
+            self.save_policy()
+        self.save_training_state()
+        with self.buffer_lock:
+            self.buffer.close()
+        self._episode_log.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def main(args=None):
+    """Run the trainer node until shutdown, then save its state."""
+    rclpy.init(args=args)
+    dump_stacks_on_sigusr1()
+    node = None
+    executor = MultiThreadedExecutor(num_threads=2)
+    try:
+        node = TrainerNode()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

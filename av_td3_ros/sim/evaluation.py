@@ -1,0 +1,228 @@
+"""Drive whole stand-in episodes with a policy or the expert and summarise the returns (no ROS).
+
+Episodes run in-process on `SimEnv` through the driver's own `DrivingPipeline` (the same
+preprocessing, frame stack, kinematic vector and action mapping as the driver node), with
+the simulator settings the sim_bridge node uses by default, so an in-process return is the
+return the ROS loop would report for the same seed (up to frames the ROS loop drops).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..driving.control import action_to_control
+from ..driving.features import Pose2D
+from ..driving.inference import PolicyRunner
+from ..driving.networks import ActorPolicy
+from ..driving.pipeline import DrivingPipeline
+from ..driving.preprocessing import ImageView
+from ..learning.checkpoint import PolicySpec
+from .expert import RouteExpert
+from .sim_env import SimEnv, SimEnvConfig, SimState
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """How one evaluation episode went."""
+
+    seed: int
+    episode_return: float
+    steps: int
+    reason: str
+    off_track_steps: int
+    """Steps with all wheels off the road; -1 where not measured."""
+
+    @property
+    def lap_complete(self) -> bool:
+        """Return True when the car completed its lap."""
+        return self.reason == 'lap_complete'
+
+    def line(self) -> str:
+        """Return the one-line report of this episode."""
+        text = (f'seed {self.seed}: return {self.episode_return:.1f}, {self.steps} steps, '
+                f'{self.reason} (lap {"completed" if self.lap_complete else "not completed"})')
+        if self.off_track_steps >= 0:  # -1: not measured (through ROS)
+            text += f', {self.off_track_steps} steps off the road'
+        return text
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse '5-9', '1,4,7' or a mix ('0-2,10') into a list of seeds."""
+    seeds = []
+    for part in text.split(','):
+        part = part.strip()
+        if not part:
+            continue
+        if '-' in part[1:]:
+            low, high = part.split('-', 1) if not part.startswith('-') else (part, part)
+            low_i, high_i = int(low), int(high)
+            if high_i < low_i:
+                raise ValueError(f'empty seed range {part!r}')
+            seeds.extend(range(low_i, high_i + 1))
+        else:
+            seeds.append(int(part))
+    if not seeds:
+        raise ValueError(f'no seeds in {text!r}')
+    return seeds
+
+
+def summary_line(results: list[EpisodeResult]) -> str:
+    """Return 'mean return X ± Y over N episodes' (population std)."""
+    returns = np.array([r.episode_return for r in results], np.float64)
+    if not len(returns):
+        return 'mean return nan ± nan over 0 episodes'
+    return f'mean return {returns.mean():.1f} ± {returns.std():.1f} over {len(returns)} episodes'
+
+
+def image_of(state: SimState) -> ImageView:
+    """Wrap a SimState's BGRA frame as the ImageView a sensor_msgs/Image would give."""
+    height, width = state.frame.shape[:2]
+    return ImageView('bgra8', height, width, width * 4, state.frame)
+
+
+def pose_of(state: SimState) -> Pose2D:
+    """Return the planar pose of a SimState."""
+    return Pose2D(state.x, state.y, state.yaw)
+
+
+class AblatedPolicy(nn.Module):
+    """An ActorPolicy with one input replaced by a constant (its mean over data).
+
+    `camera`: the CNN features are replaced by `constant` (features_dim,); `kinematics`: the
+    kinematic vector is replaced by `constant` (kinematic_dim,). What is left shows which input
+    the policy relies on.
+    """
+
+    def __init__(self, policy: ActorPolicy, ablate: str, constant: torch.Tensor):
+        """Wrap `policy`; `ablate` is 'camera' or 'kinematics'."""
+        super().__init__()
+        if ablate not in ('camera', 'kinematics'):
+            raise ValueError(f"ablate must be 'camera' or 'kinematics', got {ablate!r}")
+        self.config = policy.config
+        self.policy = policy
+        self.ablate = ablate
+        self.register_buffer('constant', constant.detach().clone().float())
+
+    def forward(self, frames: torch.Tensor, kinematics: torch.Tensor) -> torch.Tensor:
+        """Return actions with the ablated input held at its constant."""
+        batch = frames.shape[0]
+        if self.ablate == 'camera':
+            features = self.constant.expand(batch, -1)
+        else:
+            features = self.policy.cnn(frames)
+            kinematics = self.constant.expand(batch, -1)
+        return self.policy.actor(torch.cat([features, kinematics], dim=1))
+
+
+def input_means(policy: ActorPolicy, frames: torch.Tensor,
+                kinematics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (mean CNN features, mean kinematic vector) of `policy` over a batch of states."""
+    with torch.inference_mode():
+        features = policy.cnn(frames).mean(dim=0)
+    return features, kinematics.float().mean(dim=0)
+
+
+def reference_states(spec: PolicySpec, seed: int, steps: int = 300,
+                     env_config: SimEnvConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drive the expert for `steps` on track `seed` and return the stacked frames and vectors.
+
+    These are "data" for ablations: the states a driving car sees.
+    """
+    env = SimEnv(env_config or SimEnvConfig())
+    pipeline = DrivingPipeline(spec, None)
+    expert = RouteExpert(spec.features)
+    frames, vectors = [], []
+    try:
+        state = env.reset(seed=seed)
+        while not state.done and len(frames) < steps:
+            pipeline.step(image_of(state), pose_of(state), state.speed, env.waypoints)
+            frames.append(pipeline.stack.frames.copy())
+            vectors.append(pipeline.kinematics.copy())
+            action = expert.act(pose_of(state), state.speed, env.waypoints)
+            command = action_to_control(*action)
+            state = env.step(command.steer, command.throttle, command.brake)
+    finally:
+        env.close()
+    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(vectors))
+
+
+def run_episode(env: SimEnv, seed: int, drive) -> EpisodeResult:
+    """Run one episode on track `seed`; `drive(state) -> (steer, throttle, brake)`."""
+    state = env.reset(seed=seed)
+    off_track = 0
+    while not state.done:
+        steer, throttle, brake = drive(state)
+        state = env.step(steer, throttle, brake)
+        off_track += state.off_track
+    return EpisodeResult(seed, float(state.episode_return), state.steps, state.reason,
+                         off_track)
+
+
+def policy_driver(env: SimEnv, pipeline: DrivingPipeline):
+    """Return a `drive(state)` callable that runs `pipeline` as the driver node would."""
+
+    def drive(state: SimState):
+        if state.steps == 0:
+            pipeline.reset_episode()
+        command = pipeline.step(image_of(state), pose_of(state), state.speed,
+                                env.waypoints).command
+        return command.steer, command.throttle, command.brake
+
+    return drive
+
+
+def expert_driver(env: SimEnv, expert: RouteExpert):
+    """Return a `drive(state)` callable for the route expert."""
+
+    def drive(state: SimState):
+        if state.steps == 0:
+            expert.reset()
+        command = action_to_control(*expert.act(pose_of(state), state.speed, env.waypoints))
+        return command.steer, command.throttle, command.brake
+
+    return drive
+
+
+def evaluate_policy(policy: nn.Module, spec: PolicySpec, seeds: list[int],
+                    env_config: SimEnvConfig | None = None, on_episode=None,
+                    ) -> list[EpisodeResult]:
+    """Drive one episode per seed with `policy` (an ActorPolicy or AblatedPolicy) on CPU."""
+    env = SimEnv(env_config or SimEnvConfig())
+    pipeline = DrivingPipeline(spec, PolicyRunner(policy, torch.device('cpu')))
+    drive = policy_driver(env, pipeline)
+    results = []
+    try:
+        for seed in seeds:
+            results.append(run_episode(env, seed, drive))
+            if on_episode is not None:
+                on_episode(results[-1])
+    finally:
+        env.close()
+    return results
+
+
+def evaluate_expert(seeds: list[int], spec: PolicySpec | None = None,
+                    env_config: SimEnvConfig | None = None, on_episode=None,
+                    ) -> list[EpisodeResult]:
+    """Drive one episode per seed with the route expert (no camera render needed)."""
+    config = env_config or SimEnvConfig(render_camera=False)
+    env = SimEnv(config)
+    drive = expert_driver(env, RouteExpert((spec or PolicySpec()).features))
+    results = []
+    try:
+        for seed in seeds:
+            results.append(run_episode(env, seed, drive))
+            if on_episode is not None:
+                on_episode(results[-1])
+    finally:
+        env.close()
+    return results
+
+
+def mean_return(results: list[EpisodeResult]) -> float:
+    """Return the mean episode return (nan for none)."""
+    return float(np.mean([r.episode_return for r in results])) if results else math.nan

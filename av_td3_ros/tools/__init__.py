@@ -1,0 +1,1 @@
+"""Command-line tools: bags, plots, checkpoint import, launch runner, demo and evaluation."""

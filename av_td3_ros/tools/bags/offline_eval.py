@@ -1,0 +1,340 @@
+"""Run the driver's exact per-frame pipeline over a bag, without DDS, and write its commands.
+
+    bag_eval BAG -o OUT [--storage mcap|sqlite3] [--checkpoint F | --allow-random-policy true]
+             [--seed N] [--frame-scale unit] [--params-file driver.yaml] [-p name:=value]
+             [--copy-inputs] [--debug-topic T] [--no-odometry-timeout]
+
+Every driver parameter is an option (`--frame-scale unit` is `-p frame_scale:=unit`): they are
+read by the driver's own `read_config` (nodes/driver_config.py, no rclpy), through a
+stand-in for the node's parameter interface, so names, defaults, ranges and the resulting
+PolicySpec are the driver's.
+Each camera frame is decided by the driver's own `DriverInputs` (driving/decision.py) with what
+was recorded before it in bag order: the newest odometry not newer than the frame's stamp,
+and the newest route; episode_start messages
+reset the frame stack. The output bag holds one CarlaEgoVehicleControl per frame on the
+driver's control topic, stamped with the frame's stamp and written at the frame's bag time,
+plus the debug frame-stack image (mono8) the driver would publish for it.
+
+Differences from the live node, all because there is no wall clock offline:
+- odometry_timeout is measured in bag time (frame receive time minus odometry receive
+  time), not wall time; --no-odometry-timeout disables it;
+- no camera watchdog (frame_timeout) commands: exactly one command per frame;
+- a checkpoint directory is resolved once (its newest policy); there is no hot reload.
+On one machine and checkpoint the output is bit-for-bit reproducible (CPU, same
+torch_threads as the driver).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import yaml
+from rosbags.rosbag2 import Reader, Writer
+
+from ...driving.control import ControlCommand
+from ...driving.decision import DriverInputs
+from ...driving.ros_conversions import (
+    fill_control_msg,
+    stamp_to_ns,
+)
+from . import STORAGES
+from .types import typestore
+
+CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+
+
+class ParameterError(ValueError):
+    """A driver parameter value of the wrong type, out of range, or unknown."""
+
+
+class ParameterSource:
+    """Answer a ParameterReader's declare_parameter calls from a dict, like rclpy would.
+
+    Values are type-checked against the default (ints are accepted for floats) and checked
+    against the descriptor's range; every declaration is remembered, so the driver's own
+    parameter list can be turned into command-line options.
+    """
+
+    def __init__(self, values: dict | None = None):
+        """Use `values` (name -> value) instead of the declared defaults."""
+        self.values = dict(values or {})
+        self.declared = {}
+
+    def declare_parameter(self, name, default, descriptor):
+        """Return the value for `name` (an object with `.value`, as rclpy's Parameter)."""
+        self.declared[name] = (default, descriptor)
+        value = self.values.get(name, default)
+        if isinstance(default, bool) != isinstance(value, bool):
+            raise ParameterError(f'parameter {name}: expected {type(default).__name__}, '
+                                 f'got {value!r}')
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, type(default)):
+            raise ParameterError(f'parameter {name}: expected {type(default).__name__}, '
+                                 f'got {value!r}')
+        for limits in list(descriptor.floating_point_range) + list(descriptor.integer_range):
+            if not limits.from_value <= value <= limits.to_value:
+                raise ParameterError(f'parameter {name}={value} outside [{limits.from_value}, '
+                                     f'{limits.to_value}]')
+        return SimpleNamespace(value=value)
+
+    def unknown(self) -> list[str]:
+        """Return the given names the driver never declared."""
+        return sorted(set(self.values) - set(self.declared))
+
+
+def driver_config(values: dict | None = None):
+    """Return the driver's DriverConfig for parameter `values` (its own read_config)."""
+    from ...nodes.driver_config import read_config  # the driver's: same names and defaults
+    source = ParameterSource(values)
+    config = read_config(source)
+    unknown = source.unknown()
+    if unknown:
+        raise ParameterError(f'unknown driver parameters {unknown}')
+    return config
+
+
+def driver_parameters() -> dict:
+    """Return {name: (default, description)} of every driver parameter."""
+    from ...nodes.driver_config import read_config
+    source = ParameterSource()
+    read_config(source)
+    return {name: (default, descriptor.description)
+            for name, (default, descriptor) in source.declared.items()}
+
+
+def load_params_file(path: Path, node_name: str = 'driver') -> dict:
+    """Return the ros__parameters for `node_name` (and `/**`) of a ROS params YAML file."""
+    content = yaml.safe_load(Path(path).read_text()) or {}
+    values = {}
+    for key, section in content.items():
+        if key == '/**' or key.rstrip('/').rsplit('/', 1)[-1] == node_name:
+            values.update((section or {}).get('ros__parameters', {}))
+    return values
+
+
+def make_runner(config):
+    """Build the runner the driver would start with (None: the driver brakes)."""
+    import torch
+
+    from ...driving.inference import resolve_device
+    from ...driving.inference_onnx import build_runner
+    from ...driving.networks import ActorPolicy
+    from ...learning.checkpoint import load_policy, resolve_checkpoint
+    torch.set_num_threads(config.torch_threads)
+    try:
+        device = resolve_device(config.device)
+    except ValueError:
+        device = resolve_device('cpu')  # as the driver: fall back to CPU
+    if config.checkpoint:
+        path = resolve_checkpoint(config.checkpoint)
+        if path is None:
+            raise FileNotFoundError(f'no policy checkpoint in {config.checkpoint}')
+        policy, _ = load_policy(path, config.spec)  # raises CheckpointError like the driver
+    elif config.allow_random_policy:
+        torch.manual_seed(config.seed)
+        policy = ActorPolicy(config.spec.network)
+    else:
+        return None
+    return build_runner(policy, device, config.backend, config.allow_tf32)[0]
+
+
+@dataclass
+class FrameDecision:
+    """The command the driver would publish for one frame, and why."""
+
+    t_ns: int
+    stamp_ns: int
+    command: ControlCommand
+    reason: str
+    action: np.ndarray | None = None
+
+
+@dataclass
+class EvalResult:
+    """Everything an offline evaluation decided."""
+
+    decisions: list[FrameDecision] = field(default_factory=list)
+    episodes: int = 0
+    missing_topics: list[str] = field(default_factory=list)
+    """Inputs the driver needs that the bag does not have (its frames then all brake)."""
+
+    def reasons(self) -> dict[str, int]:
+        """Count frames per reason ('policy', 'no route', ...)."""
+        counts = {}
+        for decision in self.decisions:
+            counts[decision.reason] = counts.get(decision.reason, 0) + 1
+        return counts
+
+
+def offline_driver(config, runner=None, odometry_timeout: bool = True) -> DriverInputs:
+    """Build the driver's per-frame decision logic for the DriverConfig `config`.
+
+    The same `DriverInputs` the driver node uses; time is bag time in seconds.
+    """
+    from ...driving.pipeline import DrivingPipeline
+    pipeline = DrivingPipeline(config.spec, runner, config.exploration)
+    return DriverInputs(pipeline, config.odometry_timeout if odometry_timeout else None,
+                        config.require_route)
+
+
+def missing_inputs(config, topics: set[str]) -> list[str]:
+    """Return the driver inputs absent from a bag's `topics`, each with what it causes."""
+    needed = [(config.camera_topic, 'no frames to decide'),
+              (config.odometry_topic, "every frame brakes: 'no recent odometry'")]
+    if config.require_route:
+        needed.append((config.route_topic, "every frame brakes: 'no route' "
+                       '(or pass --require-route false)'))
+    return [f'{topic} ({effect})' for topic, effect in needed if topic not in topics]
+
+
+def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: str = 'mcap',
+                 debug_topic: str | None = None, copy_inputs: bool = False,
+                 odometry_timeout: bool = True) -> EvalResult:
+    """Decide every camera frame of `bag` as the driver would; write `output` if given."""
+    store = typestore()
+    driver = offline_driver(config, runner, odometry_timeout)
+    result = EvalResult()
+    role = config.role_name
+    if debug_topic is None:
+        debug_topic = f'/{role}/driver/debug/frame_stack'
+    Header = store.types['std_msgs/msg/Header']
+    Time = store.types['builtin_interfaces/msg/Time']
+    Control = store.types[CONTROL_TYPE]
+    Image = store.types[IMAGE_TYPE]
+    writer = None
+    if output is not None:
+        writer = Writer(output, version=9, storage_plugin=STORAGES[storage])
+        writer.open()
+    try:
+        with Reader(bag) as reader:
+            result.missing_topics = missing_inputs(config, {c.topic for c in reader.connections})
+            copies = {}
+            if writer is not None:
+                control_conn = writer.add_connection(config.control_topic, CONTROL_TYPE,
+                                                     typestore=store)
+                debug_conn = (writer.add_connection(debug_topic, IMAGE_TYPE, typestore=store)
+                              if config.publish_debug else None)
+                if copy_inputs:
+                    for conn in reader.connections:
+                        if conn.topic in (config.control_topic, debug_topic):
+                            continue  # replaced by this evaluation's output
+                        copies[conn.id] = writer.add_connection(
+                            conn.topic, conn.msgtype, msgdef=conn.msgdef.data,
+                            rihs01=conn.digest, offered_qos_profiles=getattr(
+                                conn.ext, 'offered_qos_profiles', ()))
+            for conn, t_ns, raw in reader.messages():
+                if conn.id in copies:
+                    writer.write(copies[conn.id], t_ns, raw)
+                topic = conn.topic
+                if topic == config.odometry_topic:
+                    driver.on_odometry(store.deserialize_cdr(raw, conn.msgtype), t_ns * 1e-9)
+                elif topic == config.route_topic:
+                    driver.on_route(store.deserialize_cdr(raw, conn.msgtype))
+                elif topic == config.episode_start_topic:
+                    driver.pipeline.reset_episode()
+                    result.episodes += 1
+                elif topic == config.camera_topic:
+                    msg = store.deserialize_cdr(raw, conn.msgtype)
+                    command, reason, step = driver.decide(msg, t_ns * 1e-9)
+                    stamp = msg.header.stamp
+                    result.decisions.append(FrameDecision(
+                        t_ns, stamp_to_ns(stamp), command, reason,
+                        None if step is None else step.action))
+                    if writer is None:
+                        continue
+                    control = Control(header=Header(stamp=Time(sec=stamp.sec,
+                                                               nanosec=stamp.nanosec),
+                                                    frame_id=''),
+                                      throttle=0.0, steer=0.0, brake=0.0, hand_brake=False,
+                                      reverse=False, gear=0, manual_gear_shift=False)
+                    fill_control_msg(control, command, control.header.stamp, role)
+                    writer.write(control_conn, t_ns, store.serialize_cdr(control, CONTROL_TYPE))
+                    if debug_conn is not None and step is not None:
+                        pixels = driver.debug_image()
+                        image = Image(header=msg.header, height=pixels.shape[0],
+                                      width=pixels.shape[1], encoding='mono8', is_bigendian=0,
+                                      step=pixels.shape[1], data=pixels.reshape(-1).copy())
+                        writer.write(debug_conn, t_ns, store.serialize_cdr(image, IMAGE_TYPE))
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    if writer is not None:
+        writer.close()
+    return result
+
+
+def _parse_value(text: str):
+    """Parse a parameter value the way `-p name:=value` does (YAML scalars)."""
+    return yaml.safe_load(text) if text != '' else ''
+
+
+def build_parser(parameters: dict) -> argparse.ArgumentParser:
+    """Return the CLI parser: the tool's options plus one option per driver parameter."""
+    parser = argparse.ArgumentParser(prog='bag_eval', description=__doc__.split('\n')[0])
+    parser.add_argument('bag', type=Path, help='input bag directory')
+    parser.add_argument('-o', '--output', type=Path, help='output bag directory to create')
+    parser.add_argument('-s', '--storage', choices=sorted(STORAGES), default='mcap')
+    parser.add_argument('--params-file', type=Path,
+                        help='driver parameters YAML (e.g. config/driver.yaml)')
+    parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='set a driver parameter (repeatable)')
+    parser.add_argument('--debug-topic', help='debug image topic in the output bag '
+                        '(default /<role>/driver/debug/frame_stack, the launch file\'s name)')
+    parser.add_argument('--copy-inputs', action='store_true',
+                        help='copy every input message into the output bag as well')
+    parser.add_argument('--no-odometry-timeout', action='store_true',
+                        help='ignore odometry_timeout (it is measured in bag time)')
+    group = parser.add_argument_group('driver parameters (as the driver node\'s)')
+    for name, (default, description) in parameters.items():
+        group.add_argument('--' + name.replace('_', '-'), dest='driver_' + name,
+                           type=_parse_value, metavar=type(default).__name__.upper(),
+                           help=f'{description} (default {default!r})')
+    return parser
+
+
+def main(args=None):
+    """Run the offline evaluation from the command line."""
+    argv = sys.argv[1:] if args is None else list(args)[1:]
+    parameters = driver_parameters()
+    parsed = build_parser(parameters).parse_args(argv)
+    values = load_params_file(parsed.params_file) if parsed.params_file else {}
+    for item in parsed.param:
+        name, sep, text = item.partition(':=')
+        if not sep:
+            sys.exit(f'bag_eval: -p expects NAME:=VALUE, got {item!r}')
+        values[name] = _parse_value(text)
+    for name in parameters:
+        value = getattr(parsed, 'driver_' + name)
+        if value is not None:
+            values[name] = value
+    values.pop('use_sim_time', None)  # a node-level parameter, not the driver's
+    try:
+        config = driver_config(values)
+        runner = make_runner(config)
+    except (ParameterError, ValueError, FileNotFoundError) as error:
+        sys.exit(f'bag_eval: {error}')
+    if runner is None:
+        print('bag_eval: no checkpoint and allow_random_policy false: every command is a '
+              'full brake, as the driver would do', file=sys.stderr)
+    if parsed.output is not None and parsed.output.exists():
+        sys.exit(f'bag_eval: {parsed.output} exists already')
+    result = evaluate_bag(parsed.bag, parsed.output, config, runner, parsed.storage,
+                          parsed.debug_topic, parsed.copy_inputs,
+                          not parsed.no_odometry_timeout)
+    for missing in result.missing_topics:
+        print(f'bag_eval: the bag has no {missing}; a bag needs the camera, odometry and '
+              'route topics (README, Bags)', file=sys.stderr)
+    reasons = ', '.join(f'{k}: {v}' for k, v in sorted(result.reasons().items()))
+    print(f'{len(result.decisions)} frames, {result.episodes} episode starts; {reasons}'
+          + (f'; wrote {parsed.output}' if parsed.output else ''), flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,205 @@
+"""Drive stand-in episodes with a policy checkpoint (or the expert) and report the returns.
+
+    evaluate_policy --checkpoint models/camera_policy.safetensors --seeds 7000-7009
+    evaluate_policy --checkpoint models/camera_policy.safetensors --seeds 7000-7004 \
+        --ablate camera
+    evaluate_policy --expert --seeds 7000-7009
+    evaluate_policy --checkpoint models/camera_policy.safetensors --seeds 7000-7009 --through-ros
+
+In-process (default) the episodes run on `SimEnv` through the driver's own pipeline. With
+`--through-ros` the sim_bridge and driver nodes of launch/sim_drive.launch.xml run as
+processes (as `scripts/demo.sh` starts them) with the bridge's default parameters, and the
+returns come from the bridge's episode_end messages. The bridge starts on the track before
+the first seed; once the driver drives, the episode is reset, so every measured episode
+starts with the driver ready (the bridge's episode e drives track seed + e). One line per
+episode, then `mean return X ± Y over N episodes`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..sim.evaluation import EpisodeResult, parse_seeds, summary_line
+
+ABLATION_SEED = 99
+"""Track whose expert-driven states give the means an ablation substitutes (not a test,
+recipe or evaluation seed)."""
+
+
+def episode_seeds(seeds: list[int], episodes: int | None) -> list[int]:
+    """Return `episodes` seeds: the first of `seeds`, continued consecutively if too few."""
+    if episodes is None:
+        return seeds
+    if episodes < 1:
+        raise ValueError('--episodes must be >= 1')
+    chosen = seeds[:episodes]
+    while len(chosen) < episodes:
+        chosen.append(chosen[-1] + 1)
+    return chosen
+
+
+def ablated(policy, spec, ablate: str):
+    """Return `policy` with the `ablate` input replaced by its mean over expert-driven states."""
+    from ..sim.evaluation import AblatedPolicy, input_means, reference_states
+    frames, vectors = reference_states(spec, ABLATION_SEED)
+    features, kinematics = input_means(policy, frames, vectors)
+    return AblatedPolicy(policy, ablate, features if ablate == 'camera' else kinematics)
+
+
+def evaluate_in_process(args, seeds: list[int], report) -> list[EpisodeResult]:
+    """Run the episodes in-process; call `report(result)` after each."""
+    import torch
+
+    from ..learning.checkpoint import load_policy
+    from ..sim.evaluation import evaluate_expert, evaluate_policy
+    from ..sim.sim_env import SimEnvConfig
+    if args.expert:
+        return evaluate_expert(seeds, env_config=SimEnvConfig(
+            render_camera=False, max_episode_steps=args.max_steps), on_episode=report)
+    policy, metadata = load_policy(args.checkpoint)
+    from ..learning.checkpoint import PolicySpec
+    spec = PolicySpec.from_metadata(metadata)
+    if args.ablate:
+        policy = ablated(policy, spec, args.ablate)
+    with torch.inference_mode():
+        return evaluate_policy(policy, spec, seeds,
+                               SimEnvConfig(max_episode_steps=args.max_steps), report)
+
+
+def ros_episode_result(seed: int, text: str) -> EpisodeResult:
+    """Turn a sim_bridge episode_end text into an EpisodeResult."""
+    from ..nodes.sim_bridge import parse_episode_end
+    fields = parse_episode_end(text)
+    return EpisodeResult(seed, float(fields['return']), int(fields['steps']),
+                         str(fields['reason']), -1)
+
+
+def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
+    """Run sim_bridge + driver as processes for consecutive seeds; collect episode_end."""
+    import yaml
+
+    from ..learning.checkpoint import PolicySpec, read_metadata
+    from .launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))) or seeds[0] < 1:
+        raise ValueError('--through-ros runs consecutive seeds from 1 up (the bridge drives '
+                         'track seed + episode after a warm-up on the track before the '
+                         'first): give a range such as 7000-7009')
+    if args.expert:  # the driver node drives with its route expert (mode:=expert)
+        arguments = {'mode': 'expert', 'checkpoint': ''}
+    else:
+        spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
+        arguments = {'checkpoint': str(Path(args.checkpoint).resolve()),
+                     'feature_norm': spec.network.feature_norm}
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    with tempfile.TemporaryDirectory(prefix='av_td3_eval_') as workdir:
+        bridge_defaults = resolve_launch_path('sim_drive.launch.xml').parent.parent / \
+            'config' / 'sim_bridge.yaml'
+        params = yaml.safe_load(Path(bridge_defaults).read_text())
+        params['sim_bridge']['ros__parameters']['max_episode_steps'] = args.max_steps
+        sim_params = Path(workdir, 'sim_bridge.yaml')
+        sim_params.write_text(yaml.safe_dump(params))
+        arguments.update(seed=str(seeds[0] - 1), device='cpu',
+                         sim_params_file=str(sim_params))
+        description = parse_launch_file(resolve_launch_path('sim_drive.launch.xml'),
+                                        arguments)
+        env = dict(os.environ, **description.environment, PYTHONUNBUFFERED='1')
+        os.environ.update(description.environment)
+        ends, driving = [], []
+        import rclpy
+        from carla_msgs.msg import CarlaEgoVehicleControl
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+        rclpy.init(args=[])
+        node = Node('evaluate_policy')
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(String, '/av_td3/ego_vehicle/episode_end',
+                                 lambda msg: ends.append(msg.data), reliable)
+        # A command that is not the full brake the driver sends while it waits: it drives.
+        node.create_subscription(CarlaEgoVehicleControl, '/carla/ego_vehicle/vehicle_control_cmd',
+                                 lambda msg: driving.append(msg.brake < 1.0 or msg.throttle > 0),
+                                 reliable)
+        reset = node.create_client(Trigger, '/av_td3/ego_vehicle/reset_episode')
+        nodes, results = [], []
+        deadline = time.monotonic() + args.timeout
+        try:
+            for node_spec in description.nodes:
+                nodes.append(LaunchedNode(node_spec, env, Path(workdir), echo=args.verbose))
+            while not any(driving) and time.monotonic() < deadline:
+                rclpy.spin_once(node, timeout_sec=0.2)
+                if any(launched.process.poll() is not None for launched in nodes):
+                    raise OSError('a node exited before the driver drove')
+            if not reset.wait_for_service(timeout_sec=30.0):
+                raise OSError('the sim_bridge offers no reset_episode service')
+            future = reset.call_async(Trigger.Request())
+            rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
+            ends.clear()  # the warm-up episode was cut short: it published no end
+            while len(results) < len(seeds) and time.monotonic() < deadline:
+                rclpy.spin_once(node, timeout_sec=0.2)
+                while ends and len(results) < len(seeds):
+                    results.append(ros_episode_result(seeds[len(results)], ends.pop(0)))
+                    report(results[-1])
+                if any(launched.process.poll() is not None for launched in nodes):
+                    print('[evaluate_policy] a node exited early', flush=True)
+                    break
+        finally:
+            for launched in reversed(nodes):
+                launched.stop()
+            node.destroy_node()
+            rclpy.try_shutdown()
+    if len(results) < len(seeds):
+        print(f'[evaluate_policy] only {len(results)} of {len(seeds)} episodes finished',
+              flush=True)
+    return results
+
+
+def main(argv=None) -> int:
+    """Evaluate and print one line per episode and the mean; return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--checkpoint', help='policy .safetensors file')
+    parser.add_argument('--expert', action='store_true', help='drive the route expert')
+    parser.add_argument('--seeds', default='0-4', help="track seeds: '7000-7009' or '1,5,9'")
+    parser.add_argument('--episodes', type=int,
+                        help='number of episodes: the first seeds, continued consecutively')
+    parser.add_argument('--ablate', choices=('camera', 'kinematics'),
+                        help='replace that input with its mean over expert-driven states')
+    parser.add_argument('--max-steps', type=int, default=1000,
+                        help='time limit of an episode in steps (the sim_bridge default)')
+    parser.add_argument('--through-ros', action='store_true',
+                        help='run the sim_bridge and driver nodes instead of in-process')
+    parser.add_argument('--timeout', type=float, default=3600.0,
+                        help='--through-ros: give up after this many seconds')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    parser.add_argument('--verbose', action='store_true', help='echo the nodes\' output')
+    args = parser.parse_args(argv)
+    if not args.expert and not args.checkpoint:
+        parser.error('give --checkpoint or --expert')
+    if args.ablate and (args.expert or args.through_ros):
+        parser.error('--ablate works on a checkpoint, in-process')
+    try:
+        seeds = episode_seeds(parse_seeds(args.seeds), args.episodes)
+    except ValueError as error:
+        parser.error(str(error))
+    import torch
+    torch.set_num_threads(args.threads)
+
+    def report(result: EpisodeResult):
+        print(result.line(), flush=True)
+
+    try:
+        run = evaluate_through_ros if args.through_ros else evaluate_in_process
+        results = run(args, seeds, report)
+    except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+        print(f'evaluate_policy: {error}', file=sys.stderr)
+        return 2
+    print(summary_line(results), flush=True)
+    return 0 if len(results) == len(seeds) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
