@@ -68,6 +68,7 @@ from ..learning.checkpoint import (
     save_policy_state,
     write_atomic,
 )
+from ..learning.config_diff import config_differences
 from ..learning.mc_returns import MonteCarloReturns
 from ..learning.replay_buffer import ReplayBuffer
 from ..learning.reward import RewardConfig
@@ -245,6 +246,22 @@ def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:
         if section == 'network':
             network = replace(network, **{name: getattr(start.network, name)})
     return replace(config, spec=replace(config.spec, network=network))
+
+
+def resume_differences(spec: PolicySpec, metadata: dict, td3_metadata: dict) -> list[str]:
+    """Name every PolicySpec field in which a training state differs from `spec`.
+
+    A state holds its whole spec; older states hold only the network config and the TD3
+    frame_scale, so only those are compared for them.
+    """
+    ours = spec.to_dict()
+    if 'spec' in metadata:
+        saved = json.loads(metadata['spec'])
+    else:
+        scale = td3_metadata.get('td3_config', {}).get('frame_scale')
+        saved = {**ours, 'network': td3_metadata.get('network_config', {}),
+                 'preprocessing': {**ours['preprocessing'], 'scale': scale}}
+    return config_differences(ours, saved, ('trainer', 'training state'))
 
 
 class VehicleFeed:
@@ -480,6 +497,12 @@ class TrainerNode(Node):
             return
         tensors, metadata = read_safetensors(path)  # one read: tensors and metadata agree
         td3_metadata = json.loads(metadata['td3'])
+        diffs = resume_differences(self.config.spec, metadata, td3_metadata)
+        if diffs:
+            self.get_logger().fatal(f'cannot resume {path}: it was trained with another '
+                                    'policy spec: ' + '; '.join(diffs) + ' (set the same '
+                                    'parameters, or use another run_dir)')
+            raise SystemExit(2)
         self.agent.load_state_tensors(tensors, td3_metadata)
         counters = json.loads(metadata['counters'])
         # The buffer may hold more than the state recorded (written after the last save).
@@ -509,7 +532,8 @@ class TrainerNode(Node):
             counters = {'env_steps': self.env_steps, 'episodes': self.episodes}
         tensors, metadata = self.agent.state_tensors()
         write_atomic(self.config.run_dir / TRAINING_STATE, tensors,
-                     {'td3': json.dumps(metadata), 'counters': json.dumps(counters)})
+                     {'td3': json.dumps(metadata), 'counters': json.dumps(counters),
+                      'spec': json.dumps(self.config.spec.to_dict())})
 
     def save_policy(self) -> bool:
         """Write the current policy where drivers look for it and prune old ones.
