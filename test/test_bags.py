@@ -408,7 +408,7 @@ def test_offline_evaluation_is_deterministic(start_tool, tmp_path):
 
 def test_offline_parameters_are_the_drivers(tmp_path):
     from av_td3_ros.tools.bags.offline_eval import ParameterError, driver_config, load_params_file
-    values = load_params_file(REPO / 'config' / 'driver.yaml')
+    values = load_params_file(REPO / 'config' / 'driver.yaml', 'driver')
     config = driver_config(values)
     assert config.control_topic == CONTROL and config.torch_threads == 1
     assert driver_config({**values, 'frame_scale': 'unit', 'role_name': 'hero'}) \

@@ -107,44 +107,6 @@ def test_driver_runs_with_launch_parameters(start_node, tmp_path, rclpy_context)
         bridge.close()
 
 
-def declared_parameters(*modules):
-    """Collect the names of parameters declared through ParameterReader (or a declare())."""
-    kinds = {'string', 'boolean', 'floating', 'integer', 'string_list', 'declare'}
-    names = set()
-    for module in modules:
-        tree = ast.parse((REPO / 'av_td3_ros' / module).read_text())
-        for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and node.args
-                    and isinstance(node.args[0], ast.Constant)
-                    and isinstance(node.args[0].value, str)
-                    and (getattr(node.func, 'attr', None) in kinds
-                         or getattr(node.func, 'id', None) in kinds)):
-                names.add(node.args[0].value)
-    return names
-
-
-@pytest.mark.parametrize('params_file, modules', [
-    ('driver.yaml', ('nodes/driver.py', 'nodes/driver_config.py', 'nodes/node_params.py')),
-    ('trainer.yaml', ('nodes/trainer.py', 'nodes/node_params.py')),
-    ('trainer_sim.yaml', ('nodes/trainer.py', 'nodes/node_params.py')),
-    ('sim_bridge.yaml', ('nodes/sim_bridge.py',)),
-])
-def test_parameter_files_list_exactly_the_declared_parameters(params_file, modules):
-    # Test that every declared parameter has its documented default in the YAML file and the
-    # file holds no parameter the node does not know (it would be silently ignored).
-    (section,) = yaml.safe_load((REPO / 'config' / params_file).read_text()).values()
-    in_file = set(section['ros__parameters'])
-    declared = declared_parameters(*modules)
-    if params_file == 'driver.yaml':
-        # Topic names default to /carla/<role_name>/...; the file leaves them to remapping.
-        declared -= {'camera_topic', 'odometry_topic', 'route_topic', 'control_topic',
-                     'episode_start_topic'}
-    elif params_file.startswith('trainer'):
-        declared -= {'camera_topic'}  # /carla/{role}/...: the launch files pass it
-    assert declared - in_file == set(), f'declared but not in {params_file}'
-    assert in_file - declared == set(), f'in {params_file} but never declared'
-
-
 def test_train_launch_passes_the_camera_topic_to_driver_and_trainer(start_node, tmp_path,
                                                                      rclpy_context):
     description, nodes = launch_nodes(start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml',

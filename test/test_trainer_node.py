@@ -249,6 +249,12 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
     assert again.stop() == 0
     # Its shutdown save reached the same step: the file there keeps the other run's bytes.
     assert {p.name: p.read_bytes() for p in checkpoints.glob('policy_*')} == policies_before
+    # A resume under another policy spec is refused, naming the difference.
+    other = start_node('av_td3_ros.nodes.trainer', *args, '-p', 'frame_scale:=unit',
+                       name='trainer_other_spec')
+    assert other.wait(timeout=60) != 0, other.output()
+    assert ("preprocessing.scale: trainer 'unit' != training state 'zero_centered'"
+            in other.output()), other.output()
 
 
 def refused_count(trainer):

@@ -14,6 +14,7 @@ file (`.<name>.<8 random chars>.tmp`); `remove_stale_temps` deletes those at sta
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from safetensors.torch import save as serialize
 from ..driving.features import FeatureConfig
 from ..driving.networks import ActorPolicy, NetworkConfig
 from ..driving.preprocessing import PreprocessConfig
+from .config_diff import config_differences
 
 POLICY_FORMAT = 'av_td3_ros.policy/1'
 TRAINING_STATE = 'training_state.safetensors'
@@ -91,18 +93,32 @@ class PolicySpec:
                 raise CheckpointError(f'bad {key} config in checkpoint: {error}') from error
         return cls(**parts)
 
-    def differences(self, other: PolicySpec) -> list[str]:
-        """List 'section.field: ours != theirs' for every field that must match and differs."""
-        diffs = []
+    def to_dict(self) -> dict[str, dict]:
+        """Return the spec as {section: {field: value}}."""
+        return {'network': self.network.to_dict(),
+                'preprocessing': self.preprocessing.to_dict(),
+                'features': self.features.to_dict()}
+
+    def differences(self, other: PolicySpec, names: tuple[str, str] = ('driver', 'checkpoint'),
+                    skip=CHECKPOINT_DECIDES) -> list[str]:
+        """List 'section.field: ours != theirs' for every field that must match and differs.
+
+        `skip` holds (section, field) pairs left out (by default what a checkpoint decides).
+        """
+        return config_differences(self.to_dict(), other.to_dict(), names,
+                                  skip={f'{section}.{name}' for section, name in skip})
+
+    def keeping(self, fields_kept, base: PolicySpec) -> PolicySpec:
+        """Return `base` with the (section, field) pairs in `fields_kept` taken from this spec.
+
+        The driver's rule: a checkpoint's spec decides every field the user did not set.
+        """
+        sections = {}
         for section in ('network', 'preprocessing', 'features'):
-            mine, theirs = getattr(self, section).to_dict(), getattr(other, section).to_dict()
-            for name in mine:
-                if (section, name) in CHECKPOINT_DECIDES:
-                    continue
-                if mine[name] != theirs.get(name):
-                    diffs.append(f'{section}.{name}: driver {mine[name]!r} != '
-                                 f'checkpoint {theirs.get(name)!r}')
-        return diffs
+            kept = {name: getattr(getattr(self, section), name)
+                    for part, name in fields_kept if part == section}
+            sections[section] = dataclasses.replace(getattr(base, section), **kept)
+        return PolicySpec(**sections)
 
 
 def write_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],

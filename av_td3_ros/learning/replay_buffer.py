@@ -51,6 +51,8 @@ from typing import Dict, Hashable, Optional, Tuple, Union
 
 import numpy as np
 
+from .config_diff import config_differences
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -315,8 +317,7 @@ class ReplayBuffer:
             raise ValueError(f'{meta_path}: format_version {meta.get("format_version")} '
                              f'!= {FORMAT_VERSION}')
         wanted = spec.to_json()
-        diffs = [f'{k}: on disk {meta.get(k)!r}, requested {v!r}'
-                 for k, v in wanted.items() if meta.get(k) != v]
+        diffs = config_differences(wanted, meta, ('requested', 'on disk'))
         if diffs:
             raise ValueError(f'replay buffer {meta_path.parent} does not match the requested '
                              'layout: ' + '; '.join(diffs))

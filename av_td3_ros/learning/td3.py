@@ -26,6 +26,7 @@ from torch import nn
 
 from av_td3_ros.driving.inference import resolve_device
 from av_td3_ros.driving.networks import Actor, NatureCNN, NetworkConfig, TwinCritic
+from av_td3_ros.learning.config_diff import config_differences
 
 FRAME_SCALES = ('zero_centered', 'unit')
 OPTIMIZER_IMPLS = ('fused', 'foreach', 'for_loop')
@@ -665,8 +666,7 @@ class TD3:
             raise ValueError(f'unknown training-state format {metadata.get("format")!r}, '
                              f'expected {STATE_FORMAT!r}')
         saved_net = metadata.get('network_config', {})
-        diffs = [f'{k}: saved {saved_net.get(k)!r} != {v!r}'
-                 for k, v in self.net_config.to_dict().items() if saved_net.get(k) != v]
+        diffs = config_differences(self.net_config.to_dict(), saved_net, ('agent', 'saved'))
         if diffs:
             raise ValueError('network config differs: ' + '; '.join(diffs))
         expected = set(self.state_tensors_names(metadata))

@@ -24,10 +24,8 @@ import yaml
 from geometry_msgs.msg import Pose, PoseStamped, Twist
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header, String
@@ -45,7 +43,8 @@ from ..sim.episode_manager import (
     poses_from_flat,
 )
 from .node_main import guard_callback, run_node
-from .node_params import ParameterReader
+from .node_params import declare
+from .schema import Param, Schema, default_of
 
 
 def read_spawn_file(path: str) -> tuple[tuple[MapPose, ...], tuple[MapPose, ...]]:
@@ -72,46 +71,61 @@ def pose_msg(pose: MapPose) -> Pose:
     return msg
 
 
+_SETTINGS = ('order', 'seed', 'spawn_tolerance', 'route_start_tolerance', 'goal_tolerance',
+             'stuck_speed', 'stuck_time', 'episode_timeout', 'reset_timeout')
+"""The parameters that are EpisodeManagerConfig fields of the same name."""
+
+
+def _episodes(name: str, description: str, low=None, high=None) -> Param:
+    return Param(name, default_of(EpisodeManagerConfig, name), description, low, high)
+
+
+EPISODE_MANAGER = Schema(
+    'carla_episode_manager',
+    Param('role_name', 'ego_vehicle', 'CARLA role name of the ego vehicle'),
+    Param('control_id', 'control', 'id of the actor.pseudo.control under the vehicle in the '
+          'objects file'),
+    Param('camera_info_topic', lambda values: f"/carla/{values['role_name']}/rgb_front/"
+          'camera_info', 'camera_info of the camera the driver uses (same stamps as its '
+          'images)'),
+    Param('spawn_points_file', '', 'YAML file with spawn_points (and goals): lists of '
+          '[x, y, z, yaw_deg] in the map frame'),
+    Param('spawn_points', [], 'flat x, y, z, yaw_deg, ... in the map frame; empty: '
+          "spawn_points_file, else the car's pose at start", items=float),
+    Param('goals', [], 'one goal per spawn point (flat x, y, z, yaw_deg, ...); empty: the '
+          'next spawn point', items=float),
+    Param('auto_start', True, 'start the first episode as soon as the bridge is there'),
+    _episodes('order', 'sequential or random spawn points'),
+    _episodes('seed', 'seed of the random order', 0, 2**31 - 1),
+    _episodes('spawn_tolerance', 'odometry this close to the spawn point confirms the '
+              'teleport (m)', 0.01, 100.0),
+    _episodes('route_start_tolerance', 'a new route must start this close to the spawn '
+              'point (m)', 0.1, 1000.0),
+    _episodes('goal_tolerance', 'route completed within this distance of its end (m)',
+              0.1, 1000.0),
+    _episodes('stuck_speed', 'slower than this (m/s) ...', 0.0, 100.0),
+    _episodes('stuck_time', '... for this long (s, simulator time) ends the episode as '
+              'truncated:stuck', 0.1, 1e6),
+    _episodes('episode_timeout', 'episode length limit (s, simulator time): '
+              'truncated:time_limit', 0.1, 1e7),
+    _episodes('reset_timeout', 'retry a reset step that takes longer (s, steady clock)',
+              0.1, 600.0),
+)
+"""Every carla_episode_manager parameter (README, CARLA episodes)."""
+
+
 class CarlaEpisodeManagerNode(Node):
     """Reset episodes of one CARLA ego vehicle through the bridge's own topics."""
 
     def __init__(self):
         """Read parameters, wire the bridge topics and the reset service."""
         super().__init__('carla_episode_manager')
-        p = ParameterReader(self)
-        role = p.string('role_name', 'ego_vehicle', 'CARLA role name of the ego vehicle')
-        control = p.string('control_id', 'control', 'id of the actor.pseudo.control under '
-                           'the vehicle in the objects file')
-        camera_info = p.string('camera_info_topic', f'/carla/{role}/rgb_front/camera_info',
-                               'camera_info of the camera the driver uses (same stamps as '
-                               'its images)')
-        spawn_file = p.string('spawn_points_file', '', 'YAML file with spawn_points (and '
-                              'goals): lists of [x, y, z, yaw_deg] in the map frame')
-        flat_spawns = self._double_array('spawn_points', 'flat x, y, z, yaw_deg, ... in the '
-                                         'map frame; empty: spawn_points_file, else the '
-                                         "car's pose at start")
-        flat_goals = self._double_array('goals', 'one goal per spawn point (flat x, y, z, '
-                                        'yaw_deg, ...); empty: the next spawn point')
-        self.auto_start = p.boolean('auto_start', True, 'start the first episode as soon as '
-                                    'the bridge is there')
-        self.settings = dict(
-            order=p.string('order', 'sequential', 'sequential or random spawn points'),
-            seed=p.integer('seed', 0, 'seed of the random order', 0, 2**31 - 1),
-            spawn_tolerance=p.floating('spawn_tolerance', 2.0, 'odometry this close to the '
-                                       'spawn point confirms the teleport (m)', 0.01, 100.0),
-            route_start_tolerance=p.floating('route_start_tolerance', 10.0, 'a new route must '
-                                             'start this close to the spawn point (m)', 0.1,
-                                             1000.0),
-            goal_tolerance=p.floating('goal_tolerance', 5.0, 'route completed within this '
-                                      'distance of its end (m)', 0.1, 1000.0),
-            stuck_speed=p.floating('stuck_speed', 0.5, 'slower than this (m/s) ...', 0.0,
-                                   100.0),
-            stuck_time=p.floating('stuck_time', 20.0, '... for this long (s, simulator time) '
-                                  'ends the episode as truncated:stuck', 0.1, 1e6),
-            episode_timeout=p.floating('episode_timeout', 300.0, 'episode length limit (s, '
-                                       'simulator time): truncated:time_limit', 0.1, 1e7),
-            reset_timeout=p.floating('reset_timeout', 10.0, 'retry a reset step that takes '
-                                     'longer (s, steady clock)', 0.1, 600.0))
+        values = declare(self, EPISODE_MANAGER)
+        role, control = values['role_name'], values['control_id']
+        camera_info, spawn_file = values['camera_info_topic'], values['spawn_points_file']
+        flat_spawns, flat_goals = values['spawn_points'], values['goals']
+        self.auto_start = values['auto_start']
+        self.settings = {name: values[name] for name in _SETTINGS}
         try:
             spawns, goals = poses_from_flat(flat_spawns), poses_from_flat(flat_goals)
             if spawn_file:
@@ -151,11 +165,6 @@ class CarlaEpisodeManagerNode(Node):
         self.get_logger().info(
             f'{role}: episodes via {base}/{control}/set_transform, goals on {base}/goal, '
             + (f'{len(spawns)} spawn points' if spawns else 'spawn point = pose at start'))
-
-    def _double_array(self, name: str, description: str) -> list[float]:
-        descriptor = ParameterDescriptor(description=description, read_only=True)
-        value = self.declare_parameter(name, Parameter.Type.DOUBLE_ARRAY, descriptor).value
-        return list(value or [])
 
     def now(self) -> float:
         """Return steady-clock seconds."""

@@ -1,7 +1,7 @@
-"""The driver's parameters: declared with descriptions and ranges, read once into a config.
+"""The driver's parameters (their schema, `DRIVER`) and the config read from them once.
 
-Apart from the node module so that bag_eval reads the very same parameters, defaults and
-ranges without importing rclpy (ParameterReader needs only `declare_parameter`).
+Apart from the node module and free of rclpy, so that bag_eval reads the very same
+parameters, defaults and ranges from a YAML file without DDS.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from ..driving.inference_onnx import BACKENDS
 from ..driving.pipeline import ExplorationConfig
-from ..learning.checkpoint import PolicySpec
-from .node_params import ParameterReader, read_policy_spec
+from ..learning.checkpoint import CheckpointError, PolicySpec, read_metadata, resolve_checkpoint
+from .schema import POLICY_SPEC, Param, Schema, default_of, policy_spec, spec_fields_set_by
 
 
 @dataclass(frozen=True)
@@ -44,73 +44,99 @@ class DriverConfig:
     policy_topic: str = ''  # policies from a trainer over DDS (policy_topic.py); '' = off
 
 
-def read_config(node) -> DriverConfig:
-    """Declare the driver's parameters (with descriptions and ranges) and read them.
+def _explore(name: str, description: str, low=None, high=None) -> Param:
+    return Param(name, default_of(ExplorationConfig, name), description, low, high)
 
-    `node` is the driver node, or anything with its `declare_parameter` (bag_eval's
-    ParameterSource).
+
+def _under_role(suffix: str):
+    """Return a default topic name under the role name (it follows role_name)."""
+    return lambda values: suffix.format(role=values['role_name'])
+
+
+DRIVER = Schema(
+    'driver',
+    Param('role_name', 'ego_vehicle', 'CARLA role name of the ego vehicle'),
+    POLICY_SPEC,
+    _explore('mode', 'eval (policy as is), explore (random, then noise), expert (the route '
+             'expert drives) or dagger (expert with probability beta, else the policy)'),
+    _explore('random_steps', 'explore: uniform random actions for the first steps', 0, 10**9),
+    _explore('noise_start', 'explore: initial Gaussian noise std', 0.0, 2.0),
+    _explore('noise_end', 'explore: final Gaussian noise std', 0.0, 2.0),
+    _explore('noise_decay_steps', 'explore: steps of linear noise decay', 0, 10**9),
+    _explore('seed', 'seed of exploration noise and random init', 0, 2**31 - 1),
+    _explore('beta_start', 'dagger: probability that the expert drives a frame, at the start',
+             0.0, 1.0),
+    _explore('beta_end', 'dagger: that probability after the decay', 0.0, 1.0),
+    _explore('beta_decay_steps', 'dagger: frames of linear beta decay', 0, 10**9),
+    Param('camera_topic', _under_role('/carla/{role}/rgb_front/image'), 'camera image topic'),
+    Param('odometry_topic', _under_role('/carla/{role}/odometry'), 'odometry topic'),
+    Param('route_topic', _under_role('/carla/{role}/waypoints'), 'route (nav_msgs/Path) topic'),
+    Param('control_topic', _under_role('/carla/{role}/vehicle_control_cmd'),
+          'CarlaEgoVehicleControl output topic'),
+    Param('episode_start_topic', _under_role('/av_td3/{role}/episode_start'),
+          'std_msgs/Header published at each episode start'),
+    Param('camera_reliable', False,
+          'reliable camera subscription (default best effort, keep last 1)'),
+    Param('route_transient_local', True,
+          'subscribe to the route with transient-local durability (latched)'),
+    Param('checkpoint', '', 'policy .safetensors file, or a directory whose newest '
+          'policy_<step>.safetensors is loaded and hot-reloaded'),
+    Param('allow_random_policy', False,
+          'drive a randomly initialised policy when no checkpoint is given'),
+    Param('device', 'auto', 'auto (CUDA when available), cpu or cuda'),
+    Param('allow_tf32', False, 'allow TensorFloat-32 in CUDA matmuls and convolutions '
+          '(faster on Ampere+, actions differ from CPU by ~1e-4); false: exact float32'),
+    Param('torch_threads', 1, 'torch CPU threads for inference', 1, 64),
+    Param('backend', 'torch', f'inference backend, one of {BACKENDS}: torch (float32 bit for '
+          'bit with training and bag_eval) or onnxruntime (CPU only, about 2x faster per '
+          'frame, actions within 1e-4)'),
+    Param('frame_timeout', 0.5, 'brake when no camera frame arrives for this long (s, steady '
+          'clock)', 0.01, 60.0),
+    Param('stop_repeat_period', 0.1, 'while the camera is stalled, repeat the full brake this '
+          'often (s)', 0.01, 10.0),
+    Param('odometry_timeout', 1.0, 'brake when odometry is older than this (s, wall clock)',
+          0.01, 60.0),
+    Param('require_route', True, 'brake until a route has arrived'),
+    Param('checkpoint_poll_period', 1.0, 'how often to look for a new checkpoint (s); '
+          '0 disables', 0.0, 3600.0),
+    Param('publish_debug', True, 'publish the debug frame stack image and markers for rviz'),
+    Param('diagnostics_period', 1.0, 'diagnostics period (s)', 0.1, 60.0),
+    Param('policy_topic', '', 'load the policies a trainer publishes on this topic '
+          '(e.g. /av_td3/policy); empty: off'),
+)
+"""Every driver parameter (README "Driver parameters"; config/driver.yaml)."""
+
+
+def driver_spec(values: dict, given: set[str]) -> PolicySpec:
+    """Return the PolicySpec the driver runs with: the checkpoint's, except what was given.
+
+    A checkpoint carries its spec, so the policy-spec parameters the user left at their
+    defaults are taken from the checkpoint found at start (a file, or a directory's newest);
+    the ones the user set are kept, and `load_policy` refuses a checkpoint that differs in
+    them. Policies loaded later (hot reload, policy_topic) must match the spec in use.
     """
-    p = ParameterReader(node)
-    role = p.string('role_name', 'ego_vehicle', 'CARLA role name of the ego vehicle')
-    base = f'/carla/{role}'
-    spec = read_policy_spec(p)
-    exploration = ExplorationConfig(
-        mode=p.string('mode', 'eval', 'eval (policy as is), explore (random, then noise), '
-                      'expert (the route expert drives) or dagger (expert with probability '
-                      'beta, else the policy)'),
-        random_steps=p.integer('random_steps', 10000, 'explore: uniform random actions for '
-                               'the first steps', 0, 10**9),
-        noise_start=p.floating('noise_start', 0.3, 'explore: initial Gaussian noise std',
-                               0.0, 2.0),
-        noise_end=p.floating('noise_end', 0.1, 'explore: final Gaussian noise std', 0.0, 2.0),
-        noise_decay_steps=p.integer('noise_decay_steps', 20000, 'explore: steps of linear '
-                                    'noise decay', 0, 10**9),
-        seed=p.integer('seed', 0, 'seed of exploration noise and random init', 0, 2**31 - 1),
-        beta_start=p.floating('beta_start', 1.0, 'dagger: probability that the expert drives '
-                              'a frame, at the start', 0.0, 1.0),
-        beta_end=p.floating('beta_end', 0.0, 'dagger: that probability after the decay',
-                            0.0, 1.0),
-        beta_decay_steps=p.integer('beta_decay_steps', 20000, 'dagger: frames of linear beta '
-                                   'decay', 0, 10**9))
-    return DriverConfig(
-        role_name=role,
-        camera_topic=p.string('camera_topic', f'{base}/rgb_front/image', 'camera image topic'),
-        odometry_topic=p.string('odometry_topic', f'{base}/odometry', 'odometry topic'),
-        route_topic=p.string('route_topic', f'{base}/waypoints', 'route (nav_msgs/Path) topic'),
-        control_topic=p.string('control_topic', f'{base}/vehicle_control_cmd',
-                               'CarlaEgoVehicleControl output topic'),
-        episode_start_topic=p.string('episode_start_topic', f'/av_td3/{role}/episode_start',
-                                     'std_msgs/Header published at each episode start'),
-        camera_reliable=p.boolean('camera_reliable', False, 'reliable camera subscription '
-                                  '(default best effort, keep last 1)'),
-        route_transient_local=p.boolean('route_transient_local', True, 'subscribe to the '
-                                        'route with transient-local durability (latched)'),
-        checkpoint=p.string('checkpoint', '', 'policy .safetensors file, or a directory whose '
-                            'newest policy_<step>.safetensors is loaded and hot-reloaded'),
-        allow_random_policy=p.boolean('allow_random_policy', False, 'drive a randomly '
-                                      'initialised policy when no checkpoint is given'),
-        device=p.string('device', 'auto', 'auto (CUDA when available), cpu or cuda'),
-        allow_tf32=p.boolean('allow_tf32', False, 'allow TensorFloat-32 in CUDA matmuls and '
-                             'convolutions (faster on Ampere+, actions differ from CPU by '
-                             '~1e-4); false: exact float32'),
-        torch_threads=p.integer('torch_threads', 1, 'torch CPU threads for inference', 1, 64),
-        backend=p.string('backend', 'torch', f'inference backend, one of {BACKENDS}: torch '
-                         '(float32 bit for bit with training and bag_eval) or onnxruntime '
-                         '(CPU only, about 2x faster per frame, actions within 1e-4)'),
-        frame_timeout=p.floating('frame_timeout', 0.5, 'brake when no camera frame arrives for '
-                                 'this long (s, steady clock)', 0.01, 60.0),
-        stop_repeat_period=p.floating('stop_repeat_period', 0.1, 'while the camera is '
-                                      'stalled, repeat the full brake this often (s)',
-                                      0.01, 10.0),
-        odometry_timeout=p.floating('odometry_timeout', 1.0, 'brake when odometry is older '
-                                    'than this (s, wall clock)', 0.01, 60.0),
-        require_route=p.boolean('require_route', True, 'brake until a route has arrived'),
-        checkpoint_poll_period=p.floating('checkpoint_poll_period', 1.0, 'how often to look '
-                                          'for a new checkpoint (s); 0 disables', 0.0, 3600.0),
-        publish_debug=p.boolean('publish_debug', True, 'publish the debug frame stack image and '
-                                'markers for rviz'),
-        diagnostics_period=p.floating('diagnostics_period', 1.0, 'diagnostics period (s)',
-                                      0.1, 60.0),
-        spec=spec, exploration=exploration, seed=exploration.seed,
-        policy_topic=p.string('policy_topic', '', 'load the policies a trainer publishes on '
-                              'this topic (e.g. /av_td3/policy); empty: off'))
+    spec = policy_spec(values)
+    path = resolve_checkpoint(values['checkpoint']) if values['checkpoint'] else None
+    if path is None:
+        return spec
+    try:
+        found = PolicySpec.from_metadata(read_metadata(path))
+    except CheckpointError:
+        return spec  # the loader names the problem when it loads the file
+    return spec.keeping(spec_fields_set_by(given), found)
+
+
+def config_from_values(values: dict, given: set[str]) -> DriverConfig:
+    """Build the DriverConfig from checked parameter `values`; `given`: the names set."""
+    exploration = ExplorationConfig(**{name: values[name] for name in (
+        'mode', 'random_steps', 'noise_start', 'noise_end', 'noise_decay_steps', 'seed',
+        'beta_start', 'beta_end', 'beta_decay_steps')})
+    plain = {name: values[name] for name in DriverConfig.__dataclass_fields__
+             if name in values}
+    return DriverConfig(**plain, spec=driver_spec(values, given), exploration=exploration)
+
+
+def read_config(node) -> DriverConfig:
+    """Declare the driver's parameters on `node` (an rclpy Node) and read them."""
+    from .node_params import declare, given  # rclpy: only the live node needs it
+    return config_from_values(declare(node, DRIVER), given(node))

@@ -1,74 +1,42 @@
-"""Declare ROS parameters with descriptions and ranges in one line each."""
+"""Declare a node's parameters from its schema (nodes/schema.py), with descriptions and ranges."""
 from __future__ import annotations
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+
+from .schema import Schema
+
+_EMPTY_ARRAY = {str: Parameter.Type.STRING_ARRAY, float: Parameter.Type.DOUBLE_ARRAY}
 
 
-class ParameterReader:
-    """Declare-and-read helper: every parameter is read once, so it is declared read-only."""
-
-    def __init__(self, node):
-        """Wrap `node` (an rclpy Node)."""
-        self.node = node
-
-    def _get(self, name, default, descriptor):
-        descriptor.read_only = True
-        return self.node.declare_parameter(name, default, descriptor).value
-
-    def string(self, name: str, default: str, description: str) -> str:
-        """Declare and return a string parameter."""
-        return self._get(name, default, ParameterDescriptor(description=description))
-
-    def boolean(self, name: str, default: bool, description: str) -> bool:
-        """Declare and return a bool parameter."""
-        return self._get(name, default, ParameterDescriptor(description=description))
-
-    def floating(self, name: str, default: float, description: str, low: float,
-                 high: float) -> float:
-        """Declare and return a float parameter limited to [low, high]."""
-        descriptor = ParameterDescriptor(description=description, floating_point_range=[
-            FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)])
-        return float(self._get(name, float(default), descriptor))
-
-    def integer(self, name: str, default: int, description: str, low: int, high: int) -> int:
-        """Declare and return an integer parameter limited to [low, high]."""
-        descriptor = ParameterDescriptor(description=description, integer_range=[
-            IntegerRange(from_value=int(low), to_value=int(high), step=1)])
-        return int(self._get(name, int(default), descriptor))
-
-    def string_list(self, name: str, default: list[str], description: str) -> list[str]:
-        """Declare and return a string-array parameter."""
-        from rclpy.parameter import Parameter
-        descriptor = ParameterDescriptor(description=description)
-        descriptor.read_only = True
-        value = self.node.declare_parameter(name, default or Parameter.Type.STRING_ARRAY,
-                                            descriptor).value
-        return list(value or [])
+def descriptor(param) -> ParameterDescriptor:
+    """Return the read-only descriptor of `param`: every parameter is read once, at start."""
+    result = ParameterDescriptor(description=param.description, read_only=True)
+    if param.type is float and param.low is not None:
+        result.floating_point_range = [FloatingPointRange(
+            from_value=float(param.low), to_value=float(param.high), step=0.0)]
+    elif param.type is int and param.low is not None:
+        result.integer_range = [IntegerRange(from_value=int(param.low),
+                                             to_value=int(param.high), step=1)]
+    return result
 
 
-def read_policy_spec(p: ParameterReader):
-    """Declare the parameters that must match a checkpoint and return them as a PolicySpec.
+def declare(node, schema: Schema) -> dict:
+    """Declare every parameter of `schema` on `node` (an rclpy Node); return name -> value."""
+    values = {}
+    for param in schema:
+        default = param.default_for(values)
+        if param.type is list and not default:  # rclpy takes an empty array's type only
+            default = _EMPTY_ARRAY[param.item_type]
+        value = node.declare_parameter(param.name, default, descriptor(param)).value
+        values[param.name] = list(value or []) if param.type is list else param.type(value)
+    return values
 
-    The driver and the trainer share these names and defaults, so a trainer's checkpoints fit
-    a driver started from the same parameter files.
+
+def given(node) -> set[str]:
+    """Return the names of the parameters set at start (params files, -p, launch <param>).
+
+    rclpy (9.x) has no public accessor for them; its Node keeps them in
+    `_parameter_overrides`, which its own declare_parameter reads.
     """
-    from ..driving.features import FeatureConfig
-    from ..driving.networks import NetworkConfig
-    from ..driving.preprocessing import PreprocessConfig
-    from ..learning.checkpoint import PolicySpec
-    network = NetworkConfig(
-        activation=p.string('activation', 'leaky_relu', 'CNN activation: leaky_relu, relu, '
-                            'prelu (must match the checkpoint)'),
-        negative_slope=p.floating('negative_slope', 0.01, 'LeakyReLU negative slope', 0.0, 1.0),
-        feature_norm=p.string('feature_norm', 'none', 'after the CNN fc: none (the seed\'s '
-                              'NatureCNN), layernorm or layernorm_tanh'),
-        kinematic_dim=3 + 2 * p.integer('n_waypoints', 25, 'route waypoints in the kinematic '
-                                        'vector', 1, 200))
-    return PolicySpec(
-        network=network,
-        preprocessing=PreprocessConfig(
-            scale=p.string('frame_scale', 'zero_centered', 'zero_centered ([-1, 1]) or unit '
-                           '([0, 1])'),
-            stack_fill=p.string('stack_fill', 'zero', 'frame stack at episode start: zero or '
-                                'repeat_first')),
-        features=FeatureConfig(n_waypoints=(network.kinematic_dim - 3) // 2))
+    return set(getattr(node, '_parameter_overrides', {}))

@@ -83,7 +83,8 @@ from std_msgs.msg import Float32, Header, String
 from std_srvs.srv import Trigger
 
 from av_td3_ros.nodes.node_main import guard_callback, run_node
-from av_td3_ros.nodes.node_params import ParameterReader
+from av_td3_ros.nodes.node_params import declare
+from av_td3_ros.nodes.schema import Param, Schema, default_of
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState
 
 BRIDGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -108,6 +109,32 @@ class SimBridgeConfig:
     max_off_track_steps: int = 0
     publish_rate: float = 20.0
     auto_reset: bool = True
+
+
+def _bridge(name: str, description: str, low=None, high=None) -> Param:
+    return Param(name, default_of(SimBridgeConfig, name), description, low, high)
+
+
+SIM_BRIDGE = Schema(
+    'sim_bridge',
+    _bridge('role_name', 'CARLA role name used in every topic name'),
+    _bridge('image_width', 'camera image width (px)', 16, 4096),
+    _bridge('image_height', 'camera image height (px)', 16, 4096),
+    _bridge('camera_fov', 'horizontal field of view for camera_info (deg)', 1.0, 179.0),
+    _bridge('seed', 'track seed of episode 0; episode e uses seed + e; -1: random',
+            -1, 2**31 - 1),
+    _bridge('fixed_delta_seconds', 'sim time per world tick (s)', 0.001, 1.0),
+    _bridge('synchronous_mode', 'tick once per control command (else at publish_rate)'),
+    _bridge('step_timeout', 'synchronous mode: tick anyway after this many wall seconds '
+            'without a command; 0 disables', 0.0, 3600.0),
+    _bridge('max_episode_steps', 'truncate episodes after this many steps; 0: never',
+            0, 10**9),
+    _bridge('max_off_track_steps', 'terminate after this many consecutive steps with all '
+            'wheels off the road; 0: never', 0, 10**9),
+    _bridge('publish_rate', 'asynchronous mode tick rate (Hz)', 0.1, 1000.0),
+    _bridge('auto_reset', 'start a new episode on the tick after the env ends one'),
+)
+"""Every sim_bridge parameter (config/sim_bridge.yaml)."""
 
 
 def format_episode_end(state: SimState, stamp_ns: int) -> str:
@@ -230,45 +257,7 @@ class SimBridgeNode(Node):
 
     def _read_parameters(self) -> SimBridgeConfig:
         """Declare all parameters once and return them as a config."""
-        defaults = SimBridgeConfig()
-        p = ParameterReader(self)
-
-        def declare(name, description, value_range=None):
-            default = getattr(defaults, name)
-            if isinstance(default, bool):
-                return p.boolean(name, default, description)
-            if isinstance(default, str):
-                return p.string(name, default, description)
-            if isinstance(default, float):
-                return p.floating(name, default, description, *value_range)
-            return p.integer(name, default, description, *value_range)
-
-        return SimBridgeConfig(
-            role_name=declare('role_name', 'CARLA role name used in every topic name'),
-            image_width=declare('image_width', 'camera image width (px)', (16, 4096)),
-            image_height=declare('image_height', 'camera image height (px)', (16, 4096)),
-            camera_fov=declare('camera_fov', 'horizontal field of view for camera_info (deg)',
-                               (1.0, 179.0)),
-            seed=declare('seed', 'track seed of episode 0; episode e uses seed + e; -1: random',
-                         (-1, 2**31 - 1)),
-            fixed_delta_seconds=declare('fixed_delta_seconds', 'sim time per world tick (s)',
-                                        (0.001, 1.0)),
-            synchronous_mode=declare(
-                'synchronous_mode', 'tick once per control command (else at publish_rate)'),
-            step_timeout=declare('step_timeout',
-                                 'synchronous mode: tick anyway after this many wall seconds '
-                                 'without a command; 0 disables', (0.0, 3600.0)),
-            max_episode_steps=declare('max_episode_steps',
-                                      'truncate episodes after this many steps; 0: never',
-                                      (0, 10**9)),
-            max_off_track_steps=declare('max_off_track_steps',
-                                        'terminate after this many consecutive steps with all '
-                                        'wheels off the road; 0: never', (0, 10**9)),
-            publish_rate=declare('publish_rate', 'asynchronous mode tick rate (Hz)',
-                                 (0.1, 1000.0)),
-            auto_reset=declare('auto_reset',
-                               'start a new episode on the tick after the env ends one'),
-        )
+        return SimBridgeConfig(**declare(self, SIM_BRIDGE))
 
     def _make_camera_info(self) -> CameraInfo:
         """Return the pinhole camera info CARLA derives from image size and field of view."""

@@ -43,6 +43,7 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from ..driving.control import control_to_action
+from ..driving.pipeline import ExplorationConfig
 from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
 from ..driving.ros_conversions import (
     command_from_control_msg,
@@ -67,6 +68,7 @@ from ..learning.checkpoint import (
     save_policy_state,
     write_atomic,
 )
+from ..learning.config_diff import config_differences
 from ..learning.mc_returns import MonteCarloReturns
 from ..learning.replay_buffer import ReplayBuffer
 from ..learning.reward import RewardConfig
@@ -75,8 +77,9 @@ from ..learning.transitions import EpisodeConfig, TransitionAssembler
 from ..sim.expert import expert_actions
 from .callback_guard import guard_callback
 from .node_main import dump_stacks_on_sigusr1
-from .node_params import ParameterReader, read_policy_spec
+from .node_params import declare
 from .policy_topic import PolicyBroadcaster
+from .schema import POLICY_SPEC, Param, Schema, default_of, policy_spec
 
 
 @dataclass(frozen=True)
@@ -111,102 +114,122 @@ class TrainerConfig:
     warmup_targets: str = 'mc'  # critic targets during critic_warmup_updates: mc or td
 
 
-def read_config(node: Node) -> TrainerConfig:
-    """Declare the trainer's parameters (descriptions, ranges) and read them."""
-    p = ParameterReader(node)
-    spec = read_policy_spec(p)
-    preprocessing = spec.preprocessing
-    seed = p.integer('seed', 0, 'seed of networks, sampling and noise', 0, 2**31 - 1)
-    device = p.string('device', 'auto', 'auto, cpu or cuda')
+def _from(config_cls, field: str, name: str | None = None):
+    """Return a Param named `name` (default `field`) whose default is `config_cls.field`'s."""
+    def param(description: str, low=None, high=None) -> Param:
+        return Param(name or field, default_of(config_cls, field), description, low, high)
+    return param
+
+
+TRAINER = Schema(
+    'trainer',
+    POLICY_SPEC,
+    Param('seed', 0, 'seed of networks, sampling and noise', 0, 2**31 - 1),
+    _from(TD3Config, 'device')('auto, cpu or cuda'),
+    _from(TD3Config, 'gamma')('discount factor', 0.0, 1.0),
+    _from(TD3Config, 'tau')('polyak rate, SB3 meaning', 0.0, 1.0),
+    _from(TD3Config, 'actor_lr')('actor Adam learning rate', 0.0, 1.0),
+    _from(TD3Config, 'critic_lr')('critic Adam learning rate', 0.0, 1.0),
+    _from(TD3Config, 'batch_size')('transitions per update', 1, 65536),
+    _from(TD3Config, 'policy_frequency')('policy delay', 1, 1000),
+    _from(TD3Config, 'policy_noise')('target smoothing noise std', 0.0, 10.0),
+    _from(TD3Config, 'noise_clip')('target smoothing noise clip', 0.0, 10.0),
+    _from(TD3Config, 'actor_grad_clip')('actor max grad norm (0: off)', 0.0, 1e6),
+    _from(TD3Config, 'critic_grad_clip')('critic max grad norm (0: off)', 0.0, 1e6),
+    _from(TD3Config, 'actor_pretanh_penalty')(
+        'weight of mean(pre-tanh logits^2) in the actor loss', 0.0, 1e3),
+    _from(TD3Config, 'target_encoders')('target copies of both CNNs'),
+    # 'auto', not TD3Config's fp32: the node picks bf16 where the hardware computes it
+    # natively; code that builds a TD3Config itself keeps exact fp32.
+    Param('precision', 'auto', 'update precision: fp32, bf16, or auto (bf16 where the CPU/GPU '
+          'computes it natively)'),
+    _from(TD3Config, 'critic_warmup_updates')('critic updates before the first actor update',
+                                              0, 10**9),
+    _from(TD3Config, 'bc_weight')('TD3+BC: weight of the route expert cloning term in the '
+                                  'actor loss (0: plain TD3)', 0.0, 1e3),
+    _from(TD3Config, 'bc_alpha')("TD3+BC's alpha: the normalised Q term's weight", 0.0, 1e3),
+    _from(EpisodeConfig, 'max_steps', 'max_episode_steps')('step limit (truncation)', 1,
+                                                           10**9),
+    _from(EpisodeConfig, 'max_lateral_deviation')('terminate beyond this distance from the '
+                                                  'route (m)', 0.0, 1e6),
+    _from(EpisodeConfig, 'goal_tolerance')('route completed within this distance of its end '
+                                           '(m)', 0.0, 1e6),
+    _from(EpisodeConfig, 'event_window')('seconds (frame stamps) each step waits for late '
+                                         'collision / lane-invasion events', 0.0, 10.0),
+    _from(RewardConfig, 'efficiency_weight')('reward weight', -1e3, 1e3),
+    _from(RewardConfig, 'lane_keeping_weight')('reward weight', -1e3, 1e3),
+    _from(RewardConfig, 'comfort_weight')('reward weight', -1e3, 1e3),
+    _from(RewardConfig, 'safety_weight')('reward weight', -1e3, 1e3),
+    _from(RewardConfig, 'progress_weight')('reward weight', -1e3, 1e3),
+    _from(RewardConfig, 'target_speed')('efficiency target speed (m/s)', 0.1, 100.0),
+    _from(RewardConfig, 'lane_invasion_penalty')('per lane invasion', -1e4, 0.0),
+    _from(RewardConfig, 'off_road_penalty')('beyond max_lateral_deviation', -1e4, 0.0),
+    Param('run_dir', 'runs/default', 'replay buffer, checkpoints, logs'),
+    Param('vehicles', ['ego_vehicle'], 'role names of the vehicles that feed this trainer'),
+    Param('control_source', 'command', 'command (vehicle_control_cmd) or vehicle_status '
+          '(vehicle_status.control)'),
+    Param('torch_threads', 2, 'torch CPU threads', 1, 256),
+    Param('resume', True, 'continue from run_dir/training_state if present'),
+    Param('buffer_capacity', 100000, 'replay capacity (transitions)', 16, 10**9),
+    Param('buffer_kinematics_dtype', 'float16', 'float16 or float32 kinematics in the buffer'),
+    # The driver's random phase (random_steps) is the trainer's wait: one number.
+    Param('learning_starts', default_of(ExplorationConfig, 'random_steps'),
+          'transitions before updates', 0, 10**9),
+    Param('updates_per_step', 1.0, 'update-to-data ratio', 0.0, 1000.0),
+    Param('checkpoint_every', 5000, 'updates between policy checkpoints', 1, 10**9),
+    Param('keep_checkpoints', 5, 'policy files kept', 1, 10**6),
+    Param('state_every', 5000, 'updates between training-state saves', 1, 10**9),
+    Param('log_period', 10.0, 'seconds between progress lines', 0.1, 3600.0),
+    Param('health_every', 1000, 'updates between activation-health checks', 1, 10**9),
+    Param('tensorboard', True, 'write TensorBoard logs to run_dir/tb'),
+    Param('reset_timeout', 10.0, 'seconds to wait for the reset service', 0.1, 600.0),
+    Param('camera_topic', TrainerConfig.camera_topic, 'camera topic; {role} is replaced by the '
+          'role name'),
+    Param('policy_topic', TrainerConfig.policy_topic, 'publish each saved policy here for '
+          'drivers on other machines; empty: off'),
+    Param('initial_policy', TrainerConfig.initial_policy, 'policy checkpoint a fresh run '
+          'starts its actor from (e.g. an imitation policy); empty: random'),
+    Param('warmup_targets', TrainerConfig.warmup_targets, 'critic targets during the warm-up: '
+          'mc (Monte Carlo returns of finished episodes) or td'),
+)
+"""Every trainer parameter (README "Trainer parameters"; config/trainer.yaml)."""
+
+
+def config_from_values(v: dict) -> TrainerConfig:
+    """Build the TrainerConfig from checked parameter values `v`."""
+    spec = policy_spec(v)
+
+    def pick(*names):
+        return {name: v[name] for name in names}
 
     td3 = TD3Config(
-        gamma=p.floating('gamma', 0.99, 'discount factor', 0.0, 1.0),
-        tau=p.floating('tau', 0.005, 'polyak rate, SB3 meaning', 0.0, 1.0),
-        actor_lr=p.floating('actor_lr', 3e-4, 'actor Adam learning rate', 0.0, 1.0),
-        critic_lr=p.floating('critic_lr', 3e-4, 'critic Adam learning rate', 0.0, 1.0),
-        batch_size=p.integer('batch_size', 256, 'transitions per update', 1, 65536),
-        policy_frequency=p.integer('policy_frequency', 2, 'policy delay', 1, 1000),
-        policy_noise=p.floating('policy_noise', 0.2, 'target smoothing noise std', 0.0, 10.0),
-        noise_clip=p.floating('noise_clip', 0.5, 'target smoothing noise clip', 0.0, 10.0),
+        **pick('gamma', 'tau', 'actor_lr', 'critic_lr', 'batch_size', 'policy_frequency',
+               'policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'target_encoders',
+               'precision', 'critic_warmup_updates', 'bc_weight', 'bc_alpha', 'device',
+               'seed'),
         # 0 disables clipping (TD3Config takes None for that).
-        actor_grad_clip=p.floating('actor_grad_clip', 1.0, 'actor max grad norm (0: off)', 0.0,
-                                   1e6) or None,
-        critic_grad_clip=p.floating('critic_grad_clip', 10.0, 'critic max grad norm (0: off)',
-                                    0.0, 1e6) or None,
-        actor_pretanh_penalty=p.floating('actor_pretanh_penalty', 0.0,
-                                         'weight of mean(pre-tanh logits^2) in the actor loss',
-                                         0.0, 1e3),
-        target_encoders=p.boolean('target_encoders', True, 'target copies of both CNNs'),
-        precision=p.string('precision', 'auto', 'update precision: fp32, bf16, or auto (bf16 '
-                           'where the CPU/GPU computes it natively)'),
-        critic_warmup_updates=p.integer('critic_warmup_updates', 0, 'critic updates before '
-                                        'the first actor update', 0, 10**9),
-        bc_weight=p.floating('bc_weight', 0.0, 'TD3+BC: weight of the route expert cloning '
-                             'term in the actor loss (0: plain TD3)', 0.0, 1e3),
-        bc_alpha=p.floating('bc_alpha', 2.5, "TD3+BC's alpha: the normalised Q term's weight",
-                            0.0, 1e3),
-        frame_scale=preprocessing.scale, device=device, seed=seed)
-    episode = EpisodeConfig(
-        max_steps=p.integer('max_episode_steps', 1000, 'step limit (truncation)', 1, 10**9),
-        max_lateral_deviation=p.floating('max_lateral_deviation', 2.5, 'terminate beyond this '
-                                         'distance from the route (m)', 0.0, 1e6),
-        goal_tolerance=p.floating('goal_tolerance', 2.0, 'route completed within this '
-                                  'distance of its end (m)', 0.0, 1e6),
-        event_window=p.floating('event_window', 0.2, 'seconds (frame stamps) each step waits '
-                                'for late collision / lane-invasion events', 0.0, 10.0))
+        actor_grad_clip=v['actor_grad_clip'] or None,
+        critic_grad_clip=v['critic_grad_clip'] or None,
+        frame_scale=spec.preprocessing.scale)
+    episode = EpisodeConfig(max_steps=v['max_episode_steps'],
+                            **pick('max_lateral_deviation', 'goal_tolerance', 'event_window'))
     reward = RewardConfig(
-        efficiency_weight=p.floating('efficiency_weight', 2.0, 'reward weight', -1e3, 1e3),
-        lane_keeping_weight=p.floating('lane_keeping_weight', 2.0, 'reward weight', -1e3, 1e3),
-        comfort_weight=p.floating('comfort_weight', 1.0, 'reward weight', -1e3, 1e3),
-        safety_weight=p.floating('safety_weight', 1.0, 'reward weight', -1e3, 1e3),
-        progress_weight=p.floating('progress_weight', 3.0, 'reward weight', -1e3, 1e3),
-        target_speed=p.floating('target_speed', 8.33, 'efficiency target speed (m/s)',
-                                0.1, 100.0),
-        lateral_tolerance=episode.max_lateral_deviation,
-        lane_invasion_penalty=p.floating('lane_invasion_penalty', -10.0, 'per lane invasion',
-                                         -1e4, 0.0),
-        off_road_penalty=p.floating('off_road_penalty', -20.0, 'beyond max_lateral_deviation',
-                                    -1e4, 0.0))
+        **pick('efficiency_weight', 'lane_keeping_weight', 'comfort_weight', 'safety_weight',
+               'progress_weight', 'target_speed', 'lane_invasion_penalty',
+               'off_road_penalty'),
+        lateral_tolerance=episode.max_lateral_deviation)
     return TrainerConfig(
-        run_dir=Path(p.string('run_dir', 'runs/default', 'replay buffer, checkpoints, logs')),
-        vehicles=p.string_list('vehicles', ['ego_vehicle'], 'role names of the vehicles that '
-                               'feed this trainer'),
-        control_source=p.string('control_source', 'command', 'command (vehicle_control_cmd) '
-                                'or vehicle_status (vehicle_status.control)'),
-        device=device,
-        torch_threads=p.integer('torch_threads', 2, 'torch CPU threads', 1, 256),
-        seed=seed,
-        resume=p.boolean('resume', True, 'continue from run_dir/training_state if present'),
-        spec=spec, td3=td3,
-        buffer_capacity=p.integer('buffer_capacity', 100000, 'replay capacity (transitions)',
-                                  16, 10**9),
-        buffer_kinematics_dtype=p.string('buffer_kinematics_dtype', 'float16', 'float16 or '
-                                         'float32 kinematics in the buffer'),
-        learning_starts=p.integer('learning_starts', 10000, 'transitions before updates',
-                                  0, 10**9),
-        updates_per_step=p.floating('updates_per_step', 1.0, 'update-to-data ratio', 0.0,
-                                    1000.0),
-        checkpoint_every=p.integer('checkpoint_every', 5000, 'updates between policy '
-                                   'checkpoints', 1, 10**9),
-        keep_checkpoints=p.integer('keep_checkpoints', 5, 'policy files kept', 1, 10**6),
-        state_every=p.integer('state_every', 5000, 'updates between training-state saves',
-                              1, 10**9),
-        log_period=p.floating('log_period', 10.0, 'seconds between progress lines', 0.1,
-                              3600.0),
-        health_every=p.integer('health_every', 1000, 'updates between activation-health '
-                               'checks', 1, 10**9),
-        tensorboard=p.boolean('tensorboard', True, 'write TensorBoard logs to run_dir/tb'),
-        episode=episode, reward=reward,
-        reset_timeout=p.floating('reset_timeout', 10.0, 'seconds to wait for the reset '
-                                 'service', 0.1, 600.0),
-        camera_topic=p.string('camera_topic', '/carla/{role}/rgb_front/image', 'camera topic; '
-                              '{role} is replaced by the role name'),
-        policy_topic=p.string('policy_topic', '/av_td3/policy', 'publish each saved policy '
-                              'here for drivers on other machines; empty: off'),
-        initial_policy=p.string('initial_policy', '', 'policy checkpoint a fresh run starts '
-                                'its actor from (e.g. an imitation policy); empty: random'),
-        warmup_targets=p.string('warmup_targets', 'mc', 'critic targets during the warm-up: '
-                                'mc (Monte Carlo returns of finished episodes) or td'))
+        run_dir=Path(v['run_dir']), spec=spec, td3=td3, episode=episode, reward=reward,
+        **pick('vehicles', 'control_source', 'device', 'torch_threads', 'seed', 'resume',
+               'buffer_capacity', 'buffer_kinematics_dtype', 'learning_starts',
+               'updates_per_step', 'checkpoint_every', 'keep_checkpoints', 'state_every',
+               'log_period', 'health_every', 'tensorboard', 'reset_timeout', 'camera_topic',
+               'policy_topic', 'initial_policy', 'warmup_targets'))
+
+
+def read_config(node: Node) -> TrainerConfig:
+    """Declare the trainer's parameters (descriptions, ranges) and read them."""
+    return config_from_values(declare(node, TRAINER))
 
 
 def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:
@@ -223,6 +246,22 @@ def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:
         if section == 'network':
             network = replace(network, **{name: getattr(start.network, name)})
     return replace(config, spec=replace(config.spec, network=network))
+
+
+def resume_differences(spec: PolicySpec, metadata: dict, td3_metadata: dict) -> list[str]:
+    """Name every PolicySpec field in which a training state differs from `spec`.
+
+    A state holds its whole spec; older states hold only the network config and the TD3
+    frame_scale, so only those are compared for them.
+    """
+    ours = spec.to_dict()
+    if 'spec' in metadata:
+        saved = json.loads(metadata['spec'])
+    else:
+        scale = td3_metadata.get('td3_config', {}).get('frame_scale')
+        saved = {**ours, 'network': td3_metadata.get('network_config', {}),
+                 'preprocessing': {**ours['preprocessing'], 'scale': scale}}
+    return config_differences(ours, saved, ('trainer', 'training state'))
 
 
 class VehicleFeed:
@@ -461,6 +500,12 @@ class TrainerNode(Node):
             return
         tensors, metadata = read_safetensors(path)  # one read: tensors and metadata agree
         td3_metadata = json.loads(metadata['td3'])
+        diffs = resume_differences(self.config.spec, metadata, td3_metadata)
+        if diffs:
+            self.get_logger().fatal(f'cannot resume {path}: it was trained with another '
+                                    'policy spec: ' + '; '.join(diffs) + ' (set the same '
+                                    'parameters, or use another run_dir)')
+            raise SystemExit(2)
         self.agent.load_state_tensors(tensors, td3_metadata)
         counters = json.loads(metadata['counters'])
         # The buffer may hold more than the state recorded (written after the last save).
@@ -490,7 +535,8 @@ class TrainerNode(Node):
             counters = {'env_steps': self.env_steps, 'episodes': self.episodes}
         tensors, metadata = self.agent.state_tensors()
         write_atomic(self.config.run_dir / TRAINING_STATE, tensors,
-                     {'td3': json.dumps(metadata), 'counters': json.dumps(counters)})
+                     {'td3': json.dumps(metadata), 'counters': json.dumps(counters),
+                      'spec': json.dumps(self.config.spec.to_dict())})
 
     def save_policy(self) -> bool:
         """Write the current policy where drivers look for it and prune old ones.

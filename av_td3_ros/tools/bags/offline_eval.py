@@ -5,9 +5,9 @@
              [--copy-inputs] [--debug-topic T] [--no-odometry-timeout]
 
 Every driver parameter is an option (`--frame-scale unit` is `-p frame_scale:=unit`): they are
-read by the driver's own `read_config` (nodes/driver_config.py, no rclpy), through a
-stand-in for the node's parameter interface, so names, defaults, ranges and the resulting
-PolicySpec are the driver's.
+checked against the driver's own parameter schema (`driver_config.DRIVER`, no rclpy) and
+turned into its config by the driver's own `config_from_values`, so names, defaults, ranges
+and the resulting PolicySpec (taken from the checkpoint where not given) are the driver's.
 Each camera frame is decided by the driver's own `DriverInputs` (driving/decision.py) with what
 was recorded before it in bag order: the newest odometry not newer than the frame's stamp,
 and the newest route; episode_start messages
@@ -29,7 +29,6 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import yaml
@@ -41,6 +40,7 @@ from ...driving.ros_conversions import (
     fill_control_msg,
     stamp_to_ns,
 )
+from ...nodes.schema import ParameterError, load_params_file
 from . import STORAGES
 from .types import typestore
 
@@ -48,74 +48,21 @@ CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 
 
-class ParameterError(ValueError):
-    """A driver parameter value of the wrong type, out of range, or unknown."""
-
-
-class ParameterSource:
-    """Answer a ParameterReader's declare_parameter calls from a dict, like rclpy would.
-
-    Values are type-checked against the default (ints are accepted for floats) and checked
-    against the descriptor's range; every declaration is remembered, so the driver's own
-    parameter list can be turned into command-line options.
-    """
-
-    def __init__(self, values: dict | None = None):
-        """Use `values` (name -> value) instead of the declared defaults."""
-        self.values = dict(values or {})
-        self.declared = {}
-
-    def declare_parameter(self, name, default, descriptor):
-        """Return the value for `name` (an object with `.value`, as rclpy's Parameter)."""
-        self.declared[name] = (default, descriptor)
-        value = self.values.get(name, default)
-        if isinstance(default, bool) != isinstance(value, bool):
-            raise ParameterError(f'parameter {name}: expected {type(default).__name__}, '
-                                 f'got {value!r}')
-        if isinstance(default, float) and isinstance(value, int):
-            value = float(value)
-        if not isinstance(value, type(default)):
-            raise ParameterError(f'parameter {name}: expected {type(default).__name__}, '
-                                 f'got {value!r}')
-        for limits in list(descriptor.floating_point_range) + list(descriptor.integer_range):
-            if not limits.from_value <= value <= limits.to_value:
-                raise ParameterError(f'parameter {name}={value} outside [{limits.from_value}, '
-                                     f'{limits.to_value}]')
-        return SimpleNamespace(value=value)
-
-    def unknown(self) -> list[str]:
-        """Return the given names the driver never declared."""
-        return sorted(set(self.values) - set(self.declared))
-
-
 def driver_config(values: dict | None = None):
-    """Return the driver's DriverConfig for parameter `values` (its own read_config)."""
-    from ...nodes.driver_config import read_config  # the driver's: same names and defaults
-    source = ParameterSource(values)
-    config = read_config(source)
-    unknown = source.unknown()
-    if unknown:
-        raise ParameterError(f'unknown driver parameters {unknown}')
-    return config
+    """Return the driver's DriverConfig for parameter `values` (checked against its schema).
+
+    The values given count as set by the user, as a params file or -p does for the node.
+    """
+    from ...nodes.driver_config import DRIVER, config_from_values
+    values = dict(values or {})
+    return config_from_values(DRIVER.read(values), set(values))
 
 
 def driver_parameters() -> dict:
     """Return {name: (default, description)} of every driver parameter."""
-    from ...nodes.driver_config import read_config
-    source = ParameterSource()
-    read_config(source)
-    return {name: (default, descriptor.description)
-            for name, (default, descriptor) in source.declared.items()}
-
-
-def load_params_file(path: Path, node_name: str = 'driver') -> dict:
-    """Return the ros__parameters for `node_name` (and `/**`) of a ROS params YAML file."""
-    content = yaml.safe_load(Path(path).read_text()) or {}
-    values = {}
-    for key, section in content.items():
-        if key == '/**' or key.rstrip('/').rsplit('/', 1)[-1] == node_name:
-            values.update((section or {}).get('ros__parameters', {}))
-    return values
+    from ...nodes.driver_config import DRIVER
+    defaults = DRIVER.defaults()
+    return {param.name: (defaults[param.name], param.description) for param in DRIVER}
 
 
 def make_runner(config):
@@ -304,7 +251,7 @@ def main(args=None):
     argv = sys.argv[1:] if args is None else list(args)[1:]
     parameters = driver_parameters()
     parsed = build_parser(parameters).parse_args(argv)
-    values = load_params_file(parsed.params_file) if parsed.params_file else {}
+    values = load_params_file(parsed.params_file, 'driver') if parsed.params_file else {}
     for item in parsed.param:
         name, sep, text = item.partition(':=')
         if not sep:

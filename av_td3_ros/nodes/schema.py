@@ -1,0 +1,198 @@
+"""Parameter schemas: each parameter's name, type, default, description and range, once.
+
+A node's parameters are one `Schema` next to its config dataclass (`driver_config.DRIVER`,
+`trainer.TRAINER`, `sim_bridge.SIM_BRIDGE`, `carla_episode_manager.EPISODE_MANAGER`). Where a
+core config dataclass holds the value (`ExplorationConfig.random_steps`, ...), the default is
+read from that dataclass (`default_of`), so it is written in one place. Nodes declare from the
+schema (`node_params.declare`), bag_eval checks YAML values with `Schema.read`, and
+test/test_parameter_schema.py checks config/*.yaml against it.
+
+Pure Python, no rclpy: bag_eval and the tests use it without DDS.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..driving.features import FeatureConfig
+from ..driving.networks import NetworkConfig
+from ..driving.preprocessing import PreprocessConfig
+from ..learning.checkpoint import PolicySpec
+
+
+class ParameterError(ValueError):
+    """A parameter value of the wrong type, out of range, or a name no schema declares."""
+
+
+def default_of(config_cls, name: str):
+    """Return the default of field `name` of dataclass `config_cls` (the one place it lives)."""
+    (field,) = [f for f in dataclasses.fields(config_cls) if f.name == name]
+    if field.default is dataclasses.MISSING:
+        raise TypeError(f'{config_cls.__name__}.{name} has no default')
+    return field.default
+
+
+@dataclass(frozen=True)
+class Param:
+    """One read-only ROS parameter.
+
+    The default fixes the type (bool, int, float, str, or a list of str or float; an empty
+    list names its item type in `items`). A callable default is computed from the values
+    read before it (e.g. topic names under role_name). `low`/`high` bound int and float
+    values, as rclpy does with the descriptor's range.
+    """
+
+    name: str
+    default: object
+    description: str
+    low: float | None = None
+    high: float | None = None
+    items: type | None = None
+
+    def default_for(self, values: dict):
+        """Return the default given the values of the parameters read before this one."""
+        return self.default(values) if callable(self.default) else self.default
+
+    @property
+    def type(self) -> type:
+        """Return the value type: bool, int, float, str or list."""
+        return type(self.default_for(_ROLE_DEFAULTS)) if callable(self.default) \
+            else type(self.default)
+
+    @property
+    def item_type(self) -> type | None:
+        """Return the item type of a list parameter (None for scalars)."""
+        if self.type is not list:
+            return None
+        default = self.default_for(_ROLE_DEFAULTS)
+        return self.items or type(default[0])
+
+    def check(self, value):
+        """Return `value` as this parameter's type; raise ParameterError if it is not one.
+
+        An int is accepted for a float (YAML writes 1 for 1.0), a bool never for an int.
+        """
+        kind = self.type
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise ParameterError(f'parameter {self.name}: expected {kind.__name__}, '
+                                 f'got {value!r}')
+        if kind is list:
+            item = self.item_type
+            if item is float:
+                value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                         for v in value]
+            if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+                raise ParameterError(f'parameter {self.name}: expected a list of '
+                                     f'{item.__name__}, got {value!r}')
+        if self.low is not None and not self.low <= value <= self.high:
+            raise ParameterError(f'parameter {self.name}={value} outside [{self.low}, '
+                                 f'{self.high}]')
+        return value
+
+
+_ROLE_DEFAULTS = {'role_name': 'ego_vehicle'}
+"""What a computed default sees when only its type is asked for."""
+
+
+class Schema:
+    """The ordered parameters of one node."""
+
+    def __init__(self, node: str, *params: Param | Iterable[Param]):
+        """Collect `params` (single ones or groups) for the node named `node`."""
+        self.node = node
+        self.params: dict[str, Param] = {}
+        for item in params:
+            for param in ([item] if isinstance(item, Param) else item):
+                if param.name in self.params:
+                    raise ValueError(f'parameter {param.name} declared twice')
+                self.params[param.name] = param
+
+    def __iter__(self):
+        """Iterate over the parameters in declaration order."""
+        return iter(self.params.values())
+
+    def __getitem__(self, name: str) -> Param:
+        """Return the parameter `name`."""
+        return self.params[name]
+
+    def defaults(self) -> dict:
+        """Return every parameter's default (computed ones from the other defaults)."""
+        return self.read({})
+
+    def read(self, given: dict) -> dict:
+        """Return the values for `given` (name -> value) and the defaults for the rest.
+
+        Checks names, types and ranges as rclpy would; raise ParameterError naming the
+        problem.
+        """
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            raise ParameterError(f'unknown {self.node} parameters {unknown}')
+        values = {}
+        for param in self:
+            value = given[param.name] if param.name in given else param.default_for(values)
+            values[param.name] = param.check(value)
+        return values
+
+
+POLICY_SPEC = (
+    Param('activation', default_of(NetworkConfig, 'activation'),
+          'CNN activation: leaky_relu, relu, prelu (must match the checkpoint)'),
+    Param('negative_slope', default_of(NetworkConfig, 'negative_slope'),
+          'LeakyReLU negative slope', 0.0, 1.0),
+    Param('feature_norm', default_of(NetworkConfig, 'feature_norm'),
+          "after the CNN fc: none (the seed's NatureCNN), layernorm or layernorm_tanh"),
+    Param('n_waypoints', default_of(FeatureConfig, 'n_waypoints'),
+          'route waypoints in the kinematic vector', 1, 200),
+    Param('frame_scale', default_of(PreprocessConfig, 'scale'),
+          'zero_centered ([-1, 1]) or unit ([0, 1])'),
+    Param('stack_fill', default_of(PreprocessConfig, 'stack_fill'),
+          'frame stack at episode start: zero or repeat_first'),
+)
+"""The parameters that must match a checkpoint; the driver and the trainer share them, so a
+trainer's checkpoints fit a driver started from the same parameter files."""
+
+SPEC_FIELDS = {
+    'activation': (('network', 'activation'),),
+    'negative_slope': (('network', 'negative_slope'),),
+    'feature_norm': (('network', 'feature_norm'),),
+    'n_waypoints': (('network', 'kinematic_dim'), ('features', 'n_waypoints')),
+    'frame_scale': (('preprocessing', 'scale'),),
+    'stack_fill': (('preprocessing', 'stack_fill'),),
+}
+"""The PolicySpec fields (section, field) each policy-spec parameter sets."""
+
+
+def policy_spec(values: dict) -> PolicySpec:
+    """Return the PolicySpec the policy-spec parameters in `values` describe."""
+    n_waypoints = values['n_waypoints']
+    return PolicySpec(
+        network=NetworkConfig(activation=values['activation'],
+                              negative_slope=values['negative_slope'],
+                              feature_norm=values['feature_norm'],
+                              kinematic_dim=3 + 2 * n_waypoints),
+        preprocessing=PreprocessConfig(scale=values['frame_scale'],
+                                       stack_fill=values['stack_fill']),
+        features=FeatureConfig(n_waypoints=n_waypoints))
+
+
+def spec_fields_set_by(names: Iterable[str]) -> set[tuple[str, str]]:
+    """Return the PolicySpec fields that the parameters `names` (e.g. the user's) set."""
+    return {field for name in names for field in SPEC_FIELDS.get(name, ())}
+
+
+
+def load_params_file(path, node_name: str) -> dict:
+    """Return the ros__parameters for `node_name` (and `/**`) of a ROS params YAML file."""
+    content = yaml.safe_load(Path(path).read_text()) or {}
+    values = {}
+    for key, section in content.items():
+        if key == '/**' or key.rstrip('/').rsplit('/', 1)[-1] == node_name:
+            values.update((section or {}).get('ros__parameters', {}))
+    return values
