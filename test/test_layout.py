@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from setuptools import find_packages
 
 from av_td3_ros._moved import MOVED, deprecation_message
 
@@ -75,11 +74,13 @@ def test_core_source_has_no_rclpy_import(subpackage):
             assert not [name for name in imported if name.split('.')[0] == 'rclpy'], path
 
 
-# Test if setup.py's find_packages installs every folder of Python modules.
+# Test if setup.py installs every folder of Python modules (find_packages needs __init__.py).
 def test_every_subpackage_is_installed():
-    folders = {'.'.join(path.parent.relative_to(REPO).parts)
-               for path in PACKAGE.rglob('*.py') if '__pycache__' not in path.parts}
-    assert folders <= set(find_packages(str(REPO), include=['av_td3_ros', 'av_td3_ros.*']))
+    setup = (REPO / 'setup.py').read_text()
+    assert "find_packages(include=[package_name, package_name + '.*'])" in setup
+    for path in PACKAGE.rglob('*.py'):
+        for folder in path.relative_to(PACKAGE).parents:
+            assert (PACKAGE / folder / '__init__.py').is_file(), f'{folder} is not a package'
 
 
 # Test if the table of moved modules names real new modules and no leftover old files.
