@@ -71,7 +71,14 @@ from ..learning.mc_returns import MonteCarloReturns
 from ..learning.replay_buffer import ReplayBuffer
 from ..learning.reward import RewardConfig
 from ..learning.td3 import TD3, TD3Config, metrics_to_floats
-from ..learning.transitions import EpisodeConfig, TransitionAssembler
+from ..learning.transitions import (
+    AssemblerOutput,
+    EpisodeConfig,
+    EpisodeEnd,
+    EpisodeStart,
+    Transition,
+    TransitionAssembler,
+)
 from ..sim.expert import expert_actions
 from .callback_guard import guard_callback
 from .node_main import dump_stacks_on_sigusr1
@@ -367,7 +374,7 @@ class VehicleFeed:
         """Write assembled output to the buffer; request a reset after trainer-side ends."""
         for item in self.assembler.pop_output():
             self.node.store(self.role, item)
-            if item[0] == 'episode_end' and item[4] and not self.resetting:
+            if isinstance(item, EpisodeEnd) and item.needs_reset and not self.resetting:
                 self.request_reset()
 
     def request_reset(self):
@@ -508,50 +515,51 @@ class TrainerNode(Node):
         return written
 
     # ------------------------------------------------------------------ experience
-    def store(self, role: str, item):
+    def store(self, role: str, item: AssemblerOutput):
         """Write one assembler output item into the replay buffer and the logs."""
-        kind = item[0]
-        if kind == 'transition' and role in self._broken_streams:
+        if isinstance(item, Transition) and role in self._broken_streams:
             self.unstored += 1  # its episode lost a step: no transition may link across
             return
         with self.buffer_lock:
             try:
-                if kind == 'start':
-                    self.buffer.start_episode(item[1], item[2], stream=role)
+                if isinstance(item, EpisodeStart):
+                    self.buffer.start_episode(item.frame, item.vec, stream=role)
                     self._broken_streams.discard(role)
                     self.returns.start(role)
-                elif kind == 'transition':
-                    t = item[1]
-                    index = self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
-                                            t.terminated, t.truncated, stream=role)
-                    self.returns.add(index, t.reward, role)
+                elif isinstance(item, Transition):
+                    index = self.buffer.add(item.action, item.reward, item.next_frame,
+                                            item.next_vec, item.terminated, item.truncated,
+                                            stream=role)
+                    self.returns.add(index, item.reward, role)
                     self.env_steps += 1
             except ValueError as error:  # e.g. kinematics beyond float16: skip, go on
                 self.buffer.abandon_episode(role)
                 self._broken_streams.add(role)
                 self.returns.start(role)  # the broken episode's returns would be wrong
                 self.unstored += 1
+                kind = 'start' if isinstance(item, EpisodeStart) else 'transition'
                 self.log_throttled('error', f'store_{role}', f'{role}: {kind} not stored '
                                    f'({error}); its episode continues from the next start')
                 return
-            if kind == 'transition' and self.tb is not None and self.env_steps % 50 == 0:
-                for name, value in t.terms.items():
+            if (isinstance(item, Transition) and self.tb is not None
+                    and self.env_steps % 50 == 0):
+                for name, value in item.terms.items():
                     self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
-        if kind == 'episode_end':
-            _, episode_return, length, reason, _ = item
+        if isinstance(item, EpisodeEnd):
             with self.buffer_lock:
                 self.returns.finish(role)
             self.episodes += 1
-            self.recent_returns = (self.recent_returns + [episode_return])[-20:]
-            record = {'episode': self.episodes, 'vehicle': role, 'return': episode_return,
-                      'length': length, 'reason': reason, 'env_steps': self.env_steps,
+            self.recent_returns = (self.recent_returns + [item.episode_return])[-20:]
+            record = {'episode': self.episodes, 'vehicle': role,
+                      'return': item.episode_return, 'length': item.steps,
+                      'reason': item.reason, 'env_steps': self.env_steps,
                       'updates': self.agent.total_updates, 'stamp': time.time()}
             self._episode_log.write(json.dumps(record) + '\n')
             if self.tb is not None:
-                self.tb.add_scalar('episode/return', episode_return, self.env_steps)
-                self.tb.add_scalar('episode/length', length, self.env_steps)
-            self.get_logger().info(f'{role}: episode {self.episodes} ended ({reason}): '
-                                   f'return {episode_return:.1f}, {length} steps')
+                self.tb.add_scalar('episode/return', item.episode_return, self.env_steps)
+                self.tb.add_scalar('episode/length', item.steps, self.env_steps)
+            self.get_logger().info(f'{role}: episode {self.episodes} ended ({item.reason}): '
+                                   f'return {item.episode_return:.1f}, {item.steps} steps')
 
     # ------------------------------------------------------------------ learning
     def update_loop(self):
