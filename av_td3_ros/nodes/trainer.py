@@ -79,6 +79,7 @@ from ..learning.transitions import (
     Transition,
     TransitionAssembler,
 )
+from ..sim.episode_end import parse_episode_end
 from ..sim.expert import expert_actions
 from .callback_guard import guard_callback
 from .node_main import dump_stacks_on_sigusr1
@@ -365,8 +366,9 @@ class VehicleFeed:
 
     def on_episode_end(self, msg: String):
         """Handle the simulator's 'terminated:<reason>' or 'truncated:<reason>' message."""
-        kind, _, rest = msg.data.partition(':')
-        self.assembler.on_episode_end(kind, rest.split(';')[0])
+        # Only the head (kind and reason) is needed, and reading it cannot fail.
+        end = parse_episode_end(msg.data.split(';')[0])
+        self.assembler.on_episode_end(end.kind, end.reason)
         self.resetting = True  # the simulator resets by itself
         self.flush()
 
