@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import rclpy
 import torch
 from carla_msgs.msg import (
     CarlaCollisionEvent,
@@ -35,7 +34,7 @@ from carla_msgs.msg import (
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -82,7 +81,7 @@ from ..learning.transitions import (
 from ..sim.episode_end import parse_episode_end
 from ..sim.expert import expert_actions
 from .callback_guard import guard_callback
-from .node_main import dump_stacks_on_sigusr1
+from .node_main import run_node
 from .node_params import ParameterReader, read_policy_spec
 from .policy_topic import PolicyBroadcaster
 
@@ -663,22 +662,9 @@ class TrainerNode(Node):
 
 def main(args=None):
     """Run the trainer node until shutdown, then save its state."""
-    rclpy.init(args=args)
-    dump_stacks_on_sigusr1()
-    node = None
-    executor = MultiThreadedExecutor(num_threads=2)
-    try:
-        node = TrainerNode()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+    # Two threads: the progress-log timer (its own callback group) runs beside the feeds.
+    run_node(TrainerNode, args, make_executor=lambda: MultiThreadedExecutor(num_threads=2),
+             before_destroy=TrainerNode.shutdown)
 
 
 if __name__ == '__main__':
