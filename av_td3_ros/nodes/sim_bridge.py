@@ -85,7 +85,7 @@ from std_srvs.srv import Trigger
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import ParameterReader
 from av_td3_ros.sim.episode_end import EpisodeEndMessage, format_episode_end
-from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState
+from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState, finite_clamp
 
 BRIDGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
@@ -126,13 +126,6 @@ def _time_msg(stamp_ns: int) -> Time:
 def _yaw_quaternion(yaw: float) -> Quaternion:
     """Return the quaternion of a rotation by `yaw` about z."""
     return Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
-
-
-def _clip(value: float, low: float, high: float) -> float:
-    """Clip to [low, high] with NaN mapped to 0."""
-    if math.isnan(value):
-        return 0.0
-    return min(max(float(value), low), high)
 
 
 class SimBridgeNode(Node):
@@ -268,8 +261,8 @@ class SimBridgeNode(Node):
 
     def _on_control(self, msg: CarlaEgoVehicleControl):
         """Store the command; in synchronous mode tick if it answers the latest frame."""
-        brake = 1.0 if msg.hand_brake else _clip(msg.brake, 0.0, 1.0)
-        control = (_clip(msg.steer, -1.0, 1.0), _clip(msg.throttle, 0.0, 1.0), brake)
+        brake = 1.0 if msg.hand_brake else finite_clamp(msg.brake, 0.0, 1.0)
+        control = (finite_clamp(msg.steer, -1.0, 1.0), finite_clamp(msg.throttle, 0.0, 1.0), brake)
         if not self.config.synchronous_mode:
             self._control = control
             return
