@@ -290,7 +290,7 @@ class VehicleFeed:
         del self.frame_stamps[:-32]
         self.last_frame = time.monotonic()
         self.assembler.on_frame(stamp, frame)
-        self.flush()
+        self.store_output()
 
     def on_odometry(self, msg: Odometry):
         """Feed odometry (pose, speed, yaw rate); an unusable sample is logged and ignored."""
@@ -326,7 +326,7 @@ class VehicleFeed:
         if problem is not None:
             self.node.log_throttled('warn', f'command_{self.role}',
                                     f'{self.role}: command ignored: {problem}')
-        self.flush()
+        self.store_output()
 
     def on_collision(self, msg: CarlaCollisionEvent):
         """Feed a collision event."""
@@ -345,7 +345,7 @@ class VehicleFeed:
         quiet = max(1.0, self.node.config.episode.event_window)
         if self.last_frame is not None and time.monotonic() - self.last_frame > quiet:
             self.assembler.decide_pending()
-            self.flush()
+            self.store_output()
 
     def check_reset(self):
         """Ask again when a requested reset brought no episode_start within reset_timeout."""
@@ -369,9 +369,9 @@ class VehicleFeed:
         end = parse_episode_end(msg.data.split(';')[0])
         self.assembler.on_episode_end(end.kind, end.reason)
         self.resetting = True  # the simulator resets by itself
-        self.flush()
+        self.store_output()
 
-    def flush(self):
+    def store_output(self):
         """Write assembled output to the buffer; request a reset after trainer-side ends."""
         for item in self.assembler.pop_output():
             self.node.store(self.role, item)
