@@ -1,10 +1,9 @@
 """Processes the tests start: `python -m <module> args` in their own process group."""
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from av_td3_ros.tools.child_process import ChildProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,8 +16,8 @@ class ModuleProcess:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, 'wb')
         cmd = [sys.executable, '-m', module, *map(str, args)]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.child = ChildProcess(cmd, env=env, cwd=str(REPO), stdout=self._log)
+        self.proc = self.child.process
 
     def output(self) -> str:
         """Return everything the process printed so far."""
@@ -39,33 +38,24 @@ class ModuleProcess:
     def wait(self, timeout=60.0):
         """Wait for the exit status."""
         try:
-            return self.proc.wait(timeout=timeout)
+            return self.child.wait(timeout)
         finally:
             self._log.flush()
 
     def interrupt(self, timeout=15.0):
         """Stop it like Ctrl-C does; return its exit status."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-        return self.wait(timeout)
+        try:
+            return self.child.interrupt(timeout)
+        finally:
+            self._log.flush()
 
     def stop(self, timeout=10.0) -> int:
         """Send SIGINT, then SIGKILL to the whole group if it does not exit in time."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGINT)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
+        status = self.child.stop(timeout)
         self._log.close()
-        return self.proc.returncode
+        return status
 
     def kill(self):
         """Kill it if it still runs."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.child.kill()
         self._log.close()

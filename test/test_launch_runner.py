@@ -1,6 +1,10 @@
 # Test run_launch's launch_xml subset: typed params, conditions, respawn, and refusals.
+import os
+import signal
+import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import yaml
@@ -210,3 +214,54 @@ def test_print_lists_the_nodes_of_a_launch_file(tmp_path, start_tool, ros_env):
                         'checkpoint:=0123', '--print')
     assert runner.wait(timeout=60.0) == 0, runner.output()
     assert "'checkpoint': '0123'" in runner.output()
+
+
+def _children(pid):
+    """Return the ids of the living processes whose parent is `pid`."""
+    found = []
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / 'stat').read_text()
+        except (FileNotFoundError, ProcessLookupError):  # it exited meanwhile
+            continue
+        fields = stat.rsplit(')', 1)[-1].split()  # the name in parentheses may hold spaces
+        if fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid):
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != 'Z'  # a zombie no longer runs (its new parent reaps it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux')
+def test_nodes_die_with_a_killed_runner(tmp_path, start_tool):
+    # A SIGKILLed runner cleans nothing up: its nodes must still not outlive it (orphans
+    # would keep publishing on the domain).
+    path = write_launch(tmp_path, '''
+  <node pkg="av_td3_ros" exec="carla_episode_manager" name="orphan_probe_a"/>
+  <node pkg="av_td3_ros" exec="carla_episode_manager" name="orphan_probe_b"/>''')
+    runner = start_tool('av_td3_ros.tools.launch_runner', str(path))
+    deadline = time.monotonic() + 60.0
+    while len(_children(runner.proc.pid)) < 2 and time.monotonic() < deadline:
+        assert runner.proc.poll() is None, runner.output()
+        time.sleep(0.1)
+    nodes = _children(runner.proc.pid)
+    assert len(nodes) == 2, runner.output()
+    try:
+        os.kill(runner.proc.pid, signal.SIGKILL)  # the runner only, not the nodes' groups
+        runner.proc.wait(timeout=10.0)
+        deadline = time.monotonic() + 30.0
+        while any(_alive(pid) for pid in nodes) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in nodes), runner.output()
+    finally:
+        for pid in nodes:  # only the two this test started, if the check failed
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

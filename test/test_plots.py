@@ -10,7 +10,6 @@ from av_td3_ros.tools.bags.types import typestore
 from av_td3_ros.tools.plots import (
     episodes_from_bag,
     main,
-    parse_episode_end,
     plot_all,
     read_episodes,
     read_run,
@@ -65,13 +64,6 @@ def write_run_bag(path, frames=10, unanswered=(3, 7)):
             writer.write(end, 2 * 10**9 + index, store.serialize_cdr(T['std_msgs/msg/String'](
                 data=f'{status};return={value};steps={100 + index};stamp_ns={index * 10**9}'),
                 'std_msgs/msg/String'))
-
-
-def test_parse_episode_end():
-    assert parse_episode_end('terminated:lap_complete;return=123.4;steps=456') == {
-        'status': 'terminated', 'reason': 'lap_complete', 'return': 123.4, 'steps': 456}
-    assert parse_episode_end('truncated:time_limit') == {'status': 'truncated',
-                                                         'reason': 'time_limit'}
 
 
 def test_plots_from_bag_and_episodes(tmp_path):

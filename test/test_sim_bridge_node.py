@@ -16,7 +16,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32, Header, String
 from std_srvs.srv import Trigger
 
-from av_td3_ros.nodes.sim_bridge import parse_episode_end
+from av_td3_ros.sim.episode_end import parse_episode_end
 
 PARAMS = str(Path(__file__).resolve().parents[1] / 'config' / 'sim_bridge.yaml')
 MODULE = 'av_td3_ros.nodes.sim_bridge'
@@ -214,15 +214,15 @@ def test_step_timeout_ticks_and_auto_reset(start_node, probe):
     # episode e ends at tick 4e + 3 (its reset tick 4e, then 3 steps); tick 4e + 4 resets
     def restarted():
         starts_ns = {_ns(s.stamp) for s in starts}
-        return any(parse_episode_end(e.data)['stamp_ns'] + DELTA_NS in starts_ns for e in ends)
+        return any(parse_episode_end(e.data).stamp_ns + DELTA_NS in starts_ns for e in ends)
 
     assert probe.spin_until(restarted, timeout=15.0), node.output()
     assert ends[0].data.startswith('truncated:time_limit;return=')
     for text in (e.data for e in ends):
         end = parse_episode_end(text)
-        assert (end['kind'], end['reason'], end['steps']) == ('truncated', 'time_limit', 3)
-        assert isinstance(end['return'], float)
-        assert (end['stamp_ns'] // DELTA_NS) % 4 == 3
+        assert (end.kind, end.reason, end.steps) == ('truncated', 'time_limit', 3)
+        assert isinstance(end.episode_return, float)
+        assert (end.stamp_ns // DELTA_NS) % 4 == 3
     for start in starts:
         assert _ns(start.stamp) == 4 * int(start.frame_id) * DELTA_NS
     assert node.wait_for_output('return', timeout=5.0)  # the per-episode progress line
@@ -278,7 +278,7 @@ def test_without_auto_reset_the_world_waits_for_reset(start_node, probe):
     probe.send(0, throttle=1.0)
     probe.send(0, throttle=1.0)  # tick 2 ends episode 0
     assert probe.spin_until(lambda: ends, timeout=10.0), node.output()
-    assert parse_episode_end(ends[0].data)['stamp_ns'] == 2 * DELTA_NS
+    assert parse_episode_end(ends[0].data).stamp_ns == 2 * DELTA_NS
     probe.send(0, throttle=1.0)  # commands do not move a finished episode
     probe.spin_until(lambda: False, timeout=0.5)
     assert max(s.frame for s in status) == 2

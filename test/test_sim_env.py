@@ -4,12 +4,12 @@ import math
 import numpy as np
 import pytest
 
+from av_td3_ros.driving.features import wrap_angle
 from av_td3_ros.sim.sim_env import (
     END_REASONS,
     SimEnv,
     SimEnvConfig,
     pure_pursuit,
-    wrap_angle,
 )
 
 

@@ -32,6 +32,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def transition_fields(batch: Batch) -> dict:
+    return {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)
+            if getattr(batch, field.name) is not None}
+
+
 def make_batch(size=8, net=SMALL, seed=0, terminated=None, truncated=None) -> Batch:
     rng = np.random.default_rng(seed)
     frames = (size, net.frame_stack, net.image_size, net.image_size)
@@ -96,7 +101,7 @@ def test_frame_scaling_matches_preprocessing_bit_for_bit():
 
 def test_prepare_rejects_float_frames():
     batch = make_batch()
-    batch = batch._replace(obs_frames=batch.obs_frames.astype(np.float32))
+    batch = dataclasses.replace(batch, obs_frames=batch.obs_frames.astype(np.float32))
     with pytest.raises(TypeError, match='uint8'):
         make_agent().prepare(batch)
 
@@ -224,10 +229,11 @@ def test_truncation_bootstraps_and_termination_does_not():
     agent = make_agent(policy_noise=0.0, gamma=0.9)
     base = make_batch(size=1)
     rows = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (terminated, truncated)
-    batch = Batch(*[np.repeat(np.asarray(field), len(rows), axis=0) for field in base])
-    batch = batch._replace(rewards=np.array([1.0, 1.0, 1.0, 1.0], np.float32),
-                           terminated=np.array([r[0] for r in rows], np.float32),
-                           truncated=np.array([r[1] for r in rows], np.float32))
+    batch = Batch(**{name: np.repeat(np.asarray(value), len(rows), axis=0)
+                     for name, value in transition_fields(base).items()})
+    batch = dataclasses.replace(batch, rewards=np.array([1.0, 1.0, 1.0, 1.0], np.float32),
+                                terminated=np.array([r[0] for r in rows], np.float32),
+                                truncated=np.array([r[1] for r in rows], np.float32))
     y = agent.td_target(batch)
 
     b = agent.prepare(batch)
@@ -362,8 +368,10 @@ def test_activation_health_ranges_and_relu_vs_leaky():
 
 def test_update_accepts_tensors_and_bool_flags():
     batch = make_batch()
-    as_tensors = Batch(*[torch.as_tensor(np.asarray(f)) for f in batch])
-    as_tensors = as_tensors._replace(terminated=torch.zeros(8, dtype=torch.bool),
+    as_tensors = Batch(**{name: torch.as_tensor(np.asarray(value))
+                          for name, value in transition_fields(batch).items()})
+    as_tensors = dataclasses.replace(as_tensors,
+                                     terminated=torch.zeros(8, dtype=torch.bool),
                                      truncated=torch.ones(8, dtype=torch.bool))
     agent = make_agent()
     prepared = agent.prepare(as_tensors)

@@ -16,7 +16,13 @@ from av_td3_ros.learning.reward import (
     progress,
     safety,
 )
-from av_td3_ros.learning.transitions import EpisodeConfig, TransitionAssembler
+from av_td3_ros.learning.transitions import (
+    EpisodeConfig,
+    EpisodeEnd,
+    EpisodeStart,
+    Transition,
+    TransitionAssembler,
+)
 
 ROUTE = np.stack([np.arange(200) * 2.0, np.zeros(200)], axis=1)
 MS = 1_000_000
@@ -38,7 +44,12 @@ def feed(assembler, k, x=None, speed=5.0, action=True, lateral=0.0):
 
 
 def transitions(output):
-    return [item[1] for item in output if item[0] == 'transition']
+    return [item for item in output if isinstance(item, Transition)]
+
+
+def kinds(output):
+    names = {EpisodeStart: 'start', Transition: 'transition', EpisodeEnd: 'episode_end'}
+    return [names[type(item)] for item in output]
 
 
 def make(**episode):
@@ -55,7 +66,7 @@ def test_pairs_each_frame_with_its_own_command():
     for k in range(1, 7):
         feed(assembler, k)
     output = assembler.pop_output()
-    assert output[0][0] == 'start' and output[0][1][0, 0] == 1
+    assert isinstance(output[0], EpisodeStart) and output[0].frame[0, 0] == 1
     steps = transitions(output)
     assert len(steps) == 4  # the step into frame 6 is held until the next frame
     for k, step in zip(range(2, 6), steps, strict=True):
@@ -84,8 +95,7 @@ def test_frame_without_command_ends_its_step_and_the_chain_restarts():
         feed(assembler, k)
     output = assembler.pop_output()
     assert assembler.stats.dropped_unpaired == 1
-    kinds = [item[0] for item in output]
-    assert kinds.count('start') == 2
+    assert kinds(output).count('start') == 2
     # The step into frame 3 needs only frame 2's action: it is kept. None starts from frame 3
     # (its action is unknown), so nothing is mis-paired: the chain restarts at frame 4.
     next_frames = [int(s.next_frame[0, 0]) for s in transitions(output)]
@@ -104,7 +114,8 @@ def test_a_collision_in_the_step_into_a_frame_without_command_is_terminal():
     output = assembler.pop_output()
     (last,) = [s for s in transitions(output) if s.terminated]
     assert int(last.next_frame[0, 0]) == 3 and last.end_reason == 'collision'
-    assert output[-1][0] == 'episode_end' and output[-1][3] == 'collision' and output[-1][4]
+    end = output[-1]
+    assert isinstance(end, EpisodeEnd) and end.reason == 'collision' and end.needs_reset
 
 
 @pytest.mark.parametrize('missing', [[3], [2, 3]])
@@ -118,7 +129,8 @@ def test_a_collision_between_chains_still_ends_the_episode(missing):
             assembler.on_event(stamp + MS, 'collision')
     output = assembler.pop_output()
     assert not any(s.terminated for s in transitions(output))
-    assert [item[3:] for item in output if item[0] == 'episode_end'] == [('collision', True)]
+    assert [(item.reason, item.needs_reset) for item in output
+            if isinstance(item, EpisodeEnd)] == [('collision', True)]
     assert assembler.stats.gap_collisions == 1 and assembler.ended
     assert max(int(s.next_frame[0, 0]) for s in transitions(output)) <= 3
 
@@ -137,7 +149,7 @@ def test_a_frame_answered_by_the_driver_but_never_received_breaks_the_chain():
     steps = transitions(output)
     assert [int(s.next_frame[0, 0]) for s in steps] == [2, 3, 6]
     assert [round(float(s.action[0]), 2) for s in steps] == [0.01, 0.02, 0.05]
-    assert [item[0] for item in output].count('start') == 2
+    assert kinds(output).count('start') == 2
 
 
 def test_a_collision_in_a_lost_frame_s_step_still_ends_the_episode():
@@ -151,7 +163,8 @@ def test_a_collision_in_a_lost_frame_s_step_still_ends_the_episode():
             assembler.on_event(stamp, 'collision')
         assembler.on_control(stamp, np.array([0.01 * k, 0.5], np.float32))
     output = assembler.pop_output()
-    assert [item[3:] for item in output if item[0] == 'episode_end'] == [('collision', True)]
+    assert [(item.reason, item.needs_reset) for item in output
+            if isinstance(item, EpisodeEnd)] == [('collision', True)]
     assert not any(s.terminated for s in transitions(output))
     assert assembler.stats.gap_collisions == 1
 
@@ -173,7 +186,7 @@ def test_collision_terminates_with_safety_penalty():
     last = transitions(output)[-1]
     assert last.terminated and not last.truncated and last.end_reason == 'collision'
     assert last.terms['safety'] == pytest.approx(-100.0)  # at 5 m/s
-    assert output[-1][0] == 'episode_end'
+    assert isinstance(output[-1], EpisodeEnd)
     assert assembler.ended
     feed(assembler, 4)
     assert assembler.pop_output() == []
@@ -211,7 +224,7 @@ def test_frames_from_before_the_episode_start_are_stale():
     assert assembler.stats.dropped_stale == 1
     feed(assembler, 100)
     feed(assembler, 101)
-    assert assembler.pop_output()[0][0] == 'start'
+    assert isinstance(assembler.pop_output()[0], EpisodeStart)
 
 
 def state(**values):
@@ -259,12 +272,11 @@ def test_episode_start_overtaken_by_the_new_first_frame_never_spans_the_reset():
     feed(assembler, 5, x=100.25)
     feed(assembler, 6, x=100.5)
     output = assembler.pop_output()
-    kinds = [item[0] for item in output]
-    assert kinds == ['start', 'transition', 'transition', 'episode_end', 'start',
-                     'transition']
-    assert output[3][3] == 'reset' and output[3][4] is False  # no reset request
-    assert output[3][2] == 2  # the old episode keeps only its own two steps
-    assert output[4][1][0, 0] == 4  # frame 4 starts the new episode
+    assert kinds(output) == ['start', 'transition', 'transition', 'episode_end', 'start',
+                             'transition']
+    assert output[3].reason == 'reset' and output[3].needs_reset is False  # no request
+    assert output[3].steps == 2  # the old episode keeps only its own two steps
+    assert output[4].frame[0, 0] == 4  # frame 4 starts the new episode
     assert [int(t.next_frame[0, 0]) for t in transitions(output)] == [2, 3, 5]
 
 
@@ -280,10 +292,10 @@ def test_frames_after_an_end_wait_for_the_next_episode_start():
     feed(assembler, 11)
     feed(assembler, 12)
     output = assembler.pop_output()
-    end = next(item for item in output if item[0] == 'episode_end')
-    assert end[3] == 'collision' and end[4] is True  # the trainer must request a reset
-    starts = [item for item in output if item[0] == 'start']
-    assert starts[-1][1][0, 0] == 10
+    end = next(item for item in output if isinstance(item, EpisodeEnd))
+    assert end.reason == 'collision' and end.needs_reset is True  # the trainer must reset
+    starts = [item for item in output if isinstance(item, EpisodeStart)]
+    assert starts[-1].frame[0, 0] == 10
 
 
 def test_finish_releases_the_held_step():
@@ -345,7 +357,7 @@ def test_a_late_collision_within_the_window_still_terminates_and_resets(timing):
     assert steps[-1].terms['safety'] == pytest.approx(-100.0)
     assert not any(s.terminated for s in steps[:-1])
     end = output[-1]
-    assert end[0] == 'episode_end' and end[3] == 'collision' and end[4] is True  # reset
+    assert isinstance(end, EpisodeEnd) and end.reason == 'collision' and end.needs_reset
     assert assembler.ended and assembler.stats.late_events == 0
 
 
@@ -398,7 +410,7 @@ def test_events_in_random_delivery_order_label_the_right_steps(seed):
     assert steps[-1].end_reason == 'collision'
     penalised = [int(s.next_frame[0, 0]) for s in steps if s.terms['lane_keeping'] == -1.0]
     assert penalised == [k for k in invasions if k != collision]
-    assert output[-1][0] == 'episode_end' and output[-1][4] is True
+    assert isinstance(output[-1], EpisodeEnd) and output[-1].needs_reset is True
     assert assembler.stats.late_events == 0 and assembler.stats.dropped_unpaired == 0
 
 
@@ -411,7 +423,7 @@ def test_the_window_holds_steps_until_a_later_frame_or_a_quiet_stream():
     for message in frame_messages(6):
         deliver(assembler, message)
     # Frames 1 and 2 are decided; the step into 2 is held until the next one, as always.
-    assert [item[0] for item in assembler.pop_output()] == ['start']
+    assert kinds(assembler.pop_output()) == ['start']
     assembler.decide_pending()  # the stream went quiet: decide without the window
     assert [int(s.next_frame[0, 0]) for s in transitions(assembler.pop_output())] == [2, 3]
     assert [int(s.next_frame[0, 0]) for s in transitions(assembler.finish())] == [6]
@@ -438,8 +450,8 @@ def test_old_episode_frames_waiting_for_events_are_kept_at_an_episode_start():
         for message in frame_messages(k):
             deliver(assembler, message)
     output = assembler.finish()
-    assert [item[0] for item in output] == ['start', 'transition', 'transition', 'transition',
-                                            'episode_end', 'start', 'transition', 'transition']
+    assert kinds(output) == ['start', 'transition', 'transition', 'transition',
+                             'episode_end', 'start', 'transition', 'transition']
     assert assembler.stats.dropped_stale == 0
 
 
@@ -517,12 +529,12 @@ def test_random_routes_and_odometry_never_raise_and_never_give_non_finite_output
         assembler.on_frame(stamp, frame(k))
         assembler.on_control(stamp, np.array([0.0, 0.5], np.float32))
         for item in assembler.pop_output():
-            if item[0] == 'transition':
+            if isinstance(item, Transition):
                 stored += 1
-                assert np.isfinite(item[1].next_vec).all() and np.isfinite(item[1].reward)
-            elif item[0] == 'start':
-                assert np.isfinite(item[2]).all()
-            if item[0] == 'episode_end':
+                assert np.isfinite(item.next_vec).all() and np.isfinite(item.reward)
+            elif isinstance(item, EpisodeStart):
+                assert np.isfinite(item.vec).all()
+            if isinstance(item, EpisodeEnd):
                 assembler.on_episode_start((k + 1) * 50 * MS)
     assert stored > 50  # good stretches still become transitions
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .features import clamp
+
 
 @dataclass(frozen=True)
 class ControlCommand:
@@ -24,10 +26,6 @@ class ControlCommand:
 SAFE_STOP = ControlCommand(steer=0.0, throttle=0.0, brake=1.0)
 
 
-def _clamp(value: float, low: float, high: float) -> float:
-    return min(max(value, low), high)
-
-
 def action_to_control(steer_action: float, accel_action: float) -> ControlCommand:
     """Map a = (steer, accel) in [-1, 1]^2 to a command; non-finite actions give SAFE_STOP.
 
@@ -35,8 +33,8 @@ def action_to_control(steer_action: float, accel_action: float) -> ControlComman
     """
     if not (math.isfinite(steer_action) and math.isfinite(accel_action)):
         return SAFE_STOP
-    accel = _clamp(float(accel_action), -1.0, 1.0)
-    return ControlCommand(steer=_clamp(float(steer_action), -1.0, 1.0),
+    accel = clamp(float(accel_action), -1.0, 1.0)
+    return ControlCommand(steer=clamp(float(steer_action), -1.0, 1.0),
                           throttle=accel if accel > 0.0 else 0.0,
                           brake=-accel if accel < 0.0 else 0.0)
 
@@ -44,4 +42,4 @@ def action_to_control(steer_action: float, accel_action: float) -> ControlComman
 def control_to_action(command: ControlCommand) -> tuple[float, float]:
     """Invert `action_to_control`: the action a driver applied (for training transitions)."""
     accel = command.throttle if command.throttle > 0.0 else -command.brake
-    return _clamp(command.steer, -1.0, 1.0), _clamp(accel, -1.0, 1.0)
+    return clamp(command.steer, -1.0, 1.0), clamp(accel, -1.0, 1.0)

@@ -130,6 +130,11 @@ def wrap_angle(angle: float) -> float:
     return (angle + math.pi) % (2.0 * math.pi) - math.pi
 
 
+def clamp(value: float, low: float, high: float) -> float:
+    """Limit `value` to [low, high] (NaN stays NaN: callers that must not see one check)."""
+    return min(max(value, low), high)
+
+
 SEGMENTS_BEHIND = 5
 """With a previous segment as hint, search this many segments back..."""
 SEGMENTS_AHEAD = 40

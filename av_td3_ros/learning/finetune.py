@@ -44,7 +44,14 @@ from .mc_returns import MonteCarloReturns
 from .replay_buffer import ReplayBuffer
 from .reward import RewardConfig
 from .td3 import TD3, TD3Config, metrics_to_floats
-from .transitions import EpisodeConfig, TransitionAssembler
+from .transitions import (
+    AssemblerOutput,
+    EpisodeConfig,
+    EpisodeEnd,
+    EpisodeStart,
+    Transition,
+    TransitionAssembler,
+)
 
 STEP_NS = 50_000_000
 """Stamp increment per simulator step (the bridge's 20 Hz)."""
@@ -186,22 +193,19 @@ class Finetuner:
         for item in self.assembler.pop_output():
             self._store(item)
 
-    def _store(self, item):
-        kind = item[0]
-        if kind == 'start':
-            self.buffer.start_episode(item[1], item[2])
+    def _store(self, item: AssemblerOutput):
+        if isinstance(item, EpisodeStart):
+            self.buffer.start_episode(item.frame, item.vec)
             self.returns.start()
-        elif kind == 'transition':
-            t = item[1]
-            index = self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
-                                    t.terminated, t.truncated)
-            self.returns.add(index, t.reward)
+        elif isinstance(item, Transition):
+            index = self.buffer.add(item.action, item.reward, item.next_frame, item.next_vec,
+                                    item.terminated, item.truncated)
+            self.returns.add(index, item.reward)
             self.report.env_steps += 1
-        elif kind == 'episode_end':
-            _, episode_return, length, reason, _ = item
-            record = {'return': round(episode_return, 1), 'sim_return':
-                      round(float(self.state.episode_return), 1), 'length': length,
-                      'reason': reason, 'updates': self.agent.total_updates}
+        elif isinstance(item, EpisodeEnd):
+            record = {'return': round(item.episode_return, 1), 'sim_return':
+                      round(float(self.state.episode_return), 1), 'length': item.steps,
+                      'reason': item.reason, 'updates': self.agent.total_updates}
             self.report.episodes.append(record)
             self._episode_open = False
             self.returns.finish()

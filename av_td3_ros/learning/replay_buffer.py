@@ -47,7 +47,7 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Hashable, Optional, Tuple, Union
+from typing import Any, Dict, Hashable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -70,27 +70,35 @@ _MAX_SAMPLE_ROUNDS = 64
 
 @dataclass(frozen=True)
 class Batch:
-    """Hold a batch of transitions as numpy arrays (frames uint8, everything else float32).
+    """Hold a batch of transitions for `TD3` (numpy arrays or tensors, one row each).
 
-    ``obs_frames`` and ``next_frames`` are (B, stack, H, W) uint8, oldest frame first;
-    ``obs_vec``/``next_vec`` (B, K), ``actions`` (B, A), ``rewards``, ``terminated`` and
-    ``truncated`` (B,) are float32; ``indices`` (B,) int64 are the transition indices.
+    The replay buffer fills every field; tests and benchmarks may leave out the last three.
+    `TD3.prepare` reads the eight transition fields and applies the masks when present.
     """
 
-    obs_frames: np.ndarray
-    obs_vec: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    next_frames: np.ndarray
-    next_vec: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    indices: np.ndarray
-    obs_missing: Optional[np.ndarray] = None
+    obs_frames: Any
+    """uint8 (B, stack, size, size) stacked frames of the observation, oldest first."""
+    obs_vec: Any
+    """float32 (B, K) kinematic vector of the observation."""
+    actions: Any
+    """float32 (B, A) actions taken."""
+    rewards: Any
+    """float32 (B,) rewards."""
+    next_frames: Any
+    """uint8 (B, stack, size, size) stacked frames of the next observation."""
+    next_vec: Any
+    """float32 (B, K) kinematic vector of the next observation."""
+    terminated: Any
+    """(B,) 1 where the episode ended in a terminal state (no bootstrapping)."""
+    truncated: Any
+    """(B,) 1 where the episode was cut off (time limit); still bootstraps."""
+    indices: Any = None
+    """int64 (B,) transition indices in the replay buffer."""
+    obs_missing: Any = None
     """(B, stack) bool: frames before the episode start (stored as 0). In 'zero' fill mode
     the learner sets these to 0.0 *after* scaling, as the driver's frame stack does (0.0 is
     mid-grey in [-1, 1]; uint8 0 would become -1.0)."""
-    next_missing: Optional[np.ndarray] = None
+    next_missing: Any = None
     """(B, stack) bool: the same for the next observation."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from ..driving.features import clamp
+
 
 @dataclass(frozen=True)
 class RewardConfig:
@@ -95,16 +97,12 @@ class StepEvents:
     goal_reached: bool = False
 
 
-def _clip(value: float, low: float, high: float) -> float:
-    return min(max(value, low), high)
-
-
 def efficiency(state: VehicleState, config: RewardConfig) -> float:
     """Reward forward speed along the route, up to the target speed."""
     value = state.speed * math.cos(state.heading_error) / config.target_speed
     if state.speed > config.moving_speed:
         value += config.moving_bonus
-    return _clip(value, -1.0, 1.0)
+    return clamp(value, -1.0, 1.0)
 
 
 def lane_keeping(state: VehicleState, lane_invasion: bool, config: RewardConfig) -> float:
@@ -116,14 +114,14 @@ def lane_keeping(state: VehicleState, lane_invasion: bool, config: RewardConfig)
     lateral = min(abs(state.lateral_deviation) / config.lateral_tolerance, 1.0)
     heading = min(abs(state.heading_error) / config.heading_tolerance, 1.0)
     value = ((1.0 - 0.7 * lateral) + (1.0 - 0.3 * heading)) / 2.0 - 0.5
-    return _clip(value * min((state.speed - 0.1) / 2.9, 1.0), -1.0, 1.0)
+    return clamp(value * min((state.speed - 0.1) / 2.9, 1.0), -1.0, 1.0)
 
 
 def comfort(jerk_long: float, jerk_lat: float, config: RewardConfig) -> float:
     """Reward smooth driving: small longitudinal and lateral jerk."""
     x = math.hypot(jerk_long, jerk_lat) / config.jerk_scale
     value = (1.0 - x) * 0.3 if x <= 1.0 else -0.3 * (x - 1.0) ** 2
-    return _clip(value, -1.0, 0.3)
+    return clamp(value, -1.0, 0.3)
 
 
 def safety(state: VehicleState, events: StepEvents, config: RewardConfig) -> float:
@@ -146,7 +144,7 @@ def progress(previous: VehicleState, state: VehicleState, events: StepEvents,
     value += config.waypoint_bonus * max(state.segment - previous.segment, 0)
     if events.goal_reached:
         value += config.goal_bonus
-    return _clip(value, -10.0, 110.0)
+    return clamp(value, -10.0, 110.0)
 
 
 class RewardFunction:

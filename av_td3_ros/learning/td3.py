@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import asdict, dataclass, fields
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from torch import nn
 from av_td3_ros.driving.inference import resolve_device
 from av_td3_ros.driving.networks import Actor, NatureCNN, NetworkConfig, TwinCritic
 from av_td3_ros.learning.config_diff import config_differences
+
+from .replay_buffer import Batch
 
 FRAME_SCALES = ('zero_centered', 'unit')
 OPTIMIZER_IMPLS = ('fused', 'foreach', 'for_loop')
@@ -138,33 +140,6 @@ class TD3Config:
         """Build a config from `to_dict` output, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
-
-
-class Batch(NamedTuple):
-    """The fields `TD3.prepare` reads from a batch (numpy arrays or tensors), as a tuple.
-
-    Tests and benchmarks build these. The trainer passes the replay buffer's own
-    `replay_buffer.Batch`, which has these fields plus `indices` and the masks
-    `obs_missing`/`next_missing` (applied by `prepare` when present): `TD3` accepts any object
-    with these attributes.
-    """
-
-    obs_frames: Any
-    """uint8 (B, frames, size, size) stacked frames of the observation."""
-    obs_vec: Any
-    """float32 (B, K) kinematic vector of the observation."""
-    actions: Any
-    """float32 (B, A) actions taken."""
-    rewards: Any
-    """float32 (B,) rewards."""
-    next_frames: Any
-    """uint8 (B, frames, size, size) stacked frames of the next observation."""
-    next_vec: Any
-    """float32 (B, K) kinematic vector of the next observation."""
-    terminated: Any
-    """(B,) 1 where the episode ended in a terminal state (no bootstrapping)."""
-    truncated: Any
-    """(B,) 1 where the episode was cut off (time limit); still bootstraps."""
 
 
 class DeviceBatch(NamedTuple):
@@ -370,7 +345,7 @@ class TD3:
                 tensor = tensor.to(self.device)
         return tensor
 
-    def prepare(self, batch) -> DeviceBatch:
+    def prepare(self, batch: Batch | DeviceBatch) -> DeviceBatch:
         """Move one batch to the device once and scale its uint8 frames (the only place)."""
         if isinstance(batch, DeviceBatch):
             return batch

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -80,7 +80,17 @@ class _Observation:
     simulator_end: tuple[bool, bool, str] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class EpisodeStart:
+    """The first observation of an episode (the replay buffer's episode start)."""
+
+    frame: np.ndarray
+    """(84, 84) uint8."""
+    vec: np.ndarray
+    """Kinematic vector, float32."""
+
+
+@dataclass(frozen=True)
 class Transition:
     """One transition ready for the replay buffer, with its reward terms for logging."""
 
@@ -93,6 +103,21 @@ class Transition:
     truncated: bool
     terms: dict[str, float] = field(default_factory=dict)
     end_reason: str = ''
+
+
+@dataclass(frozen=True)
+class EpisodeEnd:
+    """An episode's end, after its last transition."""
+
+    episode_return: float
+    steps: int
+    reason: str
+    needs_reset: bool
+    """True when the assembler ended the episode: the simulator side must be asked to reset."""
+
+
+AssemblerOutput = EpisodeStart | Transition | EpisodeEnd
+"""What `TransitionAssembler.pop_output` returns a list of, in stream order."""
 
 
 @dataclass
@@ -121,9 +146,7 @@ class TransitionAssembler:
     """Turn one vehicle's message streams into episode starts and transitions.
 
     Feed messages with the `on_*` methods (stamps in integer nanoseconds); collect output
-    with `pop_output()`: tuples ('start', frame, vec), ('transition', Transition) and
-    ('episode_end', return, steps, reason, needs_reset) - needs_reset is True when this
-    assembler ended the episode (the simulator side must be asked to reset).
+    with `pop_output()`: `EpisodeStart`, `Transition` and `EpisodeEnd` items in order.
     """
 
     def __init__(self, features: FeatureConfig = FeatureConfig(),
@@ -144,8 +167,9 @@ class TransitionAssembler:
         self._ended = False
         self._episode_return = 0.0
         self._episode_steps = 0
-        self._output: list = []
-        self._held: tuple[_Observation, list, float] | None = None  # (obs, items, reward)
+        self._output: list[AssemblerOutput] = []
+        # (obs, its output items, its reward)
+        self._held: tuple[_Observation, list[AssemblerOutput], float] | None = None
         self._parked: list[_Observation] = []  # frames seen after an end, before the restart
         self._window_ns = round(self.episode.event_window * 1e9)
         self._newest_frame = -1  # newest frame stamp seen: how far the stream's time got
@@ -246,13 +270,11 @@ class TransitionAssembler:
         if self._pending:
             self._pending[-1].simulator_end = end
             self._drain(decide_until=self._pending[-1].stamp)
-        elif self._held is not None and self._held[1][0][0] == 'transition':
+        elif self._held is not None and isinstance(self._held[1][0], Transition):
             # The last transition is still held back: give it the simulator's end flags.
-            obs, items, _ = self._held
-            old = items[0][1]
-            items[0] = ('transition', Transition(old.stamp, old.action, old.reward,
-                                                 old.next_frame, old.next_vec, end[0], end[1],
-                                                 old.terms, end[2]))
+            items = self._held[1]
+            items[0] = replace(items[0], terminated=end[0], truncated=end[1],
+                               end_reason=end[2])
             self._release()
             self._end_episode(end[2], needs_reset=False)
         elif self._previous is not None:
@@ -271,7 +293,7 @@ class TransitionAssembler:
             # old episode (its transition would span the reset).
             moved, items, reward = self._held
             self._held = None
-            if items[0][0] == 'transition':
+            if isinstance(items[0], Transition):
                 self._episode_return -= reward
                 self._episode_steps -= 1
                 self.stats.steps -= 1
@@ -294,7 +316,7 @@ class TransitionAssembler:
         self._drain()
 
     # ------------------------------------------------------------------ output
-    def pop_output(self) -> list:
+    def pop_output(self) -> list[AssemblerOutput]:
         """Return and clear what is final (the newest step is held until the next one)."""
         output, self._output = self._output, []
         return output
@@ -307,7 +329,7 @@ class TransitionAssembler:
         if self._pending:
             self._drain(decide_until=self._pending[-1].stamp)
 
-    def finish(self) -> list:
+    def finish(self) -> list[AssemblerOutput]:
         """Decide waiting frames, release the held-back step (at shutdown); return output."""
         self.decide_pending()
         self._release()
@@ -435,7 +457,7 @@ class TransitionAssembler:
         if previous is None:
             if self._episode_steps == 0:
                 self.stats.episodes += 1
-            self._held = (obs, [('start', obs.frame, obs.vec)], 0.0)
+            self._held = (obs, [EpisodeStart(obs.frame, obs.vec)], 0.0)
             self._previous = obs
             return
         kinds = {kind for stamp, kind in self._events if previous.stamp < stamp <= obs.stamp}
@@ -445,8 +467,8 @@ class TransitionAssembler:
                             lane_invasion='lane_invasion' in kinds,
                             goal_reached=reason == 'route completed')
         reward, terms = self.reward(previous.state, obs.state, events)
-        item = ('transition', Transition(obs.stamp, previous.action, reward, obs.frame,
-                                         obs.vec, terminated, truncated, terms, reason))
+        item = Transition(obs.stamp, previous.action, reward, obs.frame, obs.vec, terminated,
+                          truncated, terms, reason)
         self.stats.steps += 1
         self._episode_steps += 1
         self._episode_return += reward
@@ -459,8 +481,8 @@ class TransitionAssembler:
 
     def _end_episode(self, reason: str, needs_reset: bool):
         self._release()
-        self._output.append(('episode_end', self._episode_return, self._episode_steps, reason,
-                             needs_reset))
+        self._output.append(EpisodeEnd(self._episode_return, self._episode_steps, reason,
+                                       needs_reset))
         self._episode_return, self._episode_steps = 0.0, 0
         self._ended = True
         self._pending.clear()

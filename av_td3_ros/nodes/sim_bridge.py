@@ -32,7 +32,7 @@ messages all carry the same stamp, the sim time of that tick):
   lap_complete, off_playfield, off_track (terminated) and time_limit (truncated);
   return is the episode's summed CarRacing reward, steps its control steps, stamp_ns the stamp
   of its last frame. The part before the first `;` is exactly the CONVENTIONS.md format;
-  `parse_episode_end` reads it all.
+  `sim/episode_end.py` writes and reads it.
 
 Subscribes `/carla/<role>/vehicle_control_cmd` carla_msgs/CarlaEgoVehicleControl: steer,
 throttle and brake are clipped to CARLA's ranges, hand_brake means full brake; reverse,
@@ -85,7 +85,8 @@ from std_srvs.srv import Trigger
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import declare
 from av_td3_ros.nodes.schema import Param, Schema, default_of
-from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState
+from av_td3_ros.sim.episode_end import EpisodeEndMessage, format_episode_end
+from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState, finite_clamp
 
 BRIDGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
@@ -137,30 +138,11 @@ SIM_BRIDGE = Schema(
 """Every sim_bridge parameter (config/sim_bridge.yaml)."""
 
 
-def format_episode_end(state: SimState, stamp_ns: int) -> str:
+def episode_end_text(state: SimState, stamp_ns: int) -> str:
     """Return the episode_end text for the last state of an episode."""
-    kind = 'terminated' if state.terminated else 'truncated'
-    return (f'{kind}:{state.reason};return={state.episode_return:.3f};steps={state.steps};'
-            f'stamp_ns={stamp_ns}')
-
-
-def parse_episode_end(text: str) -> dict:
-    """Split an episode_end text into kind, reason and the optional key=value fields.
-
-    Values of return are floats, of steps and stamp_ns ints; unknown keys stay strings.
-    """
-    head, *fields = text.split(';')
-    kind, _, reason = head.partition(':')
-    result = {'kind': kind, 'reason': reason}
-    for field in fields:
-        key, _, value = field.partition('=')
-        if key == 'return':
-            result[key] = float(value)
-        elif key in ('steps', 'stamp_ns'):
-            result[key] = int(value)
-        else:
-            result[key] = value
-    return result
+    return format_episode_end(EpisodeEndMessage(
+        'terminated' if state.terminated else 'truncated', state.reason,
+        episode_return=state.episode_return, steps=state.steps, stamp_ns=stamp_ns))
 
 
 def _time_msg(stamp_ns: int) -> Time:
@@ -171,13 +153,6 @@ def _time_msg(stamp_ns: int) -> Time:
 def _yaw_quaternion(yaw: float) -> Quaternion:
     """Return the quaternion of a rotation by `yaw` about z."""
     return Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
-
-
-def _clip(value: float, low: float, high: float) -> float:
-    """Clip to [low, high] with NaN mapped to 0."""
-    if math.isnan(value):
-        return 0.0
-    return min(max(float(value), low), high)
 
 
 class SimBridgeNode(Node):
@@ -275,8 +250,8 @@ class SimBridgeNode(Node):
 
     def _on_control(self, msg: CarlaEgoVehicleControl):
         """Store the command; in synchronous mode tick if it answers the latest frame."""
-        brake = 1.0 if msg.hand_brake else _clip(msg.brake, 0.0, 1.0)
-        control = (_clip(msg.steer, -1.0, 1.0), _clip(msg.throttle, 0.0, 1.0), brake)
+        brake = 1.0 if msg.hand_brake else finite_clamp(msg.brake, 0.0, 1.0)
+        control = (finite_clamp(msg.steer, -1.0, 1.0), finite_clamp(msg.throttle, 0.0, 1.0), brake)
         if not self.config.synchronous_mode:
             self._control = control
             return
@@ -313,7 +288,7 @@ class SimBridgeNode(Node):
         self._publish_state(state)
         if state.done:
             kind = 'terminated' if state.terminated else 'truncated'
-            self._pub_end.publish(String(data=format_episode_end(state, self._stamp_ns)))
+            self._pub_end.publish(String(data=episode_end_text(state, self._stamp_ns)))
             self._log_episode(f'{kind}:{state.reason}', state.steps, state.episode_return)
 
     def _start_episode(self):

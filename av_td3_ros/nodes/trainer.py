@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import rclpy
 import torch
 from carla_msgs.msg import (
     CarlaCollisionEvent,
@@ -35,7 +34,7 @@ from carla_msgs.msg import (
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -73,10 +72,18 @@ from ..learning.mc_returns import MonteCarloReturns
 from ..learning.replay_buffer import ReplayBuffer
 from ..learning.reward import RewardConfig
 from ..learning.td3 import TD3, TD3Config, metrics_to_floats
-from ..learning.transitions import EpisodeConfig, TransitionAssembler
+from ..learning.transitions import (
+    AssemblerOutput,
+    EpisodeConfig,
+    EpisodeEnd,
+    EpisodeStart,
+    Transition,
+    TransitionAssembler,
+)
+from ..sim.episode_end import parse_episode_end
 from ..sim.expert import expert_actions
 from .callback_guard import guard_callback
-from .node_main import dump_stacks_on_sigusr1
+from .node_main import run_node
 from .node_params import declare
 from .policy_topic import PolicyBroadcaster
 from .schema import POLICY_SPEC, Param, Schema, default_of, policy_spec
@@ -325,7 +332,7 @@ class VehicleFeed:
         del self.frame_stamps[:-32]
         self.last_frame = time.monotonic()
         self.assembler.on_frame(stamp, frame)
-        self.flush()
+        self.store_output()
 
     def on_odometry(self, msg: Odometry):
         """Feed odometry (pose, speed, yaw rate); an unusable sample is logged and ignored."""
@@ -361,7 +368,7 @@ class VehicleFeed:
         if problem is not None:
             self.node.log_throttled('warn', f'command_{self.role}',
                                     f'{self.role}: command ignored: {problem}')
-        self.flush()
+        self.store_output()
 
     def on_collision(self, msg: CarlaCollisionEvent):
         """Feed a collision event."""
@@ -380,7 +387,7 @@ class VehicleFeed:
         quiet = max(1.0, self.node.config.episode.event_window)
         if self.last_frame is not None and time.monotonic() - self.last_frame > quiet:
             self.assembler.decide_pending()
-            self.flush()
+            self.store_output()
 
     def check_reset(self):
         """Ask again when a requested reset brought no episode_start within reset_timeout."""
@@ -400,16 +407,17 @@ class VehicleFeed:
 
     def on_episode_end(self, msg: String):
         """Handle the simulator's 'terminated:<reason>' or 'truncated:<reason>' message."""
-        kind, _, rest = msg.data.partition(':')
-        self.assembler.on_episode_end(kind, rest.split(';')[0])
+        # Only the head (kind and reason) is needed, and reading it cannot fail.
+        end = parse_episode_end(msg.data.split(';')[0])
+        self.assembler.on_episode_end(end.kind, end.reason)
         self.resetting = True  # the simulator resets by itself
-        self.flush()
+        self.store_output()
 
-    def flush(self):
+    def store_output(self):
         """Write assembled output to the buffer; request a reset after trainer-side ends."""
         for item in self.assembler.pop_output():
             self.node.store(self.role, item)
-            if item[0] == 'episode_end' and item[4] and not self.resetting:
+            if isinstance(item, EpisodeEnd) and item.needs_reset and not self.resetting:
                 self.request_reset()
 
     def request_reset(self):
@@ -557,50 +565,51 @@ class TrainerNode(Node):
         return written
 
     # ------------------------------------------------------------------ experience
-    def store(self, role: str, item):
+    def store(self, role: str, item: AssemblerOutput):
         """Write one assembler output item into the replay buffer and the logs."""
-        kind = item[0]
-        if kind == 'transition' and role in self._broken_streams:
+        if isinstance(item, Transition) and role in self._broken_streams:
             self.unstored += 1  # its episode lost a step: no transition may link across
             return
         with self.buffer_lock:
             try:
-                if kind == 'start':
-                    self.buffer.start_episode(item[1], item[2], stream=role)
+                if isinstance(item, EpisodeStart):
+                    self.buffer.start_episode(item.frame, item.vec, stream=role)
                     self._broken_streams.discard(role)
                     self.returns.start(role)
-                elif kind == 'transition':
-                    t = item[1]
-                    index = self.buffer.add(t.action, t.reward, t.next_frame, t.next_vec,
-                                            t.terminated, t.truncated, stream=role)
-                    self.returns.add(index, t.reward, role)
+                elif isinstance(item, Transition):
+                    index = self.buffer.add(item.action, item.reward, item.next_frame,
+                                            item.next_vec, item.terminated, item.truncated,
+                                            stream=role)
+                    self.returns.add(index, item.reward, role)
                     self.env_steps += 1
             except ValueError as error:  # e.g. kinematics beyond float16: skip, go on
                 self.buffer.abandon_episode(role)
                 self._broken_streams.add(role)
                 self.returns.start(role)  # the broken episode's returns would be wrong
                 self.unstored += 1
+                kind = 'start' if isinstance(item, EpisodeStart) else 'transition'
                 self.log_throttled('error', f'store_{role}', f'{role}: {kind} not stored '
                                    f'({error}); its episode continues from the next start')
                 return
-            if kind == 'transition' and self.tb is not None and self.env_steps % 50 == 0:
-                for name, value in t.terms.items():
+            if (isinstance(item, Transition) and self.tb is not None
+                    and self.env_steps % 50 == 0):
+                for name, value in item.terms.items():
                     self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
-        if kind == 'episode_end':
-            _, episode_return, length, reason, _ = item
+        if isinstance(item, EpisodeEnd):
             with self.buffer_lock:
                 self.returns.finish(role)
             self.episodes += 1
-            self.recent_returns = (self.recent_returns + [episode_return])[-20:]
-            record = {'episode': self.episodes, 'vehicle': role, 'return': episode_return,
-                      'length': length, 'reason': reason, 'env_steps': self.env_steps,
+            self.recent_returns = (self.recent_returns + [item.episode_return])[-20:]
+            record = {'episode': self.episodes, 'vehicle': role,
+                      'return': item.episode_return, 'length': item.steps,
+                      'reason': item.reason, 'env_steps': self.env_steps,
                       'updates': self.agent.total_updates, 'stamp': time.time()}
             self._episode_log.write(json.dumps(record) + '\n')
             if self.tb is not None:
-                self.tb.add_scalar('episode/return', episode_return, self.env_steps)
-                self.tb.add_scalar('episode/length', length, self.env_steps)
-            self.get_logger().info(f'{role}: episode {self.episodes} ended ({reason}): '
-                                   f'return {episode_return:.1f}, {length} steps')
+                self.tb.add_scalar('episode/return', item.episode_return, self.env_steps)
+                self.tb.add_scalar('episode/length', item.steps, self.env_steps)
+            self.get_logger().info(f'{role}: episode {self.episodes} ended ({item.reason}): '
+                                   f'return {item.episode_return:.1f}, {item.steps} steps')
 
     # ------------------------------------------------------------------ learning
     def update_loop(self):
@@ -706,22 +715,9 @@ class TrainerNode(Node):
 
 def main(args=None):
     """Run the trainer node until shutdown, then save its state."""
-    rclpy.init(args=args)
-    dump_stacks_on_sigusr1()
-    node = None
-    executor = MultiThreadedExecutor(num_threads=2)
-    try:
-        node = TrainerNode()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+    # Two threads: the progress-log timer (its own callback group) runs beside the feeds.
+    run_node(TrainerNode, args, make_executor=lambda: MultiThreadedExecutor(num_threads=2),
+             before_destroy=TrainerNode.shutdown)
 
 
 if __name__ == '__main__':

@@ -26,6 +26,8 @@ import random
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .episode_end import EpisodeEndMessage, format_episode_end
+
 
 @dataclass(frozen=True)
 class MapPose:
@@ -110,7 +112,8 @@ class EndEpisode(NamedTuple):
 
     def text(self) -> str:
         """Return the episode_end message data (README: Episode reset interface)."""
-        return f'{self.kind}:{self.reason};steps={self.steps};stamp_ns={self.stamp_ns}'
+        return format_episode_end(EpisodeEndMessage(self.kind, self.reason, steps=self.steps,
+                                                    stamp_ns=self.stamp_ns))
 
 
 class EpisodeManager:

@@ -40,6 +40,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d import car_racing
 
+from ..driving.features import clamp, wrap_angle
 from ..learning.reward import STAND_IN_REWARD
 
 PHYSICS_DT = 1.0 / car_racing.FPS
@@ -112,11 +113,6 @@ class SimState:
     def done(self) -> bool:
         """Return True when this step ended the episode."""
         return self.terminated or self.truncated
-
-
-def wrap_angle(angle: float) -> float:
-    """Wrap an angle in radians to [-pi, pi)."""
-    return (angle + math.pi) % (2.0 * math.pi) - math.pi
 
 
 class SimEnv:
@@ -213,9 +209,9 @@ class SimEnv:
         """Apply one control (CARLA ranges: steer [-1, 1], throttle and brake [0, 1])."""
         if self._ended:
             raise RuntimeError('episode is over: call reset() first')
-        self._action[0] = _finite_clip(steer, -1.0, 1.0)
-        self._action[1] = _finite_clip(throttle, 0.0, 1.0)
-        self._action[2] = _finite_clip(brake, 0.0, 1.0)
+        self._action[0] = finite_clamp(steer, -1.0, 1.0)
+        self._action[1] = finite_clamp(throttle, 0.0, 1.0)
+        self._action[2] = finite_clamp(brake, 0.0, 1.0)
         _, reward, terminated, _, info = self._raw.step(self._action)
         reward = float(reward)
         self._steps += 1
@@ -286,12 +282,12 @@ class SimEnv:
         )
 
 
-def _finite_clip(value: float, low: float, high: float) -> float:
+def finite_clamp(value: float, low: float, high: float) -> float:
     """Clip `value` to [low, high], mapping NaN to 0 so a bad command cannot poison Box2D."""
     value = float(value)
     if math.isnan(value):
         return 0.0
-    return min(max(value, low), high)
+    return clamp(value, low, high)
 
 
 def pure_pursuit(x: float, y: float, yaw: float, speed: float, waypoints: np.ndarray,

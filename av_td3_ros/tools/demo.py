@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim.episode_end import parse_episode_end
 from .launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
 
 
@@ -104,25 +105,21 @@ def default_policy_path() -> Path:
 
 def episode_lines(episode_ends: list[str]) -> list[str]:
     """Return one summary line per episode_end text: return, steps, lap completed or why not."""
-    from ..nodes.sim_bridge import parse_episode_end
     lines = []
     for number, text in enumerate(episode_ends, start=1):
-        fields = parse_episode_end(text)
-        lap = fields['reason'] == 'lap_complete'
-        lines.append(f'episode {number}: return {fields.get("return", float("nan")):.1f}, '
-                     f'{fields.get("steps", "?")} steps, lap '
-                     + ('completed' if lap else f'not completed ({fields["reason"]})'))
+        end = parse_episode_end(text)
+        episode_return = float('nan') if end.episode_return is None else end.episode_return
+        steps = '?' if end.steps is None else end.steps
+        lap = end.reason == 'lap_complete'
+        lines.append(f'episode {number}: return {episode_return:.1f}, {steps} steps, lap '
+                     + ('completed' if lap else f'not completed ({end.reason})'))
     return lines
 
 
 def episode_returns(episode_ends: list[str]) -> list[float]:
     """Parse `return=<x>` out of episode_end messages."""
-    returns = []
-    for text in episode_ends:
-        for part in text.split(';'):
-            if part.startswith('return='):
-                returns.append(float(part[len('return='):]))
-    return returns
+    ends = [parse_episode_end(text) for text in episode_ends]
+    return [end.episode_return for end in ends if end.episode_return is not None]
 
 
 def trainer_summary(episodes_file: Path) -> str:

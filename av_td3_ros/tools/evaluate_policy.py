@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..sim.episode_end import parse_episode_end
 from ..sim.evaluation import EpisodeResult, parse_seeds, summary_line
 
 ABLATION_SEED = 99
@@ -72,10 +73,10 @@ def evaluate_in_process(args, seeds: list[int], report) -> list[EpisodeResult]:
 
 def ros_episode_result(seed: int, text: str) -> EpisodeResult:
     """Turn a sim_bridge episode_end text into an EpisodeResult."""
-    from ..nodes.sim_bridge import parse_episode_end
-    fields = parse_episode_end(text)
-    return EpisodeResult(seed, float(fields['return']), int(fields['steps']),
-                         str(fields['reason']), -1)
+    end = parse_episode_end(text)
+    if end.episode_return is None or end.steps is None:
+        raise ValueError(f'episode_end {text!r} has no return or steps')
+    return EpisodeResult(seed, end.episode_return, end.steps, end.reason, -1)
 
 
 def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:

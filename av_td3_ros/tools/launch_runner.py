@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from .child_process import ChildProcess
+
 SUBSTITUTION = re.compile(r'\$\((\S+)((?:\s+[^)]*)?)\)')
 CONDITIONS = ('if', 'unless')
 # The attributes (besides `if` and `unless`) and children each element may have here.
@@ -390,9 +392,8 @@ class LaunchedNode:
         module = executable_module(spec.package, spec.executable)
         self.command = [sys.executable, '-m', module, *spec.args,
                         *spec.ros_arguments(overrides)]
-        self.process = subprocess.Popen(self.command, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                        text=True, bufsize=1)
+        self.child = ChildProcess(self.command, env=env, stdout=subprocess.PIPE, text=True)
+        self.process = self.child.process
         self._pump = threading.Thread(target=self._forward, daemon=True)
         self._pump.start()
 
@@ -404,15 +405,7 @@ class LaunchedNode:
 
     def stop(self, timeout: float = 10.0):
         """SIGINT the node's process group; SIGKILL it if it does not exit in time."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGINT)
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            except ProcessLookupError:
-                pass
+        self.child.stop(timeout)
         self._pump.join(timeout=2.0)
 
 

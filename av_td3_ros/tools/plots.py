@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim.episode_end import EpisodeEndMessage, parse_episode_end
+
 EPISODES_FILE = 'episodes.jsonl'
 
 
@@ -59,29 +61,7 @@ class RunData:
     """(stamp, mono8 image) of the debug frame stacks."""
     gray_frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     """(stamp, 84x84 grey) camera frames, kept only when there are no debug stacks."""
-    episode_ends: list[dict] = field(default_factory=list)
-
-
-def parse_episode_end(data: str) -> dict:
-    """Parse `terminated:<reason>;return=<float>;steps=<int>[;key=value...]` into a dict.
-
-    The result has 'status' and 'reason'; numeric values become int or float.
-    """
-    head, *items = data.split(';')
-    status, _, reason = head.partition(':')
-    result = {'status': status, 'reason': reason}
-    for item in items:
-        key, sep, value = item.partition('=')
-        if not sep:
-            continue
-        try:
-            result[key] = int(value)
-        except ValueError:
-            try:
-                result[key] = float(value)
-            except ValueError:
-                result[key] = value
-    return result
+    episode_ends: list[EpisodeEndMessage] = field(default_factory=list)
 
 
 def _number(value, kind=float):
@@ -107,12 +87,10 @@ def episodes_from_bag(run: RunData) -> list[dict]:
     """Turn the episode_end messages of a run into episode records."""
     records = []
     for index, end in enumerate(run.episode_ends):
-        if 'return' not in end:
+        if end.episode_return is None:
             continue
-        stamp = end.get('stamp_ns')
-        records.append({'episode': index, 'return': float(end['return']),
-                        'length': end.get('steps'),
-                        'stamp': stamp / 1e9 if isinstance(stamp, int) else None})
+        records.append({'episode': index, 'return': end.episode_return, 'length': end.steps,
+                        'stamp': None if end.stamp_ns is None else end.stamp_ns / 1e9})
     return records
 
 
