@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from av_td3_ros.driving.control import action_to_control
+from av_td3_ros.driving.decision import Reason
 from av_td3_ros.driving.features import Pose2D, kinematic_vector
 from av_td3_ros.driving.inference import PolicyRunner
 from av_td3_ros.driving.networks import ActorPolicy
@@ -36,14 +37,14 @@ def runner():
 def test_expert_mode_drives_without_a_policy():
     pipeline = DrivingPipeline(SPEC, None, ExplorationConfig(mode='expert'))
     result = pipeline.step(frame(0), POSE, 8.0, ROUTE)
-    assert result.reason == 'expert'
+    assert result.reason is Reason.EXPERT
     assert result.command == expert_command()
     assert result.command.throttle > 0.0 and result.command.steer > 0.0  # back to the route
     # without a route the expert brakes
     assert pipeline.step(frame(1), POSE, 8.0, None).command.brake == 1.0
 
 
-@pytest.mark.parametrize('beta, reason', [(1.0, 'expert'), (0.0, 'policy')])
+@pytest.mark.parametrize('beta, reason', [(1.0, Reason.EXPERT), (0.0, Reason.POLICY)])
 def test_dagger_mode_with_a_fixed_beta(runner, beta, reason):
     config = ExplorationConfig(mode='dagger', beta_start=beta, beta_end=beta)
     pipeline = DrivingPipeline(SPEC, runner, config)
@@ -58,8 +59,8 @@ def test_dagger_mode_mixes_by_the_beta_schedule(runner):
     assert config.beta(10_000) == 0.0
     pipeline = DrivingPipeline(SPEC, runner, config)
     reasons = [pipeline.step(frame(0), POSE, 8.0, ROUTE).reason for _ in range(400)]
-    early = reasons[:100].count('expert') / 100
-    late = reasons[300:].count('expert') / 100
+    early = reasons[:100].count(Reason.EXPERT) / 100
+    late = reasons[300:].count(Reason.EXPERT) / 100
     assert early > 0.75 and late < 0.25
 
 

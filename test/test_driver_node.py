@@ -1,15 +1,18 @@
 # Test the driver node over real DDS: one command per frame, safety stops, bad input.
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
 
 from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.learning.checkpoint import PolicySpec, save_policy
 
 DRIVER_LAUNCH = REPO_LAUNCH / 'driver.launch.xml'
+REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_in_range(command):
@@ -88,6 +91,17 @@ def test_refuses_to_drive_without_checkpoint(start_node, tmp_path, bridge):
     assert 'refusing to drive' in driver.output()
 
 
+def test_a_checkpoint_s_spec_is_taken_where_the_user_set_none(start_node, tmp_path, bridge):
+    # A ReLU checkpoint; the driver's activation is left at its default: it drives with ReLU.
+    checkpoint = tmp_path / 'policy.safetensors'
+    _write_policy(checkpoint, NetworkConfig(activation='relu'))
+    driver = start_driver(start_node, tmp_path, checkpoint=str(checkpoint))
+    assert bridge.wait_for_subscriber(bridge.image_pub)
+    bridge.publish_route()
+    assert bridge.warm_up(), driver.output()
+    assert 'refus' not in driver.output()
+
+
 def _write_policy(path, network=NetworkConfig(), poison=False):
     torch.manual_seed(3)
     policy = ActorPolicy(network)
@@ -101,15 +115,21 @@ def _write_policy(path, network=NetworkConfig(), poison=False):
 @pytest.mark.parametrize('case', ['mismatch', 'nan', 'missing'])
 def test_bad_checkpoint_brakes_and_says_why(start_node, tmp_path, bridge, case):
     checkpoint = tmp_path / 'policy.safetensors'
+    arguments = {}
     if case == 'mismatch':
+        # A spec field the user sets is kept, and a checkpoint that differs is refused.
         _write_policy(checkpoint, NetworkConfig(activation='relu'))
+        params = yaml.safe_load((REPO / 'config' / 'driver.yaml').read_text())
+        params['/**']['ros__parameters']['activation'] = 'leaky_relu'
+        arguments['params_file'] = tmp_path / 'driver_leaky.yaml'
+        arguments['params_file'].write_text(yaml.safe_dump(params))
         expected = 'network.activation'
     elif case == 'nan':
         _write_policy(checkpoint, poison=True)
         expected = 'non-finite'
     else:
         expected = 'not found'
-    driver = start_driver(start_node, tmp_path, checkpoint=str(checkpoint))
+    driver = start_driver(start_node, tmp_path, checkpoint=str(checkpoint), **arguments)
     assert bridge.wait_for_subscriber(bridge.image_pub)
     bridge.publish_route()
     assert bridge.warm_up(until_driving=False)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from av_td3_ros.driving.control import SAFE_STOP
-from av_td3_ros.driving.decision import DriverInputs
+from av_td3_ros.driving.decision import DriverInputs, Reason
 from av_td3_ros.driving.features import (
     MAX_COORDINATE,
     MAX_SPEED,
@@ -81,8 +81,9 @@ def fresh_inputs(runner):
     return inputs
 
 
-def assert_drives(command, reason):
-    assert reason == 'policy', reason
+def assert_drives(decision):
+    assert decision.reason is Reason.POLICY, decision.text
+    command = decision.command
     assert np.isfinite([command.steer, command.throttle, command.brake]).all()
 
 
@@ -114,15 +115,16 @@ def frames(draw):
 def test_any_frame_is_driven_or_braked_for_with_a_reason(runner, drawn):
     msg, bad = drawn
     inputs = fresh_inputs(runner)
-    command, reason, result = inputs.decide(msg, 0.0)
+    decision = inputs.decide(msg, 0.0)
     if bad:
-        assert command == SAFE_STOP and reason.startswith('bad frame: ') and result is None
+        assert decision.command == SAFE_STOP and decision.reason is Reason.BAD_FRAME
+        assert decision.text == f'bad frame: {decision.detail}' and decision.detail
+        assert decision.step is None
         assert inputs.pipeline.stack.count == 0  # a bad frame never enters the stack
     else:
-        assert_drives(command, reason)
+        assert_drives(decision)
     # The next good frame drives whatever came before.
-    command, reason, _ = inputs.decide(image(sec=5), 0.0)
-    assert_drives(command, reason)
+    assert_drives(inputs.decide(image(sec=5), 0.0))
 
 
 @PROPERTY_SETTINGS
@@ -132,18 +134,19 @@ def test_any_route_is_usable_or_refused_with_a_reason(runner, points):
     problem = route_problem(route)
     inputs = fresh_inputs(runner)
     assert inputs.on_route(path(points)) == problem
-    command, reason, _ = inputs.decide(image(), 0.0)
+    decision = inputs.decide(image(), 0.0)
     if problem is None:
         assert np.isfinite(route).all() and (np.abs(route) <= MAX_COORDINATE).all()
         assert len({tuple(p) for p in route}) >= 2
-        assert_drives(command, reason)
+        assert_drives(decision)
         vector, state = kinematic_vector(Pose2D(3.0, -1.0, 0.2), 4.0, route)
         assert np.isfinite(vector).all() and state is not None
     else:
-        assert command == SAFE_STOP and reason == f'bad route: {problem}'
+        assert decision.command == SAFE_STOP and decision.reason is Reason.BAD_ROUTE
+        assert decision.text == f'bad route: {problem}'
         assert inputs.route is None
     inputs.on_route(path(STRAIGHT))  # a good route repairs it
-    assert_drives(*inputs.decide(image(sec=2), 0.0)[:2])
+    assert_drives(inputs.decide(image(sec=2), 0.0))
 
 
 @PROPERTY_SETTINGS
@@ -156,19 +159,20 @@ def test_any_odometry_is_usable_or_refused_with_a_reason(runner, x, y, qz, qw, v
     inputs = fresh_inputs(runner)
     problem = inputs.on_odometry(odometry(x=x, y=y, qz=qz, qw=qw, vx=vx, vy=vy, sec=sec,
                                           nanosec=nanosec), 0.0)
-    command, reason, result = inputs.decide(image(sec=max(sec, 0)), 0.0)
+    decision = inputs.decide(image(sec=max(sec, 0)), 0.0)
     if problem is None:
         assert sec >= 0 and nanosec < 10**9
-        assert_drives(command, reason)
-        assert np.isfinite(result.action).all()
+        assert_drives(decision)
+        assert np.isfinite(decision.step.action).all()
         assert np.isfinite(inputs.pipeline.kinematics).all()
         pose = inputs.latest_pose()
         assert odometry_problem(pose.x, pose.y, pose.yaw, 0.0) is None
         assert abs(inputs.odometry_for(10**18)[1]) <= MAX_SPEED
     else:
-        assert command == SAFE_STOP and reason == f'bad odometry: {problem}'
+        assert decision.command == SAFE_STOP and decision.reason is Reason.BAD_ODOMETRY
+        assert decision.text == f'bad odometry: {problem}'
     inputs.on_odometry(odometry(), 0.0)  # the next good sample repairs it
-    assert_drives(*inputs.decide(image(sec=3), 0.0)[:2])
+    assert_drives(inputs.decide(image(sec=3), 0.0))
 
 
 @pytest.mark.parametrize('points, expected', [

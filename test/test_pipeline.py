@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from av_td3_ros.driving.control import SAFE_STOP, action_to_control
+from av_td3_ros.driving.decision import Reason
 from av_td3_ros.driving.features import Pose2D, kinematic_vector
 from av_td3_ros.driving.inference import PolicyRunner
 from av_td3_ros.driving.networks import ActorPolicy
@@ -72,7 +73,7 @@ def test_one_command_per_frame_in_range(runner):
     pipeline = DrivingPipeline(SPEC, runner)
     for i in range(6):
         result = pipeline.step(camera_frame(i), pose(i), 3.0 + i, ROUTE)
-        assert result.reason == 'policy'
+        assert result.reason is Reason.POLICY
         assert result.action.shape == (2,) and np.isfinite(result.action).all()
         assert result.command == action_to_control(*result.action)
         assert_valid_command(result.command)
@@ -84,7 +85,7 @@ def test_one_command_per_frame_in_range(runner):
 def test_800x600_camera_frame(runner):
     pipeline = DrivingPipeline(SPEC, runner)
     result = pipeline.step(camera_frame(0, 600, 800), pose(0), 0.0, None)
-    assert result.reason == 'policy'
+    assert result.reason is Reason.POLICY
     assert_valid_command(result.command)
     assert result.route is None
 
@@ -126,16 +127,16 @@ def test_no_policy_gives_safe_stop():
     pipeline = DrivingPipeline(SPEC, None)
     result = pipeline.step(camera_frame(0), pose(0), 2.0, ROUTE)
     assert result.command is SAFE_STOP
-    assert result.reason == 'no policy'
+    assert result.reason is Reason.NO_POLICY
     assert result.action is None
     assert result.route is not None
 
 
 def test_set_runner_switches_between_stop_and_driving(runner):
     pipeline = DrivingPipeline(SPEC, None)
-    assert pipeline.step(camera_frame(0), pose(0), 0.0, ROUTE).reason == 'no policy'
+    assert pipeline.step(camera_frame(0), pose(0), 0.0, ROUTE).reason is Reason.NO_POLICY
     pipeline.set_runner(runner)
-    assert pipeline.step(camera_frame(1), pose(1), 0.0, ROUTE).reason == 'policy'
+    assert pipeline.step(camera_frame(1), pose(1), 0.0, ROUTE).reason is Reason.POLICY
     pipeline.set_runner(None)
     assert pipeline.step(camera_frame(2), pose(2), 0.0, ROUTE).command is SAFE_STOP
 
@@ -148,7 +149,7 @@ def test_nan_weights_give_safe_stop():
     pipeline = DrivingPipeline(SPEC, PolicyRunner(bad, CPU))
     result = pipeline.step(camera_frame(0), pose(0), 2.0, ROUTE)
     assert result.command is SAFE_STOP
-    assert result.reason == 'non-finite action'
+    assert result.reason is Reason.NON_FINITE_ACTION
     assert np.isnan(result.action[1])
 
 
@@ -158,7 +159,7 @@ def test_non_finite_runner_output_gives_safe_stop_in_explore_mode_too(action):
     pipeline = DrivingPipeline(SPEC, ConstantRunner(action), exploration)
     result = pipeline.step(camera_frame(0), pose(0), 2.0, ROUTE)
     assert result.command is SAFE_STOP
-    assert result.reason == 'non-finite action'
+    assert result.reason is Reason.NON_FINITE_ACTION
 
 
 # --- explore mode --------------------------------------------------------------------------------
@@ -200,14 +201,14 @@ def test_explore_random_phase_then_scheduled_noise():
     rng = np.random.default_rng(42)  # replays the pipeline's seeded draws
     for step in range(1, 4):
         result = pipeline.step(camera_frame(step), pose(step), 1.0, ROUTE)
-        assert result.reason == 'random'
+        assert result.reason is Reason.RANDOM
         expected = rng.uniform(-1.0, 1.0, 2)
         np.testing.assert_array_equal(result.action, expected)
         assert result.command == action_to_control(*expected)
     assert stub.calls == 0  # the policy is not consulted in the random phase
     for step in range(4, 20):
         result = pipeline.step(camera_frame(step), pose(step), 1.0, ROUTE)
-        assert result.reason == 'policy'
+        assert result.reason is Reason.POLICY
         noise = rng.normal(0.0, config.noise_std(step), 2)
         np.testing.assert_allclose(result.action, np.clip(base + noise, -1, 1), atol=1e-6)
         assert_valid_command(result.command)
@@ -230,7 +231,7 @@ def test_random_phase_without_policy_still_drives():
     config = ExplorationConfig(mode='explore', random_steps=2)
     pipeline = DrivingPipeline(SPEC, None, config)
     reasons = [pipeline.step(camera_frame(i), pose(i), 1.0, ROUTE).reason for i in range(3)]
-    assert reasons == ['random', 'random', 'no policy']
+    assert reasons == [Reason.RANDOM, Reason.RANDOM, Reason.NO_POLICY]
 
 
 def test_eval_mode_adds_no_noise():
@@ -238,7 +239,7 @@ def test_eval_mode_adds_no_noise():
     pipeline = DrivingPipeline(SPEC, stub, ExplorationConfig(mode='eval', random_steps=5))
     for i in range(3):
         result = pipeline.step(camera_frame(i), pose(i), 1.0, ROUTE)
-        assert result.reason == 'policy'
+        assert result.reason is Reason.POLICY
         np.testing.assert_array_equal(result.action, [0.25, -0.5])
     assert stub.calls == 3
 

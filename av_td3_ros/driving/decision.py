@@ -1,20 +1,24 @@
-"""The driver's per-frame decision, shared by the driver node and offline bag evaluation.
+"""The driver's one brake-or-drive decision, shared by the driver node and bag_eval.
 
-Keeps the recent odometry and the route, and turns one camera frame into one command with
-the same rules in both places: brake on a malformed frame, on bad or no recent odometry, or
-(if required) without a usable route, otherwise run the pipeline. Reads messages by field
-name (rclpy or rosbags messages), imports no rclpy. Time is whatever clock the caller passes
+Keeps the recent odometry and the route, and turns one camera frame into one `Decision`: a
+command and a typed `Reason`. The same rules hold in both places: brake on a malformed
+frame, on bad or no recent odometry, or (if required) without a usable route, otherwise run
+the pipeline, which says which actor drove (or why none could). A reason's `Severity`
+decides how a brake is logged, so no caller reads reason texts. Reads messages by field name
+(rclpy or rosbags messages), imports no rclpy. Time is whatever clock the caller passes
 (wall time in the node, bag time offline).
 """
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .control import SAFE_STOP, ControlCommand
 from .features import Pose2D, odometry_problem, route_problem
-from .pipeline import DrivingPipeline, StepResult
 from .preprocessing import ImageFormatError, ImageView, image_pixels
 from .ros_conversions import (
     frame_stack_mono8,
@@ -24,6 +28,83 @@ from .ros_conversions import (
     stamp_problem,
     stamp_to_ns,
 )
+
+if TYPE_CHECKING:  # the pipeline imports Reason from here; this module only names its types
+    from .pipeline import DrivingPipeline, StepResult
+
+
+class Severity(Enum):
+    """How a frame's reason is reported; a brake's value names its log level."""
+
+    DRIVING = 'driving'
+    """The command is an actor's: nothing to log, diagnostics say OK."""
+    WARN = 'warn'
+    """A brake logged as a warning (throttled, one throttle per reason)."""
+    ERROR = 'error'
+    """A brake logged as an error: the input itself is broken."""
+
+
+class Reason(Enum):
+    """Why a frame's command is what it is: the actor that drove, or why the car brakes.
+
+    `text` is what logs, /diagnostics (`last_reason`) and bag_eval's summary say; a reason
+    with details (a bad frame, odometry or route) says them after a colon.
+    """
+
+    POLICY = 'policy', Severity.DRIVING
+    RANDOM = 'random', Severity.DRIVING
+    """Explore mode's uniform random phase (ExplorationConfig.is_random)."""
+    EXPERT = 'expert', Severity.DRIVING
+    NO_POLICY = 'no policy', Severity.WARN
+    NON_FINITE_ACTION = 'non-finite action', Severity.WARN
+    BAD_FRAME = 'bad frame', Severity.ERROR
+    BAD_ODOMETRY = 'bad odometry', Severity.WARN
+    NO_RECENT_ODOMETRY = 'no recent odometry', Severity.WARN
+    NO_ROUTE = 'no route', Severity.WARN
+    BAD_ROUTE = 'bad route', Severity.WARN
+    # Decided by the driver node itself, not for a frame; it logs these where they happen.
+    WAITING_FOR_CAMERA = 'waiting for camera', Severity.WARN
+    CAMERA_STALLED = 'camera stalled', Severity.ERROR
+    INTERNAL_ERROR = 'internal error (see log)', Severity.ERROR
+
+    def __init__(self, text: str, severity: Severity):
+        """Keep the text and the severity (the member's value is the pair)."""
+        self.text = text
+        self.severity = severity
+
+    @property
+    def drives(self) -> bool:
+        """Return True if the command is an actor's rather than a safety brake."""
+        return self.severity is Severity.DRIVING
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The command for one camera frame and why."""
+
+    command: ControlCommand
+    reason: Reason
+    detail: str = ''
+    """What exactly was wrong (bad frame, odometry or route); empty otherwise."""
+    step: StepResult | None = None
+    """The pipeline's result (action, route state, timings); None when it did not run."""
+
+    @classmethod
+    def brake(cls, reason: Reason, detail: str = '') -> Decision:
+        """Return the full brake for `reason`."""
+        return cls(SAFE_STOP, reason, detail)
+
+    @property
+    def text(self) -> str:
+        """Return the reason as logs and /diagnostics say it ('bad route: <why>')."""
+        return f'{self.reason.text}: {self.detail}' if self.detail else self.reason.text
+
+    @property
+    def log_message(self) -> str:
+        """Return the line a brake is logged with (at its reason's severity)."""
+        if self.reason is Reason.BAD_FRAME:
+            return f'bad camera frame, braking: {self.detail}'
+        return f'braking: {self.text}'
 
 
 class DriverInputs:
@@ -99,11 +180,13 @@ class DriverInputs:
             chosen = self._odometry[-1][1:]
         return chosen
 
-    def decide(self, msg, now: float) -> tuple[ControlCommand, str, StepResult | None]:
-        """Return (command, reason, pipeline result or None) for one sensor_msgs/Image.
+    def decide(self, msg, now: float) -> Decision:
+        """Return the decision for one sensor_msgs/Image.
 
         Checks run in the order a reader needs them: the frame itself, then odometry, then
-        the route; the first problem found is the reason for a full brake.
+        the route; the first problem found is the reason for a full brake. Otherwise the
+        pipeline's reason stands (an actor drove, or there was no policy or a non-finite
+        action).
         """
         try:
             problem = stamp_problem(msg.header.stamp)
@@ -112,19 +195,19 @@ class DriverInputs:
             image = ImageView.from_msg(msg)
             image_pixels(image)  # validates the layout before anything else is looked at
             if self.odometry_problem is not None:
-                return SAFE_STOP, f'bad odometry: {self.odometry_problem}', None
+                return Decision.brake(Reason.BAD_ODOMETRY, self.odometry_problem)
             stale = (self.odometry_timeout is not None and self._odometry_time is not None
                      and now - self._odometry_time > self.odometry_timeout)
             if not self._odometry or stale:
-                return SAFE_STOP, 'no recent odometry', None
+                return Decision.brake(Reason.NO_RECENT_ODOMETRY)
             if self.require_route and self.route is None:
-                return SAFE_STOP, ('no route' if self.route_problem is None
-                                   else f'bad route: {self.route_problem}'), None
+                return (Decision.brake(Reason.NO_ROUTE) if self.route_problem is None
+                        else Decision.brake(Reason.BAD_ROUTE, self.route_problem))
             pose, speed = self.odometry_for(stamp_to_ns(msg.header.stamp))
             result = self.pipeline.step(image, pose, speed, self.route)
         except ImageFormatError as error:
-            return SAFE_STOP, f'bad frame: {error}', None
-        return result.command, result.reason, result
+            return Decision.brake(Reason.BAD_FRAME, str(error))
+        return Decision(result.command, result.reason, step=result)
 
     def debug_image(self) -> np.ndarray:
         """Return the current frame stack as the mono8 strip the debug topic carries."""

@@ -13,6 +13,7 @@ import numpy as np
 from ..learning.checkpoint import PolicySpec
 from ..sim.expert import expert_action_from_kinematics
 from .control import SAFE_STOP, ControlCommand, action_to_control
+from .decision import Reason
 from .features import Pose2D, RouteState, kinematic_vector
 from .inference import PolicyRunner
 from .preprocessing import FrameStack, ImageView, gray_from_pixels, image_pixels, scale_frames
@@ -29,7 +30,8 @@ class ExplorationConfig:
     expert: the route expert drives (no policy needed); dagger: per frame the expert with
     probability beta (see beta_*), else the policy."""
     random_steps: int = 10000
-    """Explore mode: uniform random actions for the first steps (TD3 learning_starts)."""
+    """Explore mode: uniform random actions for the first random_steps frames (TD3
+    learning_starts: with both equal, the first update comes after the last random frame)."""
     noise_start: float = 0.3
     """Gaussian action noise std at the end of the random phase."""
     noise_end: float = 0.1
@@ -63,6 +65,13 @@ class ExplorationConfig:
             raise ValueError('beta_start and beta_end must be in [0, 1], '
                              'beta_decay_steps >= 0')
 
+    def is_random(self, step: int) -> bool:
+        """Return True if frame `step` (1-based: the first frame is 1) gets a random action.
+
+        The one place of the random phase's boundary: frames 1..random_steps are random.
+        """
+        return self.mode == 'explore' and step <= self.random_steps
+
     def noise_std(self, step: int) -> float:
         """Return the Gaussian noise std at driver step `step` (after the random phase)."""
         if self.noise_decay_steps == 0:
@@ -76,9 +85,8 @@ class StepResult:
     """What the pipeline decided for one camera frame."""
 
     command: ControlCommand
-    reason: str
-    """'policy', 'random', 'expert', or why the car is stopped ('no policy',
-    'non-finite action')."""
+    reason: Reason
+    """POLICY, RANDOM, EXPERT, or why the car is stopped (NO_POLICY, NON_FINITE_ACTION)."""
     action: np.ndarray | None = None
     route: RouteState | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -105,6 +113,11 @@ class DrivingPipeline:
         """Forget the frames and the route position of the previous episode."""
         self.stack.reset()
         self._route_hint = None
+
+    @property
+    def exploring_randomly(self) -> bool:
+        """Return True if the next frame gets a uniform random action (no policy needed)."""
+        return self.exploration.is_random(self.steps + 1)
 
     def set_runner(self, runner: PolicyRunner | None):
         """Swap the policy (between frames: the caller serialises calls)."""
@@ -137,23 +150,23 @@ class DrivingPipeline:
                                 and self._rng.random() < self.exploration.beta(self.steps)):
             # The expert reads the full vector (a camera-profile actor masks it itself).
             action = expert_action_from_kinematics(self.kinematics, self.spec.features)
-            return StepResult(action_to_control(*action[:2]), 'expert', action, route_state,
-                              timings)
-        explore = mode == 'explore'
-        if explore and self.steps <= self.exploration.random_steps:
+            return StepResult(action_to_control(*action[:2]), Reason.EXPERT, action,
+                              route_state, timings)
+        if self.exploration.is_random(self.steps):
             action = self._rng.uniform(-1.0, 1.0, self.spec.network.action_dim)
-            return StepResult(action_to_control(*action[:2]), 'random', action, route_state,
-                              timings)
+            return StepResult(action_to_control(*action[:2]), Reason.RANDOM, action,
+                              route_state, timings)
         if self.runner is None:
-            return StepResult(SAFE_STOP, 'no policy', None, route_state, timings)
+            return StepResult(SAFE_STOP, Reason.NO_POLICY, None, route_state, timings)
         start = time.perf_counter()
         action = self.runner.act(frames, self.kinematics)
         timings['inference'] = (time.perf_counter() - start) * 1e3
         if not np.isfinite(action).all():
-            return StepResult(SAFE_STOP, 'non-finite action', action, route_state, timings)
-        if explore:
+            return StepResult(SAFE_STOP, Reason.NON_FINITE_ACTION, action, route_state,
+                              timings)
+        if mode == 'explore':
             noise = self._rng.normal(0.0, self.exploration.noise_std(self.steps), action.shape)
             limit = self.spec.network.max_action
             action = np.clip(action + noise, -limit, limit)
-        return StepResult(action_to_control(*action[:2]), 'policy', action, route_state,
+        return StepResult(action_to_control(*action[:2]), Reason.POLICY, action, route_state,
                           timings)

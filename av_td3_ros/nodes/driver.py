@@ -7,10 +7,7 @@ node says why (throttled log + diagnostics) and commands a full brake.
 """
 from __future__ import annotations
 
-import os
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,14 +29,13 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..driving.control import SAFE_STOP, ControlCommand
-from ..driving.decision import DriverInputs
+from ..driving.decision import Decision, DriverInputs, Reason, Severity
 from ..driving.features import Pose2D
+from ..driving.hot_reload import LoadedPolicy, LoadFailure, PolicyReloader, Poll, random_policy
 from ..driving.inference import resolve_device
 from ..driving.inference_onnx import build_runner
-from ..driving.networks import ActorPolicy
 from ..driving.pipeline import DrivingPipeline
 from ..driving.ros_conversions import fill_control_msg
-from ..learning.checkpoint import CheckpointError, load_policy, resolve_checkpoint
 from .driver_config import read_config
 from .node_main import guard_callback, run_node
 from .policy_topic import PolicyReceiver
@@ -47,8 +43,6 @@ from .transport import shared_memory_limit
 from .watchdog import StallWatchdog
 
 LOG_THROTTLE_S = 2.0
-DRIVING_REASONS = ('policy', 'random', 'expert')
-"""Reasons of a frame whose command is the policy's (or exploration's), not a safety stop."""
 FRAMES_MISSING_AFTER_S = 5.0
 """Camera publishers matched this long without a single frame: say the transport limit."""
 
@@ -99,17 +93,17 @@ class DriverNode(Node):
         self.pipeline = DrivingPipeline(self.config.spec, None, self.config.exploration)
         self.backend = self.config.backend  # the one in use once a policy is loaded
         self.status = 'no policy'
-        self._loaded_key = None
-        self._pending = None  # (runner, description) handed over by the loader thread
-        self._pending_lock = threading.Lock()
-        self._loader = None
+        self.reloader = PolicyReloader(self.config.spec, self._runner_for,
+                                       self.config.checkpoint, on_ready=self._on_policy_ready,
+                                       on_refused=self._on_policy_refused)
         self.inputs = DriverInputs(self.pipeline, self.config.odometry_timeout,
                                    self.config.require_route)
         self._stalled = False
         self.processed = RateMeter()
         self.stage_meters = {}  # stage name -> RateMeter of its cost in ms
         self.bad_frames = 0
-        self.last_reason = 'waiting for camera'
+        self.last_decision = Decision.brake(Reason.WAITING_FOR_CAMERA)
+        """The newest frame's decision (or the node's own brake); /diagnostics report it."""
         self._log_times = {}
         self._callback_guards = []
         self._started = time.monotonic()
@@ -118,7 +112,7 @@ class DriverNode(Node):
         self._reported_reason = None
         self._last_frame_stamp = ''
 
-        self._load_initial_policy(torch)
+        self._load_initial_policy()
         # Deep enough that a trainer busy for a moment still gets every command (it pairs
         # each frame with its command); commands are 100 bytes.
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -162,21 +156,21 @@ class DriverNode(Node):
                                       self.on_stall, self._on_watchdog_error)
         self.watchdog.start()
         if self.config.policy_topic:  # each received policy goes through the file loader
-            self.policy_receiver = PolicyReceiver(self, self.config.policy_topic, self._load)
+            self.policy_receiver = PolicyReceiver(self, self.config.policy_topic,
+                                                  self.reloader.load)
         self.get_logger().info(
             f'driving {self.config.role_name}: camera {self.config.camera_topic} -> '
             f'{self.config.control_topic} on {self.device} ({self.precision}), mode '
             f'{self.config.exploration.mode}, status: {self.status}')
 
     # ----------------------------------------------------------------- policy loading
-    def _load_initial_policy(self, torch):
+    def _load_initial_policy(self):
         if self.config.checkpoint:
-            self.poll_checkpoint(block=True)
+            self.poll_checkpoint(block=True)  # a good file starts at once (_on_policy_ready)
         elif self.config.exploration.mode == 'expert':
             self.status = 'route expert (mode expert)'
         elif self.config.allow_random_policy:
-            torch.manual_seed(self.config.seed)
-            policy = ActorPolicy(self.config.spec.network)
+            policy = random_policy(self.config.spec, self.config.seed)
             self.pipeline.set_runner(self._runner_for(policy))
             self.status = 'random policy (allow_random_policy)'
         elif self.config.policy_topic:
@@ -198,58 +192,34 @@ class DriverNode(Node):
 
     def poll_checkpoint(self, block: bool = False):
         """Load the configured checkpoint if it is new; off the camera thread unless `block`."""
-        if self._loader is not None and self._loader.is_alive():
+        if self.reloader.poll(block) is not Poll.MISSING:
             return
-        path = resolve_checkpoint(self.config.checkpoint)
-        try:
-            stat = os.stat(path) if path is not None else None
-        except OSError:
-            stat = None
-        if stat is None:
-            if self._loaded_key is None:
-                exploring = (self.config.exploration.mode == 'explore'
-                             and self.pipeline.steps < self.config.exploration.random_steps)
-                # While exploring randomly a missing policy is expected (a trainer writes
-                # it soon), so it is no error yet.
-                self._log_throttled(
-                    'warn' if exploring else 'error', 'checkpoint',
-                    f'checkpoint {self.config.checkpoint} not found: '
-                    + ('random actions meanwhile' if exploring
-                       else 'braking until it appears'), period=10.0 if exploring else 2.0)
-            return
-        key = (str(path), stat.st_mtime_ns, stat.st_size)
-        if key == self._loaded_key:
-            return
-        self._loaded_key = key
-        if block:
-            self._load(path)
-        else:
-            self._loader = threading.Thread(target=self._load, args=(path,), daemon=True)
-            self._loader.start()
+        # While exploring randomly a missing policy is expected (a trainer writes it soon),
+        # so it is no error yet.
+        exploring = self.pipeline.exploring_randomly
+        self._log_throttled(
+            'warn' if exploring else 'error', 'checkpoint',
+            f'checkpoint {self.config.checkpoint} not found: '
+            + ('random actions meanwhile' if exploring else 'braking until it appears'),
+            period=10.0 if exploring else 2.0)
 
-    def _load(self, path: Path):
-        try:
-            policy, metadata = load_policy(path, self.config.spec)
-            runner = self._runner_for(policy)
-        except Exception as error:  # CheckpointError, or e.g. CUDA out of memory: never fatal
-            text = str(error) if isinstance(error, CheckpointError) else \
-                f'cannot load {path}: {type(error).__name__}: {error}'
-            self.get_logger().error(f'{text}; '
-                                    + ('keeping the current policy' if self.pipeline.runner
-                                       else 'braking'))
-            return
-        with self._pending_lock:
-            self._pending = (runner, f'{path.name} (step {metadata.get("step", "?")})')
+    def _on_policy_ready(self, loaded: LoadedPolicy):
+        # Nothing drives yet, so no frame can be in the middle of using a policy: start now
+        # (its 'loaded' line and status come without waiting for a frame).
         if self.pipeline.runner is None:
             self._swap_pending()
 
+    def _on_policy_refused(self, failure: LoadFailure):
+        self.get_logger().error(f'{failure.text}; '
+                                + ('keeping the current policy' if self.pipeline.runner
+                                   else 'braking'))
+
     def _swap_pending(self):
-        with self._pending_lock:
-            pending, self._pending = self._pending, None
-        if pending is not None:
-            self.pipeline.set_runner(pending[0])
-            self.status = f'policy {pending[1]}'
-            self.get_logger().info(f'loaded {pending[1]}')
+        loaded = self.reloader.take()
+        if loaded is not None:
+            self.pipeline.set_runner(loaded.runner)
+            self.status = f'policy {loaded.description}'
+            self.get_logger().info(f'loaded {loaded.description}')
 
     # ----------------------------------------------------------------- callbacks
     def _guard(self, callback, on_error=None):
@@ -260,7 +230,7 @@ class DriverNode(Node):
 
     def _brake_after_error(self, msg):
         """Answer a frame whose callback raised with a full brake carrying its stamp."""
-        self.last_reason = 'internal error (see log)'
+        self.last_decision = Decision.brake(Reason.INTERNAL_ERROR)
         stamp = (msg.header.stamp if msg is not None and hasattr(msg, 'header')
                  else self.get_clock().now().to_msg())
         self.publish_control(SAFE_STOP, stamp)
@@ -294,33 +264,33 @@ class DriverNode(Node):
             self._stalled = False
             self.get_logger().info('camera frames are back')
         self._swap_pending()  # hot reload happens between frames, never during one
-        command, reason, result = self._decide(msg)
-        self.last_reason = reason
+        decision = self.inputs.decide(msg, time.monotonic())
+        self._log_decision(decision)
+        self.last_decision = decision
         self._last_frame_stamp = f'{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}'
         start = time.perf_counter()
-        self.publish_control(command, msg.header.stamp)
+        self.publish_control(decision.command, msg.header.stamp)
         publish_ms = (time.perf_counter() - start) * 1e3
         self.processed.add((time.perf_counter() - received) * 1e3)
+        result = decision.step
         if result is not None:
             for stage, cost_ms in dict(result.timings_ms, publish=publish_ms).items():
                 self.stage_meters.setdefault(stage, RateMeter()).add(cost_ms)
         if self.config.publish_debug and result is not None:
-            self.publish_debug(msg.header, command)
-        if reason not in DRIVING_REASONS or reason != self._reported_reason:
+            self.publish_debug(msg.header, decision.command)
+        if not decision.reason.drives or decision.text != self._reported_reason:
             # Every brake is reported at once with its reason and the frame's stamp, and so
             # is driving again; a driving stream only gets the periodic status.
             self._publish_status()
 
-    def _decide(self, msg: Image):
-        command, reason, result = self.inputs.decide(msg, time.monotonic())
-        if reason.startswith('bad frame'):
+    def _log_decision(self, decision: Decision):
+        """Log a brake at its reason's severity, throttled per reason (not per detail)."""
+        reason = decision.reason
+        if reason is Reason.BAD_FRAME:
             self.bad_frames += 1
-            self._log_throttled('error', 'bad_frame', f'bad camera frame, braking: '
-                                f'{reason[len("bad frame: "):]}')
-        elif command.is_safe_stop and reason not in DRIVING_REASONS:
-            # One throttle per kind of reason ('bad route: <why>' varies in its details).
-            self._log_throttled('warn', reason.split(':')[0], f'braking: {reason}')
-        return command, reason, result
+        if reason.severity is not Severity.DRIVING:
+            self._log_throttled(reason.severity.value, f'brake:{reason.name}',
+                                decision.log_message)
 
     def publish_control(self, command: ControlCommand, stamp, msg=None):
         """Publish one CarlaEgoVehicleControl (reusing the message object)."""
@@ -338,7 +308,8 @@ class DriverNode(Node):
             self.get_logger().error(
                 f'no camera frame for {silent_for:.2f} s (frame_timeout '
                 f'{self.config.frame_timeout} s): braking until frames return')
-        self.last_reason = 'camera stalled' if silent_for is not None else 'waiting for camera'
+        self.last_decision = Decision.brake(Reason.CAMERA_STALLED if silent_for is not None
+                                            else Reason.WAITING_FOR_CAMERA)
         # Its own message object: the executor thread may be filling _control_msg right now.
         self.publish_control(SAFE_STOP, self.get_clock().now().to_msg(), self._stop_msg)
 
@@ -397,12 +368,13 @@ class DriverNode(Node):
         `last_frame_stamp` names the frame `last_reason` was decided for, so a reader can
         tell which input a brake answered.
         """
-        self._reported_reason = self.last_reason
+        decision = self.last_decision
+        self._reported_reason = decision.text
         status = DiagnosticStatus(name=f'av_td3_ros driver ({self.config.role_name})',
                                   hardware_id=self.config.role_name)
-        driving = not self._stalled and self.last_reason in DRIVING_REASONS
+        driving = not self._stalled and decision.reason.drives
         status.level = DiagnosticStatus.OK if driving else DiagnosticStatus.WARN
-        status.message = self.status if driving else f'braking: {self.last_reason}'
+        status.message = self.status if driving else f'braking: {decision.text}'
         values = {'model': self.status, 'device': str(self.device), 'backend': self.backend,
                   'frame_rate_hz': f'{self._frame_rate:.2f}',
                   'frames_processed': str(self.processed.count),
@@ -413,7 +385,7 @@ class DriverNode(Node):
                   'watchdog_brakes': str(self.watchdog.stalls),
                   'precision': self.precision,
                   'callback_ms_mean': f'{self.processed.mean_ms():.3f}',
-                  'last_reason': self.last_reason,
+                  'last_reason': decision.text,
                   'last_frame_stamp': self._last_frame_stamp}
         values.update({f'{stage}_ms_mean': f'{meter.mean_ms():.3f}'
                        for stage, meter in self.stage_meters.items()})

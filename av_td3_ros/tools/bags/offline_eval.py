@@ -19,7 +19,9 @@ Differences from the live node, all because there is no wall clock offline:
 - odometry_timeout is measured in bag time (frame receive time minus odometry receive
   time), not wall time; --no-odometry-timeout disables it;
 - no camera watchdog (frame_timeout) commands: exactly one command per frame;
-- a checkpoint directory is resolved once (its newest policy); there is no hot reload.
+- a checkpoint directory is resolved once (its newest policy), with the driver's own
+  loader (driving/hot_reload.py: same spec check, same refusals); no policy is swapped in
+  during a bag, so the output does not depend on when a trainer wrote a file.
 On one machine and checkpoint the output is bit-for-bit reproducible (CPU, same
 torch_threads as the driver).
 """
@@ -35,7 +37,7 @@ import yaml
 from rosbags.rosbag2 import Reader, Writer
 
 from ...driving.control import ControlCommand
-from ...driving.decision import DriverInputs
+from ...driving.decision import DriverInputs, Reason
 from ...driving.ros_conversions import (
     fill_control_msg,
     stamp_to_ns,
@@ -66,29 +68,35 @@ def driver_parameters() -> dict:
 
 
 def make_runner(config):
-    """Build the runner the driver would start with (None: the driver brakes)."""
+    """Build the runner the driver would start with (None: the driver brakes).
+
+    Raise FileNotFoundError without a checkpoint file, and the driver's refusal (e.g. a
+    CheckpointError for another PolicySpec) for a file it would not drive with.
+    """
     import torch
 
+    from ...driving.hot_reload import PolicyReloader, Poll, random_policy
     from ...driving.inference import resolve_device
     from ...driving.inference_onnx import build_runner
-    from ...driving.networks import ActorPolicy
-    from ...learning.checkpoint import load_policy, resolve_checkpoint
     torch.set_num_threads(config.torch_threads)
     try:
         device = resolve_device(config.device)
     except ValueError:
         device = resolve_device('cpu')  # as the driver: fall back to CPU
+
+    def runner_for(policy):
+        return build_runner(policy, device, config.backend, config.allow_tf32)[0]
+
     if config.checkpoint:
-        path = resolve_checkpoint(config.checkpoint)
-        if path is None:
+        reloader = PolicyReloader(config.spec, runner_for, config.checkpoint)
+        if reloader.poll(block=True) is Poll.MISSING:
             raise FileNotFoundError(f'no policy checkpoint in {config.checkpoint}')
-        policy, _ = load_policy(path, config.spec)  # raises CheckpointError like the driver
-    elif config.allow_random_policy:
-        torch.manual_seed(config.seed)
-        policy = ActorPolicy(config.spec.network)
-    else:
-        return None
-    return build_runner(policy, device, config.backend, config.allow_tf32)[0]
+        if reloader.failure is not None:
+            raise reloader.failure.error
+        return reloader.take().runner
+    if config.allow_random_policy:
+        return runner_for(random_policy(config.spec, config.seed))
+    return None
 
 
 @dataclass
@@ -98,7 +106,9 @@ class FrameDecision:
     t_ns: int
     stamp_ns: int
     command: ControlCommand
-    reason: str
+    reason: Reason
+    text: str
+    """The reason as the driver's log and /diagnostics say it ('bad route: <why>')."""
     action: np.ndarray | None = None
 
 
@@ -112,10 +122,10 @@ class EvalResult:
     """Inputs the driver needs that the bag does not have (its frames then all brake)."""
 
     def reasons(self) -> dict[str, int]:
-        """Count frames per reason ('policy', 'no route', ...)."""
+        """Count frames per reason text ('policy', 'no route', ...)."""
         counts = {}
         for decision in self.decisions:
-            counts[decision.reason] = counts.get(decision.reason, 0) + 1
+            counts[decision.text] = counts.get(decision.text, 0) + 1
         return counts
 
 
@@ -188,10 +198,11 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
                     result.episodes += 1
                 elif topic == config.camera_topic:
                     msg = store.deserialize_cdr(raw, conn.msgtype)
-                    command, reason, step = driver.decide(msg, t_ns * 1e-9)
+                    decision = driver.decide(msg, t_ns * 1e-9)
+                    command, step = decision.command, decision.step
                     stamp = msg.header.stamp
                     result.decisions.append(FrameDecision(
-                        t_ns, stamp_to_ns(stamp), command, reason,
+                        t_ns, stamp_to_ns(stamp), command, decision.reason, decision.text,
                         None if step is None else step.action))
                     if writer is None:
                         continue

@@ -1,0 +1,159 @@
+"""Tests of the one driving decision: every Reason, its severity and the random phase."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_input_properties import STRAIGHT, image, odometry, path
+
+from av_td3_ros.driving.control import SAFE_STOP
+from av_td3_ros.driving.decision import Decision, DriverInputs, Reason, Severity
+from av_td3_ros.driving.inference import PolicyRunner
+from av_td3_ros.driving.networks import ActorPolicy
+from av_td3_ros.driving.pipeline import DrivingPipeline, ExplorationConfig
+from av_td3_ros.learning.checkpoint import PolicySpec
+
+SPEC = PolicySpec()
+NODE_REASONS = {Reason.WAITING_FOR_CAMERA, Reason.CAMERA_STALLED, Reason.INTERNAL_ERROR}
+"""Reasons the driver node gives without a frame (watchdog, callback errors)."""
+
+
+class ConstantRunner:
+    """Runner stand-in that returns a fixed action."""
+
+    def __init__(self, action):
+        self.action = np.asarray(action, np.float32)
+
+    def act(self, frames, kinematics):
+        """Return the fixed action."""
+        return self.action.copy()
+
+
+@pytest.fixture(scope='module')
+def runner():
+    torch.manual_seed(0)
+    return PolicyRunner(ActorPolicy(SPEC.network), torch.device('cpu'))
+
+
+def ready_inputs(runner=None, exploration=None, odometry_timeout=None, require_route=True):
+    """Return DriverInputs with a good route and odometry received at time 0."""
+    pipeline = DrivingPipeline(SPEC, runner, exploration or ExplorationConfig())
+    inputs = DriverInputs(pipeline, odometry_timeout, require_route)
+    inputs.on_route(path(STRAIGHT))
+    inputs.on_odometry(odometry(), 0.0)
+    return inputs
+
+
+def reach_every_frame_reason(runner):
+    """Return {reason: decision} for one frame of each situation the decision knows."""
+    found = {}
+
+    def keep(decision):
+        found.setdefault(decision.reason, decision)
+
+    keep(ready_inputs(runner).decide(image(), 0.0))
+    keep(ready_inputs(None, ExplorationConfig(mode='explore', random_steps=1)).decide(
+        image(), 0.0))
+    keep(ready_inputs(None, ExplorationConfig(mode='expert')).decide(image(), 0.0))
+    keep(ready_inputs(None).decide(image(), 0.0))
+    keep(ready_inputs(ConstantRunner([math.nan, 0.0])).decide(image(), 0.0))
+    keep(ready_inputs(runner).decide(image(encoding='yuv422'), 0.0))
+    bad_odometry = ready_inputs(runner)
+    bad_odometry.on_odometry(odometry(vx=math.inf), 0.0)
+    keep(bad_odometry.decide(image(), 0.0))
+    keep(DriverInputs(DrivingPipeline(SPEC, runner), None, True).decide(image(), 0.0))
+    no_route = DriverInputs(DrivingPipeline(SPEC, runner), None, True)
+    no_route.on_odometry(odometry(), 0.0)
+    keep(no_route.decide(image(), 0.0))
+    bad_route = ready_inputs(runner)
+    bad_route.on_route(path([(0.0, 0.0)]))
+    keep(bad_route.decide(image(), 0.0))
+    return found
+
+
+# Test if every frame reason is reachable, and a brake is always the full brake.
+def test_every_reason_is_reachable_from_a_frame(runner):
+    found = reach_every_frame_reason(runner)
+    assert set(found) == set(Reason) - NODE_REASONS
+    for reason, decision in found.items():
+        if reason.drives:
+            assert decision.step is not None and decision.step.reason is reason
+        else:
+            assert decision.command == SAFE_STOP, reason
+    for reason in (Reason.BAD_FRAME, Reason.BAD_ODOMETRY, Reason.BAD_ROUTE):
+        assert found[reason].detail, reason
+        assert found[reason].text == f'{reason.text}: {found[reason].detail}'
+    assert found[Reason.NO_ROUTE].text == 'no route'
+
+
+# Test if the texts logs and /diagnostics show are the driver's known ones.
+def test_reason_texts_and_log_lines():
+    assert [r.text for r in Reason if r.drives] == ['policy', 'random', 'expert']
+    assert Decision.brake(Reason.NO_RECENT_ODOMETRY).text == 'no recent odometry'
+    assert Decision.brake(Reason.NO_POLICY).log_message == 'braking: no policy'
+    assert Decision.brake(Reason.BAD_ROUTE, 'too short').log_message == \
+        'braking: bad route: too short'
+    assert Decision.brake(Reason.BAD_FRAME, 'odd size').log_message == \
+        'bad camera frame, braking: odd size'
+    assert Decision.brake(Reason.INTERNAL_ERROR).text == 'internal error (see log)'
+
+
+# Test if the severity alone tells driving from braking and names a logger level.
+def test_severity_decides_the_log_level():
+    for reason in Reason:
+        assert reason.drives == (reason.severity is Severity.DRIVING)
+        if not reason.drives:
+            assert reason.severity.value in ('warn', 'error')
+    assert Reason.BAD_FRAME.severity is Severity.ERROR  # the input itself is broken
+    assert Reason.NO_POLICY.severity is Severity.WARN
+
+
+# Test if stale odometry brakes only after odometry_timeout has passed.
+def test_stale_odometry_brakes_after_the_timeout(runner):
+    inputs = ready_inputs(runner, odometry_timeout=0.5)
+    assert inputs.decide(image(), 0.5).reason is Reason.POLICY
+    assert inputs.decide(image(), 0.51).reason is Reason.NO_RECENT_ODOMETRY
+
+
+# Test if the route is optional unless required.
+def test_no_route_drives_when_not_required(runner):
+    inputs = DriverInputs(DrivingPipeline(SPEC, runner), None, require_route=False)
+    inputs.on_odometry(odometry(), 0.0)
+    assert inputs.decide(image(), 0.0).reason is Reason.POLICY
+
+
+# --- the random phase ---------------------------------------------------------------------------
+
+# Test if frames 1..random_steps are random and frame random_steps + 1 is the policy's.
+@pytest.mark.parametrize('random_steps', [0, 1, 3])
+def test_random_phase_boundary(random_steps):
+    config = ExplorationConfig(mode='explore', random_steps=random_steps)
+    pipeline = DrivingPipeline(SPEC, ConstantRunner([0.1, 0.2]), config)
+    inputs = DriverInputs(pipeline, None, require_route=False)
+    inputs.on_odometry(odometry(), 0.0)
+    for frame in range(1, random_steps + 3):
+        assert pipeline.exploring_randomly == (frame <= random_steps)  # before frame `frame`
+        reason = inputs.decide(image(sec=frame), 0.0).reason
+        assert reason is (Reason.RANDOM if frame <= random_steps else Reason.POLICY), frame
+        assert pipeline.steps == frame
+
+
+# Test if the boundary is one rule: 1-based frames, inclusive, explore mode only.
+def test_is_random_rule():
+    config = ExplorationConfig(mode='explore', random_steps=10)
+    assert config.is_random(1) and config.is_random(10) and not config.is_random(11)
+    assert not ExplorationConfig(mode='explore', random_steps=0).is_random(1)
+    for mode in ('eval', 'expert', 'dagger'):
+        assert not ExplorationConfig(mode=mode, random_steps=10).is_random(1)
+
+
+# Test if a brake before the pipeline runs does not use up a random step.
+def test_braked_frames_do_not_count_as_random_steps():
+    config = ExplorationConfig(mode='explore', random_steps=1)
+    inputs = DriverInputs(DrivingPipeline(SPEC, None, config), None, require_route=True)
+    inputs.on_odometry(odometry(), 0.0)
+    assert inputs.decide(image(), 0.0).reason is Reason.NO_ROUTE
+    assert inputs.pipeline.exploring_randomly
+    inputs.on_route(path(STRAIGHT))
+    assert inputs.decide(image(), 0.0).reason is Reason.RANDOM
+    assert inputs.decide(image(sec=2), 0.0).reason is Reason.NO_POLICY
