@@ -101,6 +101,9 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
             'config' / 'sim_bridge.yaml'
         params = yaml.safe_load(Path(bridge_defaults).read_text())
         params['sim_bridge']['ros__parameters']['max_episode_steps'] = args.max_steps
+        # Lock-step: a driver slowed by a busy machine must not let the world tick without
+        # its command (that would change the returns); the timeout only re-kicks a lost frame.
+        params['sim_bridge']['ros__parameters']['step_timeout'] = 10.0
         sim_params = Path(workdir, 'sim_bridge.yaml')
         sim_params.write_text(yaml.safe_dump(params))
         arguments.update(seed=str(seeds[0] - 1), device='cpu',
