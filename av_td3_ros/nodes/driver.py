@@ -39,6 +39,7 @@ from ..driving.ros_conversions import fill_control_msg
 from .driver_config import read_config
 from .node_main import guard_callback, run_node
 from .policy_topic import PolicyReceiver
+from .throttled_log import ThrottledLog
 from .transport import shared_memory_limit
 from .watchdog import StallWatchdog
 
@@ -104,7 +105,7 @@ class DriverNode(Node):
         self.bad_frames = 0
         self.last_decision = Decision.brake(Reason.WAITING_FOR_CAMERA)
         """The newest frame's decision (or the node's own brake); /diagnostics report it."""
-        self._log_times = {}
+        self._log_throttled = ThrottledLog(self.get_logger(), LOG_THROTTLE_S)
         self._callback_guards = []
         self._started = time.monotonic()
         self._frames_missing_reported = False
@@ -393,13 +394,6 @@ class DriverNode(Node):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
-
-    def _log_throttled(self, level: str, key: str, text: str, period: float = LOG_THROTTLE_S):
-        now = time.monotonic()
-        if now - self._log_times.get(key, -1e9) >= period:
-            self._log_times[key] = now
-            getattr(self.get_logger(), level)(text)
-
 
 
 def control_markers(stamp, frame_id: str, pose: Pose2D,
