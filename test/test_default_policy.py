@@ -55,3 +55,14 @@ def test_shipped_policy_drives_through_the_ros_loop(ros_env, capsys):
     # the bridge waits for every command, so the ROS loop drives the same episode
     assert ros_return == pytest.approx(in_process.episode_return, abs=15.0), ros_line
     assert ros_return > 50.0, ros_line
+
+
+def test_route_policy_sees_the_route_and_drives_on_the_road():
+    route_model = MODEL.with_name('route_policy.safetensors')
+    assert route_model.stat().st_size <= 8 * 1024 * 1024
+    policy, _ = load_policy(route_model, SIM_DRIVER_SPEC)
+    assert policy.config.kinematic_inputs == 'all'
+    (result,) = evaluate_policy(policy, SIM_DRIVER_SPEC, [SEED],
+                                SimEnvConfig(max_episode_steps=STEPS))
+    assert result.off_track_steps == 0 and result.steps == STEPS, result.line()
+    assert result.episode_return > 100.0, result.line()
