@@ -137,8 +137,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, warmup):
     feed(first, 30)
     run_updates(first, n)
     first.save_state()
-    first.buffer.close()  # a killed process: nothing but the state and the buffer survive
-    first._episode_log.close()
+    first.close(save=False)  # as if killed: only the state and the buffer survive
     again = Learner(config(tmp_path / 'split', **overrides))
     try:
         assert (again.updates, again.bc_updates, again.env_steps) == (n, 3, first.env_steps)

@@ -345,6 +345,28 @@ class Learner:
         """Return the route expert's action for each sampled transition's stored kinematics."""
         return expert_actions(batch.obs_vec, self.config.spec.features)
 
+    def bc_loss(self, limit: int = 4096, chunk: int = 256) -> float:
+        """Return the actor's mean BC loss over (up to `limit` of) the stored transitions.
+
+        The same MSE to the route expert's labels that pretraining minimises, on a fixed set
+        rather than a sampled batch, so two values are comparable (NaN with nothing stored).
+        """
+        with self.buffer_lock:
+            indices = np.arange(*self.buffer.window)
+            indices = indices[self.buffer.sampleable(indices)][-limit:]
+            batches = [self.buffer.get(indices[i:i + chunk])
+                       for i in range(0, len(indices), chunk)]
+        total = 0.0
+        agent = self.agent
+        for batch in batches:
+            b = agent.prepare(batch)
+            with torch.no_grad():
+                action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
+            labels = torch.from_numpy(self.labels(batch)).to(action.device, torch.float32)
+            total += float((action.float() - labels).square().sum())
+        count = sum(len(batch.rewards) for batch in batches) * self.config.spec.network.action_dim
+        return total / count if count else float('nan')
+
     def bc_step(self) -> dict[str, float]:
         """Run one BC pretraining step of the actor; sync the targets after the last one."""
         batch, _ = self.sample()
@@ -445,11 +467,12 @@ class Learner:
             self._log_times[key] = now
             getattr(self.log, level)(text)
 
-    def close(self):
-        """Save the policy (if trained) and the state; close the buffer and the logs."""
-        if self.updates > 0:
-            self.save_policy()
-        self.save_state()
+    def close(self, save: bool = True):
+        """Save the policy (if trained) and the state unless not `save`; close files and logs."""
+        if save:
+            if self.updates > 0:
+                self.save_policy()
+            self.save_state()
         with self.buffer_lock:
             self.buffer.close()
         self._episode_log.close()
