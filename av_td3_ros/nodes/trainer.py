@@ -2,11 +2,13 @@
 
 Per vehicle (role name) it subscribes to the camera, odometry, route, the command the driver
 sent (or vehicle_status.control), collision and lane-invasion events and the episode topics,
-pairs them into transitions with `TransitionAssembler`, and writes them to the memory-mapped
-replay buffer in run_dir. TD3 updates run in a worker thread, so camera callbacks are never
-blocked; every `checkpoint_every` updates a policy file lands atomically in
-run_dir/checkpoints, where drivers pick it up. Episodes the trainer ends (collision, lateral
-deviation, route completed, step limit) are reset through /av_td3/<role>/reset_episode.
+pairs them into transitions with `TransitionAssembler`, and hands them to the ROS-free
+`Learner` (learning/learner.py), which owns the replay buffer, the schedule (BC pretraining,
+TD3 updates), checkpoints and the training state. Its updates run in a worker thread, so
+camera callbacks are never blocked; every `checkpoint_every` updates a policy file lands
+atomically in run_dir/checkpoints, where drivers pick it up (and `policy_topic` carries
+it). Episodes the trainer ends (collision, lateral deviation, route completed, step limit)
+are reset through /av_td3/<role>/reset_episode.
 
 No message ends the process: every subscription and timer callback is wrapped by
 `guard_callback` (an exception is logged, throttled, with the message, and the node goes on);
