@@ -40,6 +40,7 @@ setup(
             'train_imitation = av_td3_ros.tools.train_imitation:main',
             'evaluate_policy = av_td3_ros.tools.evaluate_policy:main',
             'finetune_policy = av_td3_ros.tools.finetune_policy:main',
+            'train_offline = av_td3_ros.tools.train_offline:main',
             'publish_policy = av_td3_ros.nodes.policy_topic:main',
             'carla_episode_manager = av_td3_ros.nodes.carla_episode_manager:main',
         ],

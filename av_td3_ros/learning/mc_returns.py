@@ -51,3 +51,15 @@ class MonteCarloReturns:
         slots = indices % len(self._values)
         known = self._indices[slots] == indices
         return np.where(known, self._values[slots], np.nan).astype(np.float32)
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return copies of the finished episodes' returns and their record indices."""
+        return self._values.copy(), self._indices.copy()
+
+    def load_state(self, values: np.ndarray, indices: np.ndarray):
+        """Restore what `state` returned (open episodes are not kept: they start again)."""
+        if values.shape != self._values.shape or indices.shape != self._indices.shape:
+            raise ValueError(f'returns of {values.shape[0]} slots do not fit '
+                             f'{self._values.shape[0]}')
+        self._values[:] = values
+        self._indices[:] = indices

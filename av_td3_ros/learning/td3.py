@@ -546,6 +546,29 @@ class TD3:
             self.sync_targets()
         return metrics
 
+    def bc_update(self, batch, labels) -> dict[str, torch.Tensor]:
+        """Take one actor step towards `labels` (B, A): behaviour cloning, MSE in action space.
+
+        Only the actor (CNN and MLP, or the MLP alone with `freeze_actor_encoder`) and its Adam
+        state change; the critics, the targets and `total_updates` do not. Call
+        `sync_targets` after the last one, so TD3 bootstraps from the cloned actor.
+        """
+        b = self.prepare(batch)
+        with torch.profiler.record_function('td3.bc_forward'):
+            pre_tanh = self._actor_logits(b)
+            action = self.actor.squash(pre_tanh)
+            target = self._to_device(labels, torch.float32).reshape(action.shape)
+            bc = (action - target).square().mean()
+            loss = bc
+            if self.config.actor_pretanh_penalty > 0.0:
+                loss = loss + self.config.actor_pretanh_penalty * pre_tanh.square().mean()
+        norm = self._step(self.actor_optimizer, loss, [p for _, p in self._actor_named],
+                          _grad_clip_value(self.config.actor_grad_clip), 'actor')
+        metrics = {'bc_mse': bc.detach(), 'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
+        if norm is not None:
+            metrics['actor_grad_norm'] = norm.detach()
+        return metrics
+
     # ---- policy export and diagnostics ----------------------------------------------------
 
     def load_policy_state(self, state: dict[str, torch.Tensor]):

@@ -1,10 +1,11 @@
 """Parameter schemas: each parameter's name, type, default, description and range, once.
 
 A node's parameters are one `Schema` next to its config dataclass (`driver_config.DRIVER`,
-`trainer.TRAINER`, `sim_bridge.SIM_BRIDGE`, `carla_episode_manager.EPISODE_MANAGER`). Where a
-core config dataclass holds the value (`ExplorationConfig.random_steps`, ...), the default is
-read from that dataclass (`default_of`), so it is written in one place. Nodes declare from the
-schema (`node_params.declare`), bag_eval checks YAML values with `Schema.read`, and
+`trainer_config.TRAINER`, `sim_bridge.SIM_BRIDGE`, `carla_episode_manager.EPISODE_MANAGER`).
+Where a core config dataclass holds the value (`ExplorationConfig.random_steps`, ...), the
+default is read from that dataclass (`default_of`), so it is written in one place. Nodes
+declare from the schema (`node_params.declare`), bag_eval and train_offline check YAML values
+with `Schema.read`, and
 test/test_parameter_schema.py checks config/*.yaml against it.
 
 Pure Python, no rclpy: bag_eval and the tests use it without DDS.

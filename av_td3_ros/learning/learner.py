@@ -1,0 +1,480 @@
+"""The trainer's schedule without ROS: replay buffer, BC pretraining, TD3 updates, checkpoints.
+
+`Learner` owns everything a training run writes to its run directory: the memory-mapped
+replay buffer, the Monte Carlo returns of the critic warm-up, `checkpoints/policy_<step>`,
+`training_state.safetensors` (resume), `episodes.jsonl` and TensorBoard logs. Experience
+comes in through `store` (the typed output of `TransitionAssembler`) from any thread; updates
+run through `maybe_update` or `run_updates` in one worker thread. The buffer lock is the only
+lock: storing and sampling never overlap.
+
+The schedule, one update at a time:
+1. nothing before `learning_starts` transitions are stored (and more than a batch);
+2. `bc_pretrain_updates` behaviour-cloning steps of the actor towards the route expert's
+   action on each sampled transition's stored kinematics (`sim/expert.expert_actions`); the
+   targets then copy the cloned actor;
+3. TD3 updates (TD3+BC with `td3.bc_weight` > 0, the same labels, the weight optionally
+   annealed) while `td3_updates < env_steps * updates_per_step`; during the critic warm-up
+   the critic's targets are the finished episodes' Monte Carlo returns (`warmup_targets`).
+Policy files are named by `updates` (BC and TD3 steps together; with no pretraining, the TD3
+critic steps as before).
+
+Resume is exact: the state file holds the networks, Adam moments, the smoothing-noise
+generator, the counters, the batch sampler's generator and the Monte Carlo returns, and the
+buffer is on disk; a resumed run samples and updates exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..sim.expert import expert_actions
+from .checkpoint import (
+    CHECKPOINT_SUBDIR,
+    POLICY_PATTERN,
+    TRAINING_STATE,
+    PolicySpec,
+    latest_policy,
+    load_policy,
+    policy_path,
+    prune_policies,
+    read_safetensors,
+    remove_stale_run_temps,
+    save_policy_state,
+    write_atomic,
+)
+from .config_diff import config_differences
+from .mc_returns import MonteCarloReturns
+from .replay_buffer import Batch, ReplayBuffer
+from .td3 import TD3, TD3Config, metrics_to_floats
+from .transitions import AssemblerOutput, EpisodeEnd, EpisodeStart, Transition
+
+LEARNER_TENSORS = 'learner.'
+"""Prefix of the state-file tensors the learner adds to TD3's (the Monte Carlo returns)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnerConfig:
+    """What a training run needs besides its experience (the trainer's parameters, less ROS)."""
+
+    run_dir: Path
+    """Replay buffer, checkpoints/, training_state.safetensors, episodes.jsonl, tb/."""
+    spec: PolicySpec
+    """What the actor sees and how; every policy file and the state carry it."""
+    td3: TD3Config
+    seed: int
+    """Seed of the batch sampler (TD3 seeds its networks and noise from `td3.seed`)."""
+    resume: bool
+    """Continue from run_dir/training_state.safetensors if present."""
+    buffer_capacity: int
+    buffer_kinematics_dtype: str
+    learning_starts: int
+    """Stored transitions before the first update (BC or TD3)."""
+    updates_per_step: float
+    """TD3 updates per stored transition (BC pretraining steps do not count)."""
+    checkpoint_every: int
+    keep_checkpoints: int
+    state_every: int
+    health_every: int
+    tensorboard: bool
+    initial_policy: str = ''
+    """A fresh run's actor starts from this policy file ('' = random init)."""
+    warmup_targets: str = 'mc'
+    """Critic targets during td3.critic_warmup_updates: mc (Monte Carlo returns) or td."""
+    bc_pretrain_updates: int = 0
+    """Behaviour-cloning steps of the actor on the route expert's labels before TD3 (0: off)."""
+    bc_weight_final: float = 0.0
+    """TD3+BC: the weight td3.bc_weight reaches after `bc_anneal_updates`."""
+    bc_anneal_updates: int = 0
+    """TD3 updates after the critic warm-up over which td3.bc_weight moves linearly to
+    `bc_weight_final` (0: constant bc_weight)."""
+
+
+def annealed_bc_weight(start: float, final: float, anneal_updates: int,
+                       progress: int) -> float:
+    """Return the TD3+BC weight after `progress` actor-phase updates (linear; 0 updates: start)."""
+    if anneal_updates <= 0:
+        return start
+    fraction = min(max(progress, 0) / anneal_updates, 1.0)
+    return start + (final - start) * fraction
+
+
+def resume_differences(spec: PolicySpec, metadata: dict, td3_metadata: dict) -> list[str]:
+    """Name every PolicySpec field in which a training state differs from `spec`.
+
+    A state holds its whole spec; older states hold only the network config and the TD3
+    frame_scale, so only those are compared for them.
+    """
+    ours = spec.to_dict()
+    if 'spec' in metadata:
+        saved = json.loads(metadata['spec'])
+    else:
+        scale = td3_metadata.get('td3_config', {}).get('frame_scale')
+        saved = {**ours, 'network': td3_metadata.get('network_config', {}),
+                 'preprocessing': {**ours['preprocessing'], 'scale': scale}}
+    return config_differences(ours, saved, ('trainer', 'training state'))
+
+
+class ResumeError(ValueError):
+    """A training state this run cannot continue (another policy spec)."""
+
+
+class Learner:
+    """Store experience and train the actor on the trainer's schedule (no ROS)."""
+
+    def __init__(self, config: LearnerConfig, log=None, tensorboard_dir: Path | None = None,
+                 on_policy_saved=None):
+        """Open the run directory's buffer and agent, resuming if asked.
+
+        `log` is a logger with info/warning/error methods (a ROS node's or Python's);
+        `tensorboard_dir` overrides run_dir/tb; `on_policy_saved(path, step)` is called after
+        every policy save (e.g. to broadcast it).
+        """
+        self.config = config
+        self.log = log or logging.getLogger('av_td3_ros.learner')
+        self.on_policy_saved = on_policy_saved
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = config.run_dir / CHECKPOINT_SUBDIR
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        # Opening the buffer takes the run directory's writer lock: from here on no other
+        # learner writes here, so every temp file found is a killed writer's.
+        self.buffer = ReplayBuffer.open(
+            config.run_dir, config.buffer_capacity,
+            vec_dim=config.spec.network.kinematic_dim,
+            action_dim=config.spec.network.action_dim,
+            vec_dtype=config.buffer_kinematics_dtype,
+            stack=config.spec.preprocessing.frame_stack,
+            fill_mode=config.spec.preprocessing.stack_fill)
+        self.buffer_lock = threading.Lock()
+        self._log_times = {}
+        self._broken_streams: set = set()
+        self.unstored = 0  # assembled items the buffer refused (and steps skipped after one)
+        self.env_steps = 0
+        self.episodes = 0
+        self.bc_updates = 0
+        self.recent_returns: list[float] = []
+        self.updates_since_log = 0
+        self._bc_losses: list[float] = []  # first and latest pretraining losses, for the log
+        self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
+        self.rng: np.random.Generator | None = None
+        try:
+            for stale in remove_stale_run_temps(config.run_dir):
+                self.log.warning(f'removed {stale}, left by a writer killed mid-write')
+            self.agent = TD3(config.spec.network, config.td3)
+            self._resume()
+            if self.updates == 0 and config.initial_policy:
+                self._start_from(config.initial_policy)
+        except BaseException:
+            self.buffer.close()
+            raise
+        if self.rng is None:  # a fresh run, or a state from before the sampler was saved
+            self.rng = np.random.default_rng(config.seed + self.agent.total_updates)
+        self._episode_log = open(config.run_dir / 'episodes.jsonl', 'a', buffering=1)
+        self.tb = None
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(tensorboard_dir or config.run_dir / 'tb'))
+
+    @property
+    def updates(self) -> int:
+        """Return the gradient steps done: BC pretraining plus TD3 critic steps."""
+        return self.bc_updates + self.agent.total_updates
+
+    # ------------------------------------------------------------------ state
+    def _resume(self):
+        path = self.config.run_dir / TRAINING_STATE
+        if not (self.config.resume and path.exists()):
+            return
+        tensors, metadata = read_safetensors(path)  # one read: tensors and metadata agree
+        td3_metadata = json.loads(metadata['td3'])
+        diffs = resume_differences(self.config.spec, metadata, td3_metadata)
+        if diffs:
+            raise ResumeError(f'cannot resume {path}: it was trained with another policy '
+                              'spec: ' + '; '.join(diffs) + ' (set the same parameters, or '
+                              'use another run_dir)')
+        mine = {k: tensors.pop(k) for k in list(tensors) if k.startswith(LEARNER_TENSORS)}
+        self.agent.load_state_tensors(tensors, td3_metadata)
+        counters = json.loads(metadata['counters'])
+        # The buffer may hold more than the state recorded (written after the last save).
+        self.env_steps = max(int(counters['env_steps']), 0)
+        self.episodes = int(counters['episodes'])
+        self.bc_updates = int(counters.get('bc_updates', 0))
+        if 'sampler' in counters:
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = counters['sampler']
+        if mine:
+            self.returns.load_state(mine['learner.mc_returns'].numpy(),
+                                    mine['learner.mc_indices'].numpy())
+        bc = f' (+ {self.bc_updates} BC)' if self.bc_updates else ''
+        self.log.info(f'resumed {path}: {self.agent.total_updates} updates{bc}, '
+                      f'{self.env_steps} env steps, buffer {self.buffer.size}')
+        newest = latest_policy(self.checkpoint_dir)
+        newest_step = int(POLICY_PATTERN.match(newest.name).group(1)) if newest else -1
+        if newest_step > self.updates:
+            self.log.warning(
+                f'{newest.name} is newer than the resumed state ({self.updates} '
+                'updates; the previous run ended between a policy save and a state save): '
+                'existing policy files are kept, never rewritten with other weights')
+
+    def _start_from(self, path: str):
+        """Start the actor (and its target) from a policy checkpoint with the run's spec."""
+        policy, _ = load_policy(path, expected=self.config.spec)
+        state = {k: v.detach().float() for k, v in policy.state_dict().items()}
+        self.agent.load_policy_state(state)
+        self.log.info(f'actor starts from {path}')
+
+    def save_state(self):
+        """Write networks, optimisers, counters and sampler state atomically; flush the buffer."""
+        with self.buffer_lock:
+            self.buffer.flush()
+            counters = {'env_steps': self.env_steps, 'episodes': self.episodes,
+                        'bc_updates': self.bc_updates,
+                        'sampler': self.rng.bit_generator.state}
+            values, indices = self.returns.state()
+        tensors, metadata = self.agent.state_tensors()
+        tensors['learner.mc_returns'] = torch.from_numpy(values)
+        tensors['learner.mc_indices'] = torch.from_numpy(indices)
+        write_atomic(self.config.run_dir / TRAINING_STATE, tensors,
+                     {'td3': json.dumps(metadata), 'counters': json.dumps(counters),
+                      'spec': json.dumps(self.config.spec.to_dict())})
+
+    def save_policy(self) -> bool:
+        """Write the current policy where drivers look for it and prune old ones.
+
+        A `policy_<step>` that exists is kept (return False): a name always means the same
+        weights, for drivers that loaded it and for any reader mid-load.
+        """
+        step = self.updates
+        path = policy_path(self.checkpoint_dir, step)
+        written = save_policy_state(path, self.agent.policy_state(), self.config.spec,
+                                    {'step': str(step)}, replace=False)
+        if self.on_policy_saved is not None:
+            self.on_policy_saved(path, step)
+        if not written:
+            self.log_throttled('warning', 'policy_exists', f'{path.name} exists (an earlier '
+                               'run reached this step): kept, not rewritten', period=60.0)
+        prune_policies(self.checkpoint_dir, self.config.keep_checkpoints)
+        return written
+
+    def latest_policy(self) -> Path | None:
+        """Return the newest policy file of the run (None before the first)."""
+        return latest_policy(self.checkpoint_dir)
+
+    # ------------------------------------------------------------------ experience
+    def store(self, role: str, item: AssemblerOutput):
+        """Write one assembler output item of vehicle `role` into the buffer and the logs."""
+        if isinstance(item, Transition) and role in self._broken_streams:
+            self.unstored += 1  # its episode lost a step: no transition may link across
+            return
+        with self.buffer_lock:
+            try:
+                if isinstance(item, EpisodeStart):
+                    self.buffer.start_episode(item.frame, item.vec, stream=role)
+                    self._broken_streams.discard(role)
+                    self.returns.start(role)
+                elif isinstance(item, Transition):
+                    index = self.buffer.add(item.action, item.reward, item.next_frame,
+                                            item.next_vec, item.terminated, item.truncated,
+                                            stream=role)
+                    self.returns.add(index, item.reward, role)
+                    self.env_steps += 1
+            except ValueError as error:  # e.g. kinematics beyond float16: skip, go on
+                self.buffer.abandon_episode(role)
+                self._broken_streams.add(role)
+                self.returns.start(role)  # the broken episode's returns would be wrong
+                self.unstored += 1
+                kind = 'start' if isinstance(item, EpisodeStart) else 'transition'
+                self.log_throttled('error', f'store_{role}', f'{role}: {kind} not stored '
+                                   f'({error}); its episode continues from the next start')
+                return
+            if (isinstance(item, Transition) and self.tb is not None
+                    and self.env_steps % 50 == 0):
+                for name, value in item.terms.items():
+                    self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
+        if isinstance(item, EpisodeEnd):
+            with self.buffer_lock:
+                self.returns.finish(role)
+            self.episodes += 1
+            self.recent_returns = (self.recent_returns + [item.episode_return])[-20:]
+            record = {'episode': self.episodes, 'vehicle': role,
+                      'return': item.episode_return, 'length': item.steps,
+                      'reason': item.reason, 'env_steps': self.env_steps,
+                      'updates': self.updates, 'stamp': time.time()}
+            self._episode_log.write(json.dumps(record) + '\n')
+            if self.tb is not None:
+                self.tb.add_scalar('episode/return', item.episode_return, self.env_steps)
+                self.tb.add_scalar('episode/length', item.steps, self.env_steps)
+            self.log.info(f'{role}: episode {self.episodes} ended ({item.reason}): '
+                          f'return {item.episode_return:.1f}, {item.steps} steps')
+
+    # ------------------------------------------------------------------ learning
+    def due(self) -> str | None:
+        """Return the update the schedule allows now: 'bc', 'td3', or None (wait for data)."""
+        config = self.config
+        if (self.env_steps < config.learning_starts
+                or self.buffer.size <= config.td3.batch_size):
+            return None
+        # Pretraining comes before TD3 only: a resumed TD3 run is never cloned again.
+        if self.agent.total_updates == 0 and self.bc_updates < config.bc_pretrain_updates:
+            return 'bc'
+        if self.agent.total_updates < self.env_steps * config.updates_per_step:
+            return 'td3'
+        return None
+
+    def bc_weight(self) -> float:
+        """Return the TD3+BC weight of the next TD3 update (annealed after the warm-up)."""
+        config = self.config
+        progress = self.agent.total_updates - config.td3.critic_warmup_updates
+        return annealed_bc_weight(config.td3.bc_weight, config.bc_weight_final,
+                                  config.bc_anneal_updates, progress)
+
+    def sample(self, with_returns: bool = False) -> tuple[Batch, np.ndarray | None]:
+        """Sample a batch under the buffer lock; with `with_returns`, its Monte Carlo returns."""
+        with self.buffer_lock:
+            batch = self.buffer.sample(self.config.td3.batch_size, self.rng)
+            returns = self.returns.lookup(batch.indices) if with_returns else None
+        return batch, returns
+
+    def labels(self, batch: Batch) -> np.ndarray:
+        """Return the route expert's action for each sampled transition's stored kinematics."""
+        return expert_actions(batch.obs_vec, self.config.spec.features)
+
+    def bc_loss(self, limit: int = 4096, chunk: int = 256) -> float:
+        """Return the actor's mean BC loss over (up to `limit` of) the stored transitions.
+
+        The same MSE to the route expert's labels that pretraining minimises, on a fixed set
+        rather than a sampled batch, so two values are comparable (NaN with nothing stored).
+        """
+        with self.buffer_lock:
+            indices = np.arange(*self.buffer.window)
+            indices = indices[self.buffer.sampleable(indices)][-limit:]
+            batches = [self.buffer.get(indices[i:i + chunk])
+                       for i in range(0, len(indices), chunk)]
+        total = 0.0
+        agent = self.agent
+        for batch in batches:
+            b = agent.prepare(batch)
+            with torch.no_grad():
+                action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
+            labels = torch.from_numpy(self.labels(batch)).to(action.device, torch.float32)
+            total += float((action.float() - labels).square().sum())
+        count = sum(len(batch.rewards) for batch in batches) * self.config.spec.network.action_dim
+        return total / count if count else float('nan')
+
+    def bc_step(self) -> dict[str, float]:
+        """Run one BC pretraining step of the actor; sync the targets after the last one."""
+        batch, _ = self.sample()
+        if self.bc_updates == 0:
+            self.log.info(f'BC pretraining: {self.config.bc_pretrain_updates} actor updates '
+                          "towards the route expert's actions")
+        metrics = metrics_to_floats(self.agent.bc_update(batch, self.labels(batch)))
+        self.bc_updates += 1
+        self._bc_losses = (self._bc_losses or [metrics['bc_mse']])[:1] + [metrics['bc_mse']]
+        if self.bc_updates == self.config.bc_pretrain_updates:
+            self.agent.sync_targets()  # TD3 bootstraps from the cloned actor
+            first, last = self._bc_losses[0], self._bc_losses[-1]
+            self.log.info(f'BC pretraining done: {self.bc_updates} updates, BC loss '
+                          f'{first:.4f} -> {last:.4f}')
+        self._after_update(batch, metrics, 'pretrain')
+        return metrics
+
+    def td3_step(self) -> dict[str, torch.Tensor]:
+        """Run one TD3 (or TD3+BC) update on a sampled batch."""
+        config = self.config
+        warmup = (config.warmup_targets == 'mc'
+                  and self.agent.total_updates < config.td3.critic_warmup_updates)
+        start = time.perf_counter()
+        batch, returns = self.sample(with_returns=warmup)
+        weight = self.bc_weight()
+        # TD3+BC's labels: the route expert's action for each stored kinematic vector.
+        labels = self.labels(batch) if weight > 0.0 else None
+        sample_ms = (time.perf_counter() - start) * 1e3
+        if weight != self.agent.config.bc_weight:  # TD3 reads the weight from its config
+            self.agent.config = replace(self.agent.config, bc_weight=weight)
+        metrics = self.agent.update(batch, labels, returns)
+        extra = {'sample_ms': sample_ms}
+        if config.bc_anneal_updates > 0:
+            extra['bc_weight'] = weight
+        self._after_update(batch, metrics, 'train', extra)
+        return metrics
+
+    def maybe_update(self) -> str | None:
+        """Run the update the schedule allows now; return 'bc', 'td3', 'failed' or None."""
+        kind = self.due()
+        if kind is None:
+            return None
+        try:
+            if kind == 'bc':
+                self.bc_step()
+            else:
+                self.td3_step()
+        except Exception as error:  # keep experience collection alive; say what failed
+            self.log.error(f'TD3 update failed: {error!r}')
+            return 'failed'
+        return kind
+
+    def run_updates(self, stop: threading.Event):
+        """Update whenever the schedule allows until `stop` is set (a worker thread's loop)."""
+        while not stop.is_set():
+            kind = self.maybe_update()
+            if kind is None:
+                stop.wait(0.01)
+            elif kind == 'failed':
+                stop.wait(1.0)
+
+    def _after_update(self, batch: Batch, metrics: dict, section: str,
+                      extra: dict | None = None):
+        """Log, check health and save on the cadence of `updates`."""
+        config = self.config
+        self.updates_since_log += 1
+        updates = self.updates
+        if self.tb is not None and updates % 100 == 0:
+            for name, value in {**metrics_to_floats(metrics), **(extra or {})}.items():
+                self.tb.add_scalar(f'{section}/{name}', value, updates)
+        if updates % config.health_every == 0:
+            health = self.agent.activation_health(batch)
+            if self.tb is not None:
+                for name, value in health.items():
+                    self.tb.add_scalar(f'activation_health/{name}', value, updates)
+            dead = max(v for k, v in health.items() if 'dead_unit' in k)
+            self.log.info(
+                f'activation health at {updates} updates: max dead unit fraction '
+                f'{dead:.3f}, saturated actor outputs '
+                f'{health["actor.saturated_fraction"]:.3f} (mean |pre-tanh| '
+                f'{health["actor.pretanh_abs_mean"]:.2f})')
+        if updates % config.checkpoint_every == 0:
+            self.save_policy()
+            self.log.info(f'checkpoint: policy after {updates} updates')
+        if updates % config.state_every == 0:
+            self.save_state()
+
+    # ------------------------------------------------------------------ logs
+    def take_update_count(self) -> int:
+        """Return the updates done since the last call (for an updates/s figure)."""
+        count, self.updates_since_log = self.updates_since_log, 0
+        return count
+
+    def log_throttled(self, level: str, key: str, text: str, period: float = 2.0):
+        """Log at most once per `period` seconds per key."""
+        now = time.monotonic()
+        if now - self._log_times.get(key, -1e9) >= period:
+            self._log_times[key] = now
+            getattr(self.log, level)(text)
+
+    def close(self, save: bool = True):
+        """Save the policy (if trained) and the state unless not `save`; close files and logs."""
+        if save:
+            if self.updates > 0:
+                self.save_policy()
+            self.save_state()
+        with self.buffer_lock:
+            self.buffer.close()
+        self._episode_log.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,281 @@
+"""Train a policy from recorded bags, without DDS: BC and/or TD3+BC through the trainer's Learner.
+
+    train_offline --bag BAG [BAG ...] --out POLICY [--bc-updates N] [--td3-updates N]
+                  [--batch-size N] [--role ROLE] [--seed N] [--tensorboard DIR]
+                  [--run-dir DIR] [--params-file trainer.yaml] [-p name:=value]
+                  [--activation ...] [--frame-scale ...] (the policy-spec parameters)
+
+Each bag (rosbag2, mcap or sqlite3: `bag_record` or `ros2 bag record`) is read in bag order
+and its messages go, as in the trainer node, to one `TransitionAssembler` for `--role`: the
+camera, odometry, route, the command sent (or vehicle_status with control_source
+vehicle_status), collision and lane-invasion events and the episode topics. Its transitions
+fill a replay buffer in `--run-dir` (a temporary one by default); then `--bc-updates` BC steps
+of the actor towards the route expert's action on each transition's stored kinematics, then
+`--td3-updates` TD3 updates (TD3+BC with the trainer's bc_weight > 0). The policy is written
+to `--out` (a driver checkpoint with the trainer's policy spec).
+
+Settings are the trainer's parameters (its schema, `trainer_config.TRAINER`: names, defaults,
+ranges), from `--params-file` and `-p`; the policy-spec parameters are also options, as with
+bag_eval. Progress goes to stdout; `--tensorboard DIR` writes the Learner's curves there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+from rosbags.rosbag2 import Reader
+
+from ..driving.control import control_to_action
+from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
+from ..driving.ros_conversions import (
+    command_from_control_msg,
+    pose_from_odometry,
+    route_from_path,
+    speed_from_odometry,
+    stamp_to_ns,
+)
+from ..learning.checkpoint import save_policy_state
+from ..learning.learner import Learner
+from ..learning.transitions import TransitionAssembler
+from ..nodes.schema import POLICY_SPEC, ParameterError, load_params_file
+from ..nodes.trainer_config import TRAINER, TrainerConfig, config_from_values
+from ..sim.episode_end import parse_episode_end
+from .bags.types import typestore
+
+
+def topics(config: TrainerConfig, role: str) -> dict[str, str]:
+    """Return {topic: input kind} of one vehicle, as the trainer node subscribes to them."""
+    base = f'/carla/{role}'
+    control = (('vehicle_status', f'{base}/vehicle_status')
+               if config.control_source == 'vehicle_status'
+               else ('command', f'{base}/vehicle_control_cmd'))
+    return {config.camera_topic.replace('{role}', role): 'camera',
+            f'{base}/odometry': 'odometry', f'{base}/waypoints': 'route',
+            control[1]: control[0], f'{base}/collision': 'collision',
+            f'{base}/lane_invasion': 'lane_invasion',
+            f'/av_td3/{role}/episode_start': 'episode_start',
+            f'/av_td3/{role}/episode_end': 'episode_end'}
+
+
+def count_frames(bags: list[Path], camera_topic: str) -> int:
+    """Return the number of camera messages in `bags` (sizes the replay buffer)."""
+    total = 0
+    for bag in bags:
+        with Reader(bag) as reader:
+            total += sum(c.msgcount for c in reader.connections if c.topic == camera_topic)
+    return total
+
+
+def read_bag(bag: Path, config: TrainerConfig, role: str, store) -> dict[str, int]:
+    """Feed one bag through a fresh assembler into `store(item)`; return what it saw."""
+    assembler = TransitionAssembler(config.spec.features, config.reward, config.episode)
+    kinds = topics(config, role)
+    types = typestore()
+    frame_stamps: list[int] = []  # recent frame stamps (vehicle_status pairing)
+    seen = {kind: 0 for kind in kinds.values()} | {'bad_frames': 0}
+    with Reader(bag) as reader:
+        wanted = [c for c in reader.connections if c.topic in kinds]
+        if not wanted:  # (rosbags reads every connection when given none)
+            return seen
+        for conn, _, raw in reader.messages(connections=wanted):
+            kind = kinds[conn.topic]
+            seen[kind] += 1
+            msg = types.deserialize_cdr(raw, conn.msgtype)
+            if kind == 'camera':
+                try:
+                    frame = to_gray(ImageView.from_msg(msg),
+                                    config.spec.preprocessing.image_size)
+                except ImageFormatError:
+                    seen['bad_frames'] += 1  # dropped, as the trainer node does
+                    continue
+                stamp = stamp_to_ns(msg.header.stamp)
+                frame_stamps = (frame_stamps + [stamp])[-32:]
+                assembler.on_frame(stamp, frame)
+            elif kind == 'odometry':
+                assembler.on_odometry(stamp_to_ns(msg.header.stamp), pose_from_odometry(msg),
+                                      speed_from_odometry(msg), msg.twist.twist.angular.z)
+            elif kind == 'route':
+                assembler.on_route(route_from_path(msg))
+            elif kind == 'command':
+                assembler.on_control(stamp_to_ns(msg.header.stamp),
+                                     control_to_action(command_from_control_msg(msg)))
+            elif kind == 'vehicle_status':
+                stamp = stamp_to_ns(msg.header.stamp)
+                older = [s for s in frame_stamps if s < stamp]
+                if older:
+                    assembler.on_control(older[-1], control_to_action(
+                        command_from_control_msg(msg.control)))
+            elif kind in ('collision', 'lane_invasion'):
+                assembler.on_event(stamp_to_ns(msg.header.stamp), kind)
+            elif kind == 'episode_start':
+                assembler.on_episode_start(stamp_to_ns(msg.stamp))
+            elif kind == 'episode_end':
+                end = parse_episode_end(msg.data.split(';')[0])
+                assembler.on_episode_end(end.kind, end.reason)
+            for item in assembler.pop_output():
+                store(item)
+    for item in assembler.finish():
+        store(item)
+    return seen
+
+
+class Progress:
+    """Print `label i/n` with the latest loss at most every `period` seconds, and at the end."""
+
+    def __init__(self, label: str, total: int, period: float = 5.0):
+        """Start timing `total` steps named `label`."""
+        self.label, self.total, self.period = label, total, period
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int, loss: float | None):
+        """Report step `done` (1-based) if a period has passed or it is the last."""
+        now = time.monotonic()
+        if now - self.last < self.period and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        text = '' if loss is None else f', loss {loss:.4f}'
+        print(f'train_offline: {self.label} {done}/{self.total} ({rate:.1f} updates/s{text})',
+              flush=True)
+
+
+def _parse_value(text: str):
+    """Parse a parameter value the way `-p name:=value` does (YAML scalars)."""
+    return yaml.safe_load(text) if text != '' else ''
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the CLI parser: the tool's options plus one option per policy-spec parameter."""
+    parser = argparse.ArgumentParser(prog='train_offline', description=__doc__.split('\n')[0])
+    parser.add_argument('--bag', type=Path, nargs='+', required=True, action='extend',
+                        help='input bag directories (repeatable)')
+    parser.add_argument('--out', type=Path, required=True, help='policy checkpoint to write')
+    parser.add_argument('--bc-updates', type=int, default=1000,
+                        help="BC steps towards the route expert's actions (default 1000)")
+    parser.add_argument('--td3-updates', type=int, default=0,
+                        help='TD3 (TD3+BC with bc_weight > 0) updates after BC (default 0)')
+    parser.add_argument('--batch-size', type=int, help='transitions per update (default: the '
+                        "trainer's batch_size)")
+    parser.add_argument('--role', default='ego_vehicle', help='vehicle role name in the bags')
+    parser.add_argument('--seed', type=int, help="seed (default: the trainer's seed)")
+    parser.add_argument('--run-dir', type=Path, help='replay buffer directory (default: a '
+                        'temporary one, removed at the end)')
+    parser.add_argument('--tensorboard', type=Path, metavar='DIR', help='write TensorBoard '
+                        'logs to DIR')
+    parser.add_argument('--params-file', type=Path, help='trainer parameters YAML (e.g. '
+                        'config/trainer_sim.yaml)')
+    parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='set a trainer parameter (repeatable)')
+    group = parser.add_argument_group('policy-spec parameters (as the driver\'s and trainer\'s)')
+    for param in POLICY_SPEC:
+        group.add_argument('--' + param.name.replace('_', '-'), dest='spec_' + param.name,
+                           type=_parse_value, metavar=type(param.default).__name__.upper(),
+                           help=f'{param.description} (default {param.default!r})')
+    return parser
+
+
+def trainer_values(parsed) -> dict:
+    """Return the trainer parameter values the command line sets (file, -p, options)."""
+    values = load_params_file(parsed.params_file, 'trainer') if parsed.params_file else {}
+    for item in parsed.param:
+        name, sep, text = item.partition(':=')
+        if not sep:
+            raise ParameterError(f'-p expects NAME:=VALUE, got {item!r}')
+        values[name] = _parse_value(text)
+    for param in POLICY_SPEC:
+        value = getattr(parsed, 'spec_' + param.name)
+        if value is not None:
+            values[param.name] = value
+    if parsed.batch_size is not None:
+        values['batch_size'] = parsed.batch_size
+    if parsed.seed is not None:
+        values['seed'] = parsed.seed
+    values.pop('use_sim_time', None)  # a node-level parameter, not the trainer's
+    return values
+
+
+def train(parsed, run_dir: Path) -> dict:
+    """Read the bags into a Learner in `run_dir`, train, write the policy; return a report."""
+    import torch
+    base = config_from_values(TRAINER.read(trainer_values(parsed)))
+    torch.set_num_threads(base.torch_threads)
+    camera = base.camera_topic.replace('{role}', parsed.role)
+    frames = count_frames(parsed.bag, camera)
+    if frames == 0:
+        raise ValueError(f'no {camera} messages in {", ".join(map(str, parsed.bag))}')
+    config = replace(
+        base, run_dir=run_dir, resume=False, tensorboard=parsed.tensorboard is not None,
+        buffer_capacity=max(frames + 16, base.td3.batch_size + 16), learning_starts=0,
+        updates_per_step=0.0, bc_pretrain_updates=parsed.bc_updates, initial_policy='',
+        checkpoint_every=10**9, state_every=10**9, health_every=10**9)
+    learner = Learner(config, _PrintLog(), tensorboard_dir=parsed.tensorboard)
+    report = {'bags': [str(b) for b in parsed.bag], 'transitions': 0, 'episodes': 0}
+    try:
+        for bag in parsed.bag:
+            seen = read_bag(bag, config, parsed.role, lambda item: learner.store(parsed.role,
+                                                                               item))
+            print(f'train_offline: {bag}: ' + ', '.join(f'{k} {v}' for k, v in seen.items()),
+                  flush=True)
+        report.update(transitions=learner.env_steps, episodes=learner.episodes)
+        if learner.buffer.size <= config.td3.batch_size:
+            raise ValueError(f'{learner.buffer.size} usable transitions: more than a batch '
+                             f'({config.td3.batch_size}) is needed (are the camera, odometry, '
+                             'route and command topics in the bags?)')
+        report['bc_loss_before'] = learner.bc_loss()
+        print(f'train_offline: {learner.env_steps} transitions, {learner.episodes} episodes; '
+              f"BC loss {report['bc_loss_before']:.4f}", flush=True)
+        progress = Progress('BC', parsed.bc_updates)
+        for done in range(1, parsed.bc_updates + 1):
+            progress.update(done, learner.bc_step()['bc_mse'])
+        progress = Progress('TD3', parsed.td3_updates)
+        for done in range(1, parsed.td3_updates + 1):
+            metrics = learner.td3_step()
+            loss = metrics.get('critic_loss')
+            progress.update(done, None if loss is None else float(loss))
+        report['bc_loss_after'] = learner.bc_loss()
+        report['updates'] = learner.updates
+        if learner.tb is not None:
+            for key in ('bc_loss_before', 'bc_loss_after'):
+                learner.tb.add_scalar(f'offline/{key}', report[key], learner.updates)
+        save_policy_state(parsed.out, learner.agent.policy_state(), config.spec, {
+            'step': str(learner.updates), 'train_offline': json.dumps(report, sort_keys=True)})
+    finally:
+        learner.close(save=False)  # the policy is --out; the run directory is scratch
+    print(f"train_offline: BC loss {report['bc_loss_before']:.4f} -> "
+          f"{report['bc_loss_after']:.4f} after {report['updates']} updates; wrote "
+          f'{parsed.out}', flush=True)
+    return report
+
+
+class _PrintLog:
+    """The Learner's log on stdout (a tool has no ROS logger)."""
+
+    def info(self, text):
+        print(f'train_offline: {text}', flush=True)
+
+    warning = error = fatal = info
+
+
+def main(args=None):
+    """Train a policy from bags on the command line."""
+    argv = sys.argv[1:] if args is None else list(args)[1:]
+    parsed = build_parser().parse_args(argv)
+    if parsed.bc_updates < 0 or parsed.td3_updates < 0:
+        sys.exit('train_offline: --bc-updates and --td3-updates must be >= 0')
+    try:
+        if parsed.run_dir is not None:
+            return train(parsed, parsed.run_dir)
+        with tempfile.TemporaryDirectory(prefix='train_offline_') as run_dir:
+            return train(parsed, Path(run_dir))
+    except (ParameterError, ValueError, FileNotFoundError) as error:
+        sys.exit(f'train_offline: {error}')
+
+
+if __name__ == '__main__':
+    main()
