@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..sim.expert import expert_actions
+from ..throttled_log import ThrottledLog
 from .checkpoint import (
     CHECKPOINT_SUBDIR,
     POLICY_PATTERN,
@@ -152,7 +153,7 @@ class Learner:
             stack=config.spec.preprocessing.frame_stack,
             fill_mode=config.spec.preprocessing.stack_fill)
         self.buffer_lock = threading.Lock()
-        self._log_times = {}
+        self.log_throttled = ThrottledLog(self.log)
         self._broken_streams: set = set()
         self.unstored = 0  # assembled items the buffer refused (and steps skipped after one)
         self.env_steps = 0
@@ -459,13 +460,6 @@ class Learner:
         """Return the updates done since the last call (for an updates/s figure)."""
         count, self.updates_since_log = self.updates_since_log, 0
         return count
-
-    def log_throttled(self, level: str, key: str, text: str, period: float = 2.0):
-        """Log at most once per `period` seconds per key."""
-        now = time.monotonic()
-        if now - self._log_times.get(key, -1e9) >= period:
-            self._log_times[key] = now
-            getattr(self.log, level)(text)
 
     def close(self, save: bool = True):
         """Save the policy (if trained) and the state unless not `save`; close files and logs."""

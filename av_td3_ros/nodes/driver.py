@@ -36,10 +36,10 @@ from ..driving.inference import resolve_device
 from ..driving.inference_onnx import build_runner
 from ..driving.pipeline import DrivingPipeline
 from ..driving.ros_conversions import fill_control_msg
+from ..throttled_log import ThrottledLog
 from .driver_config import read_config
 from .node_main import guard_callback, run_node
 from .policy_topic import PolicyReceiver
-from .throttled_log import ThrottledLog
 from .transport import shared_memory_limit
 from .watchdog import StallWatchdog
 

@@ -1,4 +1,8 @@
-"""Log a recurring problem at most once per period per key (steady clock, any thread)."""
+"""Log a recurring problem at most once per period per key (steady clock, any thread).
+
+Shared by the nodes and the ROS-free core (the Learner): it needs only a logger with
+`info`/`warning`/`error` methods, an rclpy logger or a `logging.Logger`.
+"""
 from __future__ import annotations
 
 import threading
@@ -9,14 +13,14 @@ DEFAULT_PERIOD_S = 2.0
 
 
 class ThrottledLog:
-    """Log through an rclpy logger, at most once per `period` seconds for each key.
+    """Log at most once per `period` seconds for each key.
 
     Keys name the problem (e.g. 'bad_frame_ego_vehicle'), so one noisy input cannot hide a
     different one. The time is the steady clock: sim time may stop, the log must not.
     """
 
     def __init__(self, logger, period: float = DEFAULT_PERIOD_S):
-        """Wrap `logger` (an rclpy logger); `period` is the default spacing per key."""
+        """Wrap `logger` (rclpy or `logging`); `period` is the default spacing per key."""
         self.logger = logger
         self.period = period
         self._last: dict[str, float] = {}
