@@ -106,8 +106,16 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
         params['sim_bridge']['ros__parameters']['step_timeout'] = 10.0
         sim_params = Path(workdir, 'sim_bridge.yaml')
         sim_params.write_text(yaml.safe_dump(params))
+        # Likewise the driver's stall watchdog: its brake (stamped by the wall clock) would
+        # tick the world too. A measurement, not a car: it may wait 5 s for a frame.
+        driver_defaults = Path(bridge_defaults).with_name('driver.yaml')
+        driver = yaml.safe_load(driver_defaults.read_text())
+        (section,) = driver.values()
+        section['ros__parameters']['frame_timeout'] = 5.0
+        driver_params = Path(workdir, 'driver.yaml')
+        driver_params.write_text(yaml.safe_dump(driver))
         arguments.update(seed=str(seeds[0] - 1), device='cpu',
-                         sim_params_file=str(sim_params))
+                         sim_params_file=str(sim_params), driver_params_file=str(driver_params))
         description = parse_launch_file(resolve_launch_path('sim_drive.launch.xml'),
                                         arguments)
         env = dict(os.environ, **description.environment, PYTHONUNBUFFERED='1')
