@@ -100,20 +100,26 @@ class Probe:
         """Wait for the tick of the command with this distinctive throttle; return its stamp.
 
         The bridge handles our commands in the order we sent them and each topic arrives in
-        publish order, so once that tick's status and image are here, every tick caused by
-        an earlier command is here too: counting images is exact from then on.
+        publish order, so once that tick is here on every stamped topic, so is every tick
+        an earlier command caused: counting messages is exact from then on.
         """
-        status = self.msgs['/carla/ego_vehicle/vehicle_status']
-        images = self.msgs['/carla/ego_vehicle/rgb_front/image']
+        prefix = '/carla/ego_vehicle'
+        status = self.msgs[f'{prefix}/vehicle_status']
+        stamped = [self.msgs[f'{prefix}/{topic}'] for topic in (
+            'vehicle_status', 'odometry', 'rgb_front/camera_info', 'rgb_front/image')]
 
         def stamp():
             ticks = [_ns(s.header.stamp) for s in status
                      if math.isclose(s.control.throttle, throttle, abs_tol=1e-6)]
             return ticks[-1] if ticks else None
 
-        assert self.spin_until(lambda: stamp() is not None and stamp() in
-                               {_ns(i.header.stamp) for i in images}, timeout), \
-            f'no tick with throttle {throttle}'
+        def everywhere(tick):
+            return (all(any(_ns(m.header.stamp) == tick for m in msgs) for msgs in stamped)
+                    and any(_ns(c.clock) == tick for c in self.msgs['/clock'])
+                    and any(w.frame == tick // DELTA_NS for w in self.msgs['/carla/status']))
+
+        assert self.spin_until(lambda: stamp() is not None and everywhere(stamp()), timeout), \
+            f'no complete tick with throttle {throttle}'
         return stamp()
 
     def close(self):
@@ -213,10 +219,12 @@ def test_topics_and_one_tick_per_command(start_node, probe):
         applied = vstatus[stamp + DELTA_NS].control
         assert applied.throttle == pytest.approx(throttle)
         assert applied.header.stamp == vstatus[stamp + DELTA_NS].header.stamp
+    # The speedometer is unstamped: wait for the last tick's speed (the speed grows each tick).
     speeds = probe['/carla/ego_vehicle/speedometer']
-    assert len(speeds) >= len(stamps) and speeds[-1].data > 0.0
     last = odom_by_stamp[stamps[-1]]
-    assert last.twist.twist.linear.x == pytest.approx(speeds[-1].data, rel=1e-5)
+    assert probe.spin_until(lambda: speeds and speeds[-1].data == pytest.approx(
+        last.twist.twist.linear.x, rel=1e-5)), (speeds[-3:], last.twist.twist.linear.x)
+    assert len(speeds) >= len(stamps) and speeds[-1].data > 0.0
     # the car moved along its heading
     first = odom_by_stamp[stamps[0]]
     q = first.pose.pose.orientation
