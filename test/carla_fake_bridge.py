@@ -157,9 +157,11 @@ class FakeCarlaWorld:
     def tick(self, timeout=2.0, wait_for_command=True):
         """Publish this tick's frame, wait for its command (if asked), then step the world.
 
-        Without a command to wait for (the test plays the driver), serve only what has
-        arrived: the manager's reactions need no pacing, as it judges by the frames' stamps
-        (sim time) and a teleport applies at whichever step follows its arrival.
+        Without a command to wait for (the test plays the driver), serve what has arrived
+        and go on: the manager judges by the frames' stamps (sim time), so the world needs no
+        pace, except that a teleport is whole before the world steps. The manager sends it
+        as velocity, pose, velocity on two topics; stepping between the pose and the last
+        velocity would move the car on from the spawn point at its old speed.
         """
         self.publish_frame()
         stamp = divmod(self.time_ns, 10**9)
@@ -168,6 +170,9 @@ class FakeCarlaWorld:
                                         for c in self.commands[-5:]), timeout)
         else:
             self.serve_ready()
+            if self._pending_pose is not None:
+                self.spin_until(lambda: len(self.velocities) >= 2 * len(self.teleports),
+                                timeout)
         self.step_world()
 
     def serve_ready(self):
