@@ -30,6 +30,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 DT = 0.05  # fixed_delta_seconds
 REPOSITION_DISTANCE = 2.0  # carla_waypoint_publisher's WAYPOINT_DISTANCE
+FREE_RUN_PERIOD = 0.02  # wall seconds per tick when no driver's command is awaited
 
 
 class FakeCarlaWorld:
@@ -157,18 +158,25 @@ class FakeCarlaWorld:
     def tick(self, timeout=2.0, wait_for_command=True):
         """Publish this tick's frame, wait for its command (if asked), then step the world.
 
-        Without a command to wait for (the test plays the driver), serve what has arrived
-        and go on: the manager judges by the frames' stamps (sim time), so the world needs no
-        pace, except that a teleport is whole before the world steps. The manager sends it
-        as velocity, pose, velocity on two topics; stepping between the pose and the last
-        velocity would move the car on from the spawn point at its old speed.
+        Without a command to wait for (the test plays the driver) the world runs at a wall
+        rate, like a simulator waiting on nobody: one tick per FREE_RUN_PERIOD, serving
+        callbacks meanwhile. That rate models the simulator, it orders nothing: unpaced, the
+        world outran the manager, whose odometry queue (depth 10) then dropped the samples
+        near the goal, and the manager cannot be asked whether it has seen a frame (Fast DDS
+        acknowledges only on its 3 s heartbeat). What must come before a step is waited
+        for: the manager sends a teleport as velocity, pose, velocity on two topics, and a
+        step between the pose and the last velocity would move the car on from the spawn
+        point at its old speed.
         """
+        started = time.monotonic()
         self.publish_frame()
         stamp = divmod(self.time_ns, 10**9)
         if wait_for_command:
             self.spin_until(lambda: any((c.header.stamp.sec, c.header.stamp.nanosec) == stamp
                                         for c in self.commands[-5:]), timeout)
         else:
+            while (left := started + FREE_RUN_PERIOD - time.monotonic()) > 0:
+                self.executor.spin_once(timeout_sec=left)
             self.serve_ready()
             if self._pending_pose is not None:
                 self.spin_until(lambda: len(self.velocities) >= 2 * len(self.teleports),
