@@ -229,8 +229,8 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
     # Both vehicles contributed, and every transition pairs one vehicle's frames with that
     # same vehicle's action.
     # Frames are paced by the trainer's periodic frame count, not one by one, so a loaded
-    # machine may still drop a few;
-    # what matters is that both vehicles contributed and nothing was paired across them.
+    # machine may still drop a few; what matters is that both vehicles contributed and
+    # nothing was paired across them.
     assert len(batch.rewards) >= 10
     for role in ('alpha', 'beta'):
         mine = np.isclose(batch.actions[:, 0], steer[role])
