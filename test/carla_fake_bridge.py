@@ -23,13 +23,14 @@ from carla_msgs.msg import CarlaEgoVehicleControl
 from geometry_msgs.msg import Pose, PoseStamped, Twist
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor, TimeoutException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
 DT = 0.05  # fixed_delta_seconds
 REPOSITION_DISTANCE = 2.0  # carla_waypoint_publisher's WAYPOINT_DISTANCE
+FREE_RUN_PERIOD = 0.02  # wall seconds per tick when no driver's command is awaited
 
 
 class FakeCarlaWorld:
@@ -155,15 +156,43 @@ class FakeCarlaWorld:
         self.image_pub.publish(image)
 
     def tick(self, timeout=2.0, wait_for_command=True):
-        """Publish this tick's frame, wait for its command (if asked), then step the world."""
+        """Publish this tick's frame, wait for its command (if asked), then step the world.
+
+        Without a command to wait for (the test plays the driver) the world runs at a wall
+        rate, like a simulator waiting on nobody: one tick per FREE_RUN_PERIOD, serving
+        callbacks meanwhile. That rate models the simulator, it orders nothing: unpaced, the
+        world outran the manager, whose odometry queue (depth 10) then dropped the samples
+        near the goal, and the manager cannot be asked whether it has seen a frame (Fast DDS
+        acknowledges only on its 3 s heartbeat). What must come before a step is waited
+        for: the manager sends a teleport as velocity, pose, velocity on two topics, and a
+        step between the pose and the last velocity would move the car on from the spawn
+        point at its old speed.
+        """
+        started = time.monotonic()
         self.publish_frame()
         stamp = divmod(self.time_ns, 10**9)
         if wait_for_command:
             self.spin_until(lambda: any((c.header.stamp.sec, c.header.stamp.nanosec) == stamp
                                         for c in self.commands[-5:]), timeout)
         else:
-            self.spin_until(lambda: False, timeout=0.02)  # serve what arrived meanwhile
+            while (left := started + FREE_RUN_PERIOD - time.monotonic()) > 0:
+                self.executor.spin_once(timeout_sec=left)
+            self.serve_ready()
+            if self._pending_pose is not None:
+                self.spin_until(lambda: len(self.velocities) >= 2 * len(self.teleports),
+                                timeout)
         self.step_world()
+
+    def serve_ready(self):
+        """Run every callback that is ready now, without waiting for more to arrive."""
+        while True:
+            try:
+                handler, _, _ = self.executor.wait_for_ready_callbacks(timeout_sec=0.0)
+            except TimeoutException:
+                return
+            handler()
+            if handler.exception() is not None:
+                raise handler.exception()
 
     def spin_until(self, predicate, timeout=10.0):
         """Spin until `predicate()` holds; return whether it did in time."""

@@ -264,8 +264,12 @@ class ReplayChecker:
         """Spin until `predicate()` holds; return whether it did before the deadline."""
         return _spin(self.executor, predicate, timeout)
 
-    def replay(self, start_tool, bag, driver):
-        """Replay `bag` as fast as the driver consumes it; return {stamp: [commands]}."""
+    def replay(self, start_tool, bag, driver, stamps):
+        """Replay `bag` (camera frames `stamps`) as fast as the driver consumes it.
+
+        Return the player's output and {stamp: [commands]} once a command for every frame
+        has reached this node (the player saw them, but they may still be in flight here).
+        """
         self.subscribe()
         assert self.spin_until(lambda: self.node.count_publishers(CONTROL) > 0
                                and self.node.count_publishers(DEBUG) > 0, 30.0), \
@@ -273,12 +277,16 @@ class ReplayChecker:
         player = start_tool('av_td3_ros.tools.bags.replay', bag, '--as-fast-as-consumed')
         assert self.spin_until(lambda: player.proc.poll() is not None, 60.0), player.output()
         assert player.wait() == 0, player.output()
-        self.spin_until(lambda: False, 0.2)  # the last command and debug image may be in flight
+        self.spin_until(lambda: set(stamps) <= set(self.commands_by_stamp()), 30.0)
+        return player.output(), self.commands_by_stamp()
+
+    def commands_by_stamp(self):
+        """Return the commands received so far as {stamp (ns): [commands]}."""
         by_stamp = {}
         for msg in self.commands:
             by_stamp.setdefault(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec,
                                 []).append(msg)
-        return player.output(), by_stamp
+        return by_stamp
 
     def close(self):
         """Destroy the node."""
@@ -303,9 +311,13 @@ def assert_replay_equals_offline(checker, by_stamp, stamps, offline_dir, driver)
         for name in ('steer', 'throttle', 'brake'):
             assert f32(getattr(command, name)) == f32(getattr(expected[stamp], name)), \
                 (stamp, name)
-    # Debug frame stacks the driver published are the offline ones, byte for byte.
+    # Debug frame stacks the driver published are the offline ones, byte for byte. The debug
+    # writer keeps one sample, so earlier ones may be replaced, but the last one must come.
     offline_debug = dict(expected_debug)
-    assert checker.debug
+    last = max(offline_debug)
+    assert checker.spin_until(lambda: any(
+        msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == last
+        for msg in checker.debug), 30.0), driver.output()
     for msg in checker.debug:
         stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
         assert bytes(msg.data) == offline_debug[stamp]
@@ -321,7 +333,7 @@ def test_replay_through_live_driver_equals_offline_evaluation(start_node, start_
                          '--checkpoint', checkpoint, '--device', 'cpu')
     _, (driver,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, use_sim_time='false',
                                 checkpoint=str(checkpoint), device='cpu')
-    output, by_stamp = checker.replay(start_tool, bag, driver)
+    output, by_stamp = checker.replay(start_tool, bag, driver, stamps)
     assert f'frames {len(stamps)}, answered {len(stamps)}' in output
     assert offline.wait() == 0, offline.output()
     expected, offline_debug = assert_replay_equals_offline(checker, by_stamp, stamps,
@@ -378,7 +390,8 @@ def test_simulator_run_recorded_then_replayed_equals_offline(start_node, start_t
                          '--no-odometry-timeout')
     _, (driver,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, use_sim_time='false',
                                 checkpoint=str(checkpoint), device='cpu')
-    output, by_stamp = checker.replay(start_tool, tmp_path / 'sim_run', driver)
+    output, by_stamp = checker.replay(start_tool, tmp_path / 'sim_run', driver,
+                                  stamps)
     assert f'frames {len(stamps)}, answered {len(stamps)}' in output
     assert offline.wait() == 0, offline.output()
     expected, _ = assert_replay_equals_offline(checker, by_stamp, stamps,

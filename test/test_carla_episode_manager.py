@@ -34,9 +34,14 @@ class Episodes:
                                        lambda msg: self.ends.append(msg.data), 10)
 
 
-def drive(world, until, ticks, throttle=0.0, brake=0.0):
-    """Tick the world with a fixed command (the test plays the driver) until `until()`."""
-    for _ in range(ticks):
+def drive(world, until, throttle=0.0, brake=0.0, timeout=60.0):
+    """Tick the world with a fixed command (the test plays the driver) until `until()`.
+
+    Bounded by wall time, not by ticks: a tick lasts as long as the manager takes to receive
+    its frame, while discovery and a reset's steps take wall time.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         world.control = CarlaEgoVehicleControl(throttle=throttle, brake=brake)
         world.tick(wait_for_command=False)
         if until():
@@ -56,7 +61,7 @@ def test_manager_runs_episodes_through_the_bridge_topics(start_node, rclpy_conte
     episodes = Episodes(world)
     try:
         # 1. Auto start: teleport to A at standstill, goal B, route, then the first frame.
-        assert drive(world, lambda: episodes.starts, 400, brake=1.0), manager.output()
+        assert drive(world, lambda: episodes.starts, brake=1.0), manager.output()
         first = world.teleports[0]
         assert (first.position.x, first.position.y, first.position.z) == (*A, 0.5)
         assert world.velocities and all(v.linear.x == 0.0 for v in world.velocities)
@@ -68,17 +73,17 @@ def test_manager_runs_episodes_through_the_bridge_topics(start_node, rclpy_conte
         assert near(world.frames[stamp_ns(start)], A), world.frames[stamp_ns(start)]
 
         # 2. Full throttle to the route's end: terminated, then the next spawn point, B.
-        assert drive(world, lambda: episodes.ends, 300, throttle=1.0), manager.output()
+        assert drive(world, lambda: episodes.ends, throttle=1.0), manager.output()
         assert episodes.ends[0].startswith('terminated:route_completed;steps=')
-        assert drive(world, lambda: len(episodes.starts) == 2, 400, brake=1.0)
+        assert drive(world, lambda: len(episodes.starts) == 2, brake=1.0)
         assert near(world.frames[stamp_ns(episodes.starts[1])], B)
         rotation = world.teleports[-1].orientation
         assert math.isclose(2 * math.degrees(math.atan2(rotation.z, rotation.w)), 180.0)
 
         # 3. Standing still: truncated as stuck; episode 3 starts back at A.
-        assert drive(world, lambda: len(episodes.ends) == 2, 200, brake=1.0)
+        assert drive(world, lambda: len(episodes.ends) == 2, brake=1.0)
         assert episodes.ends[1].startswith('truncated:stuck;')
-        assert drive(world, lambda: len(episodes.starts) == 3, 400, brake=1.0)
+        assert drive(world, lambda: len(episodes.starts) == 3, brake=1.0)
         assert episodes.starts[2].frame_id == '3'
 
         # 4. The trainer's reset (e.g. after a collision): no episode_end from the manager.
@@ -87,12 +92,12 @@ def test_manager_runs_episodes_through_the_bridge_topics(start_node, rclpy_conte
         future = client.call_async(Trigger.Request())
         assert world.spin_until(future.done, timeout=30.0)
         assert future.result().success, future.result().message
-        assert drive(world, lambda: len(episodes.starts) == 4, 400, brake=1.0)
+        assert drive(world, lambda: len(episodes.starts) == 4, brake=1.0)
         assert len(episodes.ends) == 2
         assert near(world.frames[stamp_ns(episodes.starts[3])], B)
 
         # 5. Moving, but not reaching the goal in time: truncated by the time limit.
-        assert drive(world, lambda: len(episodes.ends) == 3, 300, throttle=0.3)
+        assert drive(world, lambda: len(episodes.ends) == 3, throttle=0.3)
         assert episodes.ends[2].startswith('truncated:time_limit;')
         assert manager.proc.poll() is None, manager.output()
     finally:

@@ -8,6 +8,7 @@ import pytest
 from carla_msgs.msg import CarlaEgoVehicleControl, CarlaEgoVehicleStatus, CarlaStatus
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
+from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -95,6 +96,32 @@ class Probe:
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         self.cmd.publish(msg)
 
+    def tick_of(self, throttle, timeout=15.0):
+        """Wait for the tick of the command with this distinctive throttle; return its stamp.
+
+        The bridge handles our commands in the order we sent them and each topic arrives in
+        publish order, so once that tick is here on every stamped topic, so is every tick
+        an earlier command caused: counting messages is exact from then on.
+        """
+        prefix = '/carla/ego_vehicle'
+        status = self.msgs[f'{prefix}/vehicle_status']
+        stamped = [self.msgs[f'{prefix}/{topic}'] for topic in (
+            'vehicle_status', 'odometry', 'rgb_front/camera_info', 'rgb_front/image')]
+
+        def stamp():
+            ticks = [_ns(s.header.stamp) for s in status
+                     if math.isclose(s.control.throttle, throttle, abs_tol=1e-6)]
+            return ticks[-1] if ticks else None
+
+        def everywhere(tick):
+            return (all(any(_ns(m.header.stamp) == tick for m in msgs) for msgs in stamped)
+                    and any(_ns(c.clock) == tick for c in self.msgs['/clock'])
+                    and any(w.frame == tick // DELTA_NS for w in self.msgs['/carla/status']))
+
+        assert self.spin_until(lambda: stamp() is not None and everywhere(stamp()), timeout), \
+            f'no complete tick with throttle {throttle}'
+        return stamp()
+
     def close(self):
         """Destroy the probe node."""
         self.executor.remove_node(self.node)
@@ -125,9 +152,12 @@ def test_topics_and_one_tick_per_command(start_node, probe):
         handshakes += 1
         if probe.spin_until(lambda: any(_ns(i.header.stamp) > 0 for i in images), 10.0):
             break
-    probe.spin_until(lambda: False, timeout=0.5)  # a late tick of an earlier handshake
-    assert images and 0 < _ns(images[-1].header.stamp) <= handshakes * DELTA_NS, \
-        node.output()
+    # A marker ends the handshakes: when its tick is in, so is a late tick of an earlier one.
+    probe.send(0, throttle=0.05)
+    handshakes += 1
+    marker = probe.tick_of(0.05)
+    assert _ns(images[-1].header.stamp) == marker, node.output()
+    assert 0 < marker <= handshakes * DELTA_NS, node.output()
     assert _ns(images[-1].header.stamp) % DELTA_NS == 0
     base = len(images) - 1  # the lockstep is checked from this frame on
     commands = 0
@@ -143,11 +173,10 @@ def test_topics_and_one_tick_per_command(start_node, probe):
     # a stale (older-stamped) command must not tick; the next unstamped one does
     count = len(images)
     probe.send(_ns(images[-2].header.stamp), throttle=1.0)
-    probe.send(0, throttle=0.0)
+    probe.send(0, throttle=0.95)  # the marker: a wrong tick of the stale one comes before it
     commands += 1
-    assert probe.spin_until(lambda: len(images) > count)
-    probe.spin_until(lambda: False, timeout=0.5)  # give a wrongly triggered frame time to come
-    assert len(images) == count + 1
+    marker = probe.tick_of(0.95)
+    assert len(images) == count + 1 and _ns(images[-1].header.stamp) == marker
     assert len(images) - base == commands + 1  # one frame per command after the handshake
 
     # every image: bgra8 of the configured size, camera frame, stamps k * fixed_delta
@@ -190,10 +219,12 @@ def test_topics_and_one_tick_per_command(start_node, probe):
         applied = vstatus[stamp + DELTA_NS].control
         assert applied.throttle == pytest.approx(throttle)
         assert applied.header.stamp == vstatus[stamp + DELTA_NS].header.stamp
+    # The speedometer is unstamped: wait for the last tick's speed (the speed grows each tick).
     speeds = probe['/carla/ego_vehicle/speedometer']
-    assert len(speeds) >= len(stamps) and speeds[-1].data > 0.0
     last = odom_by_stamp[stamps[-1]]
-    assert last.twist.twist.linear.x == pytest.approx(speeds[-1].data, rel=1e-5)
+    assert probe.spin_until(lambda: speeds and speeds[-1].data == pytest.approx(
+        last.twist.twist.linear.x, rel=1e-5)), (speeds[-3:], last.twist.twist.linear.x)
+    assert len(speeds) >= len(stamps) and speeds[-1].data > 0.0
     # the car moved along its heading
     first = odom_by_stamp[stamps[0]]
     q = first.pose.pose.orientation
@@ -273,21 +304,27 @@ def test_without_auto_reset_the_world_waits_for_reset(start_node, probe):
     node = start_node(MODULE, '--params-file', PARAMS, '-p', 'step_timeout:=0.0',
                       '-p', 'max_episode_steps:=2', '-p', 'auto_reset:=false')
     probe.wait_connected()
-    status = probe['/carla/status']
     ends = probe['/av_td3/ego_vehicle/episode_end']
     probe.send(0, throttle=1.0)
     probe.send(0, throttle=1.0)  # tick 2 ends episode 0
     assert probe.spin_until(lambda: ends, timeout=10.0), node.output()
     assert parse_episode_end(ends[0].data).stamp_ns == 2 * DELTA_NS
-    probe.send(0, throttle=1.0)  # commands do not move a finished episode
-    probe.spin_until(lambda: False, timeout=0.5)
-    assert max(s.frame for s in status) == 2
+    # Commands do not move a finished episode. This one answers its last frame: it would
+    # tick a running episode, and after the reset it would be stale, so no order can make a
+    # correct bridge tick for it. Its tick is nothing to wait for; its acknowledgement shows
+    # it is queued at the bridge, whose executor takes it before a later service request.
+    probe.send(2 * DELTA_NS, throttle=1.0)
+    assert probe.cmd.wait_for_all_acked(Duration(seconds=15.0))
     assert probe.reset.wait_for_service(timeout_sec=10.0)
     future = probe.reset.call_async(Trigger.Request())
     assert probe.spin_until(future.done)
-    assert future.result().message.startswith('episode=1;stamp_ns=150000000;')
-    probe.send(0, throttle=1.0)
-    assert probe.spin_until(lambda: max(s.frame for s in status) == 4)  # stepping again
+    assert future.result().message.startswith('episode=1;stamp_ns=150000000;')  # tick 3
+    probe.send(0, throttle=0.65)  # stepping again; the marker shows no tick came between
+    assert probe.tick_of(0.65) == 4 * DELTA_NS, node.output()
+    vstatus = probe['/carla/ego_vehicle/vehicle_status']
+    after_end = [(_ns(v.header.stamp), v.control.throttle) for v in vstatus
+                 if _ns(v.header.stamp) > 2 * DELTA_NS]
+    assert after_end == [(3 * DELTA_NS, 0.0), (4 * DELTA_NS, pytest.approx(0.65))]
     assert len(ends) == 1
 
 
@@ -303,9 +340,11 @@ def test_bad_commands_never_end_the_simulator(start_node, probe):
     for stamp_ns in (2**63 - 1, 1, 4294967295 * 1_000_000_000):
         probe.send(stamp_ns, 0.1, 0.5, 0.0)
     # Still ticking and answering: a command for the newest frame advances the world.
-    assert probe.spin_until(lambda: len(images) >= 2), node.output()
-    probe.spin_until(lambda: False, timeout=0.3)  # let the ticks of the sends above land
-    count = len(images)
-    probe.send(_ns(images[-1].header.stamp), 0.0, 0.2, 0.0)
-    assert probe.spin_until(lambda: len(images) > count), node.output()
+    # A marker after them: once its tick is in, the ticks of the sends above have landed.
+    probe.send(0, 0.0, 0.3, 0.0)
+    marker = probe.tick_of(0.3)
+    assert _ns(images[-1].header.stamp) == marker
+    probe.send(marker, 0.0, 0.2, 0.0)
+    assert probe.spin_until(lambda: _ns(images[-1].header.stamp) == marker + DELTA_NS), \
+        node.output()
     assert node.proc.poll() is None and 'Traceback' not in node.output()

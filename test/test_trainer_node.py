@@ -168,6 +168,7 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
     # Two vehicles feed one trainer; this test plays both the bridge and the drivers, with
     # different actions per vehicle, so a cross-vehicle pairing would show in the buffer.
     from carla_msgs.msg import CarlaEgoVehicleControl
+    from rclpy.duration import Duration
     run_dir = tmp_path / 'run'
     params = trainer_params(tmp_path)
     args = ('--params-file', str(params), '-p', f'run_dir:={run_dir}',
@@ -184,20 +185,34 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
         assert trainer.wait_for_output('training from alpha, beta', timeout=60), \
             trainer.output()
         for role, bridge in bridges.items():
-            assert bridge.wait_for_subscriber(bridge.image_pub)
-            assert bridge.wait_for_subscriber(commands[role])
+            for publisher in (bridge.image_pub, bridge.odom_pub, bridge.route_pub,
+                              commands[role]):
+                assert bridge.wait_for_subscriber(publisher)
             bridge.publish_route()
-        bridges['alpha'].spin_until(lambda: False, timeout=1.0)
+            bridge.publish_odometry()
+        # A frame is dropped unless a route and an odometry sample are there before it. Both
+        # are unstamped, so once acknowledged they serve every frame, whatever the order of
+        # each frame and its own odometry below (two topics are not ordered).
+        for bridge in bridges.values():
+            for publisher in (bridge.route_pub, bridge.odom_pub):
+                assert publisher.wait_for_all_acked(Duration(seconds=30.0))
+
+        def frames_taken():  # by the trainer, from its progress lines (every log_period)
+            counts = re.findall(r'\| frames (\d+) \(', trainer.output())
+            return int(counts[-1]) if counts else 0
+
+        ahead = 6  # frames per vehicle in flight: below every queue's depth (10) on the way
         for sec in range(1, 13):
+            assert bridges['alpha'].spin_until(
+                lambda s=sec: frames_taken() >= 2 * (s - 1 - ahead), timeout=60.0), \
+                trainer.output()
             for role, bridge in bridges.items():
                 bridge.publish_odometry()
-                bridge.spin_until(lambda: False, timeout=0.02)
                 pixels = np.full((600, 800, 4), brightness[role], np.uint8)
                 bridge.image_pub.publish(bridge.image_msg(sec, pixels))
                 command = CarlaEgoVehicleControl(steer=steer[role], throttle=0.3)
                 command.header.stamp.sec = sec
                 commands[role].publish(command)
-            bridges['alpha'].spin_until(lambda: False, timeout=0.1)
         assert trainer.wait_for_output('checkpoint: policy after', timeout=60), \
             trainer.output()
     finally:
@@ -213,8 +228,9 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
         buffer.close()
     # Both vehicles contributed, and every transition pairs one vehicle's frames with that
     # same vehicle's action.
-    # Frames are sent without waiting for the trainer, so a loaded machine may drop a few;
-    # what matters is that both vehicles contributed and nothing was paired across them.
+    # Frames are paced by the trainer's periodic frame count, not one by one, so a loaded
+    # machine may still drop a few; what matters is that both vehicles contributed and
+    # nothing was paired across them.
     assert len(batch.rewards) >= 10
     for role in ('alpha', 'beta'):
         mine = np.isclose(batch.actions[:, 0], steer[role])
