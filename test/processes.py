@@ -20,9 +20,13 @@ class ModuleProcess:
         self.proc = self.child.process
 
     def output(self) -> str:
-        """Return everything the process printed so far."""
-        self._log.flush()
+        """Return everything the process printed so far (also after stop)."""
+        self._flush()
         return self.log_path.read_text(errors='replace')
+
+    def _flush(self):
+        if not self._log.closed:
+            self._log.flush()
 
     def wait_for_output(self, text, timeout=60.0) -> bool:
         """Wait until `text` appears in the output; return False on timeout or exit."""
@@ -40,14 +44,14 @@ class ModuleProcess:
         try:
             return self.child.wait(timeout)
         finally:
-            self._log.flush()
+            self._flush()
 
     def interrupt(self, timeout=15.0):
         """Stop it like Ctrl-C does; return its exit status."""
         try:
             return self.child.interrupt(timeout)
         finally:
-            self._log.flush()
+            self._flush()
 
     def stop(self, timeout=10.0) -> int:
         """Send SIGINT, then SIGKILL to the whole group if it does not exit in time."""

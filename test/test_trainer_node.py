@@ -21,6 +21,9 @@ from av_td3_ros.learning.replay_buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 CAPACITY = 500
+# The trainer saves its policy, training state and buffer on SIGINT: on a busy machine that
+# can take longer than the default 10 s before the SIGKILL that would fail the test.
+TRAINER_STOP_S = 60.0
 
 
 def trainer_params(tmp_path, **overrides):
@@ -129,7 +132,7 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
         assert 'activation health' in trainer.output()
     finally:
         bridge.close()
-    assert trainer.stop() == 0, trainer.output()
+    assert trainer.stop(TRAINER_STOP_S) == 0, trainer.output()
 
     # The buffer holds what the trainer committed, with the done flags where they belong.
     buffer = ReplayBuffer.open(run_dir, CAPACITY, check_ram=False)
@@ -218,7 +221,7 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
     finally:
         for bridge in bridges.values():
             bridge.close()
-    assert trainer.stop() == 0, trainer.output()
+    assert trainer.stop(TRAINER_STOP_S) == 0, trainer.output()
     buffer = ReplayBuffer.open(run_dir, CAPACITY, check_ram=False)
     try:
         lo, end = buffer.window
@@ -262,7 +265,7 @@ def test_one_trainer_pairs_several_vehicles_separately_and_resumes(start_node, t
     assert again.wait_for_output('training from', timeout=60), again.output()
     assert [path for path in stale if path.exists()] == []
     assert all(path.exists() for path in foreign)
-    assert again.stop() == 0
+    assert again.stop(TRAINER_STOP_S) == 0
     # Its shutdown save reached the same step: the file there keeps the other run's bytes.
     assert {p.name: p.read_bytes() for p in checkpoints.glob('policy_*')} == policies_before
     # A resume under another policy spec is refused, naming the difference.
@@ -355,7 +358,7 @@ def test_bad_routes_odometry_and_commands_never_end_the_trainer(start_node, tmp_
         assert 'Traceback' not in output
     finally:
         bridge.close()
-    assert trainer.stop() == 0, trainer.output()
+    assert trainer.stop(TRAINER_STOP_S) == 0, trainer.output()
 
 
 
@@ -426,7 +429,7 @@ def test_a_trainer_killed_while_saving_restarts_clean_and_never_rewrites_a_polic
             leftovers = stray_files()
             left_by_kills += len(leftovers)
         assert 'resumed' in trainer.output()
-        assert trainer.stop() == 0, trainer.output()
+        assert trainer.stop(TRAINER_STOP_S) == 0, trainer.output()
     finally:
         bridge.close()
     assert stray_files() == []
