@@ -263,7 +263,7 @@ class Finetuner:
         agent.critic.zero_grad(set_to_none=True)
         throttle_grad = action.grad[:, 1].numpy()
         values = {'dq_dthrottle_pos': float(np.mean(throttle_grad > 0)),
-                  'actor_throttle': float(action[:, 1].mean()),
+                  'actor_throttle': float(action[:, 1].detach().mean()),
                   'q_on_road': float(q_data[~near].mean()) if (~near).any() else float('nan'),
                   'q_near_edge': float(q_data[near].mean()) if near.any() else float('nan'),
                   'reward_on_road': float(batch.rewards[~near].mean()) if (~near).any()
