@@ -63,3 +63,14 @@ def test_checkpoint_episode_runs_through_the_driver_pipeline(tmp_path, capsys):
     assert main(['--checkpoint', str(path), '--seeds', '3', '--ablate', 'camera']) == 0
     out = capsys.readouterr().out
     assert 'seed 3: return' in out and 'over 1 episodes' in out
+
+
+def test_an_episode_end_belongs_to_the_newest_start_not_after_it():
+    from av_td3_ros.tools.evaluate_policy import episode_of
+    end = 'truncated:time_limit;return=87.0;steps=120;stamp_ns={}'.format
+    starts = [(5_000, 1), (11_000, 2)]
+    assert episode_of(end(10_950), starts) == 1
+    assert episode_of(end(11_000), starts) == 2  # cannot happen on one tick; newest wins
+    assert episode_of(end(4_000), starts) == -1  # the warm-up, whose start was missed
+    assert episode_of(end(4_000), []) is None  # not decidable yet
+    assert episode_of('truncated:time_limit;return=1.0;steps=3', starts) is None

@@ -9,10 +9,13 @@
 In-process (default) the episodes run on `SimEnv` through the driver's own pipeline. With
 `--through-ros` the sim_bridge and driver nodes of launch/sim_drive.launch.xml run as
 processes (as `scripts/demo.sh` starts them) with the bridge's default parameters, and the
-returns come from the bridge's episode_end messages. The bridge starts on the track before
-the first seed; once the driver drives, the episode is reset, so every measured episode
-starts with the driver ready (the bridge's episode e drives track seed + e). One line per
-episode, then `mean return X ± Y over N episodes`.
+returns come from the bridge's episode_end messages. The bridge's episode e drives track
+seed + e; episode 0, on the track before the first seed, is a warm-up that ends by itself
+(the driver may miss its start), so every measured episode starts with the driver ready. The
+driver starts only once this tool hears the bridge's episode topics (the world waits for the
+driver), so no measured episode can start or end unheard.
+Each end is matched to its episode by stamp (episode_start carries the index), never by
+counting messages. One line per episode, then `mean return X ± Y over N episodes`.
 """
 from __future__ import annotations
 
@@ -79,6 +82,22 @@ def ros_episode_result(seed: int, text: str) -> EpisodeResult:
     return EpisodeResult(seed, end.episode_return, end.steps, end.reason, -1)
 
 
+def episode_of(end_text: str, starts: list[tuple[int, int]]) -> int | None:
+    """Return the index of the episode an episode_end belongs to, or None if not yet known.
+
+    `starts` holds (stamp_ns, index) of the episode_start messages seen: the end belongs to
+    the newest start not after it; -1 if it came before every start seen (a warm-up whose
+    start was missed); None while that cannot be told yet (or the end has no stamp).
+    """
+    stamp = parse_episode_end(end_text).stamp_ns
+    if stamp is None:
+        return None
+    earlier = [(start, index) for start, index in starts if start <= stamp]
+    if earlier:
+        return max(earlier)[1]
+    return -1 if any(start > stamp for start, _ in starts) else None
+
+
 def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
     """Run sim_bridge + driver as processes for consecutive seeds; collect episode_end."""
     import yaml
@@ -120,41 +139,44 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
                                         arguments)
         env = dict(os.environ, **description.environment, PYTHONUNBUFFERED='1')
         os.environ.update(description.environment)
-        ends, driving = [], []
+        ends, starts = [], []  # starts: (stamp_ns, episode index)
         import rclpy
-        from carla_msgs.msg import CarlaEgoVehicleControl
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from std_msgs.msg import String
-        from std_srvs.srv import Trigger
+        from std_msgs.msg import Header, String
         rclpy.init(args=[])
         node = Node('evaluate_policy')
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        node.create_subscription(String, '/av_td3/ego_vehicle/episode_end',
-                                 lambda msg: ends.append(msg.data), reliable)
-        # A command that is not the full brake the driver sends while it waits: it drives.
-        node.create_subscription(CarlaEgoVehicleControl, '/carla/ego_vehicle/vehicle_control_cmd',
-                                 lambda msg: driving.append(msg.brake < 1.0 or msg.throttle > 0),
-                                 reliable)
-        reset = node.create_client(Trigger, '/av_td3/ego_vehicle/reset_episode')
+        end_sub = node.create_subscription(String, '/av_td3/ego_vehicle/episode_end',
+                                           lambda msg: ends.append(msg.data), reliable)
+        start_sub = node.create_subscription(
+            Header, '/av_td3/ego_vehicle/episode_start',
+            lambda msg: starts.append((msg.stamp.sec * 10**9 + msg.stamp.nanosec,
+                                       int(msg.frame_id))), reliable)
         nodes, results = [], []
         deadline = time.monotonic() + args.timeout
         try:
-            for node_spec in description.nodes:
+            # The bridge first; the driver only once this node hears the bridge's episode
+            # topics: the world does not move before the driver drives, so no episode after
+            # the warm-up can start or end unheard.
+            for node_spec in sorted(description.nodes, key=lambda n: n.name != 'sim_bridge'):
+                if node_spec.name != 'sim_bridge':
+                    while (min(end_sub.get_publisher_count(), start_sub.get_publisher_count())
+                           < 1 and time.monotonic() < deadline):
+                        rclpy.spin_once(node, timeout_sec=0.1)
                 nodes.append(LaunchedNode(node_spec, env, Path(workdir), echo=args.verbose))
-            while not any(driving) and time.monotonic() < deadline:
-                rclpy.spin_once(node, timeout_sec=0.2)
-                if any(launched.process.poll() is not None for launched in nodes):
-                    raise OSError('a node exited before the driver drove')
-            if not reset.wait_for_service(timeout_sec=30.0):
-                raise OSError('the sim_bridge offers no reset_episode service')
-            future = reset.call_async(Trigger.Request())
-            rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
-            ends.clear()  # the warm-up episode was cut short: it published no end
             while len(results) < len(seeds) and time.monotonic() < deadline:
                 rclpy.spin_once(node, timeout_sec=0.2)
                 while ends and len(results) < len(seeds):
-                    results.append(ros_episode_result(seeds[len(results)], ends.pop(0)))
+                    index = episode_of(ends[0], starts)
+                    if index is None:
+                        break  # its episode_start is still on its way
+                    text = ends.pop(0)
+                    if index < 1:
+                        continue  # the warm-up episode
+                    if index != len(results) + 1:
+                        raise OSError(f'episode {len(results) + 1} ended unseen (got {index})')
+                    results.append(ros_episode_result(seeds[len(results)], text))
                     report(results[-1])
                 if any(launched.process.poll() is not None for launched in nodes):
                     print('[evaluate_policy] a node exited early', flush=True)
