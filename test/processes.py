@@ -1,4 +1,6 @@
 """Processes the tests start: `python -m <module> args` in their own process group."""
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,17 @@ class ModuleProcess:
     def _flush(self):
         if not self._log.closed:
             self._log.flush()
+
+    def stacks(self, timeout=5.0) -> str:
+        """Return the output after asking the process for every thread's stack (SIGUSR1).
+
+        For an assertion message: a node that still logs but no longer handles messages
+        shows where each thread waits.
+        """
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            self.wait_for_output('File "', timeout)
+        return self.output()
 
     def wait_for_output(self, text, timeout=60.0) -> bool:
         """Wait until `text` appears in the output; return False on timeout or exit."""
