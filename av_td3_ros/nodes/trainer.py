@@ -32,8 +32,6 @@ from carla_msgs.msg import (
 )
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -76,8 +74,8 @@ def read_config(node: Node) -> TrainerConfig:
 class VehicleFeed:
     """One vehicle's subscriptions, assembler and reset client."""
 
-    def __init__(self, node: TrainerNode, role: str, group):
-        """Subscribe to `role`'s topics in callback group `group`."""
+    def __init__(self, node: TrainerNode, role: str):
+        """Subscribe to `role`'s topics."""
         self.node, self.role = node, role
         config = node.config
         self.assembler = TransitionAssembler(config.spec.features, config.reward,
@@ -93,32 +91,24 @@ class VehicleFeed:
         camera = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
-        def sub(msg_type, topic, callback, qos, callback_group):
-            node.create_subscription(msg_type, topic, guard_callback(node, callback), qos,
-                                     callback_group=callback_group)
+        def sub(msg_type, topic, callback, qos):
+            node.create_subscription(msg_type, topic, guard_callback(node, callback), qos)
 
-        sub(Image, config.camera_topic.replace('{role}', role), self.on_image, camera,
-            callback_group=group)
-        sub(Odometry, f'{base}/odometry', self.on_odometry, reliable, callback_group=group)
+        sub(Image, config.camera_topic.replace('{role}', role), self.on_image, camera)
+        sub(Odometry, f'{base}/odometry', self.on_odometry, reliable)
         sub(PathMsg, f'{base}/waypoints', self.on_route,
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.TRANSIENT_LOCAL), callback_group=group)
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
         if config.control_source == 'vehicle_status':
-            sub(CarlaEgoVehicleStatus, f'{base}/vehicle_status', self.on_status, reliable,
-                callback_group=group)
+            sub(CarlaEgoVehicleStatus, f'{base}/vehicle_status', self.on_status, reliable)
         else:
             sub(CarlaEgoVehicleControl, f'{base}/vehicle_control_cmd', self.on_command,
-                reliable, callback_group=group)
-        sub(CarlaCollisionEvent, f'{base}/collision', self.on_collision, reliable,
-            callback_group=group)
-        sub(CarlaLaneInvasionEvent, f'{base}/lane_invasion', self.on_lane_invasion, reliable,
-            callback_group=group)
-        sub(Header, f'/av_td3/{role}/episode_start', self.on_episode_start, reliable,
-            callback_group=group)
-        sub(String, f'/av_td3/{role}/episode_end', self.on_episode_end, reliable,
-            callback_group=group)
-        self.reset_client = node.create_client(Trigger, f'/av_td3/{role}/reset_episode',
-                                               callback_group=group)
+                reliable)
+        sub(CarlaCollisionEvent, f'{base}/collision', self.on_collision, reliable)
+        sub(CarlaLaneInvasionEvent, f'{base}/lane_invasion', self.on_lane_invasion, reliable)
+        sub(Header, f'/av_td3/{role}/episode_start', self.on_episode_start, reliable)
+        sub(String, f'/av_td3/{role}/episode_end', self.on_episode_end, reliable)
+        self.reset_client = node.create_client(Trigger, f'/av_td3/{role}/reset_episode')
 
     def on_image(self, msg: Image):
         """Preprocess the frame exactly as the driver does (uint8 84x84) and queue it."""
@@ -252,11 +242,9 @@ class TrainerNode(Node):
             self.get_logger().fatal(str(error))
             raise SystemExit(2) from error
         learner = self.learner
-        group = MutuallyExclusiveCallbackGroup()
-        self.feeds = [VehicleFeed(self, role, group) for role in config.vehicles]
-        self.create_timer(config.log_period, guard_callback(self, self.log_progress),
-                          callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, guard_callback(self, self.check_feeds), callback_group=group)
+        self.feeds = [VehicleFeed(self, role) for role in config.vehicles]
+        self.create_timer(config.log_period, guard_callback(self, self.log_progress))
+        self.create_timer(1.0, guard_callback(self, self.check_feeds))
         self._stop = threading.Event()
         self._last_log = time.monotonic()
         if learner.latest_policy() is None:
@@ -326,9 +314,11 @@ class TrainerNode(Node):
 
 def main(args=None):
     """Run the trainer node until shutdown, then save its state."""
-    # Two threads: the progress-log timer (its own callback group) runs beside the feeds.
-    run_node(TrainerNode, args, make_executor=lambda: MultiThreadedExecutor(num_threads=2),
-             before_destroy=TrainerNode.shutdown)
+    # One executor thread for every callback (they are short; TD3 updates have their own
+    # thread). With rclpy's MultiThreadedExecutor and callback groups, a loaded test run saw
+    # the feeds stop being served for good while the log timer went on (that executor has
+    # known races around mutually exclusive groups); one thread has no such race.
+    run_node(TrainerNode, args, before_destroy=TrainerNode.shutdown)
 
 
 if __name__ == '__main__':
