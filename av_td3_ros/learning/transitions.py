@@ -34,6 +34,7 @@ a good one comes), unusable odometry is ignored; both are counted and the reason
 """
 from __future__ import annotations
 
+import warnings
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -80,8 +81,26 @@ class _Observation:
     simulator_end: tuple[bool, bool, str] | None = None
 
 
+class _LegacyTuple:
+    """Index an output item like the tuple it used to be, with a DeprecationWarning.
+
+    Until the typed items, the assembler gave ('start', frame, vec), ('transition',
+    Transition) and ('episode_end', return, steps, reason, needs_reset); code that indexes
+    or unpacks those keeps working for now.
+    """
+
+    def _legacy(self) -> tuple:
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        """Return the old tuple's item(s) at `index`."""
+        warnings.warn(f'{type(self).__name__} items are no longer tuples: use its fields '
+                      '(and isinstance, not item[0])', DeprecationWarning, stacklevel=2)
+        return self._legacy()[index]
+
+
 @dataclass(frozen=True)
-class EpisodeStart:
+class EpisodeStart(_LegacyTuple):
     """The first observation of an episode (the replay buffer's episode start)."""
 
     frame: np.ndarray
@@ -89,9 +108,12 @@ class EpisodeStart:
     vec: np.ndarray
     """Kinematic vector, float32."""
 
+    def _legacy(self) -> tuple:
+        return 'start', self.frame, self.vec
+
 
 @dataclass(frozen=True)
-class Transition:
+class Transition(_LegacyTuple):
     """One transition ready for the replay buffer, with its reward terms for logging."""
 
     stamp: int
@@ -104,9 +126,12 @@ class Transition:
     terms: dict[str, float] = field(default_factory=dict)
     end_reason: str = ''
 
+    def _legacy(self) -> tuple:
+        return 'transition', self
+
 
 @dataclass(frozen=True)
-class EpisodeEnd:
+class EpisodeEnd(_LegacyTuple):
     """An episode's end, after its last transition."""
 
     episode_return: float
@@ -114,6 +139,9 @@ class EpisodeEnd:
     reason: str
     needs_reset: bool
     """True when the assembler ended the episode: the simulator side must be asked to reset."""
+
+    def _legacy(self) -> tuple:
+        return 'episode_end', self.episode_return, self.steps, self.reason, self.needs_reset
 
 
 AssemblerOutput = EpisodeStart | Transition | EpisodeEnd
