@@ -38,6 +38,11 @@ def run_node(make_node: Callable[[], Node], args=None,
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if rclpy.ok():
+            raise
+        # Ctrl-C/SIGTERM shut the context down while the executor was taking a message:
+        # rclpy then fails inside take_message. That is the same quiet shutdown.
     finally:
         if node is not None:
             if before_destroy is not None:
