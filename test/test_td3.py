@@ -6,8 +6,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.driving.networks import ActorPolicy, CriticEnsemble, NetworkConfig
 from av_td3_ros.learning.td3 import (
     TD3,
     Batch,
@@ -301,10 +302,11 @@ def all_state(agent):
     return agent.state_tensors()[0]
 
 
-@pytest.mark.parametrize('impl', ['fused', 'foreach'])
-def test_resume_is_bit_for_bit(impl):
+@pytest.mark.parametrize('impl,heads', [('fused', 2), ('foreach', 2), ('fused', 5)])
+def test_resume_is_bit_for_bit(impl, heads):
     batches = [make_batch(seed=s) for s in range(6)]
-    agent = make_agent(optimizer_impl=impl, seed=1)
+    agent = make_agent(optimizer_impl=impl, seed=1, critic_heads=heads,
+                       actor_objective='min' if heads > 2 else 'q1')
     for batch in batches[:3]:
         agent.update(batch)
     tensors, metadata = agent.state_tensors()
@@ -314,7 +316,8 @@ def test_resume_is_bit_for_bit(impl):
     assert metadata['total_updates'] == 3
     assert any(k.startswith('optim.critic.critic_cnn.conv1.weight.exp_avg') for k in tensors)
 
-    fresh = make_agent(optimizer_impl=impl, seed=2)
+    fresh = make_agent(optimizer_impl=impl, seed=2, critic_heads=heads,
+                       actor_objective='min' if heads > 2 else 'q1')
     assert not same(all_state(fresh), tensors)
     fresh.load_state_tensors(tensors, metadata)
     assert same(all_state(fresh), tensors)
@@ -337,6 +340,8 @@ def test_load_rejects_mismatched_state():
         no_targets.load_state_tensors(tensors, metadata)
     with pytest.raises(ValueError, match='format'):
         agent.load_state_tensors(tensors, {**metadata, 'format': 'pickle'})
+    with pytest.raises(ValueError, match='missing'):
+        make_agent(critic_heads=3).load_state_tensors(tensors, metadata)
 
 
 def test_activation_health_ranges_and_relu_vs_leaky():
@@ -601,3 +606,77 @@ def test_frozen_actor_encoder_keeps_the_cnn_and_trains_the_head():
     fresh = make_agent(freeze_actor_encoder=True, policy_frequency=1, seed=9)
     fresh.load_state_tensors(tensors, metadata)
     assert same(snapshot(fresh.actor_cnn), cnn)
+
+
+def test_critic_heads_are_q1_to_qn_and_two_heads_are_td3():
+    keys = set(CriticEnsemble(SMALL, heads=4).state_dict())
+    assert {key.split('.')[0] for key in keys} == {'Q1', 'Q2', 'Q3', 'Q4'}
+    # Two heads: the same names (av_td3_system checkpoints) and the same TD3 update as ever.
+    assert set(CriticEnsemble(SMALL).state_dict()) == {k for k in keys if k[:2] in ('Q1', 'Q2')}
+    with pytest.raises(ValueError, match='2 heads'):
+        CriticEnsemble(SMALL, heads=1)
+    with pytest.raises(ValueError, match='critic_heads'):
+        TD3Config(critic_heads=1)
+    with pytest.raises(ValueError, match='actor_objective'):
+        TD3Config(actor_objective='mean')
+
+
+def test_ensemble_target_is_the_minimum_of_two_heads_drawn_at_random():
+    agent = make_agent(critic_heads=5, seed=3)
+    batch = make_batch(size=16, seed=9)
+    b = agent.prepare(batch)
+    pairs = set()
+    for _ in range(12):
+        noise_state = agent._noise_gen.get_state()
+        target = agent.td_target(b)
+        agent._noise_gen.set_state(noise_state)  # replay the same draws by hand
+        next_action = agent.target_actions(b)
+        first, second = torch.randperm(5, generator=agent._noise_gen)[:2].tolist()
+        pairs.add(frozenset((first, second)))
+        with torch.no_grad():
+            state = torch.cat([agent.target_critic_cnn(b.next_obs), b.next_vec], 1)
+            heads = agent.target_critic(state, next_action)
+            expected = b.rewards + 0.99 * torch.minimum(heads[first], heads[second]).squeeze(1)
+        torch.testing.assert_close(target, expected)
+    assert len(pairs) > 1  # the pair changes from update to update
+
+
+def test_min_objective_is_the_minimum_over_heads():
+    agent = make_agent(critic_heads=4, actor_objective='min')
+    batch = make_batch(size=16, seed=10)
+    b = agent.prepare(batch)
+    loss, metrics = agent.actor_loss(batch)
+    with torch.no_grad():
+        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
+        heads = agent.critic(torch.cat([agent.critic_cnn(b.obs), b.obs_vec], 1), action)
+        expected = torch.cat(heads, 1).min(dim=1).values.mean()
+    torch.testing.assert_close(metrics['actor_q'], expected)
+    torch.testing.assert_close(loss.detach(), -expected)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_min_over_heads_peaks_on_the_data_where_q1_alone_runs_to_a_corner(seed):
+    # The fine-tuning failure in miniature: heads fitted to values that do not depend on the
+    # action, from actions near the behaviour's (+- 0.1), are asked where Q is highest.
+    generator = torch.Generator().manual_seed(seed)
+    net = dataclasses.replace(SMALL, hidden_dim=64)
+    torch.manual_seed(seed)
+    ensemble = CriticEnsemble(net, heads=10)
+    states = torch.randn(256, net.state_dim, generator=generator)
+    behaviour = torch.tensor([0.2, 0.4])
+    values = states[:, :1]
+    optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
+    for _ in range(300):
+        actions = behaviour + 0.1 * torch.randn(256, 2, generator=generator)
+        loss = sum(F.mse_loss(q, values) for q in ensemble(states, actions))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 21), torch.linspace(-1, 1, 21),
+                                      indexing='ij'), -1).reshape(-1, 2)
+    with torch.no_grad():
+        probe = states[:32].repeat_interleave(len(grid), 0)
+        heads = torch.cat(ensemble(probe, grid.repeat(32, 1)), 1).reshape(32, len(grid), 10)
+    distance_q1 = (grid[heads[..., 0].argmax(1)] - behaviour).norm(dim=1).mean()
+    distance_min = (grid[heads.min(-1).values.argmax(1)] - behaviour).norm(dim=1).mean()
+    assert distance_min < 0.5 * distance_q1

@@ -222,18 +222,35 @@ class Critic(nn.Module):
         return self.fc3(hidden)
 
 
-class TwinCritic(nn.Module):
-    """Two independent critics `Q1` and `Q2` (clipped double Q-learning)."""
+class CriticEnsemble(nn.Module):
+    """Independent Q heads `Q1` ... `QN` over one state (N = 2: TD3's clipped double Q).
 
-    def __init__(self, config: NetworkConfig):
-        """Build both critics."""
+    More heads give the learner a measure of what the data do not say: heads trained on the
+    same transitions agree on the actions stored there and extrapolate differently away from
+    them, so their minimum falls off the data (see `TD3Config.critic_heads`).
+    """
+
+    def __init__(self, config: NetworkConfig, heads: int = 2):
+        """Build `heads` critics named Q1 ... Q<heads>."""
         super().__init__()
-        self.Q1 = Critic(config)  # name fixed by av_td3_system checkpoints
-        self.Q2 = Critic(config)
+        if heads < 2:
+            raise ValueError(f'a critic ensemble needs at least 2 heads, got {heads}')
+        self.heads = heads
+        for index in range(1, heads + 1):
+            # Q1 and Q2: names fixed by av_td3_system checkpoints.
+            self.add_module(f'Q{index}', Critic(config))
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor):
-        """Return (q1, q2), each (B, 1)."""
-        return self.Q1(state, action), self.Q2(state, action)
+    def head_modules(self) -> list[Critic]:
+        """Return the heads in order Q1 ... QN."""
+        return [getattr(self, f'Q{index}') for index in range(1, self.heads + 1)]
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return one (B, 1) tensor of Q values per head."""
+        return tuple(head(state, action) for head in self.head_modules())
+
+
+TwinCritic = CriticEnsemble
+"""The two-head ensemble's former name (same class; the default is two heads)."""
 
 
 class ActorPolicy(nn.Module):

@@ -40,6 +40,7 @@ from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, 
 from ..sim.expert import expert_actions
 from ..sim.sim_env import SimEnv, SimEnvConfig
 from .checkpoint import PolicySpec, load_policy, save_policy_state
+from .learner import annealed_bc_weight
 from .mc_returns import MonteCarloReturns
 from .replay_buffer import ReplayBuffer
 from .reward import RewardConfig
@@ -71,7 +72,8 @@ class FinetuneConfig:
     """Anneal bc_weight linearly to this over `bc_anneal_updates` actor-phase updates
     (None: constant)."""
     bc_anneal_updates: int = 20000
-    """Updates (after the critic warm-up) over which bc_weight reaches bc_weight_final."""
+    """Updates (after the critic warm-up) over which bc_weight reaches bc_weight_final
+    (0: bc_weight stays constant)."""
     cpu_minutes: float = 30.0
     """Budget: process CPU time spent acting and learning (evaluations not counted)."""
     prefill_steps: int = 2000
@@ -215,9 +217,9 @@ class Finetuner:
         config = self.config
         if config.bc_weight_final is None:
             return config.td3.bc_weight
-        progress = max(self.agent.total_updates - config.td3.critic_warmup_updates, 0)
-        fraction = min(progress / max(config.bc_anneal_updates, 1), 1.0)
-        return config.td3.bc_weight + (config.bc_weight_final - config.td3.bc_weight) * fraction
+        return annealed_bc_weight(config.td3.bc_weight, config.bc_weight_final,
+                                  config.bc_anneal_updates,
+                                  self.agent.total_updates - config.td3.critic_warmup_updates)
 
     def learn_once(self) -> dict[str, float]:
         """Sample a batch, label it with the expert, and run one TD3 update."""
@@ -243,9 +245,10 @@ class Finetuner:
         """Return what the critic believes about stored states, on the road and near its edge.
 
         Near the edge: farther than 4.5 m from the centre line (the episode ends at 6.5 m).
-        `dq_dthrottle_pos`: fraction of states where the critic's gradient at the actor's
-        action asks for more throttle; `q_*`: Q1 of the stored action; `reward_*`: stored
-        rewards; `terminal_near_edge`: fraction of near-edge transitions that ended.
+        `dq_dthrottle_pos`: fraction of states where the gradient of what the actor maximises
+        (`TD3.objective_q`) at the actor's action asks for more throttle; `q_*`: Q1 of the
+        stored action; `reward_*`: stored rewards; `terminal_near_edge`: fraction of
+        near-edge transitions that ended.
         """
         if self.buffer.size <= self.config.td3.batch_size:
             return {}
@@ -259,7 +262,7 @@ class Finetuner:
             q_data = agent.critic.Q1(state, b.actions).squeeze(1).numpy()
             action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
         action = action.clone().requires_grad_(True)
-        agent.critic.Q1(state, action).sum().backward()
+        agent.objective_q(state, action).sum().backward()
         agent.critic.zero_grad(set_to_none=True)
         throttle_grad = action.grad[:, 1].numpy()
         values = {'dq_dthrottle_pos': float(np.mean(throttle_grad > 0)),

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from av_td3_ros.driving.inference import resolve_device
-from av_td3_ros.driving.networks import Actor, NatureCNN, NetworkConfig, TwinCritic
+from av_td3_ros.driving.networks import Actor, CriticEnsemble, NatureCNN, NetworkConfig
 from av_td3_ros.learning.config_diff import config_differences
 
 from .replay_buffer import Batch
@@ -33,6 +33,7 @@ from .replay_buffer import Batch
 FRAME_SCALES = ('zero_centered', 'unit')
 OPTIMIZER_IMPLS = ('fused', 'foreach', 'for_loop')
 PRECISIONS = ('fp32', 'bf16', 'auto')
+ACTOR_OBJECTIVES = ('q1', 'min')
 STATE_FORMAT = 'av_td3_ros.td3/1'
 
 
@@ -83,7 +84,7 @@ class TD3Config:
     """Seed for network initialisation and the target smoothing noise; None: nondeterministic."""
     bc_weight: float = 0.0
     """Weight of the behaviour-cloning term of TD3+BC (Fujimoto & Gu 2021): with a weight
-    w > 0 the actor loss is -alpha * mean Q1(s, pi(s)) / mean|Q1| + w * mean (pi(s) - a*)^2,
+    w > 0 the actor loss is -alpha * mean Q(s, pi(s)) / mean|Q| + w * mean (pi(s) - a*)^2,
     where a* are the labels passed to `update` (e.g. the route expert's actions). 0: plain
     TD3 (no labels needed). Annealing w towards 0 hands the actor over to the critic."""
     bc_alpha: float = 2.5
@@ -96,6 +97,17 @@ class TD3Config:
     actions by their immediate reward only (its targets have not propagated the future yet),
     and an actor that follows it early learns that greed; until then the targets still track
     the critic and the actor is left as it started."""
+    critic_heads: int = 2
+    """Q heads on the critic CNN. 2 is TD3. With more, each TD target takes the minimum of
+    two heads drawn at random (REDQ, Chen et al. 2021, arXiv:2101.05982), so heads stay
+    independent estimates; `actor_objective: min` then reads their disagreement."""
+    actor_objective: str = 'q1'
+    """What the actor maximises: q1 (TD3: Q1 alone) or min (the minimum over all heads).
+    A ReLU critic is piecewise linear in the action and, beyond the actions in the data (the
+    policy's own +- exploration noise), extrapolates linearly, so Q1's maximum lies at a
+    corner of the action box and the actor walks there (measured: full throttle off the road
+    within ~100 actor steps of a cloned policy). Heads fitted to the same data extrapolate
+    with different slopes; the minimum of several lines peaks where they agree: on the data."""
     precision: str = 'fp32'
     """Compute precision of the network passes in an update: fp32, bf16 (autocast: convs and
     matmuls in bfloat16; master weights, Adam state, targets, TD errors, losses and Polyak
@@ -111,6 +123,11 @@ class TD3Config:
         for name in ('actor_lr', 'critic_lr'):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
+        if self.critic_heads < 2:
+            raise ValueError(f'critic_heads must be >= 2, got {self.critic_heads}')
+        if self.actor_objective not in ACTOR_OBJECTIVES:
+            raise ValueError(f'actor_objective must be one of {ACTOR_OBJECTIVES}, '
+                             f'got {self.actor_objective!r}')
         for name in ('batch_size', 'policy_frequency'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
@@ -227,8 +244,8 @@ def _export(tensor: torch.Tensor) -> torch.Tensor:
 class TD3:
     """TD3 learner: networks, targets, optimisers and the update step.
 
-    Attributes: `actor_cnn`, `actor` (the policy), `critic_cnn`, `critic` (TwinCritic with
-    `Q1`, `Q2`), their targets `target_actor_cnn`, `target_actor`, `target_critic_cnn`,
+    Attributes: `actor_cnn`, `actor` (the policy), `critic_cnn`, `critic` (CriticEnsemble with
+    `Q1` ... `QN`), their targets `target_actor_cnn`, `target_actor`, `target_critic_cnn`,
     `target_critic` (the target CNNs are None when `target_encoders` is False), the Adam
     optimisers `actor_optimizer` (actor CNN + MLP) and `critic_optimizer` (critic CNN + heads),
     and `total_updates` (critic steps done).
@@ -252,7 +269,7 @@ class TD3:
             self.actor_cnn = self._place(NatureCNN(self.net_config))
             self.actor = self._place(Actor(self.net_config))
             self.critic_cnn = self._place(NatureCNN(self.net_config))
-            self.critic = self._place(TwinCritic(self.net_config))
+            self.critic = self._place(CriticEnsemble(self.net_config, self.config.critic_heads))
         self.target_actor = self._target_of(self.actor)
         self.target_critic = self._target_of(self.critic)
         if self.config.target_encoders:
@@ -406,9 +423,23 @@ class TD3:
                 action = action + noise
             return action.clamp_(-max_action, max_action)
 
-    def td_target(self, batch) -> torch.Tensor:
-        """Return y = r + gamma * (1 - terminated) * min(Q1', Q2')(s', a'), shape (B,).
+    def _target_pair(self) -> tuple[int, int]:
+        """Return the indices of the two target heads whose minimum makes the TD target.
 
+        Two heads: both (TD3, and no random draw, so the smoothing-noise stream is unchanged).
+        More: two drawn without replacement from the noise generator (saved with the state).
+        """
+        heads = self.config.critic_heads
+        if heads == 2:
+            return 0, 1
+        pair = torch.randperm(heads, generator=self._noise_gen, device=self.device)[:2]
+        first, second = pair.tolist()
+        return first, second
+
+    def td_target(self, batch) -> torch.Tensor:
+        """Return y = r + gamma * (1 - terminated) * min(Qi', Qj')(s', a'), shape (B,).
+
+        i, j: both heads of TD3's pair, or two drawn at random from a larger ensemble.
         Truncation (time limit) keeps bootstrapping: only `terminated` zeroes the tail.
         """
         b = self.prepare(batch)
@@ -417,12 +448,15 @@ class TD3:
             cnn = self.target_critic_cnn if self.config.target_encoders else self.critic_cnn
             with self._autocast():
                 state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
-                q1, q2 = self.target_critic(state, next_action)
+                heads = self.target_critic.head_modules()
+                first, second = self._target_pair()
+                q1 = heads[first](state, next_action)
+                q2 = heads[second](state, next_action)
             next_q = torch.minimum(q1.float(), q2.float()).squeeze(1)
             return b.rewards + self.config.gamma * (1.0 - b.terminated) * next_q
 
     def critic_loss(self, batch, returns=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return MSE(Q1, y) + MSE(Q2, y) and detached metrics; trains critic CNN + heads.
+        """Return the sum over heads of MSE(Qi, y) and detached metrics; trains CNN + heads.
 
         y is the TD target; where `returns` (B,) holds a number instead of NaN, y is that
         number (e.g. a Monte Carlo return of the behaviour policy during a critic warm-up).
@@ -435,9 +469,9 @@ class TD3:
         with torch.profiler.record_function('td3.critic_forward'):
             with self._autocast():
                 state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
-                q1, q2 = self.critic(state, b.actions)
-            q1, q2 = q1.float().squeeze(1), q2.float().squeeze(1)
-            loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+                values = [q.float().squeeze(1) for q in self.critic(state, b.actions)]
+            q1, q2 = values[0], values[1]
+            loss = sum(F.mse_loss(q, y) for q in values)
         metrics = {'critic_loss': loss.detach(), 'q1_mean': q1.detach().mean(),
                    'q2_mean': q2.detach().mean(), 'target_q_mean': y.mean()}
         return loss, metrics
@@ -448,15 +482,29 @@ class TD3:
             logits = self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
         return logits.float()
 
+    def objective_q(self, critic_state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Return the Q the actor maximises at (state, action), (B, 1) float32.
+
+        `critic_state`: critic CNN features concatenated with the kinematic vector. Gradients
+        flow to `action` (and to the heads unless the caller freezes them).
+        """
+        with self._autocast():
+            if self.config.actor_objective == 'q1':
+                return self.critic.Q1(critic_state, action).float()
+            values = torch.cat(self.critic(critic_state, action), dim=1).float()
+            return values.min(dim=1, keepdim=True).values
+
     def actor_loss(self, batch, labels=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return the actor loss (-mean Q1(s, pi(s)), or TD3+BC's) and metrics.
+        """Return the actor loss (-mean Q(s, pi(s)), or TD3+BC's) and metrics.
+
+        Q is `objective_q`: Q1 (TD3) or the minimum over the heads.
 
         Gradients reach only the actor CNN and MLP. With `bc_weight` > 0, `labels` (B, A) are
         the actions the BC term pulls towards and the Q term is normalised by mean |Q1|.
 
         The critic CNN runs under no_grad (the actor loss does not train it, so its backward
         would be wasted work; the features use the current critic weights, exactly as the
-        textbook graph would) and Q1's weights are frozen while the graph is built, so a
+        textbook graph would) and the heads' weights are frozen while the graph is built, so a
         backward pass leaves every critic gradient untouched.
         """
         b = self.prepare(batch)
@@ -465,8 +513,8 @@ class TD3:
                 critic_state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
             pre_tanh = self._actor_logits(b)
             action = self.actor.squash(pre_tanh)
-            with _frozen(self.critic.Q1), self._autocast():
-                q1 = self.critic.Q1(critic_state, action).float()
+            with _frozen(self.critic):
+                q1 = self.objective_q(critic_state, action)
             loss = -q1.mean()
             metrics = {'actor_q': q1.detach().mean(),
                        'actor_pretanh_abs': pre_tanh.detach().abs().mean()}

@@ -187,40 +187,36 @@ def expert_driver(env: SimEnv, expert: RouteExpert):
     return drive
 
 
+def run_episodes(env: SimEnv, seeds: list[int], drive, on_episode=None
+                 ) -> list[EpisodeResult]:
+    """Run one episode per seed with `drive`, call `on_episode(result)` after each; close env."""
+    results = []
+    try:
+        for seed in seeds:
+            results.append(run_episode(env, seed, drive))
+            if on_episode is not None:
+                on_episode(results[-1])
+    finally:
+        env.close()
+    return results
+
+
 def evaluate_policy(policy: nn.Module, spec: PolicySpec, seeds: list[int],
                     env_config: SimEnvConfig | None = None, on_episode=None,
                     ) -> list[EpisodeResult]:
     """Drive one episode per seed with `policy` (an ActorPolicy or AblatedPolicy) on CPU."""
     env = SimEnv(env_config or SimEnvConfig())
     pipeline = DrivingPipeline(spec, PolicyRunner(policy, torch.device('cpu')))
-    drive = policy_driver(env, pipeline)
-    results = []
-    try:
-        for seed in seeds:
-            results.append(run_episode(env, seed, drive))
-            if on_episode is not None:
-                on_episode(results[-1])
-    finally:
-        env.close()
-    return results
+    return run_episodes(env, seeds, policy_driver(env, pipeline), on_episode)
 
 
 def evaluate_expert(seeds: list[int], spec: PolicySpec | None = None,
                     env_config: SimEnvConfig | None = None, on_episode=None,
                     ) -> list[EpisodeResult]:
     """Drive one episode per seed with the route expert (no camera render needed)."""
-    config = env_config or SimEnvConfig(render_camera=False)
-    env = SimEnv(config)
+    env = SimEnv(env_config or SimEnvConfig(render_camera=False))
     drive = expert_driver(env, RouteExpert((spec or PolicySpec()).features))
-    results = []
-    try:
-        for seed in seeds:
-            results.append(run_episode(env, seed, drive))
-            if on_episode is not None:
-                on_episode(results[-1])
-    finally:
-        env.close()
-    return results
+    return run_episodes(env, seeds, drive, on_episode)
 
 
 def mean_return(results: list[EpisodeResult]) -> float:

@@ -21,7 +21,8 @@ def build_config(args) -> FinetuneConfig:
     base = FinetuneConfig()
     td3 = replace(base.td3, bc_weight=args.bc_weight, critic_warmup_updates=args.critic_warmup,
                   actor_lr=args.actor_lr, precision=args.precision,
-                  freeze_actor_encoder=args.freeze_actor_encoder)
+                  freeze_actor_encoder=args.freeze_actor_encoder,
+                  critic_heads=args.critic_heads, actor_objective=args.actor_objective)
     seeds = tuple(int(s) for s in args.eval_seeds.split(',')) if args.eval_seeds else ()
     sim = base.sim
     if args.sim_steps is not None:
@@ -33,11 +34,13 @@ def build_config(args) -> FinetuneConfig:
                    bc_weight_final=args.bc_weight_final,
                    cpu_minutes=args.cpu_minutes, prefill_steps=args.prefill,
                    updates_per_step=args.updates_per_step, eval_every_updates=args.eval_every,
+                   exploration_noise=args.exploration_noise,
                    eval_seeds=seeds or base.eval_seeds, seed=args.seed)
 
 
 def main(argv=None) -> int:
     """Run one fine-tuning job and write the best policy."""
+    base_td3 = FinetuneConfig().td3
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--start', required=True, help='policy checkpoint to start from')
     parser.add_argument('--out', required=True, help='where to write the best policy')
@@ -54,10 +57,18 @@ def main(argv=None) -> int:
     parser.add_argument('--actor-lr', type=float, default=3e-4)
     parser.add_argument('--freeze-actor-encoder', action='store_true',
                         help="train only the actor's MLP head")
+    parser.add_argument('--critic-heads', type=int, default=base_td3.critic_heads,
+                        help='Q heads on the critic CNN (2: TD3; more: REDQ-style targets)')
+    parser.add_argument('--actor-objective', choices=('q1', 'min'),
+                        default=base_td3.actor_objective,
+                        help='what the actor maximises: Q1 (TD3) or the minimum over heads')
     parser.add_argument('--precision', default='auto', help='fp32, bf16 or auto')
     parser.add_argument('--prefill', type=int, default=2000,
                         help='steps of the starting policy before updates')
     parser.add_argument('--updates-per-step', type=float, default=0.5)
+    parser.add_argument('--exploration-noise', type=float,
+                        default=FinetuneConfig.exploration_noise,
+                        help="std of the Gaussian noise on the acting policy's actions")
     parser.add_argument('--eval-every', type=int, default=5000)
     parser.add_argument('--eval-seeds', default='', help='comma-separated held-out seeds')
     parser.add_argument('--seed', type=int, default=0)
