@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from av_td3_ros.driving.features import (
+    ROUTE_START_HINT,
     FeatureConfig,
     Pose2D,
     kinematic_vector,
@@ -240,6 +241,56 @@ def test_pipeline_tracks_the_route_segment_across_frames_and_resets_it():
     at_start = pipeline.step(image, Pose2D(50.0, 0.5, math.pi / 2), 1.0, loop)
     behind = pipeline.step(image, Pose2D(50.0 - 0.1, -0.8, math.pi / 2), 1.0, loop)
     assert at_start.route.segment == 0 and behind.route.segment == 0
+    pipeline.step(image, Pose2D(50.0, -20.0, 0.0), 1.0, loop)  # lost: searched globally
     pipeline.reset_episode()
+    # A new episode starts at the route's start, not at the loop's finish just behind it.
     fresh = pipeline.step(image, Pose2D(50.0 - 0.1, -0.8, math.pi / 2), 1.0, loop)
-    assert fresh.route.segment > 190
+    assert fresh.route.segment == 0
+    # So does a new route.
+    moved = pipeline.step(image, Pose2D(50.0 - 0.1, -0.8, math.pi / 2), 1.0, loop.copy())
+    assert moved.route.segment == 0
+
+
+def test_the_first_frame_on_a_closed_stand_in_track_is_at_the_start_not_the_finish():
+    # Track 5000 starts its car just behind the start line, nearer the route's last segment:
+    # an unhinted search called the route complete before the first step. Every consumer of
+    # the route (trainer's assembler, gym env, expert) starts at the route's start.
+    from av_td3_ros.learning.reward import RewardConfig
+    from av_td3_ros.learning.transitions import EpisodeConfig, TransitionAssembler
+    from av_td3_ros.sim.evaluation import pose_of
+    from av_td3_ros.sim.expert import RouteExpert
+    from av_td3_ros.sim.gym_env import SimGymEnv
+    from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig
+    env = SimEnv(SimEnvConfig(render_camera=False))
+    try:
+        state = env.reset(seed=5000)
+        pose, route = pose_of(state), env.waypoints
+        assert route_state(pose, route).distance_to_goal < 1.0  # the trap is there
+        assert route_state(pose, route, hint=ROUTE_START_HINT).segment == 0
+        expert = RouteExpert()
+        expert.reset()
+        expert.act(pose, state.speed, route)
+        at_start, _ = kinematic_vector(pose, state.speed, route, hint=0)
+        np.testing.assert_array_equal(expert.kinematics, at_start)
+        assembler = TransitionAssembler(FeatureConfig(),
+                                        RewardConfig(lateral_tolerance=6.5),
+                                        EpisodeConfig(max_lateral_deviation=6.5))
+        assembler.on_route(route)
+        assembler.on_episode_start(1)
+        for step in range(10):  # past the event window, so the steps are decided
+            stamp = 1 + step * 50_000_000
+            assembler.on_odometry(stamp, pose_of(state), state.speed, state.yaw_rate)
+            assembler.on_frame(stamp, np.zeros((84, 84), np.uint8))
+            assembler.on_control(stamp, np.array([0.0, 0.5], np.float32))
+            state = env.step(0.0, 0.5, 0.0)
+        kinds = [type(item).__name__ for item in assembler.pop_output()]
+        assert 'Transition' in kinds and 'EpisodeEnd' not in kinds, kinds
+    finally:
+        env.close()
+    gym_env = SimGymEnv()
+    try:
+        gym_env.reset(seed=5000)
+        _, reward, terminated, _, info = gym_env.step(np.array([0.0, 0.5], np.float32))
+        assert not terminated and reward < 50.0, info
+    finally:
+        gym_env.close()

@@ -14,7 +14,7 @@ from ..learning.checkpoint import PolicySpec
 from ..sim.expert import expert_action_from_kinematics
 from .control import SAFE_STOP, ControlCommand, action_to_control
 from .decision import Reason
-from .features import Pose2D, RouteState, kinematic_vector
+from .features import ROUTE_START_HINT, Pose2D, RouteState, kinematic_vector
 from .inference import PolicyRunner
 from .preprocessing import FrameStack, ImageView, gray_from_pixels, image_pixels, scale_frames
 
@@ -105,14 +105,14 @@ class DrivingPipeline:
         self.kinematics = np.zeros(spec.features.size, np.float32)
         self._frame = np.empty((spec.preprocessing.image_size,) * 2, np.float32)
         self.steps = 0
-        self._route_hint = None  # route segment of the previous frame
+        self._route_hint = ROUTE_START_HINT  # route segment of the previous frame
         self._hint_route = None  # the route that hint refers to
         self._rng = np.random.default_rng(exploration.seed)
 
     def reset_episode(self):
         """Forget the frames and the route position of the previous episode."""
         self.stack.reset()
-        self._route_hint = None
+        self._route_hint = ROUTE_START_HINT
 
     @property
     def exploring_randomly(self) -> bool:
@@ -138,7 +138,7 @@ class DrivingPipeline:
 
         start = time.perf_counter()
         if route is not self._hint_route:
-            self._route_hint, self._hint_route = None, route
+            self._route_hint, self._hint_route = ROUTE_START_HINT, route
         _, route_state = kinematic_vector(pose, speed, route, self.spec.features,
                                           out=self.kinematics, hint=self._route_hint)
         self._route_hint = route_state.segment if route_state is not None else None

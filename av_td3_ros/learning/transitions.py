@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..driving.features import (
+    ROUTE_START_HINT,
     FeatureConfig,
     Pose2D,
     kinematic_vector,
@@ -393,8 +394,12 @@ class TransitionAssembler:
             # arrival: the frame's own tick's odometry may have come in after the frame.
             _, pose, speed, yaw_rate = self._odometry_at(obs.stamp)
             previous = self._previous
-            hint = (previous.state.segment if previous is not None and previous.state
-                    and previous.route is self.route else None)
+            if previous is not None and previous.state and previous.route is self.route:
+                hint = previous.state.segment
+            elif self._episode_steps == 0:
+                hint = ROUTE_START_HINT  # the episode's first frame: at the route's start
+            else:
+                hint = None  # the chain broke mid-episode: search the whole route
             vec, route = kinematic_vector(pose, speed, self.route, self.features, hint=hint)
             obs.route = self.route
             obs.vec = vec.copy()

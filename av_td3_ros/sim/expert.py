@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..driving.features import FeatureConfig, Pose2D, kinematic_vector
+from ..driving.features import ROUTE_START_HINT, FeatureConfig, Pose2D, kinematic_vector
 
 
 @dataclass(frozen=True)
@@ -168,15 +168,15 @@ class RouteExpert:
 
     def __init__(self, features: FeatureConfig = FeatureConfig(),
                  config: ExpertConfig = ExpertConfig()):
-        """Start with no route position."""
+        """Start at the route's start."""
         self.features = features
         self.config = config
         self.kinematics = np.zeros(features.size, np.float32)
-        self._hint = None
+        self._hint = ROUTE_START_HINT
 
     def reset(self):
-        """Forget the route position (a new episode or a new route)."""
-        self._hint = None
+        """Forget the route position (a new episode or a new route): look at its start."""
+        self._hint = ROUTE_START_HINT
 
     def act(self, pose: Pose2D, speed: float, route: np.ndarray | None) -> np.ndarray:
         """Return (steer, accel) for the vehicle at `pose`; brake without a route."""

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..driving.control import action_to_control
-from ..driving.features import FeatureConfig, kinematic_vector
+from ..driving.features import ROUTE_START_HINT, FeatureConfig, kinematic_vector
 from ..driving.preprocessing import PreprocessConfig, gray_from_pixels, image_pixels
 from ..learning.reward import RewardFunction, StepEvents, VehicleState
 from ..learning.transitions import EpisodeConfig
@@ -73,7 +73,7 @@ class SimGymEnv(gym.Env):
         state = self.env.reset(seed=seed)
         self.reward_function.reset()
         self._frames.fill(0)
-        self._hint = None
+        self._hint = ROUTE_START_HINT
         self._steps = 0
         observation, self._vehicle = self._observe(state, first=True)
         return observation, {'track': seed}
