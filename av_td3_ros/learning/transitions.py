@@ -70,6 +70,17 @@ class EpisodeConfig:
     event_window: float = 0.2
     """Seconds (by frame stamps) a step waits for late collision/lane-invasion events."""
 
+    def route_end(self, state: VehicleState) -> tuple[bool, bool, str] | None:
+        """Return (terminated, truncated, reason) if where the vehicle is ends the episode.
+
+        It ends beyond the lateral limit and at the route's end (both terminal).
+        """
+        if abs(state.lateral_deviation) > self.max_lateral_deviation:
+            return True, False, 'lateral deviation'
+        if state.distance_to_goal <= self.goal_tolerance:
+            return True, False, 'route completed'
+        return None
+
 
 @dataclass
 class _Observation:
@@ -451,10 +462,9 @@ class TransitionAssembler:
         if any(kind == 'collision' and self._previous.stamp < stamp <= obs.stamp
                for stamp, kind in self._events):
             return True, False, 'collision'
-        if abs(obs.state.lateral_deviation) > self.episode.max_lateral_deviation:
-            return True, False, 'lateral deviation'
-        if obs.state.distance_to_goal <= self.episode.goal_tolerance:
-            return True, False, 'route completed'
+        route_end = self.episode.route_end(obs.state)
+        if route_end is not None:
+            return route_end
         if obs.simulator_end is not None:
             return obs.simulator_end
         if self._episode_steps + 1 >= self.episode.max_steps:

@@ -86,10 +86,9 @@ class SimGymEnv(gym.Env):
         observation, vehicle = self._observe(state, first=False)
         terminated, truncated, reason = state.terminated, state.truncated, state.reason
         if self.episode is not None and not (terminated or truncated):
-            if abs(vehicle.lateral_deviation) > self.episode.max_lateral_deviation:
-                terminated, reason = True, 'lateral deviation'
-            elif vehicle.distance_to_goal <= self.episode.goal_tolerance:
-                terminated, reason = True, 'route completed'
+            end = self.episode.route_end(vehicle)
+            if end is not None:
+                terminated, truncated, reason = end
             elif self._steps >= self.episode.max_steps:
                 truncated, reason = True, 'step limit'
         events = StepEvents(goal_reached=reason == 'route completed')

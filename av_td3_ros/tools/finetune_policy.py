@@ -22,7 +22,8 @@ def build_config(args) -> FinetuneConfig:
     td3 = replace(base.td3, bc_weight=args.bc_weight, critic_warmup_updates=args.critic_warmup,
                   actor_lr=args.actor_lr, precision=args.precision,
                   freeze_actor_encoder=args.freeze_actor_encoder,
-                  critic_heads=args.critic_heads, actor_objective=args.actor_objective)
+                  critic_heads=args.critic_heads, actor_objective=args.actor_objective,
+                  gamma=args.gamma)
     seeds = tuple(int(s) for s in args.eval_seeds.split(',')) if args.eval_seeds else ()
     sim = base.sim
     if args.sim_steps is not None:
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument('--actor-lr', type=float, default=3e-4)
     parser.add_argument('--freeze-actor-encoder', action='store_true',
                         help="train only the actor's MLP head")
+    parser.add_argument('--gamma', type=float, default=base_td3.gamma,
+                        help='discount factor')
     parser.add_argument('--critic-heads', type=int, default=base_td3.critic_heads,
                         help='Q heads on the critic CNN (2: TD3; more: REDQ-style targets)')
     parser.add_argument('--actor-objective', choices=('q1', 'min'),
