@@ -1,7 +1,9 @@
 """Shared pytest fixtures: isolated ROS 2 environments and node subprocesses."""
+import fcntl
 import itertools
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,37 @@ from processes import ModuleProcess
 
 REPO = Path(__file__).resolve().parents[1]
 _domain_counter = itertools.count()
+DOMAINS = range(1, 101)
+"""ROS domain IDs the tests use (all inside the range every RMW maps to valid ports)."""
+_DOMAIN_LOCKS = Path(tempfile.gettempdir()) / 'av_td3_ros_test_domains'
+
+
+def claim_domain(start: int):
+    """Return (domain, open lock file) for the first free domain from `start` on, cyclically.
+
+    A domain is claimed with an exclusive flock on a file named after it, held until the
+    file is closed (or the process dies: the kernel drops the lock), so two test suites
+    running at once on one machine never share a domain. Without a usable lock directory
+    the domain at `start` is returned unlocked.
+    """
+    try:
+        _DOMAIN_LOCKS.mkdir(mode=0o777, exist_ok=True)
+    except OSError:
+        return start, None
+    offset = DOMAINS.index(start)
+    for step in range(len(DOMAINS)):
+        domain = DOMAINS[(offset + step) % len(DOMAINS)]
+        try:
+            handle = open(_DOMAIN_LOCKS / f'{domain}.lock', 'a')
+        except OSError:
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return domain, handle
+    raise RuntimeError(f'every ROS domain in {DOMAINS} is claimed by other test runs')
 
 
 def _venv_prefix() -> str:
@@ -32,11 +65,14 @@ def _search_path(variable: str, entry: str, first: bool) -> str:
 def ros_env(tmp_path, monkeypatch):
     """Give each test its own ROS_DOMAIN_ID, log dir and localhost-only discovery.
 
-    Returns the environment dict to pass to node subprocesses; the same settings are applied
-    to this process so in-process rclpy contexts join the same domain.
+    Yields the environment dict to pass to node subprocesses; the same settings are applied
+    to this process so in-process rclpy contexts join the same domain. The domain stays
+    claimed (`claim_domain`) until the test's teardown.
     """
-    # Spread domains by pid so two concurrent pytest runs on one machine rarely collide.
-    domain = 1 + (os.getpid() * 7 + next(_domain_counter)) % 100
+    # Each test starts from the next domain, so a slow-to-exit child of the previous test
+    # is not in the new one's domain; the claim keeps concurrent suites apart.
+    start = DOMAINS[(os.getpid() * 7 + next(_domain_counter)) % len(DOMAINS)]
+    domain, lock = claim_domain(start)
     log_dir = tmp_path / 'ros_log'
     log_dir.mkdir()
     settings = {
@@ -58,7 +94,9 @@ def ros_env(tmp_path, monkeypatch):
     monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
     env = dict(os.environ)
     env.update(settings)
-    return env
+    yield env
+    if lock is not None:
+        lock.close()
 
 
 @pytest.fixture
