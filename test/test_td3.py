@@ -680,3 +680,33 @@ def test_min_over_heads_peaks_on_the_data_where_q1_alone_runs_to_a_corner(seed):
     distance_q1 = (grid[heads[..., 0].argmax(1)] - behaviour).norm(dim=1).mean()
     distance_min = (grid[heads.min(-1).values.argmax(1)] - behaviour).norm(dim=1).mean()
     assert distance_min < 0.5 * distance_q1
+
+
+def test_trust_region_term_pulls_towards_the_target_actor_and_needs_no_labels():
+    batch = make_batch(size=16, seed=11)
+    agent = make_agent(trust_region_weight=0.5, bc_alpha=2.5)
+    b = agent.prepare(batch)
+    with torch.no_grad():  # move the online actor away from its target
+        for param in agent.actor.parameters():
+            param.add_(0.05)
+    loss, metrics = agent.actor_loss(batch)
+    with torch.no_grad():
+        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
+        anchor = agent.target_actor(torch.cat([agent.target_actor_cnn(b.obs), b.obs_vec], 1))
+        q = agent.critic.Q1(torch.cat([agent.critic_cnn(b.obs), b.obs_vec], 1), action)
+        drift = (action - anchor).square().mean()
+        expected = -2.5 * q.mean() / q.abs().mean() + 0.5 * drift
+    assert float(drift) > 0.0
+    torch.testing.assert_close(metrics['actor_drift_mse'], drift)
+    torch.testing.assert_close(loss.detach(), expected)
+
+
+def test_trust_region_alone_brings_the_actor_back_to_its_target():
+    batch = make_batch(size=32, seed=12)
+    agent = make_agent(trust_region_weight=1.0, bc_alpha=1e-6, policy_frequency=1,
+                       actor_lr=3e-3, tau=1e-6)
+    with torch.no_grad():
+        for param in agent.actor.parameters():
+            param.add_(0.05)
+    drifts = [float(agent.update(batch)['actor_drift_mse']) for _ in range(60)]
+    assert drifts[-1] < 0.1 * drifts[0]

@@ -89,6 +89,13 @@ class TD3Config:
     TD3 (no labels needed). Annealing w towards 0 hands the actor over to the critic."""
     bc_alpha: float = 2.5
     """TD3+BC's alpha: the Q term's weight after normalising by the batch's mean |Q|."""
+    trust_region_weight: float = 0.0
+    """Weight of mean (pi(s) - pi'(s))^2 in the actor loss, pi' being the actor's own
+    Polyak-averaged target (iterative policy regularisation, as PROTO, Li et al. 2023,
+    arXiv:2305.15669). No labels: the anchor follows the actor at `tau`, so the policy can
+    go anywhere the critic leads, but each step stays near the policy the data came from
+    while the critic learns what the change does. With a weight > 0 the Q term is
+    normalised as in TD3+BC (alpha / mean |Q|)."""
     freeze_actor_encoder: bool = False
     """Train only the actor's MLP head, keeping its CNN as it started (a cloned policy's
     visual features then cannot be worn down by the critic's noisy action gradients)."""
@@ -132,7 +139,7 @@ class TD3Config:
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'bc_weight',
-                     'bc_alpha', 'critic_warmup_updates'):
+                     'bc_alpha', 'trust_region_weight', 'critic_warmup_updates'):
             if getattr(self, name) < 0.0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
         for name in ('actor_grad_clip', 'critic_grad_clip'):
@@ -410,11 +417,7 @@ class TD3:
         b = self.prepare(batch)
         max_action = float(self.net_config.max_action)
         with torch.no_grad():
-            cnn = self.target_actor_cnn if self.config.target_encoders else self.actor_cnn
-            with self._autocast():
-                state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
-                action = self.target_actor(state)
-            action = action.float()
+            action = self._target_policy(b.next_obs, b.next_vec)
             if self.config.policy_noise > 0.0:
                 noise = torch.randn(action.shape, generator=self._noise_gen,
                                     device=action.device, dtype=action.dtype)
@@ -482,6 +485,14 @@ class TD3:
             logits = self.actor.pre_tanh(torch.cat([self.actor_cnn(b.obs), b.obs_vec], dim=1))
         return logits.float()
 
+    def _target_policy(self, frames: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """Return the target actor's actions (float32, no noise, no grad)."""
+        with torch.no_grad():
+            cnn = self.target_actor_cnn if self.config.target_encoders else self.actor_cnn
+            with self._autocast():
+                action = self.target_actor(torch.cat([cnn(frames), vec], dim=1))
+            return action.float()
+
     def objective_q(self, critic_state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Return the Q the actor maximises at (state, action), (B, 1) float32.
 
@@ -518,14 +529,20 @@ class TD3:
             loss = -q1.mean()
             metrics = {'actor_q': q1.detach().mean(),
                        'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
-            if self.config.bc_weight > 0.0:
+            config = self.config
+            if config.bc_weight > 0.0 or config.trust_region_weight > 0.0:
+                loss = loss * (config.bc_alpha / q1.detach().abs().mean().clamp_min(1e-6))
+            if config.bc_weight > 0.0:
                 if labels is None:
                     raise ValueError('bc_weight > 0 needs labels (the actions to clone)')
                 target = self._to_device(labels, torch.float32).reshape(action.shape)
                 bc = (action - target).square().mean()
-                scale = self.config.bc_alpha / q1.detach().abs().mean().clamp_min(1e-6)
-                loss = scale * loss + self.config.bc_weight * bc
+                loss = loss + config.bc_weight * bc
                 metrics['actor_bc_mse'] = bc.detach()
+            if config.trust_region_weight > 0.0:
+                drift = (action - self._target_policy(b.obs, b.obs_vec)).square().mean()
+                loss = loss + config.trust_region_weight * drift
+                metrics['actor_drift_mse'] = drift.detach()
             if self.config.actor_pretanh_penalty > 0.0:
                 loss = loss + self.config.actor_pretanh_penalty * pre_tanh.square().mean()
         metrics['actor_loss'] = loss.detach()

@@ -23,7 +23,7 @@ def build_config(args) -> FinetuneConfig:
                   actor_lr=args.actor_lr, precision=args.precision,
                   freeze_actor_encoder=args.freeze_actor_encoder,
                   critic_heads=args.critic_heads, actor_objective=args.actor_objective,
-                  gamma=args.gamma)
+                  gamma=args.gamma, trust_region_weight=args.trust_region_weight)
     seeds = tuple(int(s) for s in args.eval_seeds.split(',')) if args.eval_seeds else ()
     sim = base.sim
     if args.sim_steps is not None:
@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     parser.add_argument('--actor-lr', type=float, default=3e-4)
     parser.add_argument('--freeze-actor-encoder', action='store_true',
                         help="train only the actor's MLP head")
+    parser.add_argument('--trust-region-weight', type=float,
+                        default=base_td3.trust_region_weight,
+                        help="weight of the actor's distance to its Polyak target (0: off)")
     parser.add_argument('--gamma', type=float, default=base_td3.gamma,
                         help='discount factor')
     parser.add_argument('--critic-heads', type=int, default=base_td3.critic_heads,
