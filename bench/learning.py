@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from av_td3_ros.learning.imitation import ImitationConfig, ImitationTrainer  # noqa: E402
+from av_td3_ros.learning.reward import STAND_IN_GAMMA  # noqa: E402
 
 IMITATION_ARMS = ('bc', 'bc-dagger')
 FROM_BC_ARMS = ('td3-from-bc', 'td3bc-from-bc')
@@ -252,6 +253,7 @@ def run_sb3(name: str, args):
     model = SB3TD3('MultiInputPolicy', env, buffer_size=args.buffer,
                    learning_starts=PREFILL_STEPS, batch_size=BATCH_SIZE, train_freq=(2, 'step'),
                    gradient_steps=1, action_noise=noise, device='cpu', seed=args.seed,
+                   gamma=STAND_IN_GAMMA,
                    verbose=0, policy_kwargs={'net_arch': [256, 256]})
     callback = Schedule()
     model.learn(total_timesteps=args.max_env_steps or 10**9, callback=callback)

@@ -39,7 +39,7 @@ FILES = {
         'buffer_capacity': 50000, 'batch_size': 64, 'actor_pretanh_penalty': 0.01,
         'learning_starts': 1000, 'updates_per_step': 0.25, 'checkpoint_every': 250,
         'keep_checkpoints': 3, 'state_every': 1000, 'health_every': 500,
-        'max_episode_steps': 1200, 'max_lateral_deviation': 6.5}),
+        'max_episode_steps': 1200, 'max_lateral_deviation': 6.5, 'gamma': 0.998}),
     'sim_bridge.yaml': (SIM_BRIDGE, set(), {}),
 }
 

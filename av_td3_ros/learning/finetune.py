@@ -43,7 +43,7 @@ from .checkpoint import PolicySpec, load_policy, save_policy_state
 from .learner import annealed_bc_weight
 from .mc_returns import MonteCarloReturns
 from .replay_buffer import ReplayBuffer
-from .reward import RewardConfig
+from .reward import STAND_IN_GAMMA, RewardConfig
 from .td3 import TD3, TD3Config, metrics_to_floats
 from .transitions import (
     AssemblerOutput,
@@ -63,7 +63,7 @@ class FinetuneConfig:
     """Settings of one fine-tuning run (defaults: the stand-in profile of trainer_sim.yaml)."""
 
     td3: TD3Config = TD3Config(batch_size=64, precision='auto', critic_warmup_updates=5000,
-                               actor_pretanh_penalty=0.01)
+                               actor_pretanh_penalty=0.01, gamma=STAND_IN_GAMMA)
     """TD3 settings; bc_weight > 0 makes it TD3+BC with the route expert's labels."""
     warmup_targets: str = 'mc'
     """Critic targets during the warm-up: mc (discounted returns of the finished episodes of

@@ -69,6 +69,8 @@ TRAINER = Schema(
     _from(TD3Config, 'bc_weight')('TD3+BC: weight of the route expert cloning term in the '
                                   'actor loss (0: plain TD3)', 0.0, 1e3),
     _from(TD3Config, 'bc_alpha')("TD3+BC's alpha: the normalised Q term's weight", 0.0, 1e3),
+    _from(TD3Config, 'trust_region_weight')("weight of the actor's squared distance to its "
+                                            'Polyak target (0: off)', 0.0, 1e3),
     _from(TD3Config, 'critic_heads')('Q heads on the critic CNN (2: TD3; more: targets from '
                                      'a random pair of them)', 2, 64),
     _from(TD3Config, 'actor_objective')('what the actor maximises: q1 (TD3) or min (the '
@@ -139,7 +141,7 @@ def config_from_values(v: dict) -> TrainerConfig:
         **pick('gamma', 'tau', 'actor_lr', 'critic_lr', 'batch_size', 'policy_frequency',
                'policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'target_encoders',
                'precision', 'critic_warmup_updates', 'bc_weight', 'bc_alpha', 'device',
-               'critic_heads', 'actor_objective', 'seed'),
+               'critic_heads', 'actor_objective', 'trust_region_weight', 'seed'),
         # 0 disables clipping (TD3Config takes None for that).
         actor_grad_clip=v['actor_grad_clip'] or None,
         critic_grad_clip=v['critic_grad_clip'] or None,
