@@ -1,4 +1,5 @@
 # Test if in-process TD3 fine-tuning runs the trainer's loop end to end and keeps the best.
+import dataclasses
 import json
 
 import numpy as np
@@ -114,3 +115,30 @@ def test_warmup_regresses_on_monte_carlo_returns_of_finished_episodes(tmp_path,
         assert np.isnan(tuner.returns.lookup(np.array([10**9]))[0])
     finally:
         tuner.close()
+
+
+@pytest.mark.parametrize('after_warmup', [False, True])
+def test_monte_carlo_targets_continue_after_the_warmup_only_when_asked(tmp_path,
+                                                                        start_checkpoint,
+                                                                        after_warmup):
+    config = dataclasses.replace(tiny_config(), mc_after_warmup=after_warmup)
+    tuner = Finetuner(start_checkpoint, tmp_path / 'run', config, log=lambda line: None)
+    given = []
+    update = tuner.agent.update
+
+    def recording_update(batch, labels=None, returns=None):
+        given.append((tuner.agent.total_updates, returns is not None))
+        return update(batch, labels, returns)
+
+    tuner.agent.update = recording_update
+    try:
+        while len(tuner.report.episodes) < 2:
+            tuner.act_once()
+        for _ in range(8):
+            tuner.learn_once()
+    finally:
+        tuner.close()
+    warmup = config.td3.critic_warmup_updates
+    assert all(with_returns for done, with_returns in given if done < warmup)
+    later = [with_returns for done, with_returns in given if done >= warmup]
+    assert later and all(with_returns == after_warmup for with_returns in later)

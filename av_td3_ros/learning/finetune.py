@@ -68,6 +68,12 @@ class FinetuneConfig:
     warmup_targets: str = 'mc'
     """Critic targets during the warm-up: mc (discounted returns of the finished episodes of
     the starting policy, TD where unknown) or td (plain TD targets)."""
+    mc_after_warmup: bool = False
+    """Keep the Monte Carlo targets after the warm-up wherever an episode has finished (TD
+    where it is open). TD carries a crash's cost back one step per target lag (~200
+    updates), so a policy that has started to crash looks fine to the critic for thousands
+    of updates; a finished episode's return carries it back at once, for the recent policy
+    that drove it (older episodes' returns are those of older policies)."""
     bc_weight_final: float | None = None
     """Anneal bc_weight linearly to this over `bc_anneal_updates` actor-phase updates
     (None: constant)."""
@@ -232,8 +238,9 @@ class Finetuner:
         if weight != self.agent.config.bc_weight:
             self.agent.config = replace(self.agent.config, bc_weight=weight)
         returns = None
-        if (self.config.warmup_targets == 'mc'
-                and self.agent.total_updates < self.config.td3.critic_warmup_updates):
+        warming_up = self.agent.total_updates < self.config.td3.critic_warmup_updates
+        if ((warming_up and self.config.warmup_targets == 'mc')
+                or (not warming_up and self.config.mc_after_warmup)):
             returns = self.returns.lookup(batch.indices)
         metrics = self.agent.update(batch, labels, returns)
         if self.agent.total_updates % self.config.sync_every == 0:

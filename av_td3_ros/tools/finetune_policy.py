@@ -32,6 +32,7 @@ def build_config(args) -> FinetuneConfig:
         width, height = (int(v) for v in args.sim_size.lower().split('x'))
         sim = replace(sim, image_width=width, image_height=height)
     return replace(base, sim=sim, warmup_targets=args.warmup_targets, td3=td3,
+                   mc_after_warmup=args.mc_after_warmup,
                    bc_weight_final=args.bc_weight_final,
                    cpu_minutes=args.cpu_minutes, prefill_steps=args.prefill,
                    updates_per_step=args.updates_per_step, eval_every_updates=args.eval_every,
@@ -55,6 +56,8 @@ def main(argv=None) -> int:
                         help='critic updates before the first actor update')
     parser.add_argument('--warmup-targets', choices=('mc', 'td'), default='mc',
                         help='critic targets during the warm-up: Monte Carlo returns or TD')
+    parser.add_argument('--mc-after-warmup', action='store_true',
+                        help='keep Monte Carlo targets for finished episodes after the warm-up')
     parser.add_argument('--actor-lr', type=float, default=3e-4)
     parser.add_argument('--freeze-actor-encoder', action='store_true',
                         help="train only the actor's MLP head")
