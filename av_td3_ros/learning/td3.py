@@ -95,7 +95,8 @@ class TD3Config:
     arXiv:2305.15669). No labels: the anchor follows the actor at `tau`, so the policy can
     go anywhere the critic leads, but each step stays near the policy the data came from
     while the critic learns what the change does. With a weight > 0 the Q term is
-    normalised as in TD3+BC (alpha / mean |Q|)."""
+    normalised as in TD3+BC (alpha / mean |Q|). On the stand-in it delays the collapse of
+    plain TD3 fine-tuning but does not stop it (README "Fine-tuning with TD3")."""
     freeze_actor_encoder: bool = False
     """Train only the actor's MLP head, keeping its CNN as it started (a cloned policy's
     visual features then cannot be worn down by the critic's noisy action gradients)."""
@@ -112,9 +113,10 @@ class TD3Config:
     """What the actor maximises: q1 (TD3: Q1 alone) or min (the minimum over all heads).
     A ReLU critic is piecewise linear in the action and, beyond the actions in the data (the
     policy's own +- exploration noise), extrapolates linearly, so Q1's maximum lies at a
-    corner of the action box and the actor walks there (measured: full throttle off the road
-    within ~100 actor steps of a cloned policy). Heads fitted to the same data extrapolate
-    with different slopes; the minimum of several lines peaks where they agree: on the data."""
+    corner of the action box and the actor can walk there. Heads fitted to the same data
+    extrapolate with different slopes; the minimum of several lines peaks where they agree:
+    on the data (test_td3.py). It did not stop the stand-in fine-tuning's collapse, which
+    comes from the states a changed policy reaches (README "Fine-tuning with TD3")."""
     precision: str = 'fp32'
     """Compute precision of the network passes in an update: fp32, bf16 (autocast: convs and
     matmuls in bfloat16; master weights, Adam state, targets, TD errors, losses and Polyak
@@ -426,18 +428,17 @@ class TD3:
                 action = action + noise
             return action.clamp_(-max_action, max_action)
 
-    def _target_pair(self) -> tuple[int, int]:
-        """Return the indices of the two target heads whose minimum makes the TD target.
+    def _target_pair(self) -> torch.Tensor | None:
+        """Return the indices (2,) of the target heads whose minimum makes the TD target.
 
-        Two heads: both (TD3, and no random draw, so the smoothing-noise stream is unchanged).
-        More: two drawn without replacement from the noise generator (saved with the state).
+        Two heads: None, meaning both (TD3; no random draw, so the smoothing-noise stream is
+        unchanged). More: two drawn without replacement from the noise generator (saved with
+        the state), left on the device so that no host sync is needed.
         """
         heads = self.config.critic_heads
         if heads == 2:
-            return 0, 1
-        pair = torch.randperm(heads, generator=self._noise_gen, device=self.device)[:2]
-        first, second = pair.tolist()
-        return first, second
+            return None
+        return torch.randperm(heads, generator=self._noise_gen, device=self.device)[:2]
 
     def td_target(self, batch) -> torch.Tensor:
         """Return y = r + gamma * (1 - terminated) * min(Qi', Qj')(s', a'), shape (B,).
@@ -451,11 +452,11 @@ class TD3:
             cnn = self.target_critic_cnn if self.config.target_encoders else self.critic_cnn
             with self._autocast():
                 state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
-                heads = self.target_critic.head_modules()
-                first, second = self._target_pair()
-                q1 = heads[first](state, next_action)
-                q2 = heads[second](state, next_action)
-            next_q = torch.minimum(q1.float(), q2.float()).squeeze(1)
+                values = torch.stack(self.target_critic(state, next_action)).float()
+            pair = self._target_pair()
+            if pair is not None:
+                values = values.index_select(0, pair)
+            next_q = values.min(dim=0).values.squeeze(1)
             return b.rewards + self.config.gamma * (1.0 - b.terminated) * next_q
 
     def critic_loss(self, batch, returns=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
