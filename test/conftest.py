@@ -22,25 +22,29 @@ def claim_domain(start: int):
     A domain is claimed with an exclusive flock on a file named after it, held until the
     file is closed (or the process dies: the kernel drops the lock), so two test suites
     running at once on one machine never share a domain. Without a usable lock directory
-    the domain at `start` is returned unlocked.
+    (or lock files), the domain at `start` is returned unlocked.
     """
     try:
         _DOMAIN_LOCKS.mkdir(mode=0o777, exist_ok=True)
     except OSError:
         return start, None
     offset = DOMAINS.index(start)
+    held_by_others = 0
     for step in range(len(DOMAINS)):
         domain = DOMAINS[(offset + step) % len(DOMAINS)]
         try:
             handle = open(_DOMAIN_LOCKS / f'{domain}.lock', 'a')
         except OSError:
-            continue
+            continue  # e.g. another user's lock file: not ours to use
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
+            held_by_others += 1
             continue
         return domain, handle
+    if held_by_others == 0:
+        return start, None  # no lock file could be opened at all: run unlocked
     raise RuntimeError(f'every ROS domain in {DOMAINS} is claimed by other test runs')
 
 

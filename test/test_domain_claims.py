@@ -36,3 +36,16 @@ def test_the_test_environment_holds_its_domain(ros_env):
     other, other_lock = claim_domain(domain)
     other_lock.close()
     assert other != domain
+
+
+def test_without_usable_lock_files_the_start_domain_runs_unlocked(tmp_path, monkeypatch):
+    import conftest
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    monkeypatch.setattr(conftest, '_DOMAIN_LOCKS', blocker / 'locks')  # cannot be created
+    assert claim_domain(DOMAINS[3]) == (DOMAINS[3], None)
+    locks = tmp_path / 'locks'
+    for domain in DOMAINS:  # a directory where each lock file would be: none can be opened
+        (locks / f'{domain}.lock').mkdir(parents=True)
+    monkeypatch.setattr(conftest, '_DOMAIN_LOCKS', locks)
+    assert claim_domain(DOMAINS[5]) == (DOMAINS[5], None)
