@@ -67,7 +67,7 @@ STAND_IN_GAMMA = 0.998
 """Discount for learning on the stand-in (config/trainer_sim.yaml says the same). Its horizon,
 1 / (1 - gamma) = 500 frames (25 s at 20 Hz), must see where speed ends: with av_td3_system's
 0.99 (5 s) the discounted shaped return prefers an expert that corners too fast and leaves
-the road after 15-30 s to the lap on 4 of 5 tracks; at 0.998 every lap beats every such
+the road after 14-25 s to the lap on 4 of 5 tracks; at 0.998 every lap beats every such
 crash (bench/objective_horizon.py, test_objective_horizon.py)."""
 STAND_IN_REWARD = RewardConfig(lateral_tolerance=STAND_IN_LATERAL_TOLERANCE)
 """The reward settings for the CarRacing stand-in: with CARLA's 2.5 m a car still on the
