@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import faulthandler
 import signal
+import time
 from collections.abc import Callable
 
 import rclpy
@@ -11,7 +12,10 @@ from rclpy.node import Node
 
 from .callback_guard import guard_callback
 
-__all__ = ['dump_stacks_on_sigusr1', 'guard_callback', 'run_node']
+__all__ = ['dump_stacks_on_sigusr1', 'guard_callback', 'run_node', 'shutting_down']
+
+SHUTDOWN_SETTLE_S = 2.0
+"""How long an executor error may precede its context's shutdown and still be the shutdown's."""
 
 
 def dump_stacks_on_sigusr1():
@@ -22,27 +26,57 @@ def dump_stacks_on_sigusr1():
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
+def shutting_down(context, settle_s: float = SHUTDOWN_SETTLE_S) -> bool:
+    """Return whether `context` is shut down, or finishes shutting down within `settle_s`.
+
+    rcl_shutdown stops the middleware first and marks the context invalid only afterwards.
+    A take that fails in between (rclpy: "Unable to convert call argument") sees a context
+    that still reads as ok, so one look is not enough. Polls on the steady clock.
+    """
+    deadline = time.monotonic() + settle_s
+    while context.ok():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def spin_until_shutdown(node: Node):
+    """Spin `node` until its context shuts down; log and survive any other executor error.
+
+    Callbacks are guarded (`guard_callback`), so an error here comes from the executor
+    itself, e.g. a message rclpy could not take. One such message must not end a node that
+    brakes a car; the error costs at most `SHUTDOWN_SETTLE_S` of spinning.
+    """
+    while True:
+        try:
+            rclpy.spin(node)
+            return
+        except (KeyboardInterrupt, ExternalShutdownException):
+            return
+        except Exception as error:
+            if shutting_down(node.context):
+                return  # Ctrl-C/SIGTERM raced the executor: the same quiet shutdown
+            node.get_logger().error(
+                f'executor error, spinning on: {type(error).__name__}: {error}')
+
+
 def run_node(make_node: Callable[[], Node], args=None,
              before_destroy: Callable[[Node], None] | None = None):
     """Init rclpy, spin the node `make_node()` builds until shutdown, then clean up.
 
     `before_destroy(node)` runs once spinning stopped and before the node is destroyed (e.g.
     to save state). Ctrl-C and SIGTERM end it quietly (rclpy turns them into
-    ExternalShutdownException).
+    ExternalShutdownException, or the executor fails while the context shuts down).
     """
     rclpy.init(args=args)
     dump_stacks_on_sigusr1()
     node = None
     try:
         node = make_node()
-        rclpy.spin(node)
+        spin_until_shutdown(node)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError:
-        if rclpy.ok():
-            raise
-        # Ctrl-C/SIGTERM shut the context down while the executor was taking a message:
-        # rclpy then fails inside take_message. That is the same quiet shutdown.
+        pass  # Ctrl-C or SIGTERM while the node was being built
     finally:
         if node is not None:
             if before_destroy is not None:

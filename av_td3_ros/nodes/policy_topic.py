@@ -70,7 +70,13 @@ class PolicyBroadcaster:
         self.publisher = node.create_publisher(UInt8MultiArray, topic, POLICY_QOS)
 
     def publish_file(self, path: str | Path, step: int) -> bool:
-        """Publish the file at `path` as the policy after `step` updates; False on failure."""
+        """Publish the file at `path` as the policy after `step` updates; False on failure.
+
+        Once the node's context is shut down (Ctrl-C during a save) nobody can hear it: that
+        is no error, and the checkpoint file stays on disk for the next start.
+        """
+        if not self.node.context.ok():
+            return False
         try:
             data = Path(path).read_bytes()
             self.publisher.publish(policy_message(data, step))
