@@ -206,19 +206,27 @@ class Actor(nn.Module):
 class Critic(nn.Module):
     """Estimate Q(state, action) with one MLP."""
 
-    def __init__(self, config: NetworkConfig):
-        """Build fc1 -> fc2 -> fc3 over the concatenated state and action."""
+    def __init__(self, config: NetworkConfig, layer_norm: bool = False):
+        """Build fc1 -> fc2 -> fc3 over the concatenated state and action.
+
+        With `layer_norm`, each hidden layer is normalised before its ReLU (`norm1`, `norm2`).
+        The hidden vector's scale is then bounded whatever the input, so Q cannot grow
+        without bound along an action direction the data never covered (Ball et al. 2023,
+        arXiv:2302.02948, found it necessary for online RL from prior data).
+        """
         super().__init__()
         self.fc1 = nn.Linear(config.state_dim + config.action_dim, config.hidden_dim)
         self.fc2 = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.fc3 = nn.Linear(config.hidden_dim, 1)
         for layer in (self.fc1, self.fc2, self.fc3):
             _uniform_fan_in_(layer)
+        self.norm1 = nn.LayerNorm(config.hidden_dim) if layer_norm else nn.Identity()
+        self.norm2 = nn.LayerNorm(config.hidden_dim) if layer_norm else nn.Identity()
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Return Q values of shape (B, 1)."""
-        hidden = torch.relu(self.fc1(torch.cat([state, action], dim=1)))
-        hidden = torch.relu(self.fc2(hidden))
+        hidden = torch.relu(self.norm1(self.fc1(torch.cat([state, action], dim=1))))
+        hidden = torch.relu(self.norm2(self.fc2(hidden)))
         return self.fc3(hidden)
 
 
@@ -230,15 +238,15 @@ class CriticEnsemble(nn.Module):
     them, so their minimum falls off the data (see `TD3Config.critic_heads`).
     """
 
-    def __init__(self, config: NetworkConfig, heads: int = 2):
-        """Build `heads` critics named Q1 ... Q<heads>."""
+    def __init__(self, config: NetworkConfig, heads: int = 2, layer_norm: bool = False):
+        """Build `heads` critics named Q1 ... Q<heads> (`layer_norm`: see `Critic`)."""
         super().__init__()
         if heads < 2:
             raise ValueError(f'a critic ensemble needs at least 2 heads, got {heads}')
         self.heads = heads
         for index in range(1, heads + 1):
             # Q1 and Q2: names fixed by av_td3_system checkpoints.
-            self.add_module(f'Q{index}', Critic(config))
+            self.add_module(f'Q{index}', Critic(config, layer_norm))
 
     def head_modules(self) -> list[Critic]:
         """Return the heads in order Q1 ... QN."""

@@ -109,6 +109,9 @@ class TD3Config:
     """Q heads on the critic CNN. 2 is TD3. With more, each TD target takes the minimum of
     two heads drawn at random (REDQ, Chen et al. 2021, arXiv:2101.05982), so heads stay
     independent estimates; `actor_objective: min` then reads their disagreement."""
+    critic_layer_norm: bool = False
+    """LayerNorm before each hidden ReLU of the critic heads (see `Critic`): bounds how far
+    Q can extrapolate beyond the data. Off: the av_td3_system critic."""
     actor_objective: str = 'q1'
     """What the actor maximises: q1 (TD3: Q1 alone) or min (the minimum over all heads).
     A ReLU critic is piecewise linear in the action and, beyond the actions in the data (the
@@ -278,7 +281,8 @@ class TD3:
             self.actor_cnn = self._place(NatureCNN(self.net_config))
             self.actor = self._place(Actor(self.net_config))
             self.critic_cnn = self._place(NatureCNN(self.net_config))
-            self.critic = self._place(CriticEnsemble(self.net_config, self.config.critic_heads))
+            self.critic = self._place(CriticEnsemble(self.net_config, self.config.critic_heads,
+                                                     self.config.critic_layer_norm))
         self.target_actor = self._target_of(self.actor)
         self.target_critic = self._target_of(self.critic)
         if self.config.target_encoders:

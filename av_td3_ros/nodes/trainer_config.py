@@ -73,6 +73,8 @@ TRAINER = Schema(
                                             'Polyak target (0: off)', 0.0, 1e3),
     _from(TD3Config, 'critic_heads')('Q heads on the critic CNN (2: TD3; more: targets from '
                                      'a random pair of them)', 2, 64),
+    _from(TD3Config, 'critic_layer_norm')('LayerNorm in the critic heads (bounds Q off the '
+                                          'data)'),
     _from(TD3Config, 'actor_objective')('what the actor maximises: q1 (TD3) or min (the '
                                         'minimum over the critic heads)'),
     _from(EpisodeConfig, 'max_steps', 'max_episode_steps')('step limit (truncation)', 1,
@@ -141,7 +143,8 @@ def config_from_values(v: dict) -> TrainerConfig:
         **pick('gamma', 'tau', 'actor_lr', 'critic_lr', 'batch_size', 'policy_frequency',
                'policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'target_encoders',
                'precision', 'critic_warmup_updates', 'bc_weight', 'bc_alpha', 'device',
-               'critic_heads', 'actor_objective', 'trust_region_weight', 'seed'),
+               'critic_heads', 'critic_layer_norm', 'actor_objective', 'trust_region_weight',
+               'seed'),
         # 0 disables clipping (TD3Config takes None for that).
         actor_grad_clip=v['actor_grad_clip'] or None,
         critic_grad_clip=v['critic_grad_clip'] or None,

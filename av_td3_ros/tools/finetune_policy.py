@@ -23,7 +23,9 @@ def build_config(args) -> FinetuneConfig:
                   actor_lr=args.actor_lr, precision=args.precision,
                   freeze_actor_encoder=args.freeze_actor_encoder,
                   critic_heads=args.critic_heads, actor_objective=args.actor_objective,
-                  gamma=args.gamma, trust_region_weight=args.trust_region_weight)
+                  gamma=args.gamma, trust_region_weight=args.trust_region_weight,
+                  critic_layer_norm=args.critic_layer_norm,
+                  policy_frequency=args.policy_frequency)
     seeds = tuple(int(s) for s in args.eval_seeds.split(',')) if args.eval_seeds else ()
     sim = base.sim
     if args.sim_steps is not None:
@@ -68,6 +70,10 @@ def main(argv=None) -> int:
                         help='discount factor')
     parser.add_argument('--critic-heads', type=int, default=base_td3.critic_heads,
                         help='Q heads on the critic CNN (2: TD3; more: REDQ-style targets)')
+    parser.add_argument('--critic-layer-norm', action='store_true',
+                        help='LayerNorm in the critic heads (bounds Q off the data)')
+    parser.add_argument('--policy-frequency', type=int, default=base_td3.policy_frequency,
+                        help='critic updates per actor update')
     parser.add_argument('--actor-objective', choices=('q1', 'min'),
                         default=base_td3.actor_objective,
                         help='what the actor maximises: Q1 (TD3) or the minimum over heads')
