@@ -581,6 +581,25 @@ def test_returns_replace_td_targets_where_given():
     assert not torch.equal(mixed['target_q_mean'], plain['target_q_mean'])
 
 
+def test_reward_scale_scales_rewards_and_returns_and_reports_reward_units():
+    # Same weights, scale 0.01: the TD target's reward part and every Monte Carlo return are
+    # scaled (the network's own next Q is already in scaled units); metrics come back
+    # divided by the scale.
+    batch = make_batch(size=6, seed=4)
+    plain = make_agent(policy_noise=0.0, seed=5)
+    scaled = make_agent(policy_noise=0.0, seed=5, reward_scale=0.01)
+    rewards = torch.from_numpy(batch.rewards)
+    bootstrap = plain.td_target(batch) - rewards  # gamma (1 - d) Q'(s', a')
+    torch.testing.assert_close(scaled.td_target(batch), 0.01 * rewards + bootstrap)
+    returns = np.full(6, 300.0, np.float32)
+    _, metrics = scaled.critic_loss(batch, returns)
+    torch.testing.assert_close(metrics['target_q_mean'], torch.tensor(300.0))
+    _, plain_metrics = plain.critic_loss(batch, returns)
+    torch.testing.assert_close(metrics['q1_mean'], 100.0 * plain_metrics['q1_mean'])
+    with pytest.raises(ValueError, match='reward_scale'):
+        TD3Config(reward_scale=0.0)
+
+
 def test_targets_become_exact_copies_when_the_warmup_ends():
     agent = make_agent(critic_warmup_updates=3, policy_frequency=2)
     for seed in range(3):

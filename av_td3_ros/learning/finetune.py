@@ -254,8 +254,8 @@ class Finetuner:
         Near the edge: farther than 4.5 m from the centre line (the episode ends at 6.5 m).
         `dq_dthrottle_pos`: fraction of states where the gradient of what the actor maximises
         (`TD3.objective_q`) at the actor's action asks for more throttle; `q_*`: Q1 of the
-        stored action; `reward_*`: stored rewards; `terminal_near_edge`: fraction of
-        near-edge transitions that ended.
+        stored action, in reward units; `reward_*`: stored rewards; `terminal_near_edge`:
+        fraction of near-edge transitions that ended.
         """
         if self.buffer.size <= self.config.td3.batch_size:
             return {}
@@ -267,6 +267,7 @@ class Finetuner:
         with torch.no_grad():
             state = torch.cat([agent.critic_cnn(b.obs), b.obs_vec], dim=1)
             q_data = agent.critic.Q1(state, b.actions).squeeze(1).numpy()
+            q_data = q_data / agent.config.reward_scale  # in reward units
             action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
         action = action.clone().requires_grad_(True)
         agent.objective_q(state, action).sum().backward()

@@ -43,6 +43,12 @@ class TD3Config:
 
     gamma: float = 0.99
     """Discount factor."""
+    reward_scale: float = 1.0
+    """The critic learns Q of the rewards times this (Monte Carlo targets are scaled alike);
+    reported Q values are divided back into reward units. At gamma 0.998 the stand-in's Q is
+    ~1000: a critic whose hidden layers are normalised (`critic_layer_norm`) carries that
+    scale in its last layer alone and, at Adam's step size, needs thousands of updates to
+    reach it. 0.01 brings Q to ~10."""
     tau: float = 0.005
     """Polyak rate (SB3 meaning): target = (1 - tau) * target + tau * online per target update."""
     actor_lr: float = 3e-4
@@ -132,7 +138,7 @@ class TD3Config:
             raise ValueError(f'gamma must be in [0, 1], got {self.gamma}')
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f'tau must be in (0, 1], got {self.tau}')
-        for name in ('actor_lr', 'critic_lr'):
+        for name in ('actor_lr', 'critic_lr', 'reward_scale'):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
         if self.critic_heads < 2:
@@ -461,18 +467,21 @@ class TD3:
             if pair is not None:
                 values = values.index_select(0, pair)
             next_q = values.min(dim=0).values.squeeze(1)
-            return b.rewards + self.config.gamma * (1.0 - b.terminated) * next_q
+            rewards = b.rewards * self.config.reward_scale
+            return rewards + self.config.gamma * (1.0 - b.terminated) * next_q
 
     def critic_loss(self, batch, returns=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return the sum over heads of MSE(Qi, y) and detached metrics; trains CNN + heads.
 
         y is the TD target; where `returns` (B,) holds a number instead of NaN, y is that
-        number (e.g. a Monte Carlo return of the behaviour policy during a critic warm-up).
+        number (e.g. a Monte Carlo return of the behaviour policy during a critic warm-up)
+        times `reward_scale`. The Q metrics are in reward units.
         """
         b = self.prepare(batch)
         y = self.td_target(b)
         if returns is not None:
             given = self._to_device(returns, torch.float32).reshape(y.shape)
+            given = given * self.config.reward_scale
             y = torch.where(torch.isnan(given), y, given)
         with torch.profiler.record_function('td3.critic_forward'):
             with self._autocast():
@@ -480,8 +489,9 @@ class TD3:
                 values = [q.float().squeeze(1) for q in self.critic(state, b.actions)]
             q1, q2 = values[0], values[1]
             loss = sum(F.mse_loss(q, y) for q in values)
-        metrics = {'critic_loss': loss.detach(), 'q1_mean': q1.detach().mean(),
-                   'q2_mean': q2.detach().mean(), 'target_q_mean': y.mean()}
+        unit = 1.0 / self.config.reward_scale
+        metrics = {'critic_loss': loss.detach(), 'q1_mean': q1.detach().mean() * unit,
+                   'q2_mean': q2.detach().mean() * unit, 'target_q_mean': y.mean() * unit}
         return loss, metrics
 
     def _actor_logits(self, b: DeviceBatch) -> torch.Tensor:
@@ -532,7 +542,7 @@ class TD3:
             with _frozen(self.critic):
                 q1 = self.objective_q(critic_state, action)
             loss = -q1.mean()
-            metrics = {'actor_q': q1.detach().mean(),
+            metrics = {'actor_q': q1.detach().mean() / self.config.reward_scale,
                        'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
             config = self.config
             if config.bc_weight > 0.0 or config.trust_region_weight > 0.0:

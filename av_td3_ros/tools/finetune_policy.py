@@ -24,7 +24,7 @@ def build_config(args) -> FinetuneConfig:
                   freeze_actor_encoder=args.freeze_actor_encoder,
                   critic_heads=args.critic_heads, actor_objective=args.actor_objective,
                   gamma=args.gamma, trust_region_weight=args.trust_region_weight,
-                  critic_layer_norm=args.critic_layer_norm,
+                  critic_layer_norm=args.critic_layer_norm, reward_scale=args.reward_scale,
                   policy_frequency=args.policy_frequency)
     seeds = tuple(int(s) for s in args.eval_seeds.split(',')) if args.eval_seeds else ()
     sim = base.sim
@@ -72,6 +72,8 @@ def main(argv=None) -> int:
                         help='Q heads on the critic CNN (2: TD3; more: REDQ-style targets)')
     parser.add_argument('--critic-layer-norm', action='store_true',
                         help='LayerNorm in the critic heads (bounds Q off the data)')
+    parser.add_argument('--reward-scale', type=float, default=base_td3.reward_scale,
+                        help='the critic learns Q of the rewards times this')
     parser.add_argument('--policy-frequency', type=int, default=base_td3.policy_frequency,
                         help='critic updates per actor update')
     parser.add_argument('--actor-objective', choices=('q1', 'min'),
