@@ -62,7 +62,7 @@ class SimGymEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self._frames = np.zeros((stack, size, size), np.uint8)
         self._vehicle: VehicleState | None = None
-        self._hint = None
+        self._hint = ROUTE_START_HINT  # segment the next route search starts from
         self._steps = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
