@@ -10,7 +10,12 @@ import torch
 
 from av_td3_ros.driving.features import Pose2D, kinematic_vector
 from av_td3_ros.learning.checkpoint import PolicySpec, latest_policy, load_policy
-from av_td3_ros.learning.learner import Learner, LearnerConfig, annealed_bc_weight
+from av_td3_ros.learning.learner import (
+    Learner,
+    LearnerConfig,
+    annealed_bc_weight,
+    uses_monte_carlo_targets,
+)
 from av_td3_ros.learning.td3 import TD3Config
 from av_td3_ros.learning.transitions import EpisodeEnd, EpisodeStart, Transition
 
@@ -112,6 +117,40 @@ def test_bc_weight_anneals_linearly_after_the_warm_up():
     assert annealed_bc_weight(2.0, 0.0, 100, -5) == 2.0
     assert annealed_bc_weight(2.0, 0.0, 100, 50) == pytest.approx(1.0)
     assert annealed_bc_weight(2.0, 0.5, 100, 1000) == 0.5
+
+
+def test_monte_carlo_targets_follow_the_warm_up_and_mc_after_warmup():
+    assert uses_monte_carlo_targets(0, 10, 'mc', False)
+    assert not uses_monte_carlo_targets(0, 10, 'td', True)  # the warm-up's own choice
+    assert not uses_monte_carlo_targets(10, 10, 'mc', False)
+    assert uses_monte_carlo_targets(10, 10, 'mc', True)
+    assert uses_monte_carlo_targets(10, 0, 'td', True)
+
+
+def test_mc_after_warmup_gives_the_learners_td3_the_finished_episodes_returns(tmp_path):
+    # Every stored episode has ended, so each sampled transition has a Monte Carlo return:
+    # with mc_after_warmup the critic's target mean is the batch's mean return, without it a
+    # TD target (which, from a random critic, is no such return).
+    means = {}
+    for keep in (False, True):
+        learner = Learner(config(tmp_path / str(keep), mc_after_warmup=keep))
+        try:
+            feed(learner, 30)
+            metrics = learner.td3_step()
+            assert learner.agent.total_updates == 1
+            means[keep] = float(metrics['target_q_mean'])
+        finally:
+            learner.close(save=False)
+    # The same seed samples the same batch in both runs.
+    reference = Learner(config(tmp_path / 'ref', mc_after_warmup=True))
+    try:
+        feed(reference, 30)
+        batch, returns = reference.sample(with_returns=True)
+        assert not np.isnan(returns).any()
+        assert means[True] == pytest.approx(float(np.mean(returns)), abs=1e-4)
+        assert means[False] != pytest.approx(means[True], abs=1e-3)
+    finally:
+        reference.close(save=False)
 
 
 def run_updates(learner: Learner, count: int):

@@ -40,7 +40,7 @@ from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, 
 from ..sim.expert import expert_actions
 from ..sim.sim_env import SimEnv, SimEnvConfig
 from .checkpoint import PolicySpec, load_policy, save_policy_state
-from .learner import annealed_bc_weight
+from .learner import annealed_bc_weight, uses_monte_carlo_targets
 from .mc_returns import MonteCarloReturns
 from .replay_buffer import ReplayBuffer
 from .reward import STAND_IN_GAMMA, RewardConfig
@@ -69,11 +69,7 @@ class FinetuneConfig:
     """Critic targets during the warm-up: mc (discounted returns of the finished episodes of
     the starting policy, TD where unknown) or td (plain TD targets)."""
     mc_after_warmup: bool = False
-    """Keep the Monte Carlo targets after the warm-up wherever an episode has finished (TD
-    where it is open). TD carries a crash's cost back one step per target lag (~200
-    updates), so a policy that has started to crash looks fine to the critic for thousands
-    of updates; a finished episode's return carries it back at once, for the recent policy
-    that drove it (older episodes' returns are those of older policies)."""
+    """See `LearnerConfig.mc_after_warmup`."""
     bc_weight_final: float | None = None
     """Anneal bc_weight linearly to this over `bc_anneal_updates` actor-phase updates
     (None: constant)."""
@@ -238,9 +234,9 @@ class Finetuner:
         if weight != self.agent.config.bc_weight:
             self.agent.config = replace(self.agent.config, bc_weight=weight)
         returns = None
-        warming_up = self.agent.total_updates < self.config.td3.critic_warmup_updates
-        if ((warming_up and self.config.warmup_targets == 'mc')
-                or (not warming_up and self.config.mc_after_warmup)):
+        if uses_monte_carlo_targets(self.agent.total_updates,
+                                    self.config.td3.critic_warmup_updates,
+                                    self.config.warmup_targets, self.config.mc_after_warmup):
             returns = self.returns.lookup(batch.indices)
         metrics = self.agent.update(batch, labels, returns)
         if self.agent.total_updates % self.config.sync_every == 0:

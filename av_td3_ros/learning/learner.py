@@ -88,6 +88,13 @@ class LearnerConfig:
     """A fresh run's actor starts from this policy file ('' = random init)."""
     warmup_targets: str = 'mc'
     """Critic targets during td3.critic_warmup_updates: mc (Monte Carlo returns) or td."""
+    mc_after_warmup: bool = False
+    """Keep the Monte Carlo targets after the warm-up wherever an episode has finished (TD
+    where it is open). TD carries a crash's cost back one step per target lag, so a policy
+    that has started to crash can look fine to the critic for thousands of updates; a
+    finished episode's return carries it back at once, for the recent policy that drove it
+    (older episodes' returns are those of older policies). It did not stop the stand-in's
+    collapse (README "Fine-tuning with TD3")."""
     bc_pretrain_updates: int = 0
     """Behaviour-cloning steps of the actor on the route expert's labels before TD3 (0: off)."""
     bc_weight_final: float = 0.0
@@ -104,6 +111,18 @@ def annealed_bc_weight(start: float, final: float, anneal_updates: int,
         return start
     fraction = min(max(progress, 0) / anneal_updates, 1.0)
     return start + (final - start) * fraction
+
+
+def uses_monte_carlo_targets(updates_done: int, warmup_updates: int, warmup_targets: str,
+                             mc_after_warmup: bool) -> bool:
+    """Return whether the next update's critic targets are Monte Carlo returns where known.
+
+    During the critic warm-up (`updates_done` < `warmup_updates`) `warmup_targets` decides
+    (mc or td); after it, `mc_after_warmup`.
+    """
+    if updates_done < warmup_updates:
+        return warmup_targets == 'mc'
+    return mc_after_warmup
 
 
 def resume_differences(spec: PolicySpec, metadata: dict, td3_metadata: dict) -> list[str]:
@@ -388,10 +407,11 @@ class Learner:
     def td3_step(self) -> dict[str, torch.Tensor]:
         """Run one TD3 (or TD3+BC) update on a sampled batch."""
         config = self.config
-        warmup = (config.warmup_targets == 'mc'
-                  and self.agent.total_updates < config.td3.critic_warmup_updates)
+        monte_carlo = uses_monte_carlo_targets(
+            self.agent.total_updates, config.td3.critic_warmup_updates, config.warmup_targets,
+            config.mc_after_warmup)
         start = time.perf_counter()
-        batch, returns = self.sample(with_returns=warmup)
+        batch, returns = self.sample(with_returns=monte_carlo)
         weight = self.bc_weight()
         # TD3+BC's labels: the route expert's action for each stored kinematic vector.
         labels = self.labels(batch) if weight > 0.0 else None

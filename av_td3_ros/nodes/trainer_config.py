@@ -120,6 +120,8 @@ TRAINER = Schema(
                                            'from (e.g. an imitation policy); empty: random'),
     _from(LearnerConfig, 'warmup_targets')('critic targets during the warm-up: mc (Monte '
                                            'Carlo returns of finished episodes) or td'),
+    _from(LearnerConfig, 'mc_after_warmup')('keep Monte Carlo targets for finished episodes '
+                                            'after the warm-up'),
     _from(LearnerConfig, 'bc_pretrain_updates')(
         "BC steps of the actor towards the route expert's action once learning_starts "
         'transitions are stored, before TD3 (0: off)', 0, 10**9),
@@ -162,7 +164,8 @@ def config_from_values(v: dict) -> TrainerConfig:
                'buffer_capacity', 'buffer_kinematics_dtype', 'learning_starts',
                'updates_per_step', 'checkpoint_every', 'keep_checkpoints', 'state_every',
                'log_period', 'health_every', 'tensorboard', 'reset_timeout', 'camera_topic',
-               'policy_topic', 'initial_policy', 'warmup_targets', 'bc_pretrain_updates',
+               'policy_topic', 'initial_policy', 'warmup_targets', 'mc_after_warmup',
+               'bc_pretrain_updates',
                'bc_weight_final', 'bc_anneal_updates'))
 
 
