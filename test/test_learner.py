@@ -14,10 +14,12 @@ from av_td3_ros.learning.learner import (
     Learner,
     LearnerConfig,
     annealed_bc_weight,
+    td3_bc_labels,
     uses_monte_carlo_targets,
 )
 from av_td3_ros.learning.td3 import TD3Config
 from av_td3_ros.learning.transitions import EpisodeEnd, EpisodeStart, Transition
+from av_td3_ros.sim.expert import expert_actions
 
 BATCH = 8
 
@@ -151,6 +153,53 @@ def test_mc_after_warmup_gives_the_learners_td3_the_finished_episodes_returns(tm
         assert means[False] != pytest.approx(means[True], abs=1e-3)
     finally:
         reference.close(save=False)
+
+
+def test_td3_bc_labels_are_the_experts_or_the_stored_actions(tmp_path):
+    learner = Learner(config(tmp_path / 'run'))
+    try:
+        feed(learner, 30)
+        batch, _ = learner.sample()
+    finally:
+        learner.close(save=False)
+    features = PolicySpec().features
+    np.testing.assert_array_equal(td3_bc_labels(batch, features, 'data'), batch.actions)
+    expert = td3_bc_labels(batch, features, 'expert')
+    np.testing.assert_array_equal(expert, expert_actions(batch.obs_vec, features))
+    assert not np.allclose(expert, batch.actions)  # the stored actions are random
+    with pytest.raises(ValueError, match='bc_labels'):
+        td3_bc_labels(batch, features, 'teacher')
+
+
+@pytest.mark.parametrize('field', ['bc_labels', 'warmup_targets'])
+def test_learner_config_refuses_unknown_choices_by_name(tmp_path, field):
+    with pytest.raises(ValueError, match=field):
+        config(tmp_path, **{field: 'MC'})
+
+
+def test_data_labels_pull_the_actor_towards_the_stored_actions(tmp_path):
+    # TD3+BC with the stored actions as labels and the BC term alone (alpha 0): the actor
+    # moves towards the buffer's actions, which no expert produced.
+    overrides = dict(td3=dict(bc_weight=1.0, bc_alpha=0.0, policy_frequency=1,
+                              actor_lr=1e-3), bc_labels='data', updates_per_step=100.0)
+    learner = Learner(config(tmp_path / 'run', **overrides))
+    try:
+        feed(learner, 30)
+        batch, _ = learner.sample()
+
+        def distance():
+            with torch.no_grad():
+                b = learner.agent.prepare(batch)
+                actions = learner.agent.actor(torch.cat(
+                    [learner.agent.actor_cnn(b.obs), b.obs_vec], dim=1))
+            return float(((actions - b.actions) ** 2).mean())
+
+        before = distance()
+        for _ in range(60):
+            learner.td3_step()
+        assert distance() < 0.8 * before
+    finally:
+        learner.close(save=False)
 
 
 def run_updates(learner: Learner, count: int):

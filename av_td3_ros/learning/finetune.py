@@ -37,10 +37,9 @@ from ..driving.networks import ActorPolicy
 from ..driving.pipeline import DrivingPipeline, ExplorationConfig
 from ..driving.preprocessing import gray_from_pixels, image_pixels
 from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, summary_line
-from ..sim.expert import expert_actions
 from ..sim.sim_env import SimEnv, SimEnvConfig
 from .checkpoint import PolicySpec, load_policy, save_policy_state
-from .learner import annealed_bc_weight, uses_monte_carlo_targets
+from .learner import annealed_bc_weight, td3_bc_labels, uses_monte_carlo_targets
 from .mc_returns import MonteCarloReturns
 from .replay_buffer import ReplayBuffer
 from .reward import STAND_IN_GAMMA, RewardConfig
@@ -70,6 +69,8 @@ class FinetuneConfig:
     the starting policy, TD where unknown) or td (plain TD targets)."""
     mc_after_warmup: bool = False
     """See `LearnerConfig.mc_after_warmup`."""
+    bc_labels: str = 'expert'
+    """See `LearnerConfig.bc_labels`."""
     bc_weight_final: float | None = None
     """Anneal bc_weight linearly to this over `bc_anneal_updates` actor-phase updates
     (None: constant)."""
@@ -224,12 +225,12 @@ class Finetuner:
                                   self.agent.total_updates - config.td3.critic_warmup_updates)
 
     def learn_once(self) -> dict[str, float]:
-        """Sample a batch, label it with the expert, and run one TD3 update."""
+        """Sample a batch, label it for the TD3+BC term if on, and run one TD3 update."""
         batch = self.buffer.sample(self.config.td3.batch_size, self.rng)
         weight = self._bc_weight()
         labels = None
         if weight > 0.0:
-            labels = expert_actions(batch.obs_vec, self.spec.features)
+            labels = td3_bc_labels(batch, self.spec.features, self.config.bc_labels)
         # bc_weight is read per update from the config, so annealing swaps the config.
         if weight != self.agent.config.bc_weight:
             self.agent.config = replace(self.agent.config, bc_weight=weight)

@@ -60,6 +60,12 @@ LEARNER_TENSORS = 'learner.'
 """Prefix of the state-file tensors the learner adds to TD3's (the Monte Carlo returns)."""
 
 
+WARMUP_TARGETS = ('mc', 'td')
+"""Critic targets during the warm-up: Monte Carlo returns (TD where unknown) or TD."""
+BC_LABELS = ('expert', 'data')
+"""Sources of the TD3+BC term's target actions (`td3_bc_labels`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class LearnerConfig:
     """What a training run needs besides its experience (the trainer's parameters, less ROS)."""
@@ -99,9 +105,19 @@ class LearnerConfig:
     """Behaviour-cloning steps of the actor on the route expert's labels before TD3 (0: off)."""
     bc_weight_final: float = 0.0
     """TD3+BC: the weight td3.bc_weight reaches after `bc_anneal_updates`."""
+    bc_labels: str = 'expert'
+    """What the TD3+BC term pulls the actor towards (`td3_bc_labels`): expert or data."""
     bc_anneal_updates: int = 0
     """TD3 updates after the critic warm-up over which td3.bc_weight moves linearly to
     `bc_weight_final` (0: constant bc_weight)."""
+
+    def __post_init__(self):
+        """Refuse unknown choices by name (a typo must not silently pick another rule)."""
+        if self.warmup_targets not in WARMUP_TARGETS:
+            raise ValueError(f'warmup_targets must be one of {WARMUP_TARGETS}, '
+                             f'got {self.warmup_targets!r}')
+        if self.bc_labels not in BC_LABELS:
+            raise ValueError(f'bc_labels must be one of {BC_LABELS}, got {self.bc_labels!r}')
 
 
 def annealed_bc_weight(start: float, final: float, anneal_updates: int,
@@ -111,6 +127,22 @@ def annealed_bc_weight(start: float, final: float, anneal_updates: int,
         return start
     fraction = min(max(progress, 0) / anneal_updates, 1.0)
     return start + (final - start) * fraction
+
+
+def td3_bc_labels(batch: Batch, features, source: str) -> np.ndarray:
+    """Return the actions the TD3+BC term pulls a sampled batch's actor actions towards.
+
+    expert: the route expert's action on each stored kinematic vector (DAgger-style labels).
+    data: the stored actions themselves, as in Fujimoto & Gu's TD3+BC: the actor stays near
+    the actions its critic has seen, and no expert is needed. Online, the data are the
+    acting policies' own (noisy) actions, so the anchor moves as the buffer fills with the
+    new policy's driving.
+    """
+    if source == 'expert':
+        return expert_actions(batch.obs_vec, features)
+    if source == 'data':
+        return np.asarray(batch.actions, np.float32)
+    raise ValueError(f'bc_labels must be one of {BC_LABELS}, got {source!r}')
 
 
 def uses_monte_carlo_targets(updates_done: int, warmup_updates: int, warmup_targets: str,
@@ -414,7 +446,8 @@ class Learner:
         batch, returns = self.sample(with_returns=monte_carlo)
         weight = self.bc_weight()
         # TD3+BC's labels: the route expert's action for each stored kinematic vector.
-        labels = self.labels(batch) if weight > 0.0 else None
+        labels = (td3_bc_labels(batch, config.spec.features, config.bc_labels)
+                  if weight > 0.0 else None)
         sample_ms = (time.perf_counter() - start) * 1e3
         if weight != self.agent.config.bc_weight:  # TD3 reads the weight from its config
             self.agent.config = replace(self.agent.config, bc_weight=weight)

@@ -122,6 +122,8 @@ TRAINER = Schema(
                                            'Carlo returns of finished episodes) or td'),
     _from(LearnerConfig, 'mc_after_warmup')('keep Monte Carlo targets for finished episodes '
                                             'after the warm-up'),
+    _from(LearnerConfig, 'bc_labels')("TD3+BC term's target: expert (the route expert's "
+                                      'action) or data (the stored action: no expert)'),
     _from(LearnerConfig, 'bc_pretrain_updates')(
         "BC steps of the actor towards the route expert's action once learning_starts "
         'transitions are stored, before TD3 (0: off)', 0, 10**9),
@@ -165,6 +167,7 @@ def config_from_values(v: dict) -> TrainerConfig:
                'updates_per_step', 'checkpoint_every', 'keep_checkpoints', 'state_every',
                'log_period', 'health_every', 'tensorboard', 'reset_timeout', 'camera_topic',
                'policy_topic', 'initial_policy', 'warmup_targets', 'mc_after_warmup',
+               'bc_labels',
                'bc_pretrain_updates',
                'bc_weight_final', 'bc_anneal_updates'))
 

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import asdict, replace
 
 from ..learning.finetune import FinetuneConfig, Finetuner
+from ..learning.learner import BC_LABELS
 
 
 def build_config(args) -> FinetuneConfig:
@@ -34,7 +35,7 @@ def build_config(args) -> FinetuneConfig:
         width, height = (int(v) for v in args.sim_size.lower().split('x'))
         sim = replace(sim, image_width=width, image_height=height)
     return replace(base, sim=sim, warmup_targets=args.warmup_targets, td3=td3,
-                   mc_after_warmup=args.mc_after_warmup,
+                   mc_after_warmup=args.mc_after_warmup, bc_labels=args.bc_labels,
                    bc_weight_final=args.bc_weight_final,
                    cpu_minutes=args.cpu_minutes, prefill_steps=args.prefill,
                    updates_per_step=args.updates_per_step, eval_every_updates=args.eval_every,
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument('--cpu-minutes', type=float, default=30.0)
     parser.add_argument('--bc-weight', type=float, default=0.0,
                         help='TD3+BC term weight (0: plain TD3)')
+    parser.add_argument('--bc-labels', choices=BC_LABELS, default=FinetuneConfig.bc_labels,
+                        help="the BC term's target: the route expert's action or the stored "
+                             'action (TD3+BC without an expert)')
     parser.add_argument('--bc-weight-final', type=float, default=None,
                         help='anneal the BC weight linearly to this')
     parser.add_argument('--critic-warmup', type=int, default=2000,
