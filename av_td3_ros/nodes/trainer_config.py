@@ -73,6 +73,8 @@ TRAINER = Schema(
                                             'Polyak target (0: off)', 0.0, 1e3),
     _from(TD3Config, 'critic_heads')('Q heads on the critic CNN (2: TD3; more: targets from '
                                      'a random pair of them)', 2, 64),
+    _from(TD3Config, 'reward_scale')('the critic learns Q of the rewards times this (Q '
+                                     'values are logged in reward units)', 1e-6, 1e6),
     _from(TD3Config, 'critic_layer_norm')('LayerNorm in the critic heads (bounds Q off the '
                                           'data)'),
     _from(TD3Config, 'actor_objective')('what the actor maximises: q1 (TD3) or min (the '
@@ -147,7 +149,8 @@ def config_from_values(v: dict) -> TrainerConfig:
         **pick('gamma', 'tau', 'actor_lr', 'critic_lr', 'batch_size', 'policy_frequency',
                'policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'target_encoders',
                'precision', 'critic_warmup_updates', 'bc_weight', 'bc_alpha', 'device',
-               'critic_heads', 'critic_layer_norm', 'actor_objective', 'trust_region_weight',
+               'critic_heads', 'critic_layer_norm', 'reward_scale', 'actor_objective',
+               'trust_region_weight',
                'seed'),
         # 0 disables clipping (TD3Config takes None for that).
         actor_grad_clip=v['actor_grad_clip'] or None,
