@@ -443,13 +443,16 @@ def test_a_trainer_killed_while_saving_restarts_clean_and_never_rewrites_a_polic
 
 def test_a_camera_profile_start_keeps_the_trainer_on_the_camera_profile(tmp_path):
     # What the actor sees of the kinematic vector belongs to the starting policy.
+    from dataclasses import MISSING
     from dataclasses import replace as dc_replace
 
     from av_td3_ros.nodes.trainer import TrainerConfig, with_initial_policy_decisions
     camera = PolicySpec(network=NetworkConfig(kinematic_inputs='speed'))
     start = tmp_path / 'camera.safetensors'
     save_policy(start, ActorPolicy(camera.network), camera)
-    fields = {name: None for name in TrainerConfig.__dataclass_fields__}
+    # A skeleton config: None where a field has no default (this check reads none of them).
+    fields = {name: None for name, field in TrainerConfig.__dataclass_fields__.items()
+              if field.default is MISSING and field.default_factory is MISSING}
     config = TrainerConfig(**{**fields, 'spec': PolicySpec(), 'initial_policy': ''})
     assert with_initial_policy_decisions(config) is config
     decided = with_initial_policy_decisions(dc_replace(config, initial_policy=str(start)))
