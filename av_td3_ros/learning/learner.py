@@ -394,8 +394,11 @@ class Learner:
         return batch, returns
 
     def labels(self, batch: Batch) -> np.ndarray:
-        """Return the route expert's action for each sampled transition's stored kinematics."""
-        return expert_actions(batch.obs_vec, self.config.spec.features)
+        """Return the route expert's action for each sampled transition's stored kinematics.
+
+        BC pretraining always clones the expert; `bc_labels` is the TD3+BC term's choice.
+        """
+        return td3_bc_labels(batch, self.config.spec.features, 'expert')
 
     def bc_loss(self, limit: int = 4096, chunk: int = 256) -> float:
         """Return the actor's mean BC loss over (up to `limit` of) the stored transitions.
@@ -445,7 +448,7 @@ class Learner:
         start = time.perf_counter()
         batch, returns = self.sample(with_returns=monte_carlo)
         weight = self.bc_weight()
-        # TD3+BC's labels: the route expert's action for each stored kinematic vector.
+        # TD3+BC's labels: the route expert's actions or the stored ones (`bc_labels`).
         labels = (td3_bc_labels(batch, config.spec.features, config.bc_labels)
                   if weight > 0.0 else None)
         sample_ms = (time.perf_counter() - start) * 1e3
