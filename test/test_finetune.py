@@ -101,18 +101,18 @@ def test_warmup_regresses_on_monte_carlo_returns_of_finished_episodes(tmp_path,
         while len(tuner.report.episodes) < 2:
             tuner.act_once()
         gamma = tuner.config.td3.gamma
-        batch = tuner.buffer.sample(64, tuner.rng)
-        returns = tuner.returns.lookup(batch.indices)
+        batch = tuner.buffer.sample(64, tuner.learner.rng)
+        returns = tuner.learner.returns.lookup(batch.indices)
         assert np.isfinite(returns).any()
         # Spot-check the recursion G_t = r_t + gamma * G_{t+1} on consecutive records.
         index = int(batch.indices[np.isfinite(returns)][0])
-        following = tuner.returns.lookup(np.array([index + 1]))[0]
+        following = tuner.learner.returns.lookup(np.array([index + 1]))[0]
         later = tuner.buffer.get(np.array([index]))
         if np.isfinite(following):
             assert returns[np.isfinite(returns)][0] == pytest.approx(
                 later.rewards[0] + gamma * following, rel=1e-5)
         # An unknown index (never written) has no return.
-        assert np.isnan(tuner.returns.lookup(np.array([10**9]))[0])
+        assert np.isnan(tuner.learner.returns.lookup(np.array([10**9]))[0])
     finally:
         tuner.close()
 
@@ -142,3 +142,26 @@ def test_monte_carlo_targets_continue_after_the_warmup_only_when_asked(tmp_path,
     assert all(with_returns for done, with_returns in given if done < warmup)
     later = [with_returns for done, with_returns in given if done >= warmup]
     assert later and all(with_returns == after_warmup for with_returns in later)
+
+
+@pytest.mark.parametrize('field', ['bc_labels', 'warmup_targets'])
+def test_an_unknown_choice_fails_when_the_config_is_built(field):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(tiny_config(), **{field: 'typo'})
+
+
+@pytest.mark.parametrize('final, anneal', [(None, 0), (0.25, 300)])
+def test_the_learner_gets_the_runs_schedule(tmp_path, start_checkpoint, final, anneal):
+    config = dataclasses.replace(tiny_config(bc_weight=1.0), bc_weight_final=final,
+                                 bc_anneal_updates=300, bc_labels='data', seed=3)
+    tuner = Finetuner(start_checkpoint, tmp_path / 'run', config, log=lambda line: None)
+    try:
+        learner = tuner.learner.config
+        assert learner.bc_anneal_updates == anneal
+        assert learner.bc_labels == 'data' and learner.td3.seed == 3
+        assert learner.td3.bc_weight == 1.0 and learner.initial_policy == str(start_checkpoint)
+        # Annealing: the weight after the warm-up moves towards `final` only when asked.
+        tuner.agent.total_updates = config.td3.critic_warmup_updates + 150
+        assert tuner.learner.bc_weight() == (1.0 if final is None else 0.625)
+    finally:
+        tuner.close()

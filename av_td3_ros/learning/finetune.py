@@ -4,10 +4,12 @@ This is the ROS training loop with the graph taken out, built from the same part
 `SimEnv` plays the CARLA bridge; the driver's `DrivingPipeline` acts (the policy plus Gaussian
 exploration noise, as `mode:=explore` does after its random phase); the trainer's
 `TransitionAssembler` turns frames, odometry and actions into transitions with the trainer's
-reward and episode rules; the trainer's replay buffer feeds `TD3` at a fixed update-to-data
+reward and episode rules; the trainer's `Learner` stores them and runs each TD3 update
+(Monte Carlo or TD targets, the TD3+BC term's weight and labels) at a fixed update-to-data
 ratio; and the acting policy is refreshed from the learner every `sync_every` updates, as the
-driver hot-reloads checkpoints. The route expert labels every sampled transition from its
-stored kinematic vector, so TD3+BC needs no extra data.
+driver hot-reloads checkpoints. This module adds only the simulator, the schedule and the
+evaluations. The route expert labels every sampled transition from its stored kinematic
+vector, so TD3+BC needs no extra data.
 
 What keeps a cloned policy alive (see README "Fine-tuning with TD3"): TD3 started from a
 good policy left the road within ~1,000 updates because its young critic was myopic. With
@@ -39,8 +41,7 @@ from ..driving.preprocessing import gray_from_pixels, image_pixels
 from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, summary_line
 from ..sim.sim_env import SimEnv, SimEnvConfig
 from .checkpoint import PolicySpec, load_policy, save_policy_state
-from .learner import annealed_bc_weight, td3_bc_labels, uses_monte_carlo_targets
-from .mc_returns import MonteCarloReturns
+from .learner import Learner, LearnerConfig, check_update_choices
 from .replay_buffer import ReplayBuffer
 from .reward import STAND_IN_GAMMA, RewardConfig
 from .td3 import TD3, TD3Config, metrics_to_floats
@@ -48,13 +49,14 @@ from .transitions import (
     AssemblerOutput,
     EpisodeConfig,
     EpisodeEnd,
-    EpisodeStart,
     Transition,
     TransitionAssembler,
 )
 
 STEP_NS = 50_000_000
 """Stamp increment per simulator step (the bridge's 20 Hz)."""
+VEHICLE = 'ego'
+"""The one vehicle's stream name in the learner."""
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,32 @@ class FinetuneConfig:
     seed: int = 0
     """Seed of sampling, exploration and target noise."""
 
+    def __post_init__(self):
+        """Refuse unknown choices by name, as `LearnerConfig` does."""
+        check_update_choices(self.warmup_targets, self.bc_labels)
+
     def to_dict(self) -> dict:
         """Return the config as plain values (JSON, for reports and checkpoint metadata)."""
         return asdict(self)
+
+    def learner_config(self, run_dir: Path, start: str | Path,
+                       spec: PolicySpec) -> LearnerConfig:
+        """Return the trainer's learner settings of this run (no checkpoints, no logs)."""
+        annealed = self.bc_weight_final is not None
+        return LearnerConfig(
+            run_dir=run_dir, spec=spec, td3=replace(self.td3, seed=self.seed),
+            seed=self.seed, resume=False, buffer_capacity=self.buffer_capacity,
+            buffer_kinematics_dtype='float32', learning_starts=self.prefill_steps,
+            updates_per_step=self.updates_per_step, checkpoint_every=_NEVER,
+            keep_checkpoints=1, state_every=_NEVER, health_every=_NEVER, tensorboard=False,
+            initial_policy=str(start), warmup_targets=self.warmup_targets,
+            mc_after_warmup=self.mc_after_warmup, bc_labels=self.bc_labels,
+            bc_weight_final=self.bc_weight_final if annealed else 0.0,
+            bc_anneal_updates=self.bc_anneal_updates if annealed else 0)
+
+
+_NEVER = 2 ** 62
+"""A cadence (in updates) never reached: the Finetuner keeps its best policy itself."""
 
 
 @dataclass
@@ -137,14 +162,8 @@ class Finetuner:
         torch.set_num_threads(config.torch_threads)
         policy, metadata = load_policy(start)
         self.spec = PolicySpec.from_metadata(metadata)
-        self.agent = TD3(self.spec.network, replace(config.td3, seed=config.seed))
-        self.agent.load_policy_state({k: v.float() for k, v in _policy_tensors(policy).items()})
         self.run_dir = Path(run_dir)
-        self.buffer = ReplayBuffer.open(
-            self.run_dir, config.buffer_capacity, vec_dim=self.spec.network.kinematic_dim,
-            action_dim=self.spec.network.action_dim, vec_dtype='float32',
-            stack=self.spec.preprocessing.frame_stack,
-            fill_mode=self.spec.preprocessing.stack_fill)
+        self.learner = Learner(config.learner_config(self.run_dir, start, self.spec))
         self.acting = ActorPolicy(self.spec.network)
         self.acting.load_state_dict(policy.state_dict())
         self.pipeline = DrivingPipeline(
@@ -155,14 +174,24 @@ class Finetuner:
                               seed=config.seed))
         self.assembler = TransitionAssembler(self.spec.features, config.reward, config.episode)
         self.env = SimEnv(config.sim)
-        self.rng = np.random.default_rng(config.seed)
+        # Diagnostics draw their own batches: evaluating must not change what training samples.
+        self.diagnostics_rng = np.random.default_rng(config.seed + 1)
         self.report = FinetuneReport()
         self.best_state = _policy_tensors(policy)
         self._stamp = 0
         self._train_seed = config.train_seed_start
         self._episode_open = False
         self._cpu = 0.0  # CPU seconds of acting and learning (evaluations excluded)
-        self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
+
+    @property
+    def agent(self) -> TD3:
+        """Return the learner's TD3 agent."""
+        return self.learner.agent
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        """Return the learner's replay buffer."""
+        return self.learner.buffer
 
     # ------------------------------------------------------------------ acting
     def _begin_episode(self):
@@ -199,13 +228,8 @@ class Finetuner:
             self._store(item)
 
     def _store(self, item: AssemblerOutput):
-        if isinstance(item, EpisodeStart):
-            self.buffer.start_episode(item.frame, item.vec)
-            self.returns.start()
-        elif isinstance(item, Transition):
-            index = self.buffer.add(item.action, item.reward, item.next_frame, item.next_vec,
-                                    item.terminated, item.truncated)
-            self.returns.add(index, item.reward)
+        self.learner.store(VEHICLE, item)
+        if isinstance(item, Transition):
             self.report.env_steps += 1
         elif isinstance(item, EpisodeEnd):
             record = {'return': round(item.episode_return, 1), 'sim_return':
@@ -213,33 +237,11 @@ class Finetuner:
                       'reason': item.reason, 'updates': self.agent.total_updates}
             self.report.episodes.append(record)
             self._episode_open = False
-            self.returns.finish()
 
     # ------------------------------------------------------------------ learning
-    def _bc_weight(self) -> float:
-        config = self.config
-        if config.bc_weight_final is None:
-            return config.td3.bc_weight
-        return annealed_bc_weight(config.td3.bc_weight, config.bc_weight_final,
-                                  config.bc_anneal_updates,
-                                  self.agent.total_updates - config.td3.critic_warmup_updates)
-
-    def learn_once(self) -> dict[str, float]:
-        """Sample a batch, label it for the TD3+BC term if on, and run one TD3 update."""
-        batch = self.buffer.sample(self.config.td3.batch_size, self.rng)
-        weight = self._bc_weight()
-        labels = None
-        if weight > 0.0:
-            labels = td3_bc_labels(batch, self.spec.features, self.config.bc_labels)
-        # bc_weight is read per update from the config, so annealing swaps the config.
-        if weight != self.agent.config.bc_weight:
-            self.agent.config = replace(self.agent.config, bc_weight=weight)
-        returns = None
-        if uses_monte_carlo_targets(self.agent.total_updates,
-                                    self.config.td3.critic_warmup_updates,
-                                    self.config.warmup_targets, self.config.mc_after_warmup):
-            returns = self.returns.lookup(batch.indices)
-        metrics = self.agent.update(batch, labels, returns)
+    def learn_once(self) -> dict[str, torch.Tensor]:
+        """Run one of the trainer's TD3 updates; refresh the acting policy on its cadence."""
+        metrics = self.learner.td3_step()
         if self.agent.total_updates % self.config.sync_every == 0:
             self.acting.load_state_dict(self.agent.policy_state())
         return metrics
@@ -256,7 +258,7 @@ class Finetuner:
         """
         if self.buffer.size <= self.config.td3.batch_size:
             return {}
-        batch = self.buffer.sample(size, self.rng)
+        batch = self.buffer.sample(size, self.diagnostics_rng)
         agent = self.agent
         b = agent.prepare(batch)
         lateral = np.abs(batch.obs_vec[:, 1]) * self.spec.features.lateral_scale
@@ -353,9 +355,9 @@ class Finetuner:
             'step': str(self.report.best_updates)})
 
     def close(self):
-        """Close the simulator and the replay buffer."""
+        """Close the simulator and the learner (its buffer stays in run_dir; no state file)."""
         self.env.close()
-        self.buffer.close()
+        self.learner.close(save=False)
 
 
 def _policy_tensors(policy: ActorPolicy) -> dict[str, torch.Tensor]:

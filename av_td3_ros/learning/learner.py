@@ -113,11 +113,16 @@ class LearnerConfig:
 
     def __post_init__(self):
         """Refuse unknown choices by name (a typo must not silently pick another rule)."""
-        if self.warmup_targets not in WARMUP_TARGETS:
-            raise ValueError(f'warmup_targets must be one of {WARMUP_TARGETS}, '
-                             f'got {self.warmup_targets!r}')
-        if self.bc_labels not in BC_LABELS:
-            raise ValueError(f'bc_labels must be one of {BC_LABELS}, got {self.bc_labels!r}')
+        check_update_choices(self.warmup_targets, self.bc_labels)
+
+
+def check_update_choices(warmup_targets: str, bc_labels: str):
+    """Raise ValueError, naming the field, for an unknown warm-up target or TD3+BC label."""
+    if warmup_targets not in WARMUP_TARGETS:
+        raise ValueError(f'warmup_targets must be one of {WARMUP_TARGETS}, '
+                         f'got {warmup_targets!r}')
+    if bc_labels not in BC_LABELS:
+        raise ValueError(f'bc_labels must be one of {BC_LABELS}, got {bc_labels!r}')
 
 
 def annealed_bc_weight(start: float, final: float, anneal_updates: int,
