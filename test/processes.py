@@ -10,14 +10,14 @@ from av_td3_ros.tools.child_process import ChildProcess
 REPO = Path(__file__).resolve().parents[1]
 
 
-class ModuleProcess:
-    """A `python -m <module> args` child (a node or a tool) logging to a file."""
+class PythonProcess:
+    """A `python <python_args>` child, started in the repository, logging to a file."""
 
-    def __init__(self, module, args, env, log_path):
-        """Start `module` with `args`, stdout and stderr to `log_path`."""
+    def __init__(self, python_args, env, log_path):
+        """Start the interpreter with `python_args`, stdout and stderr to `log_path`."""
         self.log_path = Path(log_path)
         self._log = open(self.log_path, 'wb')
-        cmd = [sys.executable, '-m', module, *map(str, args)]
+        cmd = [sys.executable, *map(str, python_args)]
         self.child = ChildProcess(cmd, env=env, cwd=str(REPO), stdout=self._log)
         self.proc = self.child.process
 
@@ -76,3 +76,11 @@ class ModuleProcess:
         """Kill it if it still runs."""
         self.child.kill()
         self._log.close()
+
+
+class ModuleProcess(PythonProcess):
+    """A `python -m <module> args` child (a node or a tool) logging to a file."""
+
+    def __init__(self, module, args, env, log_path):
+        """Start `module` with `args`, stdout and stderr to `log_path`."""
+        super().__init__(['-m', module, *args], env, log_path)

@@ -1,16 +1,13 @@
 # run_node's spin loop: an executor error is the shutdown's when the context shuts down soon
 # after it (rcl stops the middleware before it marks the context invalid); any other executor
 # error is logged and the node spins on. Ctrl-C still exits 0.
-import sys
 import threading
-import time
 
 import pytest
-from processes import REPO
+from processes import PythonProcess
 from rclpy.context import Context
 
 from av_td3_ros.nodes.node_main import shutting_down
-from av_td3_ros.tools.child_process import ChildProcess
 
 # A node whose timer raises once without a guard, as a failed take does inside the executor.
 UNGUARDED_NODE = '''
@@ -50,19 +47,11 @@ def test_a_context_that_finishes_shutting_down_after_the_error_is_a_shutdown(ros
 
 @pytest.mark.slow
 def test_an_executor_error_is_logged_and_the_node_spins_on(ros_env, tmp_path):
-    log_path = tmp_path / 'unguarded.log'
-    with open(log_path, 'wb') as log:
-        child = ChildProcess([sys.executable, '-c', UNGUARDED_NODE], env=ros_env,
-                             cwd=str(REPO), stdout=log)
-        try:
-            deadline = time.monotonic() + 60.0
-            while 'still spinning' not in log_path.read_text() and child.poll() is None \
-                    and time.monotonic() < deadline:
-                time.sleep(0.05)
-            output = log_path.read_text()
-            assert 'still spinning' in output, output
-            assert 'executor error, spinning on: RuntimeError: Unable to convert' in output
-            assert child.interrupt(timeout=30.0) == 0, log_path.read_text()
-        finally:
-            child.kill()
-    assert 'Traceback' not in log_path.read_text()
+    node = PythonProcess(['-c', UNGUARDED_NODE], ros_env, tmp_path / 'unguarded.log')
+    try:
+        assert node.wait_for_output('still spinning'), node.output()
+        assert 'executor error, spinning on: RuntimeError: Unable to convert' in node.output()
+        assert node.interrupt(timeout=30.0) == 0, node.output()
+    finally:
+        node.kill()
+    assert 'Traceback' not in node.output()
