@@ -83,15 +83,20 @@ def test_finetune_starts_from_the_checkpoint_and_its_actor_moves(tmp_path, start
 
 
 def test_cli_writes_a_policy_and_prints_the_summary(tmp_path, start_checkpoint, capsys):
-    out = tmp_path / 'out.safetensors'
+    out, last = tmp_path / 'out.safetensors', tmp_path / 'last.safetensors'
     code = finetune_main(['--start', str(start_checkpoint), '--out', str(out),
+                          '--last-out', str(last),
                           '--cpu-minutes', '0.05', '--prefill', '10', '--critic-warmup', '2',
                           '--eval-every', '10', '--eval-seeds', '7', '--precision', 'fp32',
                           '--sim-steps', '30', '--sim-size', '96x64'])
     assert code == 0 and out.exists()
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith('start ') and 'CPU-minutes' in lines[-1]
-    assert np.isfinite(json.loads(lines[-2])['start_return'])
+    report = json.loads(lines[-2])
+    assert np.isfinite(report['start_return'])
+    # The last policy is the one the run ended with: named by the run's final update count.
+    assert metadata_of(last)['step'] == str(report['updates']) != '0'
+    assert metadata_of(out)['step'] == str(report['best_updates'])
 
 
 def test_warmup_regresses_on_monte_carlo_returns_of_finished_episodes(tmp_path,

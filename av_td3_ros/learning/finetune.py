@@ -344,15 +344,19 @@ class Finetuner:
         self.report.wall_seconds = time.monotonic() - wall
         return self.report
 
-    def save(self, path: str | Path, half: bool = True):
-        """Write the best evaluated policy (fp16 storage by default; it loads as float32)."""
-        state = self.best_state
+    def save(self, path: str | Path, half: bool = True, last: bool = False):
+        """Write the best evaluated policy, or with `last` the current one.
+
+        fp16 storage by default; it loads as float32. The last policy is what the run
+        ended with, for judging the learning itself on other tracks than `eval_seeds`.
+        """
+        state = self.agent.policy_state() if last else self.best_state
         if half:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_policy_state(path, state, self.spec, {
             'finetune_config': json.dumps(self.config.to_dict(), sort_keys=True, default=str),
             'finetune_report': json.dumps(asdict(self.report), sort_keys=True),
-            'step': str(self.report.best_updates)})
+            'step': str(self.agent.total_updates if last else self.report.best_updates)})
 
     def close(self):
         """Close the simulator and the learner (its buffer stays in run_dir; no state file)."""

@@ -4,7 +4,8 @@
         [--cpu-minutes 30] [--bc-weight 1.0 --bc-weight-final 0.0] [--critic-warmup 5000]
 
 Prints an evaluation line every --eval-every updates and a JSON report at the end; the best
-evaluated policy is written to --out (fp16 storage, loads as float32).
+evaluated policy is written to --out (fp16 storage, loads as float32), and with --last-out
+the policy the run ended with.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--start', required=True, help='policy checkpoint to start from')
     parser.add_argument('--out', required=True, help='where to write the best policy')
+    parser.add_argument('--last-out', help='also write the policy as the run ends here')
     parser.add_argument('--run-dir', help='replay buffer directory (default: a temp dir)')
     parser.add_argument('--cpu-minutes', type=float, default=30.0)
     parser.add_argument('--bc-weight', type=float, default=0.0,
@@ -104,6 +106,8 @@ def main(argv=None) -> int:
         try:
             report = tuner.run()
             tuner.save(args.out)
+            if args.last_out:
+                tuner.save(args.last_out, last=True)
         finally:
             tuner.close()
     summary = {k: v for k, v in asdict(report).items() if k != 'episodes'}
