@@ -38,18 +38,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from ..driving.control import control_to_action
-from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
-from ..driving.ros_conversions import (
-    command_from_control_msg,
-    pose_from_odometry,
-    route_from_path,
-    speed_from_odometry,
-    stamp_to_ns,
-)
 from ..learning.learner import Learner, ResumeError, resume_differences
+from ..learning.message_feed import MessageFeed, input_topics
 from ..learning.transitions import AssemblerOutput, EpisodeEnd, TransitionAssembler
-from ..sim.episode_end import parse_episode_end
 from .callback_guard import guard_callback
 from .node_main import run_node
 from .node_params import declare
@@ -70,6 +61,13 @@ def read_config(node: Node) -> TrainerConfig:
     return config_from_values(declare(node, TRAINER))
 
 
+def _named_handler(handler, kind: str):
+    """Return handler(kind, msg) as a one-argument callback named on_<kind> (for error logs)."""
+    def callback(msg):
+        handler(kind, msg)
+    callback.__name__ = f'on_{kind}'
+    return callback
+
 
 class VehicleFeed:
     """One vehicle's subscriptions, assembler and reset client."""
@@ -80,95 +78,55 @@ class VehicleFeed:
         config = node.config
         self.assembler = TransitionAssembler(config.spec.features, config.reward,
                                              config.episode)
-        self.frame_stamps: list[int] = []  # recent frame stamps (vehicle_status pairing)
+        self.messages = MessageFeed(self.assembler, config.spec.preprocessing.image_size)
         self.resetting = False
         self.reset_requested: float | None = None  # monotonic time of the last request
         self.last_frame: float | None = None  # monotonic time of the newest camera frame
-        base = f'/carla/{role}'
         # Reliable keep-10 for the camera (2 MB frames): the trainer should see every frame
         # the driver saw. Small messages queue deeper: a trainer busy for a moment must not
         # lose the command of a frame it still has (the frame would go unpaired).
         camera = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-
-        def sub(msg_type, topic, callback, qos):
-            node.create_subscription(msg_type, topic, guard_callback(node, callback), qos)
-
-        sub(Image, config.camera_topic.replace('{role}', role), self.on_image, camera)
-        sub(Odometry, f'{base}/odometry', self.on_odometry, reliable)
-        sub(PathMsg, f'{base}/waypoints', self.on_route,
-            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        if config.control_source == 'vehicle_status':
-            sub(CarlaEgoVehicleStatus, f'{base}/vehicle_status', self.on_status, reliable)
-        else:
-            sub(CarlaEgoVehicleControl, f'{base}/vehicle_control_cmd', self.on_command,
-                reliable)
-        sub(CarlaCollisionEvent, f'{base}/collision', self.on_collision, reliable)
-        sub(CarlaLaneInvasionEvent, f'{base}/lane_invasion', self.on_lane_invasion, reliable)
-        sub(Header, f'/av_td3/{role}/episode_start', self.on_episode_start, reliable)
-        sub(String, f'/av_td3/{role}/episode_end', self.on_episode_end, reliable)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        inputs = {'camera': (Image, self.on_image, camera),
+                  'odometry': (Odometry, self.on_message, reliable),
+                  'route': (PathMsg, self.on_message, latched),
+                  'command': (CarlaEgoVehicleControl, self.on_control, reliable),
+                  'vehicle_status': (CarlaEgoVehicleStatus, self.on_control, reliable),
+                  'collision': (CarlaCollisionEvent, self.on_message, reliable),
+                  'lane_invasion': (CarlaLaneInvasionEvent, self.on_message, reliable),
+                  'episode_start': (Header, self.on_episode_start, reliable),
+                  'episode_end': (String, self.on_episode_end, reliable)}
+        topics = input_topics(config.camera_topic, config.control_source, role)
+        for kind, topic in topics.items():
+            msg_type, handler, qos = inputs[kind]
+            node.create_subscription(msg_type, topic,
+                                     guard_callback(node, _named_handler(handler, kind)), qos)
         self.reset_client = node.create_client(Trigger, f'/av_td3/{role}/reset_episode')
 
-    def on_image(self, msg: Image):
-        """Preprocess the frame exactly as the driver does (uint8 84x84) and queue it."""
-        stamp = stamp_to_ns(msg.header.stamp)
-        try:
-            frame = to_gray(ImageView.from_msg(msg), self.node.config.spec.preprocessing
-                            .image_size)
-        except ImageFormatError as error:
-            self.node.log_throttled('error', f'bad_frame_{self.role}',
-                                    f'{self.role}: bad camera frame dropped: {error}')
-            return
-        self.frame_stamps.append(stamp)
-        del self.frame_stamps[:-32]
-        self.last_frame = time.monotonic()
-        self.assembler.on_frame(stamp, frame)
+    def feed(self, kind: str, msg) -> bool:
+        """Hand `msg` to the assembler; log a refused one (throttled per kind); say if used."""
+        problem = self.messages.feed(kind, msg)
+        if problem is not None:
+            level = 'error' if kind in ('camera', 'route') else 'warn'
+            self.node.log_throttled(level, f'{kind}_{self.role}', f'{self.role}: {problem}')
+        return problem is None
+
+    def on_message(self, kind: str, msg):
+        """Feed odometry, a route or an event (their output waits for the next frame)."""
+        self.feed(kind, msg)
+
+    def on_image(self, kind: str, msg: Image):
+        """Add the frame (preprocessed exactly as the driver does) and store what it closed."""
+        if self.feed(kind, msg):
+            self.last_frame = time.monotonic()
+            self.store_output()
+
+    def on_control(self, kind: str, msg):
+        """Pair the driver's command (or the applied control) with its frame; store."""
+        self.feed(kind, msg)
         self.store_output()
-
-    def on_odometry(self, msg: Odometry):
-        """Feed odometry (pose, speed, yaw rate); an unusable sample is logged and ignored."""
-        problem = self.assembler.on_odometry(stamp_to_ns(msg.header.stamp),
-                                             pose_from_odometry(msg), speed_from_odometry(msg),
-                                             msg.twist.twist.angular.z)
-        if problem is not None:
-            self.node.log_throttled('warn', f'odometry_{self.role}',
-                                    f'{self.role}: odometry ignored: {problem}')
-
-    def on_route(self, msg: PathMsg):
-        """Feed a new route; an unusable one counts as no route (frames wait for a good one)."""
-        problem = self.assembler.on_route(route_from_path(msg))
-        if problem is not None:
-            self.node.log_throttled('error', f'route_{self.role}',
-                                    f'{self.role}: route of {len(msg.poses)} poses refused '
-                                    f'({problem}); no route until a usable one arrives')
-
-    def on_command(self, msg: CarlaEgoVehicleControl):
-        """Pair the driver's command with the frame carrying the same stamp."""
-        action = control_to_action(command_from_control_msg(msg))
-        self._control(stamp_to_ns(msg.header.stamp), action)
-
-    def on_status(self, msg: CarlaEgoVehicleStatus):
-        """Pair the applied control with the newest frame older than the status tick."""
-        stamp = stamp_to_ns(msg.header.stamp)
-        older = [s for s in self.frame_stamps if s < stamp]
-        if older:
-            self._control(older[-1], control_to_action(command_from_control_msg(msg.control)))
-
-    def _control(self, stamp: int, action):
-        problem = self.assembler.on_control(stamp, np.array(action))
-        if problem is not None:
-            self.node.log_throttled('warn', f'command_{self.role}',
-                                    f'{self.role}: command ignored: {problem}')
-        self.store_output()
-
-    def on_collision(self, msg: CarlaCollisionEvent):
-        """Feed a collision event."""
-        self.assembler.on_event(stamp_to_ns(msg.header.stamp), 'collision')
-
-    def on_lane_invasion(self, msg: CarlaLaneInvasionEvent):
-        """Feed a lane invasion event."""
-        self.assembler.on_event(stamp_to_ns(msg.header.stamp), 'lane_invasion')
 
     def check_idle(self):
         """Decide steps still waiting for late events once the camera has gone quiet.
@@ -191,17 +149,15 @@ class VehicleFeed:
                                         'the reset request; asking again')
             self.request_reset()
 
-    def on_episode_start(self, msg: Header):
+    def on_episode_start(self, kind: str, msg: Header):
         """Begin a new episode at the given stamp."""
         self.resetting = False
         self.reset_requested = None
-        self.assembler.on_episode_start(stamp_to_ns(msg.stamp))
+        self.feed(kind, msg)
 
-    def on_episode_end(self, msg: String):
+    def on_episode_end(self, kind: str, msg: String):
         """Handle the simulator's 'terminated:<reason>' or 'truncated:<reason>' message."""
-        # Only the head (kind and reason) is needed, and reading it cannot fail.
-        end = parse_episode_end(msg.data.split(';')[0])
-        self.assembler.on_episode_end(end.kind, end.reason)
+        self.feed(kind, msg)
         self.resetting = True  # the simulator resets by itself
         self.store_output()
 

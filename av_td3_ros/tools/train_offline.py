@@ -6,9 +6,10 @@
                   [--activation ...] [--frame-scale ...] (the policy-spec parameters)
 
 Each bag (rosbag2, mcap or sqlite3: `bag_record` or `ros2 bag record`) is read in bag order
-and its messages go, as in the trainer node, to one `TransitionAssembler` for `--role`: the
-camera, odometry, route, the command sent (or vehicle_status with control_source
-vehicle_status), collision and lane-invasion events and the episode topics. Its transitions
+and its messages go, through the trainer node's `MessageFeed`, to one `TransitionAssembler`
+for `--role`: the camera, odometry, route, the command sent (or vehicle_status with
+control_source vehicle_status), collision and lane-invasion events and the episode topics.
+Its transitions
 fill a replay buffer in `--run-dir` (a temporary one by default); then `--bc-updates` BC steps
 of the actor towards the route expert's action on each transition's stored kinematics, then
 `--td3-updates` TD3 updates (TD3+BC with the trainer's bc_weight > 0). The policy is written
@@ -31,36 +32,13 @@ from pathlib import Path
 import yaml
 from rosbags.rosbag2 import Reader
 
-from ..driving.control import control_to_action
-from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
-from ..driving.ros_conversions import (
-    command_from_control_msg,
-    pose_from_odometry,
-    route_from_path,
-    speed_from_odometry,
-    stamp_to_ns,
-)
 from ..learning.checkpoint import save_policy_state
 from ..learning.learner import Learner
+from ..learning.message_feed import MessageFeed, input_topics
 from ..learning.transitions import TransitionAssembler
 from ..nodes.schema import POLICY_SPEC, ParameterError, load_params_file
 from ..nodes.trainer_config import TRAINER, TrainerConfig, config_from_values
-from ..sim.episode_end import parse_episode_end
 from .bags.types import typestore
-
-
-def topics(config: TrainerConfig, role: str) -> dict[str, str]:
-    """Return {topic: input kind} of one vehicle, as the trainer node subscribes to them."""
-    base = f'/carla/{role}'
-    control = (('vehicle_status', f'{base}/vehicle_status')
-               if config.control_source == 'vehicle_status'
-               else ('command', f'{base}/vehicle_control_cmd'))
-    return {config.camera_topic.replace('{role}', role): 'camera',
-            f'{base}/odometry': 'odometry', f'{base}/waypoints': 'route',
-            control[1]: control[0], f'{base}/collision': 'collision',
-            f'{base}/lane_invasion': 'lane_invasion',
-            f'/av_td3/{role}/episode_start': 'episode_start',
-            f'/av_td3/{role}/episode_end': 'episode_end'}
 
 
 def count_frames(bags: list[Path], camera_topic: str) -> int:
@@ -75,9 +53,10 @@ def count_frames(bags: list[Path], camera_topic: str) -> int:
 def read_bag(bag: Path, config: TrainerConfig, role: str, store) -> dict[str, int]:
     """Feed one bag through a fresh assembler into `store(item)`; return what it saw."""
     assembler = TransitionAssembler(config.spec.features, config.reward, config.episode)
-    kinds = topics(config, role)
+    messages = MessageFeed(assembler, config.spec.preprocessing.image_size)
+    kinds = {topic: kind for kind, topic in
+             input_topics(config.camera_topic, config.control_source, role).items()}
     types = typestore()
-    frame_stamps: list[int] = []  # recent frame stamps (vehicle_status pairing)
     seen = {kind: 0 for kind in kinds.values()} | {'bad_frames': 0}
     with Reader(bag) as reader:
         wanted = [c for c in reader.connections if c.topic in kinds]
@@ -86,38 +65,9 @@ def read_bag(bag: Path, config: TrainerConfig, role: str, store) -> dict[str, in
         for conn, _, raw in reader.messages(connections=wanted):
             kind = kinds[conn.topic]
             seen[kind] += 1
-            msg = types.deserialize_cdr(raw, conn.msgtype)
-            if kind == 'camera':
-                try:
-                    frame = to_gray(ImageView.from_msg(msg),
-                                    config.spec.preprocessing.image_size)
-                except ImageFormatError:
-                    seen['bad_frames'] += 1  # dropped, as the trainer node does
-                    continue
-                stamp = stamp_to_ns(msg.header.stamp)
-                frame_stamps = (frame_stamps + [stamp])[-32:]
-                assembler.on_frame(stamp, frame)
-            elif kind == 'odometry':
-                assembler.on_odometry(stamp_to_ns(msg.header.stamp), pose_from_odometry(msg),
-                                      speed_from_odometry(msg), msg.twist.twist.angular.z)
-            elif kind == 'route':
-                assembler.on_route(route_from_path(msg))
-            elif kind == 'command':
-                assembler.on_control(stamp_to_ns(msg.header.stamp),
-                                     control_to_action(command_from_control_msg(msg)))
-            elif kind == 'vehicle_status':
-                stamp = stamp_to_ns(msg.header.stamp)
-                older = [s for s in frame_stamps if s < stamp]
-                if older:
-                    assembler.on_control(older[-1], control_to_action(
-                        command_from_control_msg(msg.control)))
-            elif kind in ('collision', 'lane_invasion'):
-                assembler.on_event(stamp_to_ns(msg.header.stamp), kind)
-            elif kind == 'episode_start':
-                assembler.on_episode_start(stamp_to_ns(msg.stamp))
-            elif kind == 'episode_end':
-                end = parse_episode_end(msg.data.split(';')[0])
-                assembler.on_episode_end(end.kind, end.reason)
+            problem = messages.feed(kind, types.deserialize_cdr(raw, conn.msgtype))
+            if problem is not None and kind == 'camera':
+                seen['bad_frames'] += 1  # dropped, as the trainer node does
             for item in assembler.pop_output():
                 store(item)
     for item in assembler.finish():
@@ -205,7 +155,7 @@ def train(parsed, run_dir: Path) -> dict:
     import torch
     base = config_from_values(TRAINER.read(trainer_values(parsed)))
     torch.set_num_threads(base.torch_threads)
-    camera = base.camera_topic.replace('{role}', parsed.role)
+    camera = input_topics(base.camera_topic, base.control_source, parsed.role)['camera']
     frames = count_frames(parsed.bag, camera)
     if frames == 0:
         raise ValueError(f'no {camera} messages in {", ".join(map(str, parsed.bag))}')
