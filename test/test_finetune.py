@@ -106,18 +106,18 @@ def test_warmup_regresses_on_monte_carlo_returns_of_finished_episodes(tmp_path,
         while len(tuner.report.episodes) < 2:
             tuner.act_once()
         gamma = tuner.config.td3.gamma
-        batch = tuner.buffer.sample(64, tuner.learner.rng)
-        returns = tuner.learner.returns.lookup(batch.indices)
+        batch = tuner.buffer.sample(64, tuner.rng)
+        returns = tuner.returns.lookup(batch.indices)
         assert np.isfinite(returns).any()
         # Spot-check the recursion G_t = r_t + gamma * G_{t+1} on consecutive records.
         index = int(batch.indices[np.isfinite(returns)][0])
-        following = tuner.learner.returns.lookup(np.array([index + 1]))[0]
+        following = tuner.returns.lookup(np.array([index + 1]))[0]
         later = tuner.buffer.get(np.array([index]))
         if np.isfinite(following):
             assert returns[np.isfinite(returns)][0] == pytest.approx(
                 later.rewards[0] + gamma * following, rel=1e-5)
         # An unknown index (never written) has no return.
-        assert np.isnan(tuner.learner.returns.lookup(np.array([10**9]))[0])
+        assert np.isnan(tuner.returns.lookup(np.array([10**9]))[0])
     finally:
         tuner.close()
 

@@ -42,6 +42,7 @@ from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, 
 from ..sim.sim_env import SimEnv, SimEnvConfig
 from .checkpoint import PolicySpec, load_policy, save_policy_state
 from .learner import Learner, LearnerConfig, check_update_choices
+from .mc_returns import MonteCarloReturns
 from .replay_buffer import ReplayBuffer
 from .reward import STAND_IN_GAMMA, RewardConfig
 from .td3 import TD3, TD3Config, metrics_to_floats
@@ -192,6 +193,16 @@ class Finetuner:
     def buffer(self) -> ReplayBuffer:
         """Return the learner's replay buffer."""
         return self.learner.buffer
+
+    @property
+    def returns(self) -> MonteCarloReturns:
+        """Return the learner's Monte Carlo returns of the stored episodes."""
+        return self.learner.returns
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """Return the learner's batch sampler."""
+        return self.learner.rng
 
     # ------------------------------------------------------------------ acting
     def _begin_episode(self):
