@@ -21,6 +21,38 @@ from .preprocessing import FrameStack, ImageView, gray_from_pixels, image_pixels
 MODES = ('eval', 'explore', 'expert', 'dagger')
 
 
+class AR1Noise:
+    """Temporally correlated Gaussian noise: n_t = c n_(t-1) + sqrt(1 - c^2) sigma e_t.
+
+    Its stationary std is sigma whatever c. With c = 0 it is white noise, the very same
+    draws as `rng.normal(0, sigma)`; with c near 1 a deviation lasts about 1 / (1 - c)
+    steps, so it moves the car as a change of policy would, where white noise at 20 Hz
+    averages out within a few frames.
+    """
+
+    def __init__(self, rng: np.random.Generator, sigma: float, correlation: float, dim: int = 2):
+        """Start at zero; `rng` draws the innovations."""
+        if not 0.0 <= correlation < 1.0:
+            raise ValueError(f'correlation must be in [0, 1), got {correlation}')
+        self.rng = rng
+        self.sigma = sigma
+        self.correlation = correlation
+        self.value = np.zeros(dim)
+
+    def reset(self):
+        """Start again from zero (a new episode)."""
+        self.value = np.zeros_like(self.value)
+
+    def __call__(self, sigma: float | None = None) -> np.ndarray:
+        """Return the next sample (with `sigma`, the innovation's std from now on)."""
+        if sigma is not None:
+            self.sigma = sigma
+        innovation = self.rng.normal(0.0, self.sigma, self.value.shape)
+        self.value = (self.correlation * self.value
+                      + np.sqrt(1.0 - self.correlation ** 2) * innovation)
+        return self.value
+
+
 @dataclass(frozen=True)
 class ExplorationConfig:
     """How a driver in explore mode perturbs the policy's actions."""
@@ -38,6 +70,9 @@ class ExplorationConfig:
     """Noise std after the decay."""
     noise_decay_steps: int = 20000
     """Steps over which the std decays linearly from noise_start to noise_end."""
+    noise_correlation: float = 0.0
+    """AR(1) coefficient of the noise from one frame to the next, in [0, 1) (`AR1Noise`;
+    its std stays the scheduled one). 0: independent Gaussian noise per frame."""
     seed: int = 0
     """Seed of the exploration noise."""
     beta_start: float = 1.0
@@ -60,6 +95,9 @@ class ExplorationConfig:
             raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
         if self.random_steps < 0 or self.noise_decay_steps < 0:
             raise ValueError('random_steps and noise_decay_steps must be >= 0')
+        if not 0.0 <= self.noise_correlation < 1.0:
+            raise ValueError(f'noise_correlation must be in [0, 1), '
+                             f'got {self.noise_correlation}')
         if not (0.0 <= self.beta_start <= 1.0 and 0.0 <= self.beta_end <= 1.0) \
                 or self.beta_decay_steps < 0:
             raise ValueError('beta_start and beta_end must be in [0, 1], '
@@ -108,11 +146,14 @@ class DrivingPipeline:
         self._route_hint = ROUTE_START_HINT  # route segment of the previous frame
         self._hint_route = None  # the route that hint refers to
         self._rng = np.random.default_rng(exploration.seed)
+        self._noise = AR1Noise(self._rng, exploration.noise_end, exploration.noise_correlation,
+                               spec.network.action_dim)
 
     def reset_episode(self):
         """Forget the frames and the route position of the previous episode."""
         self.stack.reset()
         self._route_hint = ROUTE_START_HINT
+        self._noise.reset()
 
     @property
     def exploring_randomly(self) -> bool:
@@ -165,7 +206,7 @@ class DrivingPipeline:
             return StepResult(SAFE_STOP, Reason.NON_FINITE_ACTION, action, route_state,
                               timings)
         if mode == 'explore':
-            noise = self._rng.normal(0.0, self.exploration.noise_std(self.steps), action.shape)
+            noise = self._noise(self.exploration.noise_std(self.steps)).reshape(action.shape)
             limit = self.spec.network.max_action
             action = np.clip(action + noise, -limit, limit)
         return StepResult(action_to_control(*action[:2]), Reason.POLICY, action, route_state,

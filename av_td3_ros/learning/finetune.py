@@ -86,6 +86,9 @@ class FinetuneConfig:
     """Environment steps of the starting policy (with noise) before the first update."""
     exploration_noise: float = 0.1
     """Std of the Gaussian noise added to the policy's actions while collecting."""
+    exploration_correlation: float = 0.0
+    """AR(1) coefficient of that noise between steps (`ExplorationConfig.noise_correlation`;
+    0: independent per step)."""
     updates_per_step: float = 0.5
     """Update-to-data ratio after the prefill."""
     sync_every: int = 250
@@ -172,6 +175,7 @@ class Finetuner:
             ExplorationConfig(mode='explore', random_steps=0,
                               noise_start=config.exploration_noise,
                               noise_end=config.exploration_noise, noise_decay_steps=0,
+                              noise_correlation=config.exploration_correlation,
                               seed=config.seed))
         self.assembler = TransitionAssembler(self.spec.features, config.reward, config.episode)
         self.env = SimEnv(config.sim)

@@ -30,7 +30,7 @@ import torch
 from ..driving.control import action_to_control
 from ..driving.inference import PolicyRunner
 from ..driving.networks import ActorPolicy, NetworkConfig
-from ..driving.pipeline import DrivingPipeline
+from ..driving.pipeline import AR1Noise, DrivingPipeline
 from ..driving.preprocessing import PreprocessConfig, gray_from_pixels, image_pixels, scale_frames
 from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, mean_return, pose_of
 from ..sim.expert import ExpertConfig, RouteExpert
@@ -153,24 +153,6 @@ class FrameDataset:
         if self.preprocessing.stack_fill == 'zero':
             stacks[blank] = 0.0
         return stacks
-
-
-class AR1Noise:
-    """Temporally correlated Gaussian noise: n_t = c n_(t-1) + sqrt(1 - c^2) sigma e_t."""
-
-    def __init__(self, rng: np.random.Generator, sigma: float, correlation: float, dim: int = 2):
-        """Start at zero."""
-        self.rng = rng
-        self.sigma = sigma
-        self.correlation = correlation
-        self.value = np.zeros(dim)
-
-    def __call__(self) -> np.ndarray:
-        """Return the next noise sample."""
-        innovation = self.rng.normal(0.0, self.sigma, self.value.shape)
-        self.value = (self.correlation * self.value
-                      + np.sqrt(1.0 - self.correlation ** 2) * innovation)
-        return self.value
 
 
 def policy_spec(config: ImitationConfig) -> PolicySpec:

@@ -63,6 +63,8 @@ DRIVER = Schema(
     _explore('noise_start', 'explore: initial Gaussian noise std', 0.0, 2.0),
     _explore('noise_end', 'explore: final Gaussian noise std', 0.0, 2.0),
     _explore('noise_decay_steps', 'explore: steps of linear noise decay', 0, 10**9),
+    _explore('noise_correlation', 'explore: AR(1) coefficient of the noise between frames '
+             '(0: independent per frame)', 0.0, 0.999),
     _explore('seed', 'seed of exploration noise and random init', 0, 2**31 - 1),
     _explore('beta_start', 'dagger: probability that the expert drives a frame, at the start',
              0.0, 1.0),
@@ -129,7 +131,8 @@ def driver_spec(values: dict, given: set[str]) -> PolicySpec:
 def config_from_values(values: dict, given: set[str]) -> DriverConfig:
     """Build the DriverConfig from checked parameter `values`; `given`: the names set."""
     exploration = ExplorationConfig(**{name: values[name] for name in (
-        'mode', 'random_steps', 'noise_start', 'noise_end', 'noise_decay_steps', 'seed',
+        'mode', 'random_steps', 'noise_start', 'noise_end', 'noise_decay_steps',
+        'noise_correlation', 'seed',
         'beta_start', 'beta_end', 'beta_decay_steps')})
     plain = {name: values[name] for name in DriverConfig.__dataclass_fields__
              if name in values}

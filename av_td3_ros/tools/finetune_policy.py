@@ -41,6 +41,7 @@ def build_config(args) -> FinetuneConfig:
                    cpu_minutes=args.cpu_minutes, prefill_steps=args.prefill,
                    updates_per_step=args.updates_per_step, eval_every_updates=args.eval_every,
                    exploration_noise=args.exploration_noise,
+                   exploration_correlation=args.exploration_correlation,
                    eval_seeds=seeds or base.eval_seeds, seed=args.seed)
 
 
@@ -92,6 +93,9 @@ def main(argv=None) -> int:
     parser.add_argument('--exploration-noise', type=float,
                         default=FinetuneConfig.exploration_noise,
                         help="std of the Gaussian noise on the acting policy's actions")
+    parser.add_argument('--exploration-correlation', type=float,
+                        default=FinetuneConfig.exploration_correlation,
+                        help='AR(1) coefficient of that noise between steps (0: independent)')
     parser.add_argument('--eval-every', type=int, default=5000)
     parser.add_argument('--eval-seeds', default='', help='comma-separated held-out seeds')
     parser.add_argument('--seed', type=int, default=0)
