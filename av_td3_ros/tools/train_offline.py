@@ -9,11 +9,11 @@ Each bag (rosbag2, mcap or sqlite3: `bag_record` or `ros2 bag record`) is read i
 and its messages go, through the trainer node's `MessageFeed`, to one `TransitionAssembler`
 for `--role`: the camera, odometry, route, the command sent (or vehicle_status with
 control_source vehicle_status), collision and lane-invasion events and the episode topics.
-Its transitions
-fill a replay buffer in `--run-dir` (a temporary one by default); then `--bc-updates` BC steps
-of the actor towards the route expert's action on each transition's stored kinematics, then
-`--td3-updates` TD3 updates (TD3+BC with the trainer's bc_weight > 0). The policy is written
-to `--out` (a driver checkpoint with the trainer's policy spec).
+Its transitions fill a replay buffer in `--run-dir` (a temporary one by default); then
+`--bc-updates` BC steps of the actor towards the route expert's action on each transition's
+stored kinematics, then `--td3-updates` TD3 updates (TD3+BC with the trainer's
+bc_weight > 0). The policy is written to `--out` (a driver checkpoint with the trainer's
+policy spec).
 
 Settings are the trainer's parameters (its schema, `trainer_config.TRAINER`: names, defaults,
 ranges), from `--params-file` and `-p`; the policy-spec parameters are also options, as with
