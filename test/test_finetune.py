@@ -34,14 +34,16 @@ def tiny_config(**td3):
         sim=SIM)
 
 
-@pytest.mark.parametrize('bc_weight', [0.0, 1.0])
+@pytest.mark.parametrize('td3', [{'bc_weight': 0.0}, {'bc_weight': 1.0},
+                                 {'critic_members': 2, 'actor_objective': 'agreement'}])
 def test_finetune_collects_learns_evaluates_and_keeps_the_best(tmp_path, start_checkpoint,
-                                                               bc_weight):
-    tuner = Finetuner(start_checkpoint, tmp_path / 'run', tiny_config(bc_weight=bc_weight),
+                                                               td3):
+    tuner = Finetuner(start_checkpoint, tmp_path / 'run', tiny_config(**td3),
                       log=lambda line: None)
     try:
         report = tuner.run()
         assert report.env_steps > 20 and report.updates > 4
+        assert 0.0 <= report.evaluations[-1]['critic']['dq_dthrottle_pos'] <= 1.0
         assert tuner.buffer.size == min(tuner.buffer.capacity, tuner.buffer.committed)
         assert len(report.evaluations) >= 2
         assert report.evaluations[0]['updates'] == 0

@@ -302,11 +302,13 @@ def all_state(agent):
     return agent.state_tensors()[0]
 
 
-@pytest.mark.parametrize('impl,heads', [('fused', 2), ('foreach', 2), ('fused', 5)])
-def test_resume_is_bit_for_bit(impl, heads):
+@pytest.mark.parametrize('impl,heads,members', [('fused', 2, 1), ('foreach', 2, 1),
+                                                ('fused', 5, 1), ('fused', 2, 3)])
+def test_resume_is_bit_for_bit(impl, heads, members):
     batches = [make_batch(seed=s) for s in range(6)]
+    objective = 'min' if heads > 2 else 'agreement' if members > 1 else 'q1'
     agent = make_agent(optimizer_impl=impl, seed=1, critic_heads=heads,
-                       actor_objective='min' if heads > 2 else 'q1')
+                       critic_members=members, actor_objective=objective)
     for batch in batches[:3]:
         agent.update(batch)
     tensors, metadata = agent.state_tensors()
@@ -317,7 +319,7 @@ def test_resume_is_bit_for_bit(impl, heads):
     assert any(k.startswith('optim.critic.critic_cnn.conv1.weight.exp_avg') for k in tensors)
 
     fresh = make_agent(optimizer_impl=impl, seed=2, critic_heads=heads,
-                       actor_objective='min' if heads > 2 else 'q1')
+                       critic_members=members, actor_objective=objective)
     assert not same(all_state(fresh), tensors)
     fresh.load_state_tensors(tensors, metadata)
     assert same(all_state(fresh), tensors)
@@ -342,6 +344,8 @@ def test_load_rejects_mismatched_state():
         agent.load_state_tensors(tensors, {**metadata, 'format': 'pickle'})
     with pytest.raises(ValueError, match='missing'):
         make_agent(critic_heads=3).load_state_tensors(tensors, metadata)
+    with pytest.raises(ValueError, match='missing.*critic2'):
+        make_agent(critic_members=2).load_state_tensors(tensors, metadata)
 
 
 def test_activation_health_ranges_and_relu_vs_leaky():
@@ -729,3 +733,81 @@ def test_trust_region_alone_brings_the_actor_back_to_its_target():
             param.add_(0.05)
     drifts = [float(agent.update(batch)['actor_drift_mse']) for _ in range(60)]
     assert drifts[-1] < 0.1 * drifts[0]
+
+
+def test_critic_members_leave_the_first_critic_and_the_q1_actor_as_in_td3():
+    # Members are independent: with the actor on Q1 of the first member, extra members
+    # change nothing that TD3 computes (same seed, same batches, bit for bit).
+    with pytest.raises(ValueError, match='critic_members'):
+        TD3Config(critic_members=0)
+    td3, ensemble = make_agent(seed=4), make_agent(seed=4, critic_members=3)
+    assert set(td3.state_tensors()[0]) < set(ensemble.state_tensors()[0])
+    for seed in range(4):
+        batch = make_batch(seed=seed)
+        m1, m3 = td3.update(batch), ensemble.update(batch)
+        torch.testing.assert_close(m1['q1_mean'], m3['q1_mean'], rtol=0, atol=0)
+    for name in ('actor_cnn', 'actor', 'critic_cnn', 'critic', 'target_critic'):
+        assert same(snapshot(getattr(td3, name)), snapshot(getattr(ensemble, name))), name
+    # ... while the other members were initialised and trained on their own.
+    assert not same(snapshot(ensemble.member_cnns[1]), snapshot(ensemble.member_cnns[2]))
+
+
+def test_each_member_bootstraps_from_its_own_targets():
+    agent = make_agent(critic_members=3, seed=5)
+    b = agent.prepare(make_batch(size=16, seed=11))
+    noise_state = agent._noise_gen.get_state()
+    targets = agent.member_targets(b)
+    agent._noise_gen.set_state(noise_state)  # the one noise draw every member shares
+    next_action = agent.target_actions(b)
+    for cnn, critic, target in zip(agent.member_target_cnns, agent.member_target_critics,
+                                   targets, strict=True):
+        with torch.no_grad():
+            heads = critic(torch.cat([cnn(b.next_obs), b.next_vec], 1), next_action)
+            expected = b.rewards + 0.99 * torch.minimum(*heads).squeeze(1)
+        torch.testing.assert_close(target, expected)
+    assert not torch.equal(targets[0], targets[1])
+
+
+def test_agreement_is_the_smallest_members_advantage_over_the_stored_action():
+    agent = make_agent(critic_members=3, actor_objective='agreement', seed=6)
+    batch = make_batch(size=16, seed=12)
+    b = agent.prepare(batch)
+    loss, metrics = agent.actor_loss(batch)
+    with torch.no_grad():
+        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
+        advantages = []
+        for cnn, critic in zip(agent.member_cnns, agent.member_critics, strict=True):
+            state = torch.cat([cnn(b.obs), b.obs_vec], 1)
+            advantages.append(critic.Q1(state, action) - critic.Q1(state, b.actions))
+        expected = torch.cat(advantages, 1).min(dim=1).values.mean()
+    torch.testing.assert_close(metrics['actor_q'], expected)
+    torch.testing.assert_close(loss.detach(), -expected)
+
+
+def test_members_that_disagree_hold_the_actor_at_the_stored_action():
+    # Member 2's Q1 is member 1's mirrored about the stored action's value: whatever one
+    # calls better, the other calls worse, and the objective peaks at the stored action
+    # itself. With identical members its gradient is Q1's.
+    agent = make_agent(critic_members=2, actor_objective='agreement', seed=7)
+    agent.member_cnns[1].load_state_dict(agent.member_cnns[0].state_dict())
+    agent.member_critics[1].load_state_dict(agent.member_critics[0].state_dict())
+    b = agent.prepare(make_batch(size=16, seed=13))
+    states = agent.critic_states(b)
+    probe = (b.actions + 0.3 * torch.randn(b.actions.shape)).clamp(-1, 1).requires_grad_(True)
+    agent.objective_q(states, probe, b.actions).sum().backward()
+    q1 = probe.detach().clone().requires_grad_(True)
+    agent.critic.Q1(states[0], q1).sum().backward()
+    torch.testing.assert_close(probe.grad, q1.grad)  # identical members: TD3's gradient
+
+    last = agent.member_critics[1].Q1.fc3
+    with torch.no_grad():
+        last.weight.neg_()
+        last.bias.neg_()
+    grid = torch.linspace(-1, 1, 9)
+    for throttle in grid:
+        for steer in grid:
+            action = torch.tensor([[steer, throttle]]).expand_as(b.actions)
+            assert (agent.objective_q(states, action, b.actions) <= 1e-6).all()
+    at_data = b.actions.clone().requires_grad_(True)
+    value = agent.objective_q(states, at_data, b.actions)
+    torch.testing.assert_close(value, torch.zeros_like(value))

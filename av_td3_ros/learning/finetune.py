@@ -278,14 +278,15 @@ class Finetuner:
         b = agent.prepare(batch)
         lateral = np.abs(batch.obs_vec[:, 1]) * self.spec.features.lateral_scale
         near = lateral > 4.5
+        states = agent.critic_states(b)
         with torch.no_grad():
-            state = torch.cat([agent.critic_cnn(b.obs), b.obs_vec], dim=1)
-            q_data = agent.critic.Q1(state, b.actions).squeeze(1).numpy()
+            q_data = agent.critic.Q1(states[0], b.actions).squeeze(1).numpy()
             q_data = q_data / agent.config.reward_scale  # in reward units
             action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
         action = action.clone().requires_grad_(True)
-        agent.objective_q(state, action).sum().backward()
-        agent.critic.zero_grad(set_to_none=True)
+        agent.objective_q(states, action, b.actions).sum().backward()
+        for critic in agent.member_critics:
+            critic.zero_grad(set_to_none=True)
         throttle_grad = action.grad[:, 1].numpy()
         values = {'dq_dthrottle_pos': float(np.mean(throttle_grad > 0)),
                   'actor_throttle': float(action[:, 1].detach().mean()),

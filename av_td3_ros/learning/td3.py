@@ -33,7 +33,7 @@ from .replay_buffer import Batch
 FRAME_SCALES = ('zero_centered', 'unit')
 OPTIMIZER_IMPLS = ('fused', 'foreach', 'for_loop')
 PRECISIONS = ('fp32', 'bf16', 'auto')
-ACTOR_OBJECTIVES = ('q1', 'min')
+ACTOR_OBJECTIVES = ('q1', 'min', 'agreement')
 STATE_FORMAT = 'av_td3_ros.td3/1'
 
 
@@ -118,8 +118,19 @@ class TD3Config:
     critic_layer_norm: bool = False
     """LayerNorm before each hidden ReLU of the critic heads (see `Critic`): bounds how far
     Q can extrapolate beyond the data. Off: the av_td3_system critic."""
+    critic_members: int = 1
+    """Independent critics, each with its own CNN, `critic_heads` heads, target copies and TD
+    targets (one smoothing-noise draw shared). 1 is TD3. Critics that differ only in their
+    initialisation fit the same returns equally well yet disagree on the slope of Q in the
+    action wherever the data do not vary the action enough to identify it (README
+    "Fine-tuning with TD3"); `actor_objective: agreement` reads that disagreement. Each
+    member costs one more critic CNN forward and backward per update."""
     actor_objective: str = 'q1'
-    """What the actor maximises: q1 (TD3: Q1 alone) or min (the minimum over all heads).
+    """What the actor maximises: q1 (TD3: Q1 alone), min (the minimum over the first
+    critic's heads) or agreement (the minimum over `critic_members` of each member's
+    advantage Q1_m(s, pi(s)) - Q1_m(s, a) over the stored action a: the actor moves only
+    where every member says it improves on what was done; with one member it is q1's
+    gradient).
     A ReLU critic is piecewise linear in the action and, beyond the actions in the data (the
     policy's own +- exploration noise), extrapolates linearly, so Q1's maximum lies at a
     corner of the action box and the actor can walk there. Heads fitted to the same data
@@ -143,6 +154,8 @@ class TD3Config:
                 raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
         if self.critic_heads < 2:
             raise ValueError(f'critic_heads must be >= 2, got {self.critic_heads}')
+        if self.critic_members < 1:
+            raise ValueError(f'critic_members must be >= 1, got {self.critic_members}')
         if self.actor_objective not in ACTOR_OBJECTIVES:
             raise ValueError(f'actor_objective must be one of {ACTOR_OBJECTIVES}, '
                              f'got {self.actor_objective!r}')
@@ -266,7 +279,9 @@ class TD3:
     `Q1` ... `QN`), their targets `target_actor_cnn`, `target_actor`, `target_critic_cnn`,
     `target_critic` (the target CNNs are None when `target_encoders` is False), the Adam
     optimisers `actor_optimizer` (actor CNN + MLP) and `critic_optimizer` (critic CNN + heads),
-    and `total_updates` (critic steps done).
+    and `total_updates` (critic steps done). `member_cnns`, `member_critics`,
+    `member_target_cnns` and `member_target_critics` list every critic member
+    (`critic_members`); the first is `critic_cnn`, `critic` and their targets.
     """
 
     def __init__(self, net_config: NetworkConfig | None = None,
@@ -286,17 +301,24 @@ class TD3:
                 torch.manual_seed(seed)
             self.actor_cnn = self._place(NatureCNN(self.net_config))
             self.actor = self._place(Actor(self.net_config))
-            self.critic_cnn = self._place(NatureCNN(self.net_config))
-            self.critic = self._place(CriticEnsemble(self.net_config, self.config.critic_heads,
-                                                     self.config.critic_layer_norm))
+            self.member_cnns, self.member_critics = [], []
+            for _ in range(self.config.critic_members):
+                # Member 1 is built first, so a seed gives the same TD3 critic whatever the
+                # number of members.
+                self.member_cnns.append(self._place(NatureCNN(self.net_config)))
+                self.member_critics.append(self._place(CriticEnsemble(
+                    self.net_config, self.config.critic_heads, self.config.critic_layer_norm)))
+        self.critic_cnn, self.critic = self.member_cnns[0], self.member_critics[0]
         self.target_actor = self._target_of(self.actor)
-        self.target_critic = self._target_of(self.critic)
+        self.member_target_critics = [self._target_of(c) for c in self.member_critics]
+        self.target_critic = self.member_target_critics[0]
         if self.config.target_encoders:
             self.target_actor_cnn = self._target_of(self.actor_cnn)
-            self.target_critic_cnn = self._target_of(self.critic_cnn)
+            self.member_target_cnns = [self._target_of(c) for c in self.member_cnns]
         else:
             self.target_actor_cnn = None
-            self.target_critic_cnn = None
+            self.member_target_cnns = [None] * self.config.critic_members
+        self.target_critic_cnn = self.member_target_cnns[0]
 
         self._noise_gen = torch.Generator(device=self.device)
         if seed is not None:
@@ -309,7 +331,11 @@ class TD3:
             self._actor_named = self._named_params(actor=self.actor)
         else:
             self._actor_named = self._named_params(actor_cnn=self.actor_cnn, actor=self.actor)
-        self._critic_named = self._named_params(critic_cnn=self.critic_cnn, critic=self.critic)
+        self._member_named = [
+            self._named_params(**{f'{prefix}_cnn': cnn, prefix: critic})
+            for prefix, cnn, critic in zip(self._member_prefixes(), self.member_cnns,
+                                           self.member_critics, strict=True)]
+        self._critic_named = [pair for named in self._member_named for pair in named]
         self.actor_optimizer = self._adam([p for _, p in self._actor_named],
                                           self.config.actor_lr)
         self.critic_optimizer = self._adam([p for _, p in self._critic_named],
@@ -341,11 +367,17 @@ class TD3:
         return torch.optim.Adam(params, lr=lr, fused=impl == 'fused' or None,
                                 foreach=impl == 'foreach' if impl != 'fused' else None)
 
+    def _member_prefixes(self) -> list[str]:
+        """Return each critic member's state-tensor prefix: critic, critic2, critic3, ..."""
+        return ['critic' if index == 1 else f'critic{index}'
+                for index in range(1, self.config.critic_members + 1)]
+
     def _target_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        pairs = [(self.target_actor, self.actor), (self.target_critic, self.critic)]
+        pairs = [(self.target_actor, self.actor)]
+        pairs += list(zip(self.member_target_critics, self.member_critics, strict=True))
         if self.config.target_encoders:
-            pairs += [(self.target_actor_cnn, self.actor_cnn),
-                      (self.target_critic_cnn, self.critic_cnn)]
+            pairs += [(self.target_actor_cnn, self.actor_cnn)]
+            pairs += list(zip(self.member_target_cnns, self.member_cnns, strict=True))
         targets, online = [], []
         for target, source in pairs:
             for (name_t, p_t), (name_s, p_s) in zip(target.named_parameters(),
@@ -357,12 +389,18 @@ class TD3:
 
     def modules(self) -> dict[str, nn.Module]:
         """Return every network by its state-tensor prefix (online first, then targets)."""
-        named = {'actor_cnn': self.actor_cnn, 'actor': self.actor,
-                 'critic_cnn': self.critic_cnn, 'critic': self.critic,
-                 'target_actor': self.target_actor, 'target_critic': self.target_critic}
+        named = {'actor_cnn': self.actor_cnn, 'actor': self.actor}
+        members = list(zip(self._member_prefixes(), self.member_cnns, self.member_critics,
+                           self.member_target_cnns, self.member_target_critics, strict=True))
+        for prefix, cnn, critic, _, _ in members:
+            named.update({f'{prefix}_cnn': cnn, prefix: critic})
+        named['target_actor'] = self.target_actor
+        for prefix, _, _, _, target in members:
+            named[f'target_{prefix}'] = target
         if self.config.target_encoders:
             named['target_actor_cnn'] = self.target_actor_cnn
-            named['target_critic_cnn'] = self.target_critic_cnn
+            for prefix, _, _, target_cnn, _ in members:
+                named[f'target_{prefix}_cnn'] = target_cnn
         return named
 
     # ---- data -----------------------------------------------------------------------------
@@ -455,20 +493,33 @@ class TD3:
 
         i, j: both heads of TD3's pair, or two drawn at random from a larger ensemble.
         Truncation (time limit) keeps bootstrapping: only `terminated` zeroes the tail.
+        With several `critic_members`, this is the first member's target (`member_targets`).
+        """
+        return self.member_targets(batch)[0]
+
+    def member_targets(self, batch) -> list[torch.Tensor]:
+        """Return each critic member's TD target from its own target networks, (B,) each.
+
+        One draw of smoothing noise (and of the head pair) serves every member, so members
+        differ by what they learnt, not by the noise they were given.
         """
         b = self.prepare(batch)
         with torch.no_grad(), torch.profiler.record_function('td3.target'):
             next_action = self.target_actions(b)
-            cnn = self.target_critic_cnn if self.config.target_encoders else self.critic_cnn
-            with self._autocast():
-                state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
-                values = torch.stack(self.target_critic(state, next_action)).float()
             pair = self._target_pair()
-            if pair is not None:
-                values = values.index_select(0, pair)
-            next_q = values.min(dim=0).values.squeeze(1)
             rewards = b.rewards * self.config.reward_scale
-            return rewards + self.config.gamma * (1.0 - b.terminated) * next_q
+            targets = []
+            for index, target_critic in enumerate(self.member_target_critics):
+                cnn = (self.member_target_cnns[index] if self.config.target_encoders
+                       else self.member_cnns[index])
+                with self._autocast():
+                    state = torch.cat([cnn(b.next_obs), b.next_vec], dim=1)
+                    values = torch.stack(target_critic(state, next_action)).float()
+                if pair is not None:
+                    values = values.index_select(0, pair)
+                next_q = values.min(dim=0).values.squeeze(1)
+                targets.append(rewards + self.config.gamma * (1.0 - b.terminated) * next_q)
+            return targets
 
     def critic_loss(self, batch, returns=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return the sum over heads of MSE(Qi, y) and detached metrics; trains CNN + heads.
@@ -478,20 +529,24 @@ class TD3:
         times `reward_scale`. The Q metrics are in reward units.
         """
         b = self.prepare(batch)
-        y = self.td_target(b)
+        targets = self.member_targets(b)
         if returns is not None:
-            given = self._to_device(returns, torch.float32).reshape(y.shape)
+            given = self._to_device(returns, torch.float32).reshape(targets[0].shape)
             given = given * self.config.reward_scale
-            y = torch.where(torch.isnan(given), y, given)
+            targets = [torch.where(torch.isnan(given), y, given) for y in targets]
+        loss, first = 0.0, None
         with torch.profiler.record_function('td3.critic_forward'):
-            with self._autocast():
-                state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
-                values = [q.float().squeeze(1) for q in self.critic(state, b.actions)]
-            q1, q2 = values[0], values[1]
-            loss = sum(F.mse_loss(q, y) for q in values)
+            for cnn, critic, y in zip(self.member_cnns, self.member_critics, targets, strict=True):
+                with self._autocast():
+                    state = torch.cat([cnn(b.obs), b.obs_vec], dim=1)
+                    values = [q.float().squeeze(1) for q in critic(state, b.actions)]
+                loss = loss + sum(F.mse_loss(q, y) for q in values)
+                first = values if first is None else first
+        q1, q2 = first[0], first[1]
         unit = 1.0 / self.config.reward_scale
         metrics = {'critic_loss': loss.detach(), 'q1_mean': q1.detach().mean() * unit,
-                   'q2_mean': q2.detach().mean() * unit, 'target_q_mean': y.mean() * unit}
+                   'q2_mean': q2.detach().mean() * unit,
+                   'target_q_mean': targets[0].mean() * unit}
         return loss, metrics
 
     def _actor_logits(self, b: DeviceBatch) -> torch.Tensor:
@@ -508,17 +563,36 @@ class TD3:
                 action = self.target_actor(torch.cat([cnn(frames), vec], dim=1))
             return action.float()
 
-    def objective_q(self, critic_state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Return the Q the actor maximises at (state, action), (B, 1) float32.
-
-        `critic_state`: critic CNN features concatenated with the kinematic vector. Gradients
-        flow to `action` (and to the heads unless the caller freezes them).
-        """
+    @torch.no_grad()
+    def critic_states(self, b: DeviceBatch) -> list[torch.Tensor]:
+        """Return each critic member's CNN features + kinematic vector at the observations."""
         with self._autocast():
-            if self.config.actor_objective == 'q1':
-                return self.critic.Q1(critic_state, action).float()
-            values = torch.cat(self.critic(critic_state, action), dim=1).float()
-            return values.min(dim=1, keepdim=True).values
+            return [torch.cat([cnn(b.obs), b.obs_vec], dim=1) for cnn in self.member_cnns]
+
+    def objective_q(self, critic_states: list[torch.Tensor], action: torch.Tensor,
+                    data_actions: torch.Tensor | None = None) -> torch.Tensor:
+        """Return what the actor maximises at (state, action), (B, 1) float32.
+
+        `critic_states`: from `critic_states`. q1: the first member's Q1; min: the minimum
+        over its heads; agreement: the minimum over members of Q1_m(s, action) -
+        Q1_m(s, data_actions). Gradients flow to `action` (and to the heads unless the caller
+        freezes them).
+        """
+        objective = self.config.actor_objective
+        with self._autocast():
+            if objective == 'q1':
+                return self.critic.Q1(critic_states[0], action).float()
+            if objective == 'min':
+                values = torch.cat(self.critic(critic_states[0], action), dim=1).float()
+                return values.min(dim=1, keepdim=True).values
+            if data_actions is None:
+                raise ValueError('actor_objective agreement needs the stored actions')
+            advantages = []
+            for critic, state in zip(self.member_critics, critic_states, strict=True):
+                with torch.no_grad():
+                    done = critic.Q1(state, data_actions).float()
+                advantages.append(critic.Q1(state, action).float() - done)
+            return torch.cat(advantages, dim=1).min(dim=1, keepdim=True).values
 
     def actor_loss(self, batch, labels=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return the actor loss (-mean Q(s, pi(s)), or TD3+BC's) and metrics.
@@ -535,18 +609,24 @@ class TD3:
         """
         b = self.prepare(batch)
         with torch.profiler.record_function('td3.actor_forward'):
-            with torch.no_grad(), self._autocast():
-                critic_state = torch.cat([self.critic_cnn(b.obs), b.obs_vec], dim=1)
+            critic_states = self.critic_states(b)
             pre_tanh = self._actor_logits(b)
             action = self.actor.squash(pre_tanh)
-            with _frozen(self.critic):
-                q1 = self.objective_q(critic_state, action)
+            with contextlib.ExitStack() as frozen:
+                for critic in self.member_critics:
+                    frozen.enter_context(_frozen(critic))
+                q1 = self.objective_q(critic_states, action, b.actions)
             loss = -q1.mean()
             metrics = {'actor_q': q1.detach().mean() / self.config.reward_scale,
                        'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
             config = self.config
             if config.bc_weight > 0.0 or config.trust_region_weight > 0.0:
-                loss = loss * (config.bc_alpha / q1.detach().abs().mean().clamp_min(1e-6))
+                level = q1.detach()
+                if config.actor_objective == 'agreement':
+                    # An advantage is ~0; TD3+BC's normalisation needs the Q level itself.
+                    with torch.no_grad(), self._autocast():
+                        level = self.critic.Q1(critic_states[0], b.actions).float()
+                loss = loss * (config.bc_alpha / level.abs().mean().clamp_min(1e-6))
             if config.bc_weight > 0.0:
                 if labels is None:
                     raise ValueError('bc_weight > 0 needs labels (the actions to clone)')
@@ -566,8 +646,13 @@ class TD3:
     # ---- update ---------------------------------------------------------------------------
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-              params: list[nn.Parameter], max_norm: float | None, name: str
+              param_groups: list[list[nn.Parameter]], max_norm: float | None, name: str
               ) -> torch.Tensor | None:
+        """Back-propagate `loss`, clip each group's global norm, step; return the largest norm.
+
+        Critic members are clipped one by one, so adding a member does not change how the
+        others' gradients are clipped.
+        """
         optimizer.zero_grad(set_to_none=True)
         with torch.profiler.record_function(f'td3.{name}_backward'):
             loss.backward()
@@ -575,7 +660,9 @@ class TD3:
             norm = None
             if max_norm is not None:
                 # foreach clipping multiplies by a clamped coefficient: no host sync.
-                norm = nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+                norms = [nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+                         for params in param_groups]
+                norm = norms[0] if len(norms) == 1 else torch.stack(norms).max()
             optimizer.step()
         return norm
 
@@ -607,7 +694,8 @@ class TD3:
         """
         b = self.prepare(batch)
         loss, metrics = self.critic_loss(b, returns)
-        norm = self._step(self.critic_optimizer, loss, [p for _, p in self._critic_named],
+        norm = self._step(self.critic_optimizer, loss,
+                          [[p for _, p in named] for named in self._member_named],
                           _grad_clip_value(self.config.critic_grad_clip), 'critic')
         if norm is not None:
             metrics['critic_grad_norm'] = norm.detach()
@@ -616,7 +704,7 @@ class TD3:
             if self.total_updates > self.config.critic_warmup_updates:
                 loss, actor_metrics = self.actor_loss(b, labels)
                 norm = self._step(self.actor_optimizer, loss,
-                                  [p for _, p in self._actor_named],
+                                  [[p for _, p in self._actor_named]],
                                   _grad_clip_value(self.config.actor_grad_clip), 'actor')
                 metrics.update(actor_metrics)
                 if norm is not None:
@@ -642,7 +730,7 @@ class TD3:
             loss = bc
             if self.config.actor_pretanh_penalty > 0.0:
                 loss = loss + self.config.actor_pretanh_penalty * pre_tanh.square().mean()
-        norm = self._step(self.actor_optimizer, loss, [p for _, p in self._actor_named],
+        norm = self._step(self.actor_optimizer, loss, [[p for _, p in self._actor_named]],
                           _grad_clip_value(self.config.actor_grad_clip), 'actor')
         metrics = {'bc_mse': bc.detach(), 'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
         if norm is not None:

@@ -77,8 +77,12 @@ TRAINER = Schema(
                                      'values are logged in reward units)', 1e-6, 1e6),
     _from(TD3Config, 'critic_layer_norm')('LayerNorm in the critic heads (bounds Q off the '
                                           'data)'),
-    _from(TD3Config, 'actor_objective')('what the actor maximises: q1 (TD3) or min (the '
-                                        'minimum over the critic heads)'),
+    _from(TD3Config, 'critic_members')('independent critics, each with its own CNN (1: TD3)',
+                                       1, 16),
+    _from(TD3Config, 'actor_objective')('what the actor maximises: q1 (TD3), min (the '
+                                        'minimum over the critic heads) or agreement (the '
+                                        "minimum over critic members of each one's "
+                                        'advantage over the stored action)'),
     _from(EpisodeConfig, 'max_steps', 'max_episode_steps')('step limit (truncation)', 1,
                                                            10**9),
     _from(EpisodeConfig, 'max_lateral_deviation')('terminate beyond this distance from the '
@@ -150,6 +154,7 @@ def config_from_values(v: dict) -> TrainerConfig:
                'policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'target_encoders',
                'precision', 'critic_warmup_updates', 'bc_weight', 'bc_alpha', 'device',
                'critic_heads', 'critic_layer_norm', 'reward_scale', 'actor_objective',
+               'critic_members',
                'trust_region_weight',
                'seed'),
         # 0 disables clipping (TD3Config takes None for that).

@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 
 from ..learning.finetune import FinetuneConfig, Finetuner
 from ..learning.learner import BC_LABELS
+from ..learning.td3 import ACTOR_OBJECTIVES
 
 
 def build_config(args) -> FinetuneConfig:
@@ -25,6 +26,7 @@ def build_config(args) -> FinetuneConfig:
                   actor_lr=args.actor_lr, precision=args.precision,
                   freeze_actor_encoder=args.freeze_actor_encoder,
                   critic_heads=args.critic_heads, actor_objective=args.actor_objective,
+                  critic_members=args.critic_members,
                   gamma=args.gamma, trust_region_weight=args.trust_region_weight,
                   critic_layer_norm=args.critic_layer_norm, reward_scale=args.reward_scale,
                   policy_frequency=args.policy_frequency)
@@ -83,9 +85,13 @@ def main(argv=None) -> int:
                         help='the critic learns Q of the rewards times this')
     parser.add_argument('--policy-frequency', type=int, default=base_td3.policy_frequency,
                         help='critic updates per actor update')
-    parser.add_argument('--actor-objective', choices=('q1', 'min'),
+    parser.add_argument('--critic-members', type=int, default=base_td3.critic_members,
+                        help='independent critics, each with its own CNN (1: TD3)')
+    parser.add_argument('--actor-objective', choices=ACTOR_OBJECTIVES,
                         default=base_td3.actor_objective,
-                        help='what the actor maximises: Q1 (TD3) or the minimum over heads')
+                        help='what the actor maximises: Q1 (TD3), the minimum over heads, or '
+                             "the minimum over critic members of each one's advantage over "
+                             'the stored action (agreement)')
     parser.add_argument('--precision', default='auto', help='fp32, bf16 or auto')
     parser.add_argument('--prefill', type=int, default=2000,
                         help='steps of the starting policy before updates')
