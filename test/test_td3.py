@@ -811,3 +811,35 @@ def test_members_that_disagree_hold_the_actor_at_the_stored_action():
     at_data = b.actions.clone().requires_grad_(True)
     value = agent.objective_q(states, at_data, b.actions)
     torch.testing.assert_close(value, torch.zeros_like(value))
+
+
+def test_a_relative_critic_reads_actions_as_offsets_from_the_target_actor():
+    with pytest.raises(ValueError, match='critic_action'):
+        TD3Config(critic_action='delta')
+    agent = make_agent(critic_action='relative', seed=8)
+    batch = make_batch(size=16, seed=14)
+    b = agent.prepare(batch)
+    noise_state = agent._noise_gen.get_state()
+    loss, metrics = agent.critic_loss(b)
+    agent._noise_gen.set_state(noise_state)
+    next_action = agent.target_actions(b)
+    with torch.no_grad():
+        anchor = agent.target_actor(torch.cat([agent.target_actor_cnn(b.obs), b.obs_vec], 1))
+        next_anchor = agent.target_actor(
+            torch.cat([agent.target_actor_cnn(b.next_obs), b.next_vec], 1))
+        # The TD target's action is the target actor's plus clipped smoothing noise: its
+        # offset is that noise, whatever the target actor does.
+        offset = next_action - next_anchor
+        assert offset.abs().max() <= 0.5 + 1e-6
+        heads = agent.target_critic(
+            torch.cat([agent.target_critic_cnn(b.next_obs), b.next_vec], 1), offset)
+        y = b.rewards + 0.99 * torch.minimum(*heads).squeeze(1)
+        state = torch.cat([agent.critic_cnn(b.obs), b.obs_vec], 1)
+        q1, q2 = (q.squeeze(1) for q in agent.critic(state, b.actions - anchor))
+    torch.testing.assert_close(loss, F.mse_loss(q1, y) + F.mse_loss(q2, y))
+    # The actor is scored at its own offset from the target actor (zero when they agree).
+    _, actor_metrics = agent.actor_loss(b)
+    with torch.no_grad():
+        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
+        expected = agent.critic.Q1(state, action - anchor).mean()
+    torch.testing.assert_close(actor_metrics['actor_q'], expected)

@@ -279,12 +279,14 @@ class Finetuner:
         lateral = np.abs(batch.obs_vec[:, 1]) * self.spec.features.lateral_scale
         near = lateral > 4.5
         states = agent.critic_states(b)
+        anchor = agent.action_anchor(b.obs, b.obs_vec)
         with torch.no_grad():
-            q_data = agent.critic.Q1(states[0], b.actions).squeeze(1).numpy()
+            q_data = agent.critic.Q1(states[0], agent.critic_input(b.actions, anchor))
+            q_data = q_data.squeeze(1).numpy()
             q_data = q_data / agent.config.reward_scale  # in reward units
             action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
         action = action.clone().requires_grad_(True)
-        agent.objective_q(states, action, b.actions).sum().backward()
+        agent.objective_q(states, action, b.actions, anchor).sum().backward()
         for critic in agent.member_critics:
             critic.zero_grad(set_to_none=True)
         throttle_grad = action.grad[:, 1].numpy()

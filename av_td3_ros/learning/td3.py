@@ -34,6 +34,7 @@ FRAME_SCALES = ('zero_centered', 'unit')
 OPTIMIZER_IMPLS = ('fused', 'foreach', 'for_loop')
 PRECISIONS = ('fp32', 'bf16', 'auto')
 ACTOR_OBJECTIVES = ('q1', 'min', 'agreement')
+CRITIC_ACTIONS = ('absolute', 'relative')
 STATE_FORMAT = 'av_td3_ros.td3/1'
 
 
@@ -125,6 +126,14 @@ class TD3Config:
     action wherever the data do not vary the action enough to identify it (README
     "Fine-tuning with TD3"); `actor_objective: agreement` reads that disagreement. Each
     member costs one more critic CNN forward and backward per update."""
+    critic_action: str = 'absolute'
+    """How the critic reads the action: absolute (TD3) or relative (its offset from the
+    target actor's action at the same state). The stored actions are the acting policy's
+    plus exploration noise, so an absolute action also tells the critic about the state (it
+    is nearly a function of it), and a critic that has not separated the two can learn a
+    slope in the action that is really a difference between states. Measured from the
+    policy the data came from, the action is the noise alone at first, which is independent
+    of the state: its effect on the return is what the slope can then learn."""
     actor_objective: str = 'q1'
     """What the actor maximises: q1 (TD3: Q1 alone), min (the minimum over the first
     critic's heads) or agreement (the minimum over `critic_members` of each member's
@@ -156,6 +165,9 @@ class TD3Config:
             raise ValueError(f'critic_heads must be >= 2, got {self.critic_heads}')
         if self.critic_members < 1:
             raise ValueError(f'critic_members must be >= 1, got {self.critic_members}')
+        if self.critic_action not in CRITIC_ACTIONS:
+            raise ValueError(f'critic_action must be one of {CRITIC_ACTIONS}, '
+                             f'got {self.critic_action!r}')
         if self.actor_objective not in ACTOR_OBJECTIVES:
             raise ValueError(f'actor_objective must be one of {ACTOR_OBJECTIVES}, '
                              f'got {self.actor_objective!r}')
@@ -464,17 +476,34 @@ class TD3:
         a' = clip(pi'(s') + clip(N(0, policy_noise), -noise_clip, noise_clip), -max, max),
         with both noise terms scaled by max_action.
         """
-        b = self.prepare(batch)
+        return self._target_actions(self.prepare(batch))[0]
+
+    def _target_actions(self, b: DeviceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return `target_actions` and the target actor's noiseless action pi'(s')."""
         max_action = float(self.net_config.max_action)
         with torch.no_grad():
-            action = self._target_policy(b.next_obs, b.next_vec)
+            mean = action = self._target_policy(b.next_obs, b.next_vec)
             if self.config.policy_noise > 0.0:
                 noise = torch.randn(action.shape, generator=self._noise_gen,
                                     device=action.device, dtype=action.dtype)
                 clip = self.config.noise_clip * max_action
                 noise = (noise * (self.config.policy_noise * max_action)).clamp_(-clip, clip)
                 action = action + noise
-            return action.clamp_(-max_action, max_action)
+            return action.clamp(-max_action, max_action), mean
+
+    def action_anchor(self, frames: torch.Tensor, vec: torch.Tensor) -> torch.Tensor | None:
+        """Return what the critic measures actions from at these states (`critic_action`).
+
+        None for absolute actions; the target actor's action for relative ones.
+        """
+        if self.config.critic_action == 'absolute':
+            return None
+        return self._target_policy(frames, vec)
+
+    @staticmethod
+    def critic_input(action: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        """Return the action as the critic reads it: itself, or its offset from `anchor`."""
+        return action if anchor is None else action - anchor
 
     def _target_pair(self) -> torch.Tensor | None:
         """Return the indices (2,) of the target heads whose minimum makes the TD target.
@@ -505,7 +534,9 @@ class TD3:
         """
         b = self.prepare(batch)
         with torch.no_grad(), torch.profiler.record_function('td3.target'):
-            next_action = self.target_actions(b)
+            next_action, next_mean = self._target_actions(b)
+            if self.config.critic_action == 'relative':
+                next_action = next_action - next_mean
             pair = self._target_pair()
             rewards = b.rewards * self.config.reward_scale
             targets = []
@@ -535,11 +566,12 @@ class TD3:
             given = given * self.config.reward_scale
             targets = [torch.where(torch.isnan(given), y, given) for y in targets]
         loss, first = 0.0, None
+        actions = self.critic_input(b.actions, self.action_anchor(b.obs, b.obs_vec))
         with torch.profiler.record_function('td3.critic_forward'):
             for cnn, critic, y in zip(self.member_cnns, self.member_critics, targets, strict=True):
                 with self._autocast():
                     state = torch.cat([cnn(b.obs), b.obs_vec], dim=1)
-                    values = [q.float().squeeze(1) for q in critic(state, b.actions)]
+                    values = [q.float().squeeze(1) for q in critic(state, actions)]
                 loss = loss + sum(F.mse_loss(q, y) for q in values)
                 first = values if first is None else first
         q1, q2 = first[0], first[1]
@@ -570,15 +602,19 @@ class TD3:
             return [torch.cat([cnn(b.obs), b.obs_vec], dim=1) for cnn in self.member_cnns]
 
     def objective_q(self, critic_states: list[torch.Tensor], action: torch.Tensor,
-                    data_actions: torch.Tensor | None = None) -> torch.Tensor:
+                    data_actions: torch.Tensor | None = None,
+                    anchor: torch.Tensor | None = None) -> torch.Tensor:
         """Return what the actor maximises at (state, action), (B, 1) float32.
 
-        `critic_states`: from `critic_states`. q1: the first member's Q1; min: the minimum
-        over its heads; agreement: the minimum over members of Q1_m(s, action) -
-        Q1_m(s, data_actions). Gradients flow to `action` (and to the heads unless the caller
-        freezes them).
+        `critic_states`: from `critic_states`; `anchor`: from `action_anchor`. q1: the first
+        member's Q1; min: the minimum over its heads; agreement: the minimum over members of
+        Q1_m(s, action) - Q1_m(s, data_actions). Gradients flow to `action` (and to the heads
+        unless the caller freezes them).
         """
         objective = self.config.actor_objective
+        action = self.critic_input(action, anchor)
+        if data_actions is not None:
+            data_actions = self.critic_input(data_actions, anchor)
         with self._autocast():
             if objective == 'q1':
                 return self.critic.Q1(critic_states[0], action).float()
@@ -610,12 +646,13 @@ class TD3:
         b = self.prepare(batch)
         with torch.profiler.record_function('td3.actor_forward'):
             critic_states = self.critic_states(b)
+            anchor = self.action_anchor(b.obs, b.obs_vec)
             pre_tanh = self._actor_logits(b)
             action = self.actor.squash(pre_tanh)
             with contextlib.ExitStack() as frozen:
                 for critic in self.member_critics:
                     frozen.enter_context(_frozen(critic))
-                q1 = self.objective_q(critic_states, action, b.actions)
+                q1 = self.objective_q(critic_states, action, b.actions, anchor)
             loss = -q1.mean()
             metrics = {'actor_q': q1.detach().mean() / self.config.reward_scale,
                        'actor_pretanh_abs': pre_tanh.detach().abs().mean()}
@@ -625,7 +662,8 @@ class TD3:
                 if config.actor_objective == 'agreement':
                     # An advantage is ~0; TD3+BC's normalisation needs the Q level itself.
                     with torch.no_grad(), self._autocast():
-                        level = self.critic.Q1(critic_states[0], b.actions).float()
+                        level = self.critic.Q1(critic_states[0],
+                                               self.critic_input(b.actions, anchor)).float()
                 loss = loss * (config.bc_alpha / level.abs().mean().clamp_min(1e-6))
             if config.bc_weight > 0.0:
                 if labels is None:

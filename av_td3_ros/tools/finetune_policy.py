@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 
 from ..learning.finetune import FinetuneConfig, Finetuner
 from ..learning.learner import BC_LABELS
-from ..learning.td3 import ACTOR_OBJECTIVES
+from ..learning.td3 import ACTOR_OBJECTIVES, CRITIC_ACTIONS
 
 
 def build_config(args) -> FinetuneConfig:
@@ -26,7 +26,7 @@ def build_config(args) -> FinetuneConfig:
                   actor_lr=args.actor_lr, precision=args.precision,
                   freeze_actor_encoder=args.freeze_actor_encoder,
                   critic_heads=args.critic_heads, actor_objective=args.actor_objective,
-                  critic_members=args.critic_members,
+                  critic_members=args.critic_members, critic_action=args.critic_action,
                   gamma=args.gamma, trust_region_weight=args.trust_region_weight,
                   critic_layer_norm=args.critic_layer_norm, reward_scale=args.reward_scale,
                   policy_frequency=args.policy_frequency)
@@ -87,6 +87,10 @@ def main(argv=None) -> int:
                         help='critic updates per actor update')
     parser.add_argument('--critic-members', type=int, default=base_td3.critic_members,
                         help='independent critics, each with its own CNN (1: TD3)')
+    parser.add_argument('--critic-action', choices=CRITIC_ACTIONS,
+                        default=base_td3.critic_action,
+                        help="how the critic reads the action: as is (TD3) or relative to the "
+                             "target actor's action at that state")
     parser.add_argument('--actor-objective', choices=ACTOR_OBJECTIVES,
                         default=base_td3.actor_objective,
                         help='what the actor maximises: Q1 (TD3), the minimum over heads, or '
