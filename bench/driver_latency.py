@@ -8,7 +8,8 @@ per-stage cost from its /diagnostics. Both run as separate processes with the pr
 Fast DDS shared-memory profile; the echo node shares the driver's QoS (best effort, keep
 last 1), so the difference is the driver's own work.
 
-    source scripts/env.sh && python bench/driver_latency.py [--frames 400] [--rate 20]
+    source scripts/env.sh && python bench/driver_latency.py [--frames 400] [--rate 20] \
+        [--backends torch,onnxruntime] [--warm-up-leads 0,0.002]
 """
 from __future__ import annotations
 
@@ -108,6 +109,9 @@ def main():
     parser.add_argument('--height', type=int, default=600, help='camera height (bridge: 600)')
     parser.add_argument('--backends', default='torch',
                         help="driver backends to measure, comma-separated: torch,onnxruntime")
+    parser.add_argument('--warm-up-leads', default='0.002',
+                        help="driver warm_up_lead values (s), comma-separated, e.g. 0,0.002: "
+                             'each backend is measured with each')
     parser.add_argument('--echo', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo:
@@ -156,12 +160,16 @@ def main():
     results = {}
     backends = args.backends.split(',')
     targets = {'echo': [sys.executable, __file__, '--echo']}
+    leads = [float(lead) for lead in args.warm_up_leads.split(',')]
     for backend in backends:
-        targets[f'driver:{backend}'] = [
-            sys.executable, '-m', 'av_td3_ros.nodes.driver', '--ros-args',
-            '--params-file', str(REPO / 'config' / 'driver.yaml'),
-            '-p', 'allow_random_policy:=true', '-p', 'device:=cpu', '-p', f'backend:={backend}',
-            '-p', 'publish_debug:=false', '-p', 'frame_timeout:=5.0']
+        for lead in leads:
+            name = f'driver:{backend}' + (f':warm{lead * 1e3:g}ms' if len(leads) > 1 else '')
+            targets[name] = [
+                sys.executable, '-m', 'av_td3_ros.nodes.driver', '--ros-args',
+                '--params-file', str(REPO / 'config' / 'driver.yaml'),
+                '-p', 'allow_random_policy:=true', '-p', 'device:=cpu',
+                '-p', f'backend:={backend}', '-p', f'warm_up_lead:={lead}',
+                '-p', 'publish_debug:=false', '-p', 'frame_timeout:=5.0']
     for name, command in targets.items():
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, start_new_session=True)

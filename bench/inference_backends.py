@@ -1,14 +1,18 @@
 """Compare batch-1 actor inference on CPU: torch eager, torch.compile, ONNX Runtime, OpenVINO.
 
 Each backend runs the same ActorPolicy (random weights, fixed seed) on the same observations.
-Two timings per backend, all in one process so the ratios share the machine's state:
+Three timings per backend, all in one process so the ratios share the machine's state:
 - back to back: calls with nothing in between (what a micro-benchmark sees);
 - paced: one call every `--period` seconds (the driver at 20 Hz), where caches go cold and
-  idle threads go to sleep between frames.
+  idle threads go to sleep between frames;
+- paced + warm-up: the same, with an untimed call on the previous input `--warm-lead` ms
+  before each timed one: how much of the idle penalty a driver could win back by running
+  the network just before a frame is due.
 Every backend's actions are checked against float32 torch eager (max |diff| must stay within
 1e-4, the driver's exactness budget for an alternative backend).
 
 Usage: python bench/inference_backends.py [--calls 200] [--period 0.05] [--threads 1]
+                                         [--warm-lead 2]
 Needs requirements-bench.txt (onnx, onnxruntime, openvino); missing backends are skipped.
 """
 from __future__ import annotations
@@ -94,16 +98,30 @@ def openvino_cpu(onnx_path: Path, threads: int):
     return run
 
 
-def time_calls(run, inputs, period: float) -> list[float]:
-    """Return per-call latencies (ms); with period > 0, start calls `period` s apart."""
+def sleep_until(deadline: float):
+    """Sleep until time.perf_counter() reaches `deadline` (return at once if it has)."""
+    delay = deadline - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def time_calls(run, inputs, period: float, warm_lead: float | None = None) -> list[float]:
+    """Return per-call latencies (ms); with period > 0, start calls `period` s apart.
+
+    With `warm_lead` (s), an untimed call on the previous input runs that long before each
+    timed call.
+    """
     latencies = []
     next_start = time.perf_counter()
+    previous = inputs[-1]
     for frames, kinematics in inputs:
         if period > 0:
-            delay = next_start - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+            if warm_lead is not None:
+                sleep_until(next_start - warm_lead)
+                run(*previous)
+            sleep_until(next_start)
             next_start += period
+        previous = (frames, kinematics)
         start = time.perf_counter()
         run(frames, kinematics)
         latencies.append(1000.0 * (time.perf_counter() - start))
@@ -124,6 +142,8 @@ def main(argv=None):
     parser.add_argument('--period', type=float, default=0.05, help='paced mode period (s)')
     parser.add_argument('--threads', type=int, default=1, help='intra-op threads everywhere')
     parser.add_argument('--skip', default='', help='comma-separated backends to skip')
+    parser.add_argument('--warm-lead', type=float, default=2.0,
+                        help='ms between the warm-up call and the timed call')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -161,15 +181,19 @@ def main(argv=None):
                        for x, e in zip(inputs[:20], expected, strict=True))
             back_to_back = summary(time_calls(run, inputs, 0.0))
             paced = summary(time_calls(run, inputs, args.period))
-            results[name] = (diff, back_to_back, paced)
+            warmed = summary(time_calls(run, inputs, args.period, args.warm_lead / 1000.0))
+            results[name] = (diff, back_to_back, paced, warmed)
     base = results.get('torch_eager')
     print(f'{"backend":14s} {"max|diff|":>10s}  back to back mean/p50/p99 ms   '
-          f'paced mean/p50/p99 ms   paced speed vs eager')
-    for name, (diff, b2b, paced) in results.items():
+          f'paced mean/p50/p99 ms   paced speed vs eager   '
+          f'paced + warm-up {args.warm_lead:g} ms before: mean/p50/p99 ms, vs paced')
+    for name, (diff, b2b, paced, warmed) in results.items():
         ok = 'ok' if diff <= TOLERANCE else 'EXCEEDS 1e-4'
         ratio = f'{base[2][0] / paced[0]:.2f}x' if base else '-'
         print(f'{name:14s} {diff:10.2e}  {b2b[0]:6.3f} {b2b[1]:6.3f} {b2b[2]:6.3f}        '
-              f'{paced[0]:6.3f} {paced[1]:6.3f} {paced[2]:6.3f}      {ratio} ({ok})')
+              f'{paced[0]:6.3f} {paced[1]:6.3f} {paced[2]:6.3f}      {ratio} ({ok})   '
+              f'{warmed[0]:6.3f} {warmed[1]:6.3f} {warmed[2]:6.3f} '
+              f'{paced[0] / warmed[0]:.2f}x')
 
 
 if __name__ == '__main__':

@@ -209,6 +209,38 @@ def is_full_brake(command):
     return (command.steer, command.throttle, command.brake) == (0.0, 0.0, 1.0)
 
 
+def test_frames_at_a_steady_rate_are_warmed_up_for(start_node, bridge):
+    from diagnostic_msgs.msg import DiagnosticArray
+    diagnostics = []
+    bridge.node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    driver = _driver_process(start_node, 'diagnostics_period:=0.2')
+    assert bridge.wait_for_subscriber(bridge.image_pub), driver.output()
+    bridge.publish_route()
+    assert bridge.warm_up(), driver.output()
+    frames = [bgra_frame(k) for k in range(4)]
+    sent = []
+
+    def send_frame():  # the camera at 20 Hz, as the bridge in synchronous mode
+        sec = 2000 + len(sent)
+        bridge.publish_odometry()
+        bridge.image_pub.publish(bridge.image_msg(sec, frames[sec % len(frames)]))
+        sent.append(sec)
+
+    def warm_ups():
+        counts = [int(kv.value) for array in diagnostics for kv in array.status[0].values
+                  if kv.key == 'warm_ups']
+        return max(counts, default=0)
+
+    camera = bridge.node.create_timer(0.05, send_frame)
+    try:
+        assert bridge.spin_until(lambda: warm_ups() >= 3, timeout=30.0), driver.output()
+    finally:
+        camera.cancel()
+    answered = [c for c in bridge.commands if c.header.stamp.sec >= 2000]
+    assert answered and not is_full_brake(answered[-1])  # still driving
+    assert driver.proc.poll() is None
+
+
 def test_latched_degenerate_route_brakes_a_starting_driver_instead_of_ending_it(
         start_node, bridge):
     # The crash loop of issue 7: a latched route of two identical poses is the first thing a

@@ -121,6 +121,30 @@ def test_eval_mode_is_deterministic_after_reset(runner, policy):
                                   first[0])
 
 
+@pytest.mark.parametrize('mode', ['eval', 'explore'])
+def test_warm_ups_between_frames_change_nothing_the_frames_get(policy, mode):
+    exploration = ExplorationConfig(mode=mode, random_steps=0, seed=3)
+    plain = DrivingPipeline(SPEC, PolicyRunner(policy, CPU), exploration)
+    warmed_runner = ConstantRunner([0.0, 0.0])
+    warmed = DrivingPipeline(SPEC, warmed_runner, exploration)
+    assert not warmed.warm_up()  # no frame yet: nothing to run
+    warmed.set_runner(PolicyRunner(policy, CPU))
+    for i in range(6):
+        expected = plain.step(camera_frame(i), pose(i), 4.0, ROUTE)
+        got = warmed.step(camera_frame(i), pose(i), 4.0, ROUTE)
+        np.testing.assert_array_equal(got.action, expected.action)
+        assert got.command == expected.command
+        assert warmed.warm_up() and warmed.warm_up()
+        np.testing.assert_array_equal(warmed.stack.frames, plain.stack.frames)
+        np.testing.assert_array_equal(warmed.kinematics, plain.kinematics)
+    assert warmed.steps == plain.steps == 6
+    assert warmed_runner.calls == 0
+    warmed.set_runner(warmed_runner)
+    assert warmed.warm_up() and warmed_runner.calls == 1  # it does run the policy
+    warmed.set_runner(None)
+    assert not warmed.warm_up()
+
+
 # --- no policy / non-finite ----------------------------------------------------------------------
 
 def test_no_policy_gives_safe_stop():

@@ -155,6 +155,20 @@ class DrivingPipeline:
         self._route_hint = ROUTE_START_HINT
         self._noise.reset()
 
+    def warm_up(self) -> bool:
+        """Run the policy on the newest observation again and discard the action.
+
+        Nothing that a later `step` reads changes: this only brings the network's weights
+        back into the CPU caches before a frame is due (`frame_pacer`). The preprocessing is
+        not rerun: the next frame's pixels are new memory anyway, and measured, a rerun did
+        not make it faster. Return False when there is nothing to run (no frame yet, or no
+        policy).
+        """
+        if self.steps == 0 or self.runner is None:
+            return False
+        self.runner.act(self.stack.frames, self.kinematics)
+        return True
+
     @property
     def exploring_randomly(self) -> bool:
         """Return True if the next frame gets a uniform random action (no policy needed)."""

@@ -31,6 +31,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ..driving.control import SAFE_STOP, ControlCommand
 from ..driving.decision import Decision, DriverInputs, Reason, Severity
 from ..driving.features import Pose2D
+from ..driving.frame_pacer import FramePacer
 from ..driving.hot_reload import LoadedPolicy, LoadFailure, PolicyReloader, Poll, random_policy
 from ..driving.inference import resolve_device
 from ..driving.inference_onnx import build_runner
@@ -153,6 +154,11 @@ class DriverNode(Node):
         if self.config.checkpoint and self.config.checkpoint_poll_period > 0.0:
             self.create_timer(self.config.checkpoint_poll_period,
                               self._guard(self.poll_checkpoint), clock=steady)
+        # One-shot (cancelled when it fires), restarted by each frame: see _schedule_warm_up.
+        self.pacer = FramePacer(self.config.warm_up_lead)
+        self.warm_ups = 0
+        self._warm_timer = self.create_timer(1.0, self._guard(self.on_warm_up), clock=steady,
+                                             autostart=False)
         self.watchdog = StallWatchdog(self.config.frame_timeout, self.config.stop_repeat_period,
                                       self.on_stall, self._on_watchdog_error)
         self.watchdog.start()
@@ -259,6 +265,7 @@ class DriverNode(Node):
 
     def on_image(self, msg: Image):
         """Turn one camera frame into exactly one control command."""
+        arrived = time.monotonic()
         received = time.perf_counter()
         self.watchdog.feed()
         if self._stalled:
@@ -283,6 +290,24 @@ class DriverNode(Node):
             # Every brake is reported at once with its reason and the frame's stamp, and so
             # is driving again; a driving stream only gets the periodic status.
             self._publish_status()
+        self._schedule_warm_up(arrived)
+
+    def _schedule_warm_up(self, arrived: float):
+        """Arm the warm-up timer to fire `warm_up_lead` before the next frame is due."""
+        delay = self.pacer.frame(arrived)
+        # The timer counts from now, after this frame's own processing.
+        remaining = None if delay is None else delay - (time.monotonic() - arrived)
+        if remaining is None or remaining <= 0.0:
+            self._warm_timer.cancel()
+            return
+        self._warm_timer.timer_period_ns = int(remaining * 1e9)
+        self._warm_timer.reset()
+
+    def on_warm_up(self):
+        """Run the pipeline once on the newest inputs (see `DrivingPipeline.warm_up`)."""
+        self._warm_timer.cancel()  # once per frame; the next frame re-arms it
+        if self.pipeline.warm_up():
+            self.warm_ups += 1
 
     def _log_decision(self, decision: Decision):
         """Log a brake at its reason's severity, throttled per reason (not per detail)."""
@@ -384,6 +409,7 @@ class DriverNode(Node):
                   'bad_routes': str(self.inputs.bad_routes),
                   'callback_errors': str(sum(guard.errors for guard in self._callback_guards)),
                   'watchdog_brakes': str(self.watchdog.stalls),
+                  'warm_ups': str(self.warm_ups),
                   'precision': self.precision,
                   'callback_ms_mean': f'{self.processed.mean_ms():.3f}',
                   'last_reason': decision.text,

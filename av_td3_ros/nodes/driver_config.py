@@ -42,6 +42,7 @@ class DriverConfig:
     exploration: ExplorationConfig
     seed: int
     policy_topic: str = ''  # policies from a trainer over DDS (policy_topic.py); '' = off
+    warm_up_lead: float = 0.0  # s before the next frame to warm up (driving/frame_pacer.py)
 
 
 def _explore(name: str, description: str, low=None, high=None) -> Param:
@@ -105,6 +106,9 @@ DRIVER = Schema(
     Param('diagnostics_period', 1.0, 'diagnostics period (s)', 0.1, 60.0),
     Param('policy_topic', '', 'load the policies a trainer publishes on this topic '
           '(e.g. /av_td3/policy); empty: off'),
+    Param('warm_up_lead', 0.01, 'when frames arrive at a steady rate, run the network on '
+          'the previous observation this long (s) before the next frame is due, so that the '
+          'frame finds its weights in the CPU caches; 0: off', 0.0, 1.0),
 )
 """Every driver parameter (README "Driver parameters"; config/driver.yaml)."""
 
