@@ -12,7 +12,7 @@ Every backend's actions are checked against float32 torch eager (max |diff| must
 1e-4, the driver's exactness budget for an alternative backend).
 
 Usage: python bench/inference_backends.py [--calls 200] [--period 0.05] [--threads 1]
-                                         [--warm-lead 2]
+                                         [--warm-lead 10]
 Needs requirements-bench.txt (onnx, onnxruntime, openvino); missing backends are skipped.
 """
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main(argv=None):
     parser.add_argument('--period', type=float, default=0.05, help='paced mode period (s)')
     parser.add_argument('--threads', type=int, default=1, help='intra-op threads everywhere')
     parser.add_argument('--skip', default='', help='comma-separated backends to skip')
-    parser.add_argument('--warm-lead', type=float, default=2.0,
+    parser.add_argument('--warm-lead', type=float, default=10.0,
                         help='ms between the warm-up call and the timed call')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
