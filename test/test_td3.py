@@ -14,6 +14,7 @@ from av_td3_ros.learning.td3 import (
     Batch,
     DeviceBatch,
     TD3Config,
+    bootstrap_mask,
     frames_to_float,
     native_bf16,
     resolve_device,
@@ -843,3 +844,28 @@ def test_a_relative_critic_reads_actions_as_offsets_from_the_target_actor():
         action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
         expected = agent.critic.Q1(state, action - anchor).mean()
     torch.testing.assert_close(actor_metrics['actor_q'], expected)
+
+
+def test_bootstrapped_members_learn_from_their_own_fixed_half_of_the_data():
+    with pytest.raises(ValueError, match='indices'):
+        make_agent(critic_members=2, critic_bootstrap=True).critic_loss(make_batch())
+    indices = torch.arange(10_000)
+    masks = [bootstrap_mask(indices, member) for member in range(3)]
+    assert all(0.48 < float(mask.mean()) < 0.52 for mask in masks)
+    assert 0.45 < float((masks[0] == masks[1]).float().mean()) < 0.55  # independent halves
+    assert torch.equal(bootstrap_mask(indices.flip(0), 1), masks[1].flip(0))
+
+    agent = make_agent(critic_members=2, critic_bootstrap=True, seed=9)
+    batch = dataclasses.replace(make_batch(size=32, seed=15), indices=np.arange(500, 532))
+    b = agent.prepare(batch)
+    noise_state = agent._noise_gen.get_state()
+    loss, _ = agent.critic_loss(b)
+    agent._noise_gen.set_state(noise_state)
+    expected = 0.0
+    with torch.no_grad():
+        for member, y in enumerate(agent.member_targets(b)):
+            mask = bootstrap_mask(b.indices, member)
+            state = torch.cat([agent.member_cnns[member](b.obs), b.obs_vec], 1)
+            for q in agent.member_critics[member](state, b.actions):
+                expected += ((q.squeeze(1) - y).square() * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss.detach(), expected)

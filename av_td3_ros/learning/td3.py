@@ -126,6 +126,12 @@ class TD3Config:
     action wherever the data do not vary the action enough to identify it (README
     "Fine-tuning with TD3"); `actor_objective: agreement` reads that disagreement. Each
     member costs one more critic CNN forward and backward per update."""
+    critic_bootstrap: bool = False
+    """Each critic member learns from its own fixed half of the transitions (chosen by the
+    transition's buffer index, `bootstrap_mask`), as a bootstrapped ensemble (Osband et al.
+    2016, arXiv:1602.04621): where a slope of Q is only a quirk of the data at hand, members
+    that saw different halves disagree on it, and `actor_objective: agreement` does not
+    follow it. Needs batches that carry their buffer indices (the replay buffer's do)."""
     critic_action: str = 'absolute'
     """How the critic reads the action: absolute (TD3) or relative (its offset from the
     target actor's action at the same state). The stored actions are the acting policy's
@@ -213,6 +219,19 @@ class DeviceBatch(NamedTuple):
     next_vec: torch.Tensor
     terminated: torch.Tensor
     truncated: torch.Tensor
+    indices: torch.Tensor | None = None
+    """The transitions' replay-buffer indices (int64), when the batch came with them."""
+
+
+def bootstrap_mask(indices: torch.Tensor, member: int) -> torch.Tensor:
+    """Return 1.0 for the transitions (by buffer index) that critic `member` learns from.
+
+    A fixed pseudo-random half per member: an integer hash of (index, member), so a
+    transition keeps its place in every batch it is drawn in, and in a resumed run.
+    """
+    mixed = (indices.to(torch.int64) * 2654435761 + (member + 1) * 1013904223) % 2**32
+    mixed = ((mixed ^ (mixed >> 15)) * 668265261) % 2**32
+    return ((mixed >> 13) & 1).to(torch.float32)
 
 
 def frames_to_float(frames: torch.Tensor, scale: str = 'zero_centered',
@@ -456,6 +475,8 @@ class TD3:
                 next_vec=self._to_device(batch.next_vec, f32).reshape(size, -1),
                 terminated=self._to_device(batch.terminated).reshape(size).to(f32),
                 truncated=self._to_device(batch.truncated).reshape(size).to(f32),
+                indices=(None if getattr(batch, 'indices', None) is None
+                         else self._to_device(np.asarray(batch.indices, np.int64))),
             )
 
     # ---- losses ---------------------------------------------------------------------------
@@ -565,14 +586,22 @@ class TD3:
             given = self._to_device(returns, torch.float32).reshape(targets[0].shape)
             given = given * self.config.reward_scale
             targets = [torch.where(torch.isnan(given), y, given) for y in targets]
+        if self.config.critic_bootstrap and b.indices is None:
+            raise ValueError('critic_bootstrap needs batches with their buffer indices')
         loss, first = 0.0, None
         actions = self.critic_input(b.actions, self.action_anchor(b.obs, b.obs_vec))
         with torch.profiler.record_function('td3.critic_forward'):
-            for cnn, critic, y in zip(self.member_cnns, self.member_critics, targets, strict=True):
+            for member, (cnn, critic, y) in enumerate(zip(
+                    self.member_cnns, self.member_critics, targets, strict=True)):
                 with self._autocast():
                     state = torch.cat([cnn(b.obs), b.obs_vec], dim=1)
                     values = [q.float().squeeze(1) for q in critic(state, actions)]
-                loss = loss + sum(F.mse_loss(q, y) for q in values)
+                if self.config.critic_bootstrap:
+                    mask = bootstrap_mask(b.indices, member)
+                    share = mask.sum().clamp_min(1.0)
+                    loss = loss + sum(((q - y).square() * mask).sum() / share for q in values)
+                else:
+                    loss = loss + sum(F.mse_loss(q, y) for q in values)
                 first = values if first is None else first
         q1, q2 = first[0], first[1]
         unit = 1.0 / self.config.reward_scale

@@ -79,6 +79,8 @@ TRAINER = Schema(
                                           'data)'),
     _from(TD3Config, 'critic_members')('independent critics, each with its own CNN (1: TD3)',
                                        1, 16),
+    _from(TD3Config, 'critic_bootstrap')('each critic member learns from its own fixed half '
+                                         'of the transitions'),
     _from(TD3Config, 'critic_action')("how the critic reads the action: absolute (TD3) or "
                                       "relative to the target actor's action"),
     _from(TD3Config, 'actor_objective')('what the actor maximises: q1 (TD3), min (the '
@@ -156,7 +158,7 @@ def config_from_values(v: dict) -> TrainerConfig:
                'policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'target_encoders',
                'precision', 'critic_warmup_updates', 'bc_weight', 'bc_alpha', 'device',
                'critic_heads', 'critic_layer_norm', 'reward_scale', 'actor_objective',
-               'critic_members', 'critic_action',
+               'critic_members', 'critic_action', 'critic_bootstrap',
                'trust_region_weight',
                'seed'),
         # 0 disables clipping (TD3Config takes None for that).

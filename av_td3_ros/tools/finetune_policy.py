@@ -27,6 +27,7 @@ def build_config(args) -> FinetuneConfig:
                   freeze_actor_encoder=args.freeze_actor_encoder,
                   critic_heads=args.critic_heads, actor_objective=args.actor_objective,
                   critic_members=args.critic_members, critic_action=args.critic_action,
+                  critic_bootstrap=args.critic_bootstrap,
                   gamma=args.gamma, trust_region_weight=args.trust_region_weight,
                   critic_layer_norm=args.critic_layer_norm, reward_scale=args.reward_scale,
                   policy_frequency=args.policy_frequency)
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
                         help='critic updates per actor update')
     parser.add_argument('--critic-members', type=int, default=base_td3.critic_members,
                         help='independent critics, each with its own CNN (1: TD3)')
+    parser.add_argument('--critic-bootstrap', action='store_true',
+                        help='each critic member learns from its own fixed half of the data')
     parser.add_argument('--critic-action', choices=CRITIC_ACTIONS,
                         default=base_td3.critic_action,
                         help="how the critic reads the action: as is (TD3) or relative to the "
