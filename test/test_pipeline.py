@@ -145,6 +145,15 @@ def test_warm_ups_between_frames_change_nothing_the_frames_get(policy, mode):
     assert not warmed.warm_up()
 
 
+@pytest.mark.parametrize('exploration', [ExplorationConfig(mode='expert'),
+                                         ExplorationConfig(mode='explore', random_steps=10)])
+def test_no_warm_up_when_the_next_frame_will_not_run_the_policy(exploration):
+    runner = ConstantRunner([0.1, 0.2])
+    pipeline = DrivingPipeline(SPEC, runner, exploration)
+    pipeline.step(camera_frame(0), pose(0), 4.0, ROUTE)
+    assert not pipeline.warm_up() and runner.calls == 0
+
+
 # --- no policy / non-finite ----------------------------------------------------------------------
 
 def test_no_policy_gives_safe_stop():

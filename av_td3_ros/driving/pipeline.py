@@ -161,10 +161,11 @@ class DrivingPipeline:
         Nothing that a later `step` reads changes: this only brings the network's weights
         back into the CPU caches before a frame is due (`frame_pacer`). The preprocessing is
         not rerun: the next frame's pixels are new memory anyway, and measured, a rerun did
-        not make it faster. Return False when there is nothing to run (no frame yet, or no
-        policy).
+        not make it faster. Return False when there is nothing to run: no frame yet, no
+        policy, or the next frame will not use it (expert mode, random exploration).
         """
-        if self.steps == 0 or self.runner is None:
+        if (self.steps == 0 or self.runner is None or self.exploration.mode == 'expert'
+                or self.exploring_randomly):
             return False
         self.runner.act(self.stack.frames, self.kinematics)
         return True
