@@ -574,11 +574,12 @@ class TD3:
             return targets
 
     def critic_loss(self, batch, returns=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return the sum over heads of MSE(Qi, y) and detached metrics; trains CNN + heads.
+        """Return the sum over members and heads of MSE(Qi, y) and detached metrics.
 
-        y is the TD target; where `returns` (B,) holds a number instead of NaN, y is that
-        number (e.g. a Monte Carlo return of the behaviour policy during a critic warm-up)
-        times `reward_scale`. The Q metrics are in reward units.
+        y is each member's TD target; where `returns` (B,) holds a number instead of NaN, y
+        is that number (e.g. a Monte Carlo return of the behaviour policy during a critic
+        warm-up) times `reward_scale`. With `critic_bootstrap` each member's mean runs over
+        its own half of the batch. The Q metrics are the first member's, in reward units.
         """
         b = self.prepare(batch)
         targets = self.member_targets(b)
