@@ -703,7 +703,9 @@ class TD3:
                 loss = loss + config.bc_weight * bc
                 metrics['actor_bc_mse'] = bc.detach()
             if config.trust_region_weight > 0.0:
-                drift = (action - self._target_policy(b.obs, b.obs_vec)).square().mean()
+                # A relative critic's anchor is this same target action: computed once.
+                target = anchor if anchor is not None else self._target_policy(b.obs, b.obs_vec)
+                drift = (action - target).square().mean()
                 loss = loss + config.trust_region_weight * drift
                 metrics['actor_drift_mse'] = drift.detach()
             if self.config.actor_pretanh_penalty > 0.0:
@@ -730,7 +732,7 @@ class TD3:
                 # foreach clipping multiplies by a clamped coefficient: no host sync.
                 norms = [nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
                          for params in param_groups]
-                norm = norms[0] if len(norms) == 1 else torch.stack(norms).max()
+                norm = torch.stack(norms).max()
             optimizer.step()
         return norm
 
