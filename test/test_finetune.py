@@ -84,17 +84,24 @@ def test_finetune_starts_from_the_checkpoint_and_its_actor_moves(tmp_path, start
         tuner.close()
 
 
-def test_cli_writes_a_policy_and_prints_the_summary(tmp_path, start_checkpoint, capsys):
+@pytest.mark.parametrize('options', [[], ['--trust-region-weight', '1', '--trust-region-anchor',
+                                            'trusted', '--trust-gate-episodes', '1']])
+def test_cli_writes_a_policy_and_prints_the_summary(tmp_path, start_checkpoint, capsys,
+                                                    options):
     out, last = tmp_path / 'out.safetensors', tmp_path / 'last.safetensors'
     code = finetune_main(['--start', str(start_checkpoint), '--out', str(out),
                           '--last-out', str(last),
                           '--cpu-minutes', '0.05', '--prefill', '10', '--critic-warmup', '2',
                           '--eval-every', '10', '--eval-seeds', '7', '--precision', 'fp32',
-                          '--sim-steps', '30', '--sim-size', '96x64'])
+                          '--sim-steps', '30', '--sim-size', '96x64'] + options)
     assert code == 0 and out.exists()
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith('start ') and 'CPU-minutes' in lines[-1]
     report = json.loads(lines[-2])
+    # With the gate, every evaluation says what it decided so far.
+    assert all(('gate' in e) == bool(options) for e in report['evaluations'])
+    config = json.loads(metadata_of(out)['finetune_config'])
+    assert config['trust_gate_episodes'] == (1 if options else 0)
     assert np.isfinite(report['start_return'])
     # The last policy is the one the run ended with: named by the run's final update count.
     assert metadata_of(last)['step'] == str(report['updates']) != '0'
@@ -172,3 +179,30 @@ def test_the_learner_gets_the_runs_schedule(tmp_path, start_checkpoint, final, a
         assert tuner.learner.bc_weight() == (1.0 if final is None else 0.625)
     finally:
         tuner.close()
+
+
+def test_a_reverted_actor_replaces_the_acting_policy_at_once(tmp_path, start_checkpoint):
+    config = dataclasses.replace(
+        tiny_config(trust_region_weight=1.0, trust_region_anchor='trusted', actor_lr=1e-2),
+        trust_gate_episodes=2)
+    start, _ = load_policy(start_checkpoint)
+    tuner = Finetuner(start_checkpoint, tmp_path / 'run', config, log=lambda line: None)
+    try:
+        assert tuner.learner.config.trust_gate_episodes == 2
+        while tuner.report.env_steps < 20:
+            tuner.act_once()
+        for _ in range(10):  # past the warm-up; the acting copy synced at 5 and 10
+            tuner.learn_once()
+        assert any(not torch.equal(v, start.state_dict()[k])
+                   for k, v in tuner.acting.state_dict().items())
+        tuner.learner.gate_pending = 'revert'  # as the gate decides on a poor trial
+        tuner.learn_once()  # update 11: no sync is due, the revert reaches the driver anyway
+        acting = tuner.acting.state_dict()
+        for name, value in tuner.agent.policy_state().items():
+            assert torch.equal(acting[name], value)
+        # One update after the revert: the actor left the start by a single step only.
+        assert max(float((acting[k] - v).abs().max()) for k, v in start.state_dict().items()
+                   if v.is_floating_point()) < 0.05
+    finally:
+        tuner.close()
+

@@ -276,3 +276,82 @@ def test_a_state_of_another_spec_is_refused_naming_the_difference(tmp_path):
     with pytest.raises(ResumeError, match="preprocessing.scale: trainer 'unit'"):
         Learner(config(run, spec=other))
     Learner(config(run)).close()  # the refused learner let go of the run directory
+
+
+GATED = dict(td3=dict(trust_region_anchor='trusted', trust_region_weight=1.0,
+                      critic_warmup_updates=2, policy_frequency=1, actor_lr=1e-2),
+             trust_gate_episodes=1)
+
+
+def store_episode(learner: Learner, episode_return: float, seed: int, length: int = 10):
+    """Store one episode of random frames whose trainer return is `episode_return`."""
+    items = list(experience(length, seed, episode_length=length))
+    ending = items.pop()
+    assert isinstance(ending, EpisodeEnd)
+    for item in items + [EpisodeEnd(episode_return, ending.steps, ending.reason, False)]:
+        learner.store('ego', item)
+
+
+def run_due_updates(learner: Learner):
+    while learner.due() == 'td3':
+        learner.td3_step()
+
+
+def test_the_trust_gate_needs_a_trusted_anchor(tmp_path):
+    with pytest.raises(ValueError, match='trust_region_anchor'):
+        config(tmp_path, trust_gate_episodes=2)
+    with pytest.raises(ValueError, match='trust_gate_episodes'):
+        config(tmp_path, trust_gate_episodes=-1,
+               td3=dict(trust_region_anchor='trusted'))
+
+
+def test_the_trust_gate_reverts_a_harmful_actor_advances_a_good_one_and_resumes(tmp_path):
+    run = tmp_path / 'run'
+    learner = Learner(config(run, **GATED))
+    try:
+        start = actor_state(learner)
+        store_episode(learner, 900.0, seed=1)  # the starting policy's: the reference
+        store_episode(learner, 880.0, seed=2)
+        run_due_updates(learner)
+        moved = actor_state(learner)
+        assert not same_state(moved, start)
+        assert latest_policy(run / 'checkpoints') is None
+
+        store_episode(learner, -90.0, seed=3)  # the moved actor left the road
+        learner.td3_step()
+        assert learner.gate_decisions == {'advance': 0, 'revert': 1}
+        # Reverted before this update's actor step: one step away from the start, not more.
+        assert learner.agent.trusted_actor is not None
+        assert same_state(trusted_state(learner), start)
+        saved = latest_policy(run / 'checkpoints')  # drivers get the reverted policy at once
+        assert saved is not None
+        assert same_state(load_policy(saved, PolicySpec())[0].state_dict(), start)
+        run_due_updates(learner)
+
+        store_episode(learner, 950.0, seed=4)  # the next move held
+        before = actor_state(learner)
+        learner.td3_step()
+        assert learner.gate_decisions == {'advance': 1, 'revert': 1}
+        assert same_state(trusted_state(learner), before)
+        assert learner.gate.reference == [950.0]
+        learner.save_state()
+        expected = learner.gate.state(), dict(learner.gate_decisions)
+    finally:
+        learner.close(save=False)
+    again = Learner(config(run, **GATED))
+    try:
+        assert (again.gate.state(), again.gate_decisions) == expected
+        assert same_state(trusted_state(again), before)
+    finally:
+        again.close(save=False)
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def trusted_state(learner: Learner) -> dict:
+    agent = learner.agent
+    state = {f'cnn.{k}': v for k, v in agent.trusted_actor_cnn.state_dict().items()}
+    state.update({f'actor.{k}': v for k, v in agent.trusted_actor.state_dict().items()})
+    return {k: v.detach().clone() for k, v in state.items()}

@@ -76,6 +76,8 @@ def test_config_rejects_bad_values_by_name():
         TD3Config(policy_frequency=0)
     with pytest.raises(ValueError, match='actor_pretanh_penalty'):
         TD3Config(actor_pretanh_penalty=-1e-3)
+    with pytest.raises(ValueError, match='trust_region_anchor'):
+        TD3Config(trust_region_anchor='expert')
     assert TD3Config.from_dict(TD3Config(gamma=0.9).to_dict() | {'future_key': 1}).gamma == 0.9
 
 
@@ -709,20 +711,27 @@ def test_min_over_heads_peaks_on_the_data_where_q1_alone_runs_to_a_corner(seed):
 def test_trust_region_term_pulls_towards_the_target_actor_and_needs_no_labels():
     batch = make_batch(size=16, seed=11)
     agent = make_agent(trust_region_weight=0.5, bc_alpha=2.5)
-    b = agent.prepare(batch)
     with torch.no_grad():  # move the online actor away from its target
         for param in agent.actor.parameters():
             param.add_(0.05)
+    drift = assert_trust_region_loss(agent, batch, agent.target_actor_cnn, agent.target_actor,
+                                     weight=0.5)
+    assert float(drift) > 0.0
+
+
+def assert_trust_region_loss(agent, batch, anchor_cnn, anchor_actor, weight):
+    """Check the actor loss against TD3+BC's normalised Q term plus the drift; return it."""
+    b = agent.prepare(batch)
     loss, metrics = agent.actor_loss(batch)
     with torch.no_grad():
         action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
-        anchor = agent.target_actor(torch.cat([agent.target_actor_cnn(b.obs), b.obs_vec], 1))
+        anchor = anchor_actor(torch.cat([anchor_cnn(b.obs), b.obs_vec], 1))
         q = agent.critic.Q1(torch.cat([agent.critic_cnn(b.obs), b.obs_vec], 1), action)
         drift = (action - anchor).square().mean()
-        expected = -2.5 * q.mean() / q.abs().mean() + 0.5 * drift
-    assert float(drift) > 0.0
+        expected = -2.5 * q.mean() / q.abs().mean() + weight * drift
     torch.testing.assert_close(metrics['actor_drift_mse'], drift)
     torch.testing.assert_close(loss.detach(), expected)
+    return drift
 
 
 def test_trust_region_alone_brings_the_actor_back_to_its_target():
@@ -734,6 +743,62 @@ def test_trust_region_alone_brings_the_actor_back_to_its_target():
             param.add_(0.05)
     drifts = [float(agent.update(batch)['actor_drift_mse']) for _ in range(60)]
     assert drifts[-1] < 0.1 * drifts[0]
+
+
+def test_a_trusted_anchor_holds_still_while_the_actor_and_its_target_move():
+    batch = make_batch(size=16, seed=13)
+    agent = make_agent(trust_region_weight=0.5, trust_region_anchor='trusted',
+                       policy_frequency=1, actor_lr=1e-2)
+    trusted = snapshot(agent.trusted_actor)
+    for _ in range(3):
+        agent.update(batch)
+    assert same(snapshot(agent.trusted_actor), trusted)
+    assert not same(snapshot(agent.actor), trusted)
+    assert not same(snapshot(agent.target_actor), trusted)
+    assert_trust_region_loss(agent, batch, agent.trusted_actor_cnn, agent.trusted_actor,
+                             weight=0.5)
+
+
+def test_trust_actor_moves_the_anchor_and_revert_actor_returns_to_it():
+    batch = make_batch(size=16, seed=14)
+    agent = make_agent(trust_region_weight=1.0, trust_region_anchor='trusted',
+                       policy_frequency=1)
+    start = snapshot(agent.actor), snapshot(agent.actor_cnn)
+    agent.update(batch)
+    agent.trust_actor()
+    trusted = snapshot(agent.actor), snapshot(agent.actor_cnn)
+    assert not same(trusted[0], start[0])
+    assert same(snapshot(agent.trusted_actor), trusted[0])
+    assert same(snapshot(agent.trusted_actor_cnn), trusted[1])
+    for _ in range(2):
+        agent.update(batch)
+    assert not same(snapshot(agent.actor), trusted[0])
+    assert agent.actor_optimizer.state
+    agent.revert_actor()
+    for module in (agent.actor, agent.target_actor):
+        assert same(snapshot(module), trusted[0])
+    for module in (agent.actor_cnn, agent.target_actor_cnn):
+        assert same(snapshot(module), trusted[1])
+    assert not agent.actor_optimizer.state  # moments of the harmful move are gone
+    assert agent.update(batch)['actor_loss'].isfinite()  # Adam starts afresh
+
+
+def test_load_policy_state_makes_the_policy_trusted_and_the_state_resumes_it():
+    policy = ActorPolicy(SMALL)
+    agent = make_agent(trust_region_anchor='trusted', trust_region_weight=1.0)
+    agent.load_policy_state(policy.state_dict())
+    assert same(snapshot(agent.trusted_actor), snapshot(policy.actor))
+    assert same(snapshot(agent.trusted_actor_cnn), snapshot(policy.cnn))
+    tensors, metadata = agent.state_tensors()
+    assert any(name.startswith('trusted_actor_cnn.') for name in tensors)
+    fresh = make_agent(trust_region_anchor='trusted', trust_region_weight=1.0, seed=9)
+    fresh.load_state_tensors(tensors, metadata)
+    assert same(snapshot(fresh.trusted_actor), snapshot(policy.actor))
+    # Without a trusted anchor the state has no trusted tensors, and nothing to trust.
+    plain = make_agent()
+    assert not any(name.startswith('trusted') for name in plain.state_tensors()[0])
+    with pytest.raises(ValueError, match='trusted'):
+        plain.revert_actor()
 
 
 def test_critic_members_leave_the_first_critic_and_the_q1_actor_as_in_td3():

@@ -43,6 +43,7 @@ from ..sim.sim_env import SimEnv, SimEnvConfig
 from .checkpoint import PolicySpec, load_policy, save_policy_state
 from .learner import Learner, LearnerConfig, check_update_choices
 from .mc_returns import MonteCarloReturns
+from .policy_gate import REVERT
 from .replay_buffer import ReplayBuffer
 from .reward import STAND_IN_GAMMA, RewardConfig
 from .td3 import TD3, TD3Config, metrics_to_floats
@@ -80,6 +81,8 @@ class FinetuneConfig:
     bc_anneal_updates: int = 20000
     """Updates (after the critic warm-up) over which bc_weight reaches bc_weight_final
     (0: bc_weight stays constant)."""
+    trust_gate_episodes: int = 0
+    """See `LearnerConfig.trust_gate_episodes`."""
     cpu_minutes: float = 30.0
     """Budget: process CPU time spent acting and learning (evaluations not counted)."""
     prefill_steps: int = 2000
@@ -133,7 +136,8 @@ class FinetuneConfig:
             initial_policy=str(start), warmup_targets=self.warmup_targets,
             mc_after_warmup=self.mc_after_warmup, bc_labels=self.bc_labels,
             bc_weight_final=self.bc_weight_final if annealed else 0.0,
-            bc_anneal_updates=self.bc_anneal_updates if annealed else 0)
+            bc_anneal_updates=self.bc_anneal_updates if annealed else 0,
+            trust_gate_episodes=self.trust_gate_episodes)
 
 
 _NEVER = 2 ** 62
@@ -186,6 +190,7 @@ class Finetuner:
         self._stamp = 0
         self._train_seed = config.train_seed_start
         self._episode_open = False
+        self._reverts_seen = 0
         self._cpu = 0.0  # CPU seconds of acting and learning (evaluations excluded)
 
     @property
@@ -257,7 +262,11 @@ class Finetuner:
     def learn_once(self) -> dict[str, torch.Tensor]:
         """Run one of the trainer's TD3 updates; refresh the acting policy on its cadence."""
         metrics = self.learner.td3_step()
-        if self.agent.total_updates % self.config.sync_every == 0:
+        # A reverted actor replaces the acting policy at once, as its checkpoint would.
+        reverts = self.learner.gate_decisions[REVERT]
+        if (self.agent.total_updates % self.config.sync_every == 0
+                or reverts != self._reverts_seen):
+            self._reverts_seen = reverts
             self.acting.load_state_dict(self.agent.policy_state())
         return metrics
 
@@ -317,6 +326,8 @@ class Finetuner:
                   'returns': [round(r.episode_return, 1) for r in results],
                   'laps': sum(r.lap_complete for r in results),
                   'critic': self.value_diagnostics()}
+        if self.learner.gate is not None:
+            record['gate'] = dict(self.learner.gate_decisions)
         self.report.evaluations.append(record)
         if not self.report.evaluations[:-1]:
             self.report.start_return = value
@@ -353,8 +364,10 @@ class Finetuner:
                 last_log = time.monotonic()
                 values = metrics_to_floats(metrics)
                 recent = [e['sim_return'] for e in self.report.episodes[-5:]]
+                gate = (f'trust gate {self.learner.gate_decisions}, '
+                        if self.learner.gate is not None else '')
                 self.log(f'[finetune] {steps} steps, {self.agent.total_updates} updates, '
-                         f'{self._cpu / 60:.1f} CPU-min, recent sim returns {recent}, '
+                         f'{self._cpu / 60:.1f} CPU-min, recent sim returns {recent}, {gate}'
                          + ', '.join(f'{k} {v:.3g}' for k, v in sorted(values.items())))
         self.evaluate()
         self.report.updates = self.agent.total_updates

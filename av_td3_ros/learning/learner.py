@@ -52,6 +52,7 @@ from .checkpoint import (
 )
 from .config_diff import config_differences
 from .mc_returns import MonteCarloReturns
+from .policy_gate import ADVANCE, REVERT, EvidenceGate
 from .replay_buffer import Batch, ReplayBuffer
 from .td3 import TD3, TD3Config, metrics_to_floats
 from .transitions import AssemblerOutput, EpisodeEnd, EpisodeStart, Transition
@@ -110,10 +111,21 @@ class LearnerConfig:
     bc_anneal_updates: int = 0
     """TD3 updates after the critic warm-up over which td3.bc_weight moves linearly to
     `bc_weight_final` (0: constant bc_weight)."""
+    trust_gate_episodes: int = 0
+    """Move the trusted actor (`td3.trust_region_anchor: trusted`) on evidence: after each
+    trial of this many episodes, the actor becomes the trusted one if the trial's mean
+    return matches the trusted policy's, and goes back to it if not
+    (`learning/policy_gate.py`). 0: the trusted actor stays the starting policy."""
 
     def __post_init__(self):
         """Refuse unknown choices by name (a typo must not silently pick another rule)."""
         check_update_choices(self.warmup_targets, self.bc_labels)
+        if self.trust_gate_episodes < 0:
+            raise ValueError(f'trust_gate_episodes must be >= 0, got {self.trust_gate_episodes}')
+        if self.trust_gate_episodes and self.td3.trust_region_anchor != 'trusted':
+            raise ValueError("trust_gate_episodes needs td3.trust_region_anchor 'trusted' "
+                             f'(got {self.td3.trust_region_anchor!r}): the gate moves that '
+                             'anchor')
 
 
 def check_update_choices(warmup_targets: str, bc_labels: str):
@@ -219,6 +231,10 @@ class Learner:
         self.updates_since_log = 0
         self._bc_losses: list[float] = []  # first and latest pretraining losses, for the log
         self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
+        self.gate = EvidenceGate(config.trust_gate_episodes) if config.trust_gate_episodes \
+            else None
+        self.gate_pending: str | None = None  # decided on an episode's end, applied by updates
+        self.gate_decisions = {ADVANCE: 0, REVERT: 0}
         self.rng: np.random.Generator | None = None
         try:
             for stale in remove_stale_run_temps(config.run_dir):
@@ -268,6 +284,10 @@ class Learner:
         if mine:
             self.returns.load_state(mine['learner.mc_returns'].numpy(),
                                     mine['learner.mc_indices'].numpy())
+        if self.gate is not None and 'gate' in counters:
+            self.gate.load_state(counters['gate']['state'])
+            self.gate_pending = counters['gate']['pending']
+            self.gate_decisions = dict(counters['gate']['decisions'])
         bc = f' (+ {self.bc_updates} BC)' if self.bc_updates else ''
         self.log.info(f'resumed {path}: {self.agent.total_updates} updates{bc}, '
                       f'{self.env_steps} env steps, buffer {self.buffer.size}')
@@ -293,6 +313,9 @@ class Learner:
             counters = {'env_steps': self.env_steps, 'episodes': self.episodes,
                         'bc_updates': self.bc_updates,
                         'sampler': self.rng.bit_generator.state}
+            if self.gate is not None:
+                counters['gate'] = {'state': self.gate.state(), 'pending': self.gate_pending,
+                                    'decisions': self.gate_decisions}
             values, indices = self.returns.state()
         tensors, metadata = self.agent.state_tensors()
         tensors['learner.mc_returns'] = torch.from_numpy(values)
@@ -335,6 +358,8 @@ class Learner:
                     self.buffer.start_episode(item.frame, item.vec, stream=role)
                     self._broken_streams.discard(role)
                     self.returns.start(role)
+                    if self.gate is not None:
+                        self.gate.on_episode_start(role)
                 elif isinstance(item, Transition):
                     index = self.buffer.add(item.action, item.reward, item.next_frame,
                                             item.next_vec, item.terminated, item.truncated,
@@ -357,6 +382,10 @@ class Learner:
         if isinstance(item, EpisodeEnd):
             with self.buffer_lock:
                 self.returns.finish(role)
+                if self.gate is not None:
+                    decision = self.gate.on_episode_end(role, item.episode_return)
+                    # A later decision replaces one not yet applied: it saw more episodes.
+                    self.gate_pending = decision or self.gate_pending
             self.episodes += 1
             self.recent_returns = (self.recent_returns + [item.episode_return])[-20:]
             record = {'episode': self.episodes, 'vehicle': role,
@@ -444,9 +473,36 @@ class Learner:
         self._after_update(batch, metrics, 'pretrain')
         return metrics
 
+    def _apply_gate(self):
+        """Carry out the evidence gate's pending decision (on the update thread).
+
+        A reverted actor is saved at once, so drivers stop running the policy that did harm.
+        """
+        with self.buffer_lock:
+            decision, self.gate_pending = self.gate_pending, None
+            if self.agent.total_updates >= self.config.td3.critic_warmup_updates:
+                self.gate.open()
+            trial = self.gate.trial_id
+            reference = list(self.gate.reference)
+        if decision is None:
+            return
+        self.gate_decisions[decision] += 1
+        mean = sum(reference) / len(reference) if reference else float('nan')
+        if decision == ADVANCE:
+            self.agent.trust_actor()
+            self.log.info(f'trust gate: trial {trial - 1} held (mean return {mean:.1f}): the '
+                          f'actor after {self.updates} updates is now trusted')
+        else:
+            self.agent.revert_actor()
+            self.log.warning(f'trust gate: trial {trial - 1} fell short of the trusted mean '
+                             f'{mean:.1f}: the actor goes back to the trusted one')
+            self.save_policy()
+
     def td3_step(self) -> dict[str, torch.Tensor]:
         """Run one TD3 (or TD3+BC) update on a sampled batch."""
         config = self.config
+        if self.gate is not None:
+            self._apply_gate()
         monte_carlo = uses_monte_carlo_targets(
             self.agent.total_updates, config.td3.critic_warmup_updates, config.warmup_targets,
             config.mc_after_warmup)

@@ -35,6 +35,7 @@ OPTIMIZER_IMPLS = ('fused', 'foreach', 'for_loop')
 PRECISIONS = ('fp32', 'bf16', 'auto')
 ACTOR_OBJECTIVES = ('q1', 'min', 'agreement')
 CRITIC_ACTIONS = ('absolute', 'relative')
+TRUST_ANCHORS = ('target', 'trusted')
 STATE_FORMAT = 'av_td3_ros.td3/1'
 
 
@@ -103,7 +104,15 @@ class TD3Config:
     go anywhere the critic leads, but each step stays near the policy the data came from
     while the critic learns what the change does. With a weight > 0 the Q term is
     normalised as in TD3+BC (alpha / mean |Q|). On the stand-in it delays the collapse of
-    plain TD3 fine-tuning but does not stop it (README "Fine-tuning with TD3")."""
+    plain TD3 fine-tuning but does not stop it (README "Fine-tuning with TD3"). With
+    `trust_region_anchor: trusted` the anchor is another policy."""
+    trust_region_anchor: str = 'target'
+    """What the trust region pulls the actor towards: target (the Polyak-averaged target
+    actor, which follows the actor on a clock) or trusted (a frozen copy of the actor,
+    `trusted_actor_cnn` and `trusted_actor`, set when the actor is loaded and moved only by
+    `trust_actor`; `revert_actor` puts the actor back on it). The learner's evidence gate
+    (`learning/policy_gate.py`) moves it when the acting policy's own episodes show that
+    the actor's move did no harm, and reverts the actor when they show harm."""
     freeze_actor_encoder: bool = False
     """Train only the actor's MLP head, keeping its CNN as it started (a cloned policy's
     visual features then cannot be worn down by the critic's noisy action gradients)."""
@@ -174,6 +183,9 @@ class TD3Config:
         if self.critic_action not in CRITIC_ACTIONS:
             raise ValueError(f'critic_action must be one of {CRITIC_ACTIONS}, '
                              f'got {self.critic_action!r}')
+        if self.trust_region_anchor not in TRUST_ANCHORS:
+            raise ValueError(f'trust_region_anchor must be one of {TRUST_ANCHORS}, '
+                             f'got {self.trust_region_anchor!r}')
         if self.actor_objective not in ACTOR_OBJECTIVES:
             raise ValueError(f'actor_objective must be one of {ACTOR_OBJECTIVES}, '
                              f'got {self.actor_objective!r}')
@@ -350,6 +362,11 @@ class TD3:
             self.target_actor_cnn = None
             self.member_target_cnns = [None] * self.config.critic_members
         self.target_critic_cnn = self.member_target_cnns[0]
+        if self.config.trust_region_anchor == 'trusted':
+            self.trusted_actor_cnn = self._target_of(self.actor_cnn)
+            self.trusted_actor = self._target_of(self.actor)
+        else:
+            self.trusted_actor_cnn = self.trusted_actor = None
 
         self._noise_gen = torch.Generator(device=self.device)
         if seed is not None:
@@ -432,6 +449,9 @@ class TD3:
             named['target_actor_cnn'] = self.target_actor_cnn
             for prefix, _, _, target_cnn, _ in members:
                 named[f'target_{prefix}_cnn'] = target_cnn
+        if self.trusted_actor is not None:
+            named['trusted_actor_cnn'] = self.trusted_actor_cnn
+            named['trusted_actor'] = self.trusted_actor
         return named
 
     # ---- data -----------------------------------------------------------------------------
@@ -625,6 +645,12 @@ class TD3:
                 action = self.target_actor(torch.cat([cnn(frames), vec], dim=1))
             return action.float()
 
+    def _trusted_policy(self, frames: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """Return the trusted actor's actions (float32, no grad)."""
+        with torch.no_grad(), self._autocast():
+            action = self.trusted_actor(torch.cat([self.trusted_actor_cnn(frames), vec], dim=1))
+        return action.float()
+
     @torch.no_grad()
     def critic_states(self, b: DeviceBatch) -> list[torch.Tensor]:
         """Return each critic member's CNN features + kinematic vector at the observations."""
@@ -703,8 +729,12 @@ class TD3:
                 loss = loss + config.bc_weight * bc
                 metrics['actor_bc_mse'] = bc.detach()
             if config.trust_region_weight > 0.0:
-                # A relative critic's anchor is this same target action: computed once.
-                target = anchor if anchor is not None else self._target_policy(b.obs, b.obs_vec)
+                if config.trust_region_anchor == 'trusted':
+                    target = self._trusted_policy(b.obs, b.obs_vec)
+                elif anchor is not None:  # a relative critic's anchor: the same target action
+                    target = anchor
+                else:
+                    target = self._target_policy(b.obs, b.obs_vec)
                 drift = (action - target).square().mean()
                 loss = loss + config.trust_region_weight * drift
                 metrics['actor_drift_mse'] = drift.detach()
@@ -807,15 +837,45 @@ class TD3:
             metrics['actor_grad_norm'] = norm.detach()
         return metrics
 
+    # ---- the trusted actor (trust_region_anchor: trusted) ----------------------------------
+
+    def _trusted_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        if self.trusted_actor is None:
+            raise ValueError("the agent has no trusted actor (trust_region_anchor is not "
+                             "'trusted')")
+        return [(self.trusted_actor_cnn, self.actor_cnn), (self.trusted_actor, self.actor)]
+
+    @torch.no_grad()
+    def trust_actor(self):
+        """Make the current actor the trusted one: the trust region's anchor from now on."""
+        for trusted, actor in self._trusted_pairs():
+            trusted.load_state_dict(actor.state_dict())
+
+    @torch.no_grad()
+    def revert_actor(self):
+        """Put the actor and its target back on the trusted actor; forget its Adam moments.
+
+        The moments point the way the actor went, which its episodes showed was harmful; kept,
+        they would carry it the same way again. The critics are untouched: what they learnt
+        from the harmful episodes is what should change the next move.
+        """
+        targets = {self.actor_cnn: self.target_actor_cnn, self.actor: self.target_actor}
+        for trusted, actor in self._trusted_pairs():
+            for module in (actor, targets[actor]):
+                if module is not None:
+                    module.load_state_dict(trusted.state_dict())
+        self.actor_optimizer.state.clear()
+
     # ---- policy export and diagnostics ----------------------------------------------------
 
     def load_policy_state(self, state: dict[str, torch.Tensor]):
-        """Start the actor (online and target) from `ActorPolicy` weights (cnn.*, actor.*).
+        """Start the actor (online, target, trusted) from `ActorPolicy` weights (cnn.*, actor.*).
 
         Fine-tuning a cloned policy: the critics keep their fresh initialisation.
         """
-        for prefix, modules in (('cnn.', (self.actor_cnn, self.target_actor_cnn)),
-                                ('actor.', (self.actor, self.target_actor))):
+        for prefix, modules in (('cnn.', (self.actor_cnn, self.target_actor_cnn,
+                                          self.trusted_actor_cnn)),
+                                ('actor.', (self.actor, self.target_actor, self.trusted_actor))):
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             for module in modules:
                 if module is not None:

@@ -70,7 +70,10 @@ TRAINER = Schema(
                                   'actor loss (0: plain TD3)', 0.0, 1e3),
     _from(TD3Config, 'bc_alpha')("TD3+BC's alpha: the normalised Q term's weight", 0.0, 1e3),
     _from(TD3Config, 'trust_region_weight')("weight of the actor's squared distance to its "
-                                            'Polyak target (0: off)', 0.0, 1e3),
+                                            'anchor (0: off)', 0.0, 1e3),
+    _from(TD3Config, 'trust_region_anchor')("the trust region's anchor: target (the Polyak "
+                                            'target actor) or trusted (the starting policy, '
+                                            'moved only by the trust gate)'),
     _from(TD3Config, 'critic_heads')('Q heads on the critic CNN (2: TD3; more: targets from '
                                      'a random pair of them)', 2, 64),
     _from(TD3Config, 'reward_scale')('the critic learns Q of the rewards times this (Q '
@@ -142,6 +145,10 @@ TRAINER = Schema(
     _from(LearnerConfig, 'bc_anneal_updates')('TD3 updates after the critic warm-up over '
                                               'which bc_weight moves linearly to '
                                               'bc_weight_final (0: constant)', 0, 10**9),
+    _from(LearnerConfig, 'trust_gate_episodes')(
+        'episodes per trial: the actor becomes trusted if their mean return matches the '
+        'trusted policy, else goes back to it (needs trust_region_anchor trusted; 0: off)',
+        0, 10**6),
 )
 """Every trainer parameter (README "Trainer parameters"; config/trainer.yaml)."""
 
@@ -159,7 +166,7 @@ def config_from_values(v: dict) -> TrainerConfig:
                'precision', 'critic_warmup_updates', 'bc_weight', 'bc_alpha', 'device',
                'critic_heads', 'critic_layer_norm', 'reward_scale', 'actor_objective',
                'critic_members', 'critic_action', 'critic_bootstrap',
-               'trust_region_weight',
+               'trust_region_weight', 'trust_region_anchor',
                'seed'),
         # 0 disables clipping (TD3Config takes None for that).
         actor_grad_clip=v['actor_grad_clip'] or None,
@@ -181,7 +188,7 @@ def config_from_values(v: dict) -> TrainerConfig:
                'policy_topic', 'initial_policy', 'warmup_targets', 'mc_after_warmup',
                'bc_labels',
                'bc_pretrain_updates',
-               'bc_weight_final', 'bc_anneal_updates'))
+               'bc_weight_final', 'bc_anneal_updates', 'trust_gate_episodes'))
 
 
 def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:

@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 
 from ..learning.finetune import FinetuneConfig, Finetuner
 from ..learning.learner import BC_LABELS
-from ..learning.td3 import ACTOR_OBJECTIVES, CRITIC_ACTIONS
+from ..learning.td3 import ACTOR_OBJECTIVES, CRITIC_ACTIONS, TRUST_ANCHORS
 
 
 def build_config(args) -> FinetuneConfig:
@@ -29,6 +29,7 @@ def build_config(args) -> FinetuneConfig:
                   critic_members=args.critic_members, critic_action=args.critic_action,
                   critic_bootstrap=args.critic_bootstrap,
                   gamma=args.gamma, trust_region_weight=args.trust_region_weight,
+                  trust_region_anchor=args.trust_region_anchor,
                   critic_layer_norm=args.critic_layer_norm, reward_scale=args.reward_scale,
                   policy_frequency=args.policy_frequency)
     seeds = tuple(int(s) for s in args.eval_seeds.split(',')) if args.eval_seeds else ()
@@ -41,6 +42,7 @@ def build_config(args) -> FinetuneConfig:
     return replace(base, sim=sim, warmup_targets=args.warmup_targets, td3=td3,
                    mc_after_warmup=args.mc_after_warmup, bc_labels=args.bc_labels,
                    bc_weight_final=args.bc_weight_final,
+                   trust_gate_episodes=args.trust_gate_episodes,
                    cpu_minutes=args.cpu_minutes, prefill_steps=args.prefill,
                    updates_per_step=args.updates_per_step, eval_every_updates=args.eval_every,
                    exploration_noise=args.exploration_noise,
@@ -75,7 +77,15 @@ def main(argv=None) -> int:
                         help="train only the actor's MLP head")
     parser.add_argument('--trust-region-weight', type=float,
                         default=base_td3.trust_region_weight,
-                        help="weight of the actor's distance to its Polyak target (0: off)")
+                        help="weight of the actor's distance to its anchor (0: off)")
+    parser.add_argument('--trust-region-anchor', choices=TRUST_ANCHORS,
+                        default=base_td3.trust_region_anchor,
+                        help="the trust region's anchor: the Polyak target actor, or a trusted "
+                             'copy of the actor that moves only on evidence')
+    parser.add_argument('--trust-gate-episodes', type=int,
+                        default=FinetuneConfig.trust_gate_episodes,
+                        help='episodes per trial of the evidence gate that moves the trusted '
+                             'actor or reverts to it (0: the start stays trusted)')
     parser.add_argument('--gamma', type=float, default=base_td3.gamma,
                         help='discount factor')
     parser.add_argument('--critic-heads', type=int, default=base_td3.critic_heads,
