@@ -487,6 +487,9 @@ class Learner:
         if decision is None:
             return
         self.gate_decisions[decision] += 1
+        if self.tb is not None:
+            self.tb.add_scalar(f'trust_gate/{decision}s', self.gate_decisions[decision],
+                               self.updates)
         mean = sum(reference) / len(reference) if reference else float('nan')
         if decision == ADVANCE:
             self.agent.trust_actor()
