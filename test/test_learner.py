@@ -297,6 +297,21 @@ def run_due_updates(learner: Learner):
         learner.td3_step()
 
 
+def test_a_trusted_anchor_is_the_cloned_actor_after_bc_pretraining(tmp_path):
+    learner = Learner(config(tmp_path / 'run', bc_pretrain_updates=3,
+                             td3=dict(trust_region_anchor='trusted', trust_region_weight=1.0)))
+    try:
+        start = actor_state(learner)
+        feed(learner, 20)
+        run_updates(learner, 3)
+        assert learner.bc_updates == 3
+        cloned = actor_state(learner)
+        assert not same_state(cloned, start)
+        assert same_state(trusted_state(learner), cloned)
+    finally:
+        learner.close(save=False)
+
+
 def test_the_trust_gate_needs_a_trusted_anchor(tmp_path):
     with pytest.raises(ValueError, match='trust_region_anchor'):
         config(tmp_path, trust_gate_episodes=2)

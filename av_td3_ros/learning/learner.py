@@ -467,6 +467,8 @@ class Learner:
         self._bc_losses = (self._bc_losses or [metrics['bc_mse']])[:1] + [metrics['bc_mse']]
         if self.bc_updates == self.config.bc_pretrain_updates:
             self.agent.sync_targets()  # TD3 bootstraps from the cloned actor
+            if self.agent.trusted_actor is not None:
+                self.agent.trust_actor()  # the trust region holds TD3 near the clone
             first, last = self._bc_losses[0], self._bc_losses[-1]
             self.log.info(f'BC pretraining done: {self.bc_updates} updates, BC loss '
                           f'{first:.4f} -> {last:.4f}')
