@@ -12,5 +12,5 @@ echo "[test] ruff check"
 ruff check .
 echo "[test] colcon build + colcon test"
 bash scripts/colcon_test.sh
-echo "[test] pytest"
+echo "[test] pytest (free disk for its temporary files: $(df -h "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}'))"
 python -m pytest -q -p no:cacheprovider "$@"

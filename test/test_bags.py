@@ -353,7 +353,10 @@ def test_simulator_run_recorded_then_replayed_equals_offline(start_node, start_t
     from rclpy.qos import QoSProfile
     checkpoint = write_checkpoint(tmp_path / 'policy.safetensors')
     sim_params = yaml.safe_load((REPO / 'config' / 'sim_bridge.yaml').read_text())
-    sim_params['sim_bridge']['ros__parameters']['max_episode_steps'] = 12  # resets in the bag
+    sim_params['sim_bridge']['ros__parameters'].update(
+        max_episode_steps=12,  # resets in the bag
+        # A small camera keeps the recorded bag small; replay and offline see the same frames.
+        image_width=200, image_height=150)
     (tmp_path / 'sim.yaml').write_text(yaml.safe_dump(sim_params))
     _, nodes = launch_nodes(start_node, tmp_path, SIM_LAUNCH, checkpoint=str(checkpoint),
                             device='cpu', sim_params_file=str(tmp_path / 'sim.yaml'))

@@ -109,9 +109,15 @@ def test_driver_runs_with_launch_parameters(start_node, tmp_path, rclpy_context)
 
 def test_train_launch_passes_the_camera_topic_to_driver_and_trainer(start_node, tmp_path,
                                                                      rclpy_context):
+    # The shipped trainer parameters with a small buffer: the default capacity reserves
+    # about 0.7 GB of disk up front, which this test does not need.
+    params = yaml.safe_load((REPO / 'config' / 'trainer.yaml').read_text())
+    params['/**']['ros__parameters']['buffer_capacity'] = 1000
+    (tmp_path / 'trainer.yaml').write_text(yaml.safe_dump(params))
     description, nodes = launch_nodes(start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml',
                                       run_dir=str(tmp_path / 'run'), use_sim_time='false',
-                                      camera_topic='/cam/remapped', device='cpu')
+                                      camera_topic='/cam/remapped', device='cpu',
+                                      trainer_params_file=str(tmp_path / 'trainer.yaml'))
     bridge = FakeBridge(rclpy_context)
     try:
         def subscribers():

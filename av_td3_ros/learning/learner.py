@@ -484,10 +484,10 @@ class Learner:
             decision, self.gate_pending = self.gate_pending, None
             if self.agent.total_updates >= self.config.td3.critic_warmup_updates:
                 self.gate.open()
+            if decision is None:
+                return
             trial = self.gate.trial_id
             reference = list(self.gate.reference)
-        if decision is None:
-            return
         self.gate_decisions[decision] += 1
         if self.tb is not None:
             self.tb.add_scalar(f'trust_gate/{decision}s', self.gate_decisions[decision],
