@@ -270,6 +270,9 @@ class DriverNode(Node):
         self.watchdog.feed()
         if self._stalled:
             self._stalled = False
+            # The silence is not a frame interval: kept, it would stop warm-ups for a whole
+            # window of frames; forgotten, they resume after a few steady ones.
+            self.pacer.reset()
             self.get_logger().info('camera frames are back')
         self._swap_pending()  # hot reload happens between frames, never during one
         decision = self.inputs.decide(msg, time.monotonic())
