@@ -126,6 +126,17 @@ class FakeBridge:
         self.node.destroy_node()
 
 
+def shipped_params(tmp_path, config_name, **overrides):
+    """Write the shipped config/<config_name>.yaml with `overrides` into `tmp_path`; return it."""
+    import yaml
+    content = yaml.safe_load((REPO_LAUNCH.parent / 'config' / f'{config_name}.yaml').read_text())
+    (section,) = content.values()
+    section['ros__parameters'].update(overrides)
+    path = tmp_path / f'{config_name}_test.yaml'
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
 def launch_nodes(start_node, tmp_path, launch_file, **arguments):
     """Start every node of an XML launch file through `start_node`, as run_launch would."""
     import yaml

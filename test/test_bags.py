@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
+from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipped_params
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from av_td3_ros.driving.networks import ActorPolicy
@@ -352,14 +352,12 @@ def test_simulator_run_recorded_then_replayed_equals_offline(start_node, start_t
     from carla_msgs.msg import CarlaStatus
     from rclpy.qos import QoSProfile
     checkpoint = write_checkpoint(tmp_path / 'policy.safetensors')
-    sim_params = yaml.safe_load((REPO / 'config' / 'sim_bridge.yaml').read_text())
-    sim_params['sim_bridge']['ros__parameters'].update(
-        max_episode_steps=12,  # resets in the bag
+    sim_params = shipped_params(
+        tmp_path, 'sim_bridge', max_episode_steps=12,  # resets in the bag
         # A small camera keeps the recorded bag small; replay and offline see the same frames.
         image_width=200, image_height=150)
-    (tmp_path / 'sim.yaml').write_text(yaml.safe_dump(sim_params))
     _, nodes = launch_nodes(start_node, tmp_path, SIM_LAUNCH, checkpoint=str(checkpoint),
-                            device='cpu', sim_params_file=str(tmp_path / 'sim.yaml'))
+                            device='cpu', sim_params_file=str(sim_params))
     ticks = []
     checker.node.create_subscription(CarlaStatus, '/carla/status', ticks.append,
                                      QoSProfile(depth=100))

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from carla_fake_bridge import FakeCarlaWorld
 from carla_msgs.msg import CarlaEgoVehicleControl
-from ros_helpers import REPO_LAUNCH, launch_nodes
+from ros_helpers import REPO_LAUNCH, launch_nodes, shipped_params
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
@@ -105,15 +105,10 @@ def test_manager_runs_episodes_through_the_bridge_topics(start_node, rclpy_conte
 
 
 def small_trainer_params(tmp_path):
-    content = yaml.safe_load((REPO_LAUNCH.parent / 'config' / 'trainer.yaml').read_text())
-    (section,) = content.values()
-    section['ros__parameters'].update(
-        buffer_capacity=500, batch_size=8, checkpoint_every=4, state_every=4,
-        keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
+    return shipped_params(
+        tmp_path, 'trainer', buffer_capacity=500, batch_size=8, checkpoint_every=4,
+        state_every=4, keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
         tensorboard=False, max_episode_steps=8)
-    path = tmp_path / 'trainer_test.yaml'
-    path.write_text(yaml.safe_dump(content))
-    return path
 
 
 @pytest.mark.slow

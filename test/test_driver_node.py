@@ -1,18 +1,15 @@
 # Test the driver node over real DDS: one command per frame, safety stops, bad input.
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
+from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipped_params
 
 from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.learning.checkpoint import PolicySpec, save_policy
 
 DRIVER_LAUNCH = REPO_LAUNCH / 'driver.launch.xml'
-REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_in_range(command):
@@ -119,10 +116,7 @@ def test_bad_checkpoint_brakes_and_says_why(start_node, tmp_path, bridge, case):
     if case == 'mismatch':
         # A spec field the user sets is kept, and a checkpoint that differs is refused.
         _write_policy(checkpoint, NetworkConfig(activation='relu'))
-        params = yaml.safe_load((REPO / 'config' / 'driver.yaml').read_text())
-        params['/**']['ros__parameters']['activation'] = 'leaky_relu'
-        arguments['params_file'] = tmp_path / 'driver_leaky.yaml'
-        arguments['params_file'].write_text(yaml.safe_dump(params))
+        arguments['params_file'] = shipped_params(tmp_path, 'driver', activation='leaky_relu')
         expected = 'network.activation'
     elif case == 'nan':
         _write_policy(checkpoint, poison=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 from rcl_interfaces.srv import GetParameters
-from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes
+from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes, shipped_params
 
 from av_td3_ros.tools.launch_runner import LaunchError, executable_module, parse_launch_file
 
@@ -111,13 +111,11 @@ def test_train_launch_passes_the_camera_topic_to_driver_and_trainer(start_node, 
                                                                      rclpy_context):
     # The shipped trainer parameters with a small buffer: the default capacity reserves
     # about 0.7 GB of disk up front, which this test does not need.
-    params = yaml.safe_load((REPO / 'config' / 'trainer.yaml').read_text())
-    params['/**']['ros__parameters']['buffer_capacity'] = 1000
-    (tmp_path / 'trainer.yaml').write_text(yaml.safe_dump(params))
+    params = shipped_params(tmp_path, 'trainer', buffer_capacity=1000)
     description, nodes = launch_nodes(start_node, tmp_path, REPO_LAUNCH / 'train.launch.xml',
                                       run_dir=str(tmp_path / 'run'), use_sim_time='false',
                                       camera_topic='/cam/remapped', device='cpu',
-                                      trainer_params_file=str(tmp_path / 'trainer.yaml'))
+                                      trainer_params_file=str(params))
     bridge = FakeBridge(rclpy_context)
     try:
         def subscribers():

@@ -6,8 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-import yaml
-from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes
+from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes, shipped_params
 from std_msgs.msg import UInt8MultiArray
 
 from av_td3_ros.driving.networks import ActorPolicy
@@ -78,13 +77,8 @@ def test_message_round_trip_and_size_check():
 # --- trainer process -> driver process --------------------------------------------------------
 
 def trainer_params(tmp_path):
-    content = yaml.safe_load((REPO_LAUNCH.parent / 'config' / 'trainer.yaml').read_text())
-    (section,) = content.values()
-    section['ros__parameters'].update(buffer_capacity=200, batch_size=8, torch_threads=1,
-                                      tensorboard=False, policy_topic=TOPIC)
-    path = tmp_path / 'trainer_test.yaml'
-    path.write_text(yaml.safe_dump(content))
-    return path
+    return shipped_params(tmp_path, 'trainer', buffer_capacity=200, batch_size=8,
+                          torch_threads=1, tensorboard=False, policy_topic=TOPIC)
 
 
 def loaded_steps(driver):

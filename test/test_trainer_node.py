@@ -2,16 +2,14 @@
 # checkpoints are written atomically and the driver hot-reloads them.
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from carla_msgs.msg import CarlaCollisionEvent
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
-from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes
+from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipped_params
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -19,7 +17,6 @@ from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.learning.checkpoint import PolicySpec, latest_policy, load_policy, save_policy
 from av_td3_ros.learning.replay_buffer import ReplayBuffer
 
-REPO = Path(__file__).resolve().parents[1]
 CAPACITY = 500
 # The trainer saves its policy, training state and buffer on SIGINT: on a busy machine that
 # can take longer than the default 10 s before the SIGKILL that would fail the test.
@@ -27,15 +24,10 @@ TRAINER_STOP_S = 60.0
 
 
 def trainer_params(tmp_path, **overrides):
-    content = yaml.safe_load((REPO / 'config' / 'trainer.yaml').read_text())
-    (section,) = content.values()
-    section['ros__parameters'].update(dict(
-        buffer_capacity=CAPACITY, batch_size=8, checkpoint_every=4, state_every=4,
-        keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
-        updates_per_step=1.0, tensorboard=True), **overrides)
-    path = tmp_path / 'trainer_test.yaml'
-    path.write_text(yaml.safe_dump(content))
-    return path
+    small = dict(buffer_capacity=CAPACITY, batch_size=8, checkpoint_every=4, state_every=4,
+                 keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
+                 updates_per_step=1.0, tensorboard=True)
+    return shipped_params(tmp_path, 'trainer', **{**small, **overrides})
 
 
 def wait_until_matched(bridge, expected, timeout=60.0):
