@@ -46,7 +46,7 @@ def test_objects_file_declares_what_driver_and_trainer_read():
 
 
 def carla_section():
-    readme = (REPO / 'README.md').read_text()
+    readme = (REPO / 'docs' / 'carla.md').read_text()
     start = readme.index('## CARLA quick start (ROS 2)')
     return readme[start:readme.index('\n## ', start + 1)]
 

@@ -21,8 +21,8 @@ ROS_PACKAGES = {
     'launch_xml', 'launch_ros',
     'carla_msgs',  # from the ros-bridge workspace (carla-simulator/ros-carla-msgs)
 }
-# Top-level module -> the key that provides it; None: no rosdep key (README says how to
-# install it with pip).
+# Top-level module -> the key that provides it; None: no rosdep key (docs/carla.md says how
+# to install it with pip).
 MODULE_KEYS = {
     'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'python3-yaml',
     'torch': 'python3-torch', 'rosbags': 'python3-rosbags-pip',
@@ -92,7 +92,7 @@ def test_every_imported_module_has_its_dependency():
 
 
 def test_keys_without_rosdep_are_documented():
-    readme = (REPO / 'README.md').read_text()
+    readme = (REPO / 'docs' / 'carla.md').read_text()
     manifest_text = (REPO / 'package.xml').read_text()
     for name in ('safetensors', 'gymnasium[box2d]', 'onnx'):
         assert name in readme and name in manifest_text
