@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.learning.imitation import bc_step, use_fast_layout
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 
 
 def make_batches(count: int, batch: int, seed: int = 0):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 
 TOLERANCE = 1e-4
 

@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from av_td3_ros.learning.imitation import ImitationConfig, ImitationTrainer  # noqa: E402
-from av_td3_ros.learning.reward import STAND_IN_GAMMA  # noqa: E402
+from av_td3_ros.task.reward import STAND_IN_GAMMA  # noqa: E402
 
 IMITATION_ARMS = ('bc', 'bc-dagger')
 FROM_BC_ARMS = ('td3-from-bc', 'td3bc-from-bc')
@@ -146,9 +146,9 @@ def run_imitation(arms: list[str], args) -> str | None:
 
 def scratch_start(args) -> str:
     """Write a freshly initialised actor under the profile's spec; return its path."""
-    from av_td3_ros.driving.networks import ActorPolicy
-    from av_td3_ros.learning.checkpoint import save_policy_state
     from av_td3_ros.learning.imitation import policy_spec
+    from av_td3_ros.policy.checkpoint import save_policy_state
+    from av_td3_ros.policy.networks import ActorPolicy
     spec = policy_spec(imitation_config(args))
     torch.manual_seed(args.seed)
     path = args.out_dir / 'scratch_start.safetensors'
@@ -163,7 +163,7 @@ def run_td3(name: str, start: str, args):
     base = FinetuneConfig()
     if name == 'td3-scratch':
         td3 = replace(base.td3, critic_warmup_updates=0)
-        settings = {'warmup_targets': 'td', 'exploration_noise': args.scratch_noise}
+        settings = {'exploration_noise': args.scratch_noise}
     else:
         td3 = replace(base.td3, critic_warmup_updates=args.critic_warmup,
                       bc_weight=1.0 if name == 'td3bc-from-bc' else 0.0)

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from av_td3_ros.experts.route_expert import ExpertConfig, expert_action_from_kinematics  # noqa: E402
 from av_td3_ros.sim.evaluation import parse_seeds  # noqa: E402
-from av_td3_ros.sim.expert import ExpertConfig, expert_action_from_kinematics  # noqa: E402
 from av_td3_ros.sim.gym_env import SimGymEnv  # noqa: E402
 
 VARIANTS = {

@@ -36,8 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from av_td3_ros.driving.networks import ActorPolicy  # noqa: E402
-from av_td3_ros.learning.checkpoint import PolicySpec, load_policy  # noqa: E402
 from av_td3_ros.learning.finetune import FinetuneConfig, Finetuner  # noqa: E402
 from av_td3_ros.learning.imitation import (  # noqa: E402
     ImitationConfig,
@@ -46,6 +44,8 @@ from av_td3_ros.learning.imitation import (  # noqa: E402
     use_fast_layout,
 )
 from av_td3_ros.learning.td3 import metrics_to_floats, native_bf16  # noqa: E402
+from av_td3_ros.policy.checkpoint import PolicySpec, load_policy  # noqa: E402
+from av_td3_ros.policy.networks import ActorPolicy  # noqa: E402
 from av_td3_ros.sim.evaluation import evaluate_policy, parse_seeds  # noqa: E402
 from av_td3_ros.sim.sim_env import SimEnvConfig  # noqa: E402
 

@@ -45,8 +45,8 @@ def concurrent_loads(directory: Path, loads: int = 1000) -> dict:
     """Load a policy file `loads` times while another process replaces it; count mixes."""
     import torch
 
-    from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
-    from av_td3_ros.learning.checkpoint import PolicySpec, load_policy, save_policy
+    from av_td3_ros.policy.checkpoint import PolicySpec, load_policy, save_policy
+    from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
     variants = {}
     for seed, activation in ((1, 'leaky_relu'), (2, 'relu')):
         torch.manual_seed(seed)

@@ -27,8 +27,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from av_td3_ros.driving.networks import NetworkConfig
 from av_td3_ros.learning.td3 import TD3, Batch, TD3Config
+from av_td3_ros.policy.networks import NetworkConfig
 
 FRAMES = (4, 84, 84)
 KINEMATIC_DIM = 53

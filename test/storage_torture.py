@@ -39,7 +39,8 @@ def writer_main(run_dir, run_id, capacity):
     """Write like a trainer until killed; print 'R', 'S i', 'A i', 'P step written', 'T'."""
     import torch
 
-    from av_td3_ros.learning.checkpoint import (
+    from av_td3_ros.learning.replay_buffer import ReplayBuffer
+    from av_td3_ros.policy.checkpoint import (
         CHECKPOINT_SUBDIR,
         TRAINING_STATE,
         PolicySpec,
@@ -49,7 +50,6 @@ def writer_main(run_dir, run_id, capacity):
         save_policy_state,
         write_atomic,
     )
-    from av_td3_ros.learning.replay_buffer import ReplayBuffer
     run_dir = Path(run_dir)
     buffer = ReplayBuffer.open(run_dir, capacity, check_ram=False, verify=False)
     removed = remove_stale_run_temps(run_dir)  # as the trainer does, after taking the lock
@@ -88,7 +88,7 @@ def temp_files(run_dir):
     Not only our temp names: anything but the buffer's files, the training state and policy
     files counts (a library writing a temp file of its own would show up here).
     """
-    from av_td3_ros.learning.checkpoint import POLICY_PATTERN, TRAINING_STATE
+    from av_td3_ros.policy.checkpoint import POLICY_PATTERN, TRAINING_STATE
     run_dir = Path(run_dir)
     expected_in = {run_dir: re.compile(re.escape(TRAINING_STATE)),
                    run_dir / 'checkpoints': POLICY_PATTERN,

@@ -9,8 +9,8 @@ import yaml
 from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipped_params
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from av_td3_ros.driving.networks import ActorPolicy
-from av_td3_ros.learning.checkpoint import PolicySpec, save_policy
+from av_td3_ros.policy.checkpoint import PolicySpec, save_policy
+from av_td3_ros.policy.networks import ActorPolicy
 from av_td3_ros.tools.bags.qos import to_bag_qos
 from av_td3_ros.tools.bags.types import carla_msg_dir, find_msg_file, header_stamp_ns, typestore
 

@@ -10,11 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from av_td3_ros.driving.features import FeatureConfig
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.driving.preprocessing import PreprocessConfig
-from av_td3_ros.learning import checkpoint as checkpoint_module
-from av_td3_ros.learning.checkpoint import (
+from av_td3_ros.policy import checkpoint as checkpoint_module
+from av_td3_ros.policy.checkpoint import (
     POLICY_FORMAT,
     CheckpointError,
     PolicySpec,
@@ -28,6 +25,9 @@ from av_td3_ros.learning.checkpoint import (
     save_policy,
     save_policy_state,
 )
+from av_td3_ros.policy.features import FeatureConfig
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.preprocessing import PreprocessConfig
 
 
 @pytest.fixture(scope='module')
@@ -318,15 +318,13 @@ def test_remove_stale_temps_only_touches_our_own_pattern(tmp_path):
     assert remove_stale_temps(tmp_path / 'missing', re.compile('.*')) == []
 
 
-def test_start_up_cleaning_of_a_run_dir_removes_old_save_file_temps_too(tmp_path):
-    # Earlier versions wrote through safetensors' save_file, whose kill leaves '.tmpXXXXXX'.
+def test_start_up_cleaning_of_a_run_dir_removes_only_our_writers_temps(tmp_path):
     checkpoints = tmp_path / 'checkpoints'
     checkpoints.mkdir()
     (tmp_path / 'tb').mkdir()
-    ours = [tmp_path / '.tmpAb3dE9', checkpoints / '.tmpZ9y8X7',
-            tmp_path / '.training_state.safetensors.ab_cd123.tmp',
+    ours = [tmp_path / '.training_state.safetensors.ab_cd123.tmp',
             checkpoints / '.policy_000000008.safetensors.q1w2e3r4.tmp']
-    theirs = [tmp_path / 'tb' / '.tmpAb3dE9', tmp_path / '.tmp', tmp_path / '.tmpAb3dE9x',
+    theirs = [tmp_path / 'tb' / '.tmpAb3dE9', tmp_path / '.tmp', tmp_path / '.tmpAb3dE9',
               checkpoints / '.other.safetensors.q1w2e3r4.tmp']
     for path in ours + theirs:
         path.write_bytes(b'x')

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from av_td3_ros.driving.control import (
+from av_td3_ros.policy.control import (
     SAFE_STOP,
     ControlCommand,
     action_to_control,

@@ -6,12 +6,13 @@ import pytest
 import torch
 from test_input_properties import STRAIGHT, image, odometry, path
 
-from av_td3_ros.driving.control import SAFE_STOP
 from av_td3_ros.driving.decision import Decision, DriverInputs, Reason, Severity
-from av_td3_ros.driving.inference import PolicyRunner
-from av_td3_ros.driving.networks import ActorPolicy
-from av_td3_ros.driving.pipeline import DrivingPipeline, ExplorationConfig
-from av_td3_ros.learning.checkpoint import PolicySpec
+from av_td3_ros.driving.pipeline import DrivingPipeline
+from av_td3_ros.experts.exploration import ExplorationConfig
+from av_td3_ros.policy.checkpoint import PolicySpec
+from av_td3_ros.policy.control import SAFE_STOP
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy
 
 SPEC = PolicySpec()
 NODE_REASONS = {Reason.WAITING_FOR_CAMERA, Reason.CAMERA_STALLED, Reason.INTERNAL_ERROR}

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from av_td3_ros.driving.networks import NetworkConfig
-from av_td3_ros.learning.checkpoint import PolicySpec, load_policy
+from av_td3_ros.policy.checkpoint import PolicySpec, load_policy
+from av_td3_ros.policy.networks import NetworkConfig
 from av_td3_ros.sim.evaluation import evaluate_expert, evaluate_policy
 from av_td3_ros.sim.sim_env import SimEnvConfig
 from av_td3_ros.tools.demo import default_policy_path

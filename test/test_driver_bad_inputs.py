@@ -328,8 +328,8 @@ def bad_checkpoints(good_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from av_td3_ros.driving.networks import NetworkConfig
-    from av_td3_ros.learning.checkpoint import POLICY_FORMAT, PolicySpec
+    from av_td3_ros.policy.checkpoint import POLICY_FORMAT, PolicySpec
+    from av_td3_ros.policy.networks import NetworkConfig
 
     good = good_path.read_bytes()
     state = load_file(str(good_path))
@@ -369,8 +369,8 @@ def test_bad_checkpoints_are_refused_naming_the_file_and_driving_goes_on(start_n
                                                                          tmp_path, probe):
     import torch
 
-    from av_td3_ros.driving.networks import ActorPolicy
-    from av_td3_ros.learning.checkpoint import PolicySpec, policy_path, save_policy
+    from av_td3_ros.policy.checkpoint import PolicySpec, policy_path, save_policy
+    from av_td3_ros.policy.networks import ActorPolicy
     directory = tmp_path / 'checkpoints'
     directory.mkdir()
     torch.manual_seed(0)

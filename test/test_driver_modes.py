@@ -3,15 +3,16 @@ import numpy as np
 import pytest
 import torch
 
-from av_td3_ros.driving.control import action_to_control
 from av_td3_ros.driving.decision import Reason
-from av_td3_ros.driving.features import Pose2D, kinematic_vector
-from av_td3_ros.driving.inference import PolicyRunner
-from av_td3_ros.driving.networks import ActorPolicy
-from av_td3_ros.driving.pipeline import DrivingPipeline, ExplorationConfig
-from av_td3_ros.driving.preprocessing import ImageView
-from av_td3_ros.learning.checkpoint import PolicySpec
-from av_td3_ros.sim.expert import expert_action_from_kinematics
+from av_td3_ros.driving.pipeline import DrivingPipeline
+from av_td3_ros.experts.exploration import ExplorationConfig
+from av_td3_ros.experts.route_expert import expert_action_from_kinematics
+from av_td3_ros.policy.checkpoint import PolicySpec
+from av_td3_ros.policy.control import action_to_control
+from av_td3_ros.policy.features import Pose2D, kinematic_vector
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy
+from av_td3_ros.policy.preprocessing import ImageView
 
 SPEC = PolicySpec()
 ROUTE = np.stack([np.arange(0.0, 200.0, 2.0), np.zeros(100)], axis=1)

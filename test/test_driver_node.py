@@ -6,8 +6,8 @@ import pytest
 import torch
 from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipped_params
 
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.learning.checkpoint import PolicySpec, save_policy
+from av_td3_ros.policy.checkpoint import PolicySpec, save_policy
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 
 DRIVER_LAUNCH = REPO_LAUNCH / 'driver.launch.xml'
 
@@ -150,10 +150,10 @@ def test_checkpoint_drives_like_the_offline_policy(start_node, tmp_path, bridge,
     (command,) = bridge.send_frame_and_wait(1)
 
     # Same frame through the core pipeline in this process gives the same command.
-    from av_td3_ros.driving.features import Pose2D
-    from av_td3_ros.driving.inference import PolicyRunner
     from av_td3_ros.driving.pipeline import DrivingPipeline
-    from av_td3_ros.driving.preprocessing import ImageView
+    from av_td3_ros.policy.features import Pose2D
+    from av_td3_ros.policy.inference import PolicyRunner
+    from av_td3_ros.policy.preprocessing import ImageView
     pipeline = DrivingPipeline(PolicySpec(), PolicyRunner(policy, torch.device('cpu')))
     route = np.stack([np.arange(100) * 2.0, np.zeros(100)], axis=1)
     expected = pipeline.step(ImageView('bgra8', 600, 800, 3200, bgra_frame(1).tobytes()),
@@ -291,7 +291,7 @@ def test_a_4096x3072_frame_reaches_the_driver(start_node, bridge):
 
 
 def test_exact_float32_is_the_default_and_tf32_a_parameter(start_node, bridge):
-    from av_td3_ros.driving.inference import PolicyRunner, float32_precision
+    from av_td3_ros.policy.inference import PolicyRunner, float32_precision
     policy = ActorPolicy(NetworkConfig())
     try:
         PolicyRunner(policy, torch.device('cpu'), allow_tf32=True)
@@ -314,7 +314,7 @@ def test_exact_float32_is_the_default_and_tf32_a_parameter(start_node, bridge):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_gpu_inference_matches_cpu_float32():
-    from av_td3_ros.driving.inference import PolicyRunner
+    from av_td3_ros.policy.inference import PolicyRunner
     torch.manual_seed(0)
     policy = ActorPolicy(NetworkConfig())
     rng = np.random.default_rng(0)

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import pytest
 
 from av_td3_ros.nodes.sim_bridge import episode_end_text
-from av_td3_ros.sim.episode_end import EpisodeEndMessage, format_episode_end, parse_episode_end
-from av_td3_ros.sim.episode_manager import EndEpisode
+from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end, parse_episode_end
+from av_td3_ros.task.episode_rules import EndEpisode
 
 
 @pytest.mark.parametrize('text', [

@@ -1,7 +1,7 @@
 # Test the episode manager's decisions (pure: no ROS): reset sequence, ends, retries.
 import pytest
 
-from av_td3_ros.sim.episode_manager import (
+from av_td3_ros.task.episode_rules import (
     EndEpisode,
     EpisodeManager,
     EpisodeManagerConfig,

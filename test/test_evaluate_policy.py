@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.learning.checkpoint import PolicySpec, save_policy
+from av_td3_ros.policy.checkpoint import PolicySpec, save_policy
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.sim.evaluation import parse_seeds, reference_states
 from av_td3_ros.tools.evaluate_policy import ablated, episode_seeds, main
 

@@ -1,12 +1,10 @@
-"""Tests of the route-following expert (av_td3_ros.sim.expert) on the stand-in simulator."""
+"""Tests of the route expert (av_td3_ros.experts.route_expert) on the stand-in simulator."""
 import math
 
 import numpy as np
 import pytest
 
-from av_td3_ros.driving.features import FeatureConfig, Pose2D, kinematic_vector
-from av_td3_ros.sim.evaluation import evaluate_expert
-from av_td3_ros.sim.expert import (
+from av_td3_ros.experts.route_expert import (
     ExpertConfig,
     RouteExpert,
     expert_action_from_kinematics,
@@ -14,6 +12,8 @@ from av_td3_ros.sim.expert import (
     path_curvatures,
     target_speed,
 )
+from av_td3_ros.policy.features import FeatureConfig, Pose2D, kinematic_vector
+from av_td3_ros.sim.evaluation import evaluate_expert
 
 
 def test_expert_completes_a_deterministic_lap_above_threshold():

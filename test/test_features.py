@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from av_td3_ros.driving.features import (
+from av_td3_ros.policy.features import (
     ROUTE_START_HINT,
     FeatureConfig,
     Pose2D,
@@ -232,8 +232,8 @@ def test_hint_keeps_the_vehicle_near_its_previous_segment_on_a_closed_track():
 
 def test_pipeline_tracks_the_route_segment_across_frames_and_resets_it():
     from av_td3_ros.driving.pipeline import DrivingPipeline
-    from av_td3_ros.driving.preprocessing import ImageView
-    from av_td3_ros.learning.checkpoint import PolicySpec
+    from av_td3_ros.policy.checkpoint import PolicySpec
+    from av_td3_ros.policy.preprocessing import ImageView
     angles = np.linspace(0.0, 2 * math.pi, 200, endpoint=False)
     loop = np.stack([50.0 * np.cos(angles), 50.0 * np.sin(angles)], axis=1)
     image = ImageView('mono8', 84, 84, 84, bytes(84 * 84))
@@ -255,12 +255,12 @@ def test_the_first_frame_on_a_closed_stand_in_track_is_at_the_start_not_the_fini
     # Track 5000 starts its car just behind the start line, nearer the route's last segment:
     # an unhinted search called the route complete before the first step. Every consumer of
     # the route (trainer's assembler, gym env, expert) starts at the route's start.
-    from av_td3_ros.learning.reward import RewardConfig
-    from av_td3_ros.learning.transitions import EpisodeConfig, TransitionAssembler
+    from av_td3_ros.experts.route_expert import RouteExpert
     from av_td3_ros.sim.evaluation import pose_of
-    from av_td3_ros.sim.expert import RouteExpert
     from av_td3_ros.sim.gym_env import SimGymEnv
     from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig
+    from av_td3_ros.task.reward import RewardConfig
+    from av_td3_ros.task.transitions import EpisodeConfig, TransitionAssembler
     env = SimEnv(SimEnvConfig(render_camera=False))
     try:
         state = env.reset(seed=5000)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from av_td3_ros.driving.features import FeatureConfig
+from av_td3_ros.policy.features import FeatureConfig
 from av_td3_ros.sim.gym_env import SimGymEnv
 
 

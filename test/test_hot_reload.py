@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from av_td3_ros.driving.decision import Reason
-from av_td3_ros.driving.features import Pose2D
 from av_td3_ros.driving.hot_reload import PolicyReloader, Poll, random_policy
-from av_td3_ros.driving.inference import PolicyRunner
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.driving.pipeline import DrivingPipeline
-from av_td3_ros.driving.preprocessing import ImageView
-from av_td3_ros.learning.checkpoint import CheckpointError, PolicySpec, policy_path, save_policy
+from av_td3_ros.policy.checkpoint import CheckpointError, PolicySpec, policy_path, save_policy
+from av_td3_ros.policy.features import Pose2D
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.preprocessing import ImageView
 
 SPEC = PolicySpec()
 CPU = torch.device('cpu')

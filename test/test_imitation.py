@@ -5,11 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from av_td3_ros.driving.inference import PolicyRunner
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.driving.pipeline import DrivingPipeline
-from av_td3_ros.driving.preprocessing import PreprocessConfig
-from av_td3_ros.learning.checkpoint import PolicySpec, load_policy
+from av_td3_ros.experts.route_expert import RouteExpert, expert_actions
 from av_td3_ros.learning.imitation import (
     AR1Noise,
     FrameDataset,
@@ -18,8 +15,11 @@ from av_td3_ros.learning.imitation import (
     collect_episode,
     policy_spec,
 )
+from av_td3_ros.policy.checkpoint import PolicySpec, load_policy
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.preprocessing import PreprocessConfig
 from av_td3_ros.sim.evaluation import image_of, pose_of
-from av_td3_ros.sim.expert import RouteExpert, expert_actions
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig
 
 
@@ -37,7 +37,7 @@ def test_dataset_stacks_equal_the_drivers_frame_stack(env, stack_fill):
     dataset = FrameDataset(40, spec.preprocessing, spec.network.kinematic_dim)
     pipeline = DrivingPipeline(spec, None)
     seen = []
-    from av_td3_ros.driving.preprocessing import gray_from_pixels, image_pixels
+    from av_td3_ros.policy.preprocessing import gray_from_pixels, image_pixels
     for episode_seed in (5, 6):  # two episodes: stacks must not leak across them
         state = env.reset(seed=episode_seed)
         pipeline.reset_episode()

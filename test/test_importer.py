@@ -5,7 +5,7 @@ import pickle
 import torch
 import torch.nn.functional as F
 
-from av_td3_ros.learning.checkpoint import PolicySpec, load_policy
+from av_td3_ros.policy.checkpoint import PolicySpec, load_policy
 from av_td3_ros.tools.importer import main
 
 CNN_SHAPES = {'conv1.weight': (32, 4, 8, 8), 'conv1.bias': (32,),

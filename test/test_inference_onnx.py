@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from av_td3_ros.driving.inference import PolicyRunner
-from av_td3_ros.driving.inference_onnx import OnnxRuntimeRunner, build_runner
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.inference_onnx import OnnxRuntimeRunner, build_runner
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 
 pytest.importorskip('onnxruntime')
 

@@ -9,9 +9,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from av_td3_ros.driving.control import SAFE_STOP
 from av_td3_ros.driving.decision import DriverInputs, Reason
-from av_td3_ros.driving.features import (
+from av_td3_ros.driving.pipeline import DrivingPipeline
+from av_td3_ros.policy.checkpoint import PolicySpec
+from av_td3_ros.policy.control import SAFE_STOP
+from av_td3_ros.policy.features import (
     MAX_COORDINATE,
     MAX_SPEED,
     Pose2D,
@@ -19,10 +21,8 @@ from av_td3_ros.driving.features import (
     odometry_problem,
     route_problem,
 )
-from av_td3_ros.driving.inference import PolicyRunner
-from av_td3_ros.driving.networks import ActorPolicy
-from av_td3_ros.driving.pipeline import DrivingPipeline
-from av_td3_ros.learning.checkpoint import PolicySpec
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy
 
 CHANNELS = {'bgra8': 4, 'bgr8': 3, 'rgba8': 4, 'rgb8': 3, 'mono8': 1}
 PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,

@@ -1,19 +1,18 @@
-"""Tests of the package layout: the core imports no rclpy, old module names still work."""
+"""Tests of the package layout: layers import downward only, the core imports no rclpy."""
 import ast
-import importlib
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
-from av_td3_ros._moved import MOVED, deprecation_message
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / 'av_td3_ros'
-CORE = ('driving', 'learning', 'sim')
+LAYERS = ('', 'policy', 'experts', 'task', 'driving', 'sim', 'learning', 'nodes', 'tools')
+"""Subpackages from the bottom up ('': the top-level helper modules). A module may import
+its own layer and the layers below it, never one above."""
+CORE = ('policy', 'experts', 'task', 'driving', 'sim', 'learning')
 
 
 def module_names(subpackage):
@@ -83,64 +82,62 @@ def test_every_subpackage_is_installed():
             assert (PACKAGE / folder / '__init__.py').is_file(), f'{folder} is not a package'
 
 
-# Test if the table of moved modules names real new modules and no leftover old files.
-def test_moved_table_points_at_existing_modules():
-    for old, new in MOVED.items():
-        assert not (PACKAGE / (old.replace('.', '/') + '.py')).exists(), old
-        new_path = PACKAGE / new.replace('.', '/')
-        assert new_path.with_suffix('.py').is_file() or (new_path / '__init__.py').is_file()
+def layer_of(module: str) -> str:
+    """Return the layer of `av_td3_ros.<layer>.<...>` ('' for a top-level module)."""
+    parts = module.split('.')
+    return parts[1] if len(parts) > 2 else ''
 
 
-# Test if an old name imports the new module object itself and warns with the new name.
-@pytest.mark.parametrize('old', sorted(MOVED))
-def test_old_name_is_the_new_module_with_a_warning(old, monkeypatch):
-    old_name, new_name = f'av_td3_ros.{old}', f'av_td3_ros.{MOVED[old]}'
-    new = importlib.import_module(new_name)
-    monkeypatch.delitem(sys.modules, old_name, raising=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        aliased = importlib.import_module(old_name)
-    assert aliased is new
-    assert new.__name__ == new.__spec__.name == new_name  # its own name and spec, untouched
-    assert sys.modules[old_name] is new
-    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)
-                    and new_name in str(w.message)]
-    assert [str(w.message) for w in deprecations] == [deprecation_message(old_name, new_name)]
-    assert deprecations[0].filename == __file__  # blames the importer, not importlib
+def is_module(name: str) -> bool:
+    """Return True if `name` is a module or package of the repo (not a class or function)."""
+    path = REPO / name.replace('.', '/')
+    return path.with_suffix('.py').is_file() or (path / '__init__.py').is_file()
 
 
-# Test if `from av_td3_ros import <old>` and old submodules of the moved bags package work.
-def test_old_from_imports(monkeypatch):
-    import av_td3_ros
-    for name in ('av_td3_ros.node_main', 'av_td3_ros.bags', 'av_td3_ros.bags.types'):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    for name in ('node_main', 'bags'):
-        monkeypatch.delattr(av_td3_ros, name, raising=False)
-    with pytest.warns(DeprecationWarning, match='av_td3_ros.nodes.node_main'):
-        from av_td3_ros import node_main
-    from av_td3_ros.nodes import node_main as new
-    assert node_main is new
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        from av_td3_ros.bags.types import typestore
-    from av_td3_ros.tools.bags.types import typestore as new_typestore
-    assert typestore is new_typestore
-    assert [str(w.message).rsplit(' ', 1)[-1] for w in caught] == [
-        'av_td3_ros.tools.bags', 'av_td3_ros.tools.bags.types']
+def package_imports() -> dict[str, set[str]]:
+    """Return each package module's av_td3_ros imports (lazy and type-checking ones too)."""
+    graph = {}
+    for path in PACKAGE.rglob('*.py'):
+        parts = path.relative_to(REPO).with_suffix('').parts
+        name = '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                raise AssertionError(f'{path}: relative import (write av_td3_ros.<...>)')
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or '']
+                names += [f'{node.module}.{alias.name}' for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            imported |= {n for n in names if n.startswith('av_td3_ros.') and is_module(n)}
+        graph[name] = imported
+    return graph
 
 
-# Test if an unknown name still fails like any missing module.
-def test_unmoved_missing_name_is_not_found():
-    with pytest.raises(ModuleNotFoundError):
-        importlib.import_module('av_td3_ros.no_such_module')
+# Test if every import goes to the module's own layer or one below (so the subpackage graph
+# is acyclic), and if the checker itself sees an upward import.
+def test_layers_import_downward_only():
+    assert {path.name for path in PACKAGE.iterdir() if (path / '__init__.py').is_file()} \
+        == set(LAYERS) - {''}
+    upward = []
+    for module, imported in sorted(package_imports().items()):
+        rank = LAYERS.index(layer_of(module))
+        upward += [f'{module} -> {target}' for target in sorted(imported)
+                   if LAYERS.index(layer_of(target)) > rank]
+    assert upward == [], 'imports that go up a layer: ' + '; '.join(upward)
+    assert LAYERS.index(layer_of('av_td3_ros.learning.td3')) \
+        > LAYERS.index(layer_of('av_td3_ros.policy.networks'))
+    assert layer_of('av_td3_ros.validation') == ''
 
 
-# Test if `python -m <old name>` runs the new module as __main__, after a warning.
-@pytest.mark.parametrize('old, usage', [('demo', 'usage: demo.py'),
-                                        ('bags.offline_eval', 'usage: bag_eval')])
-def test_python_m_old_name_runs_the_new_module(old, usage):
-    result = run_python('-m', f'av_td3_ros.{old}', '--help')
+# Test if the driver process loads no learning code (critic, optimiser state, replay).
+def test_the_driver_imports_no_learning_code():
+    script = ('import sys\n'
+              'import av_td3_ros.nodes.driver\n'
+              'import av_td3_ros.tools.bags.offline_eval\n'
+              'print(sorted(n for n in sys.modules if n.startswith("av_td3_ros.learning")))\n')
+    result = run_python('-c', script)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(usage)
-    assert f'DeprecationWarning: av_td3_ros.{old} is deprecated: the module moved to ' \
-           f'av_td3_ros.{MOVED[old]}' in result.stderr
+    assert result.stdout.strip() == '[]'

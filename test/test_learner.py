@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from av_td3_ros.driving.features import Pose2D, kinematic_vector
-from av_td3_ros.learning.checkpoint import PolicySpec, latest_policy, load_policy
-from av_td3_ros.learning.learner import (
-    Learner,
-    LearnerConfig,
-    annealed_bc_weight,
-    td3_bc_labels,
-    uses_monte_carlo_targets,
-)
+from av_td3_ros.experts.route_expert import expert_actions
+from av_td3_ros.learning.learner import Learner, LearnerConfig
 from av_td3_ros.learning.td3 import TD3Config
-from av_td3_ros.learning.transitions import EpisodeEnd, EpisodeStart, Transition
-from av_td3_ros.sim.expert import expert_actions
+from av_td3_ros.policy.checkpoint import PolicySpec, latest_policy, load_policy
+from av_td3_ros.policy.features import Pose2D, kinematic_vector
+from av_td3_ros.task.transitions import EpisodeEnd, EpisodeStart, Transition
 
 BATCH = 8
 
@@ -114,106 +108,18 @@ def test_bc_pretraining_runs_exactly_its_updates_and_lowers_the_bc_loss(tmp_path
         learner.close()
 
 
-def test_bc_weight_anneals_linearly_after_the_warm_up():
-    assert annealed_bc_weight(2.0, 0.0, 0, 500) == 2.0
-    assert annealed_bc_weight(2.0, 0.0, 100, -5) == 2.0
-    assert annealed_bc_weight(2.0, 0.0, 100, 50) == pytest.approx(1.0)
-    assert annealed_bc_weight(2.0, 0.5, 100, 1000) == 0.5
-
-
-def test_monte_carlo_targets_follow_the_warm_up_and_mc_after_warmup():
-    assert uses_monte_carlo_targets(0, 10, 'mc', False)
-    assert not uses_monte_carlo_targets(0, 10, 'td', True)  # the warm-up's own choice
-    assert not uses_monte_carlo_targets(10, 10, 'mc', False)
-    assert uses_monte_carlo_targets(10, 10, 'mc', True)
-    assert uses_monte_carlo_targets(10, 0, 'td', True)
-
-
-def test_mc_after_warmup_gives_the_learners_td3_the_finished_episodes_returns(tmp_path):
-    # Every stored episode has ended, so each sampled transition has a Monte Carlo return:
-    # with mc_after_warmup the critic's target mean is the batch's mean return, without it a
-    # TD target (which, from a random critic, is no such return).
-    means = {}
-    for keep in (False, True):
-        learner = Learner(config(tmp_path / str(keep), mc_after_warmup=keep))
-        try:
-            feed(learner, 30)
-            metrics = learner.td3_step()
-            assert learner.agent.total_updates == 1
-            means[keep] = float(metrics['target_q_mean'])
-        finally:
-            learner.close(save=False)
-    # The same seed samples the same batch in both runs.
-    reference = Learner(config(tmp_path / 'ref', mc_after_warmup=True))
-    try:
-        feed(reference, 30)
-        batch, returns = reference.sample(with_returns=True)
-        assert not np.isnan(returns).any()
-        assert means[True] == pytest.approx(float(np.mean(returns)), abs=1e-4)
-        assert means[False] != pytest.approx(means[True], abs=1e-3)
-    finally:
-        reference.close(save=False)
-
-
-def test_td3_bc_labels_are_the_experts_or_the_stored_actions(tmp_path):
-    learner = Learner(config(tmp_path / 'run'))
-    try:
-        feed(learner, 30)
-        batch, _ = learner.sample()
-    finally:
-        learner.close(save=False)
-    features = PolicySpec().features
-    np.testing.assert_array_equal(td3_bc_labels(batch, features, 'data'), batch.actions)
-    expert = td3_bc_labels(batch, features, 'expert')
-    np.testing.assert_array_equal(expert, expert_actions(batch.obs_vec, features))
-    assert not np.allclose(expert, batch.actions)  # the stored actions are random
-    with pytest.raises(ValueError, match='bc_labels'):
-        td3_bc_labels(batch, features, 'teacher')
-
-
-@pytest.mark.parametrize('field', ['bc_labels', 'warmup_targets'])
-def test_learner_config_refuses_unknown_choices_by_name(tmp_path, field):
-    with pytest.raises(ValueError, match=field):
-        config(tmp_path, **{field: 'MC'})
-
-
-def test_data_labels_pull_the_actor_towards_the_stored_actions(tmp_path):
-    # TD3+BC with the stored actions as labels and the BC term alone (alpha 0): the actor
-    # moves towards the buffer's actions, which no expert produced.
-    overrides = dict(td3=dict(bc_weight=1.0, bc_alpha=0.0, policy_frequency=1,
-                              actor_lr=1e-3), bc_labels='data', updates_per_step=100.0)
-    learner = Learner(config(tmp_path / 'run', **overrides))
-    try:
-        feed(learner, 30)
-        batch, _ = learner.sample()
-
-        def distance():
-            with torch.no_grad():
-                b = learner.agent.prepare(batch)
-                actions = learner.agent.actor(torch.cat(
-                    [learner.agent.actor_cnn(b.obs), b.obs_vec], dim=1))
-            return float(((actions - b.actions) ** 2).mean())
-
-        before = distance()
-        for _ in range(60):
-            learner.td3_step()
-        assert distance() < 0.8 * before
-    finally:
-        learner.close(save=False)
-
-
 def run_updates(learner: Learner, count: int):
     for _ in range(count):
         assert learner.maybe_update() in ('bc', 'td3')
 
 
-@pytest.mark.parametrize('warmup', [0, 6])
-def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, warmup):
+@pytest.mark.parametrize('warmup,labels', [(0, 'expert'), (6, 'expert'), (0, 'start')])
+def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, warmup, labels):
     # N updates, save, a new Learner from the run dir, K more: the same weights, Adam state,
-    # sampled batches and Monte Carlo warm-up targets as N + K updates in one run.
+    # sampled batches, Monte Carlo warm-up targets and BC labels as N + K updates in one run.
     n, k = 5, 5
     overrides = dict(td3=dict(critic_warmup_updates=warmup, bc_weight=0.5, policy_frequency=1),
-                     bc_pretrain_updates=3, updates_per_step=10.0)
+                     bc_pretrain_updates=3, updates_per_step=10.0, bc_labels=labels)
     whole = Learner(config(tmp_path / 'whole', **overrides))
     feed(whole, 30)
     run_updates(whole, n + k)
@@ -278,95 +184,67 @@ def test_a_state_of_another_spec_is_refused_naming_the_difference(tmp_path):
     Learner(config(run)).close()  # the refused learner let go of the run directory
 
 
-GATED = dict(td3=dict(trust_region_anchor='trusted', trust_region_weight=1.0,
-                      critic_warmup_updates=2, policy_frequency=1, actor_lr=1e-2),
-             trust_gate_episodes=1)
-
-
-def store_episode(learner: Learner, episode_return: float, seed: int, length: int = 10):
-    """Store one episode of random frames whose trainer return is `episode_return`."""
-    items = list(experience(length, seed, episode_length=length))
-    ending = items.pop()
-    assert isinstance(ending, EpisodeEnd)
-    for item in items + [EpisodeEnd(episode_return, ending.steps, ending.reason, False)]:
-        learner.store('ego', item)
-
-
-def run_due_updates(learner: Learner):
-    while learner.due() == 'td3':
-        learner.td3_step()
-
-
-def test_a_trusted_anchor_is_the_cloned_actor_after_bc_pretraining(tmp_path):
-    learner = Learner(config(tmp_path / 'run', bc_pretrain_updates=3,
-                             td3=dict(trust_region_anchor='trusted', trust_region_weight=1.0)))
-    try:
-        start = actor_state(learner)
-        feed(learner, 20)
-        run_updates(learner, 3)
-        assert learner.bc_updates == 3
-        cloned = actor_state(learner)
-        assert not same_state(cloned, start)
-        assert same_state(trusted_state(learner), cloned)
-    finally:
-        learner.close(save=False)
-
-
-def test_the_trust_gate_needs_a_trusted_anchor(tmp_path):
-    with pytest.raises(ValueError, match='trust_region_anchor'):
-        config(tmp_path, trust_gate_episodes=2)
-    with pytest.raises(ValueError, match='trust_gate_episodes'):
-        config(tmp_path, trust_gate_episodes=-1,
-               td3=dict(trust_region_anchor='trusted'))
-
-
-def test_the_trust_gate_reverts_a_harmful_actor_advances_a_good_one_and_resumes(tmp_path):
-    run = tmp_path / 'run'
-    learner = Learner(config(run, **GATED))
-    try:
-        start = actor_state(learner)
-        store_episode(learner, 900.0, seed=1)  # the starting policy's: the reference
-        store_episode(learner, 880.0, seed=2)
-        run_due_updates(learner)
-        moved = actor_state(learner)
-        assert not same_state(moved, start)
-        assert latest_policy(run / 'checkpoints') is None
-
-        store_episode(learner, -90.0, seed=3)  # the moved actor left the road
-        learner.td3_step()
-        assert learner.gate_decisions == {'advance': 0, 'revert': 1}
-        # Reverted before this update's actor step: one step away from the start, not more.
-        assert learner.agent.trusted_actor is not None
-        assert same_state(trusted_state(learner), start)
-        saved = latest_policy(run / 'checkpoints')  # drivers get the reverted policy at once
-        assert saved is not None
-        assert same_state(load_policy(saved, PolicySpec())[0].state_dict(), start)
-        run_due_updates(learner)
-
-        store_episode(learner, 950.0, seed=4)  # the next move held
-        before = actor_state(learner)
-        learner.td3_step()
-        assert learner.gate_decisions == {'advance': 1, 'revert': 1}
-        assert same_state(trusted_state(learner), before)
-        assert learner.gate.reference == [950.0]
-        learner.save_state()
-        expected = learner.gate.state(), dict(learner.gate_decisions)
-    finally:
-        learner.close(save=False)
-    again = Learner(config(run, **GATED))
-    try:
-        assert (again.gate.state(), again.gate_decisions) == expected
-        assert same_state(trusted_state(again), before)
-    finally:
-        again.close(save=False)
 
 
 def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def trusted_state(learner: Learner) -> dict:
-    agent = learner.agent
-    state = {f'cnn.{k}': v for k, v in agent.trusted_actor_cnn.state_dict().items()}
-    state.update({f'actor.{k}': v for k, v in agent.trusted_actor.state_dict().items()})
-    return {k: v.detach().clone() for k, v in state.items()}
+
+def test_warm_up_targets_are_the_finished_episodes_returns_then_td(tmp_path):
+    # Every stored episode has ended, so each sampled transition has a Monte Carlo return:
+    # during the warm-up the critic's target mean is the batch's mean return; after it, a TD
+    # target (which, from a random critic, is no such return).
+    learner = Learner(config(tmp_path / 'run', td3=dict(critic_warmup_updates=1)))
+    reference = Learner(config(tmp_path / 'ref'))  # the same seed samples the same batches
+    try:
+        feed(learner, 30)
+        feed(reference, 30)
+        _, returns = reference.sample(with_returns=True)
+        assert not np.isnan(returns).any()
+        warm = float(learner.td3_step()['target_q_mean'])
+        assert warm == pytest.approx(float(np.mean(returns)), abs=1e-4)
+        _, returns = reference.sample(with_returns=True)
+        after = float(learner.td3_step()['target_q_mean'])
+        assert after != pytest.approx(float(np.mean(returns)), abs=1e-3)
+    finally:
+        learner.close(save=False)
+        reference.close(save=False)
+
+
+def test_learner_config_refuses_unknown_label_sources_by_name(tmp_path):
+    with pytest.raises(ValueError, match='bc_labels'):
+        config(tmp_path, bc_labels='data')
+
+
+def test_start_labels_are_the_policy_td3_started_from(tmp_path):
+    # BC pretraining clones the expert; then the BC term alone (alpha 0) with start labels
+    # holds the actor at that clone, which no expert label would do once the actor moved.
+    run = tmp_path / 'run'
+    overrides = dict(td3=dict(bc_weight=1.0, bc_alpha=0.0, policy_frequency=1, actor_lr=1e-3),
+                     bc_labels='start', bc_pretrain_updates=3, updates_per_step=100.0)
+    learner = Learner(config(run, **overrides))
+    try:
+        feed(learner, 30)
+        run_updates(learner, 3)
+        cloned = actor_state(learner)
+        batch, _ = learner.sample()
+        prepared = learner.agent.prepare(batch)
+        labels = learner.td3_labels(batch, prepared)
+        with torch.no_grad():
+            expected = learner.agent.actor(torch.cat(
+                [learner.agent.actor_cnn(prepared.obs), prepared.obs_vec], dim=1))
+        torch.testing.assert_close(labels, expected)
+        for _ in range(20):
+            learner.td3_step()
+        assert same_state({k: v for k, v in learner.start_policy.state_dict().items()}, cloned)
+        assert not np.allclose(labels.numpy(), expert_actions(batch.obs_vec,
+                                                              PolicySpec().features))
+        learner.save_state()
+    finally:
+        learner.close(save=False)
+    again = Learner(config(run, **overrides))
+    try:
+        assert same_state(again.start_policy.state_dict(), cloned)
+    finally:
+        again.close(save=False)

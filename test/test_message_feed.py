@@ -8,10 +8,10 @@ from nav_msgs.msg import Odometry, Path
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from av_td3_ros.driving.control import control_to_action
 from av_td3_ros.driving.ros_conversions import command_from_control_msg
 from av_td3_ros.learning.message_feed import MessageFeed, input_topics
-from av_td3_ros.learning.transitions import (
+from av_td3_ros.policy.control import control_to_action
+from av_td3_ros.task.transitions import (
     EpisodeConfig,
     EpisodeEnd,
     Transition,

@@ -5,21 +5,21 @@ from pathlib import Path
 
 import pytest
 
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.driving.preprocessing import PreprocessConfig
-from av_td3_ros.learning.checkpoint import (
+from av_td3_ros.config_diff import config_differences
+from av_td3_ros.nodes.carla_episode_manager import EPISODE_MANAGER
+from av_td3_ros.nodes.driver_config import DRIVER, config_from_values
+from av_td3_ros.nodes.schema import POLICY_SPEC, ParameterError, Schema, load_params_file
+from av_td3_ros.nodes.sim_bridge import SIM_BRIDGE
+from av_td3_ros.nodes.trainer import TRAINER, resume_differences
+from av_td3_ros.policy.checkpoint import (
     CheckpointError,
     PolicySpec,
     load_policy,
     policy_path,
     save_policy,
 )
-from av_td3_ros.learning.config_diff import config_differences
-from av_td3_ros.nodes.carla_episode_manager import EPISODE_MANAGER
-from av_td3_ros.nodes.driver_config import DRIVER, config_from_values
-from av_td3_ros.nodes.schema import POLICY_SPEC, ParameterError, Schema, load_params_file
-from av_td3_ros.nodes.sim_bridge import SIM_BRIDGE
-from av_td3_ros.nodes.trainer import TRAINER, resume_differences
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.preprocessing import PreprocessConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_NAMES = {param.name for param in POLICY_SPEC}

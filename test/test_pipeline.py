@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from av_td3_ros.driving.control import SAFE_STOP, action_to_control
 from av_td3_ros.driving.decision import Reason
-from av_td3_ros.driving.features import Pose2D, kinematic_vector
-from av_td3_ros.driving.inference import PolicyRunner
-from av_td3_ros.driving.networks import ActorPolicy
-from av_td3_ros.driving.pipeline import AR1Noise, DrivingPipeline, ExplorationConfig
-from av_td3_ros.driving.preprocessing import FrameStack, ImageFormatError, ImageView, preprocess
-from av_td3_ros.learning.checkpoint import PolicySpec
+from av_td3_ros.driving.pipeline import DrivingPipeline
+from av_td3_ros.experts.exploration import AR1Noise, ExplorationConfig
+from av_td3_ros.policy.checkpoint import PolicySpec
+from av_td3_ros.policy.control import SAFE_STOP, action_to_control
+from av_td3_ros.policy.features import Pose2D, kinematic_vector
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy
+from av_td3_ros.policy.preprocessing import FrameStack, ImageFormatError, ImageView, preprocess
 
 SPEC = PolicySpec()
 CPU = torch.device('cpu')
@@ -260,40 +261,6 @@ def test_explore_noise_has_the_scheduled_spread_and_is_clipped():
     assert 0.4 < actions[:, 1].std() < 0.6
 
 
-def test_correlated_noise_keeps_its_std_and_lasts_for_frames():
-    config = ExplorationConfig(mode='explore', random_steps=0, noise_end=0.2,
-                               noise_decay_steps=0, noise_correlation=0.9, seed=3)
-    pipeline = DrivingPipeline(SPEC, ConstantRunner([0.0, 0.0]), config)
-    image = camera_frame(0, 40, 40)
-    noise = np.array([pipeline.step(image, pose(0), 1.0, None).action for _ in range(3000)])
-    for column in noise.T:
-        assert 0.17 < column.std() < 0.23  # the scheduled std, whatever the correlation
-        lag1 = np.corrcoef(column[:-1], column[1:])[0, 1]
-        assert 0.85 < lag1 < 0.95
-    # White noise (the default) has no memory from one frame to the next.
-    white = DrivingPipeline(SPEC, ConstantRunner([0.0, 0.0]),
-                            ExplorationConfig(mode='explore', random_steps=0, noise_end=0.2,
-                                              noise_decay_steps=0, seed=3))
-    column = np.array([white.step(image, pose(0), 1.0, None).action[0] for _ in range(3000)])
-    assert abs(np.corrcoef(column[:-1], column[1:])[0, 1]) < 0.1
-
-
-def test_correlated_noise_starts_from_zero_in_each_episode():
-    config = ExplorationConfig(mode='explore', random_steps=0, noise_end=0.3,
-                               noise_decay_steps=0, noise_correlation=0.95, seed=5)
-    pipeline = DrivingPipeline(SPEC, ConstantRunner([0.0, 0.0]), config)
-    replay = AR1Noise(np.random.default_rng(5), 0.3, 0.95)  # the pipeline's seeded draws
-    image = camera_frame(0, 40, 40)
-    for _ in range(3):  # episodes
-        pipeline.reset_episode()
-        replay.reset()
-        for _ in range(20):
-            action = pipeline.step(image, pose(0), 1.0, None).action
-            np.testing.assert_allclose(action, np.clip(replay(), -1, 1), atol=1e-7)
-    with pytest.raises(ValueError, match='noise_correlation'):
-        ExplorationConfig(noise_correlation=1.0)
-
-
 def test_random_phase_without_policy_still_drives():
     config = ExplorationConfig(mode='explore', random_steps=2)
     pipeline = DrivingPipeline(SPEC, None, config)
@@ -335,3 +302,28 @@ def test_bad_image_raises_and_leaves_the_stack_unchanged(runner, bad):
         expected = reference.step(camera_frame(i), pose(i), 1.0, ROUTE).action
     result = pipeline.step(camera_frame(2), pose(2), 1.0, ROUTE)
     np.testing.assert_array_equal(result.action, expected)
+
+
+def test_explore_noise_is_white_at_the_scheduled_std():
+    config = ExplorationConfig(mode='explore', random_steps=0, noise_end=0.2,
+                               noise_decay_steps=0, seed=3)
+    pipeline = DrivingPipeline(SPEC, ConstantRunner([0.0, 0.0]), config)
+    image = camera_frame(0, 40, 40)
+    noise = np.array([pipeline.step(image, pose(0), 1.0, None).action for _ in range(3000)])
+    for column in noise.T:
+        assert 0.17 < column.std() < 0.23
+        assert abs(np.corrcoef(column[:-1], column[1:])[0, 1]) < 0.1
+
+
+def test_ar1_noise_keeps_its_std_lasts_for_steps_and_restarts_from_zero():
+    # Imitation's data collection perturbs the expert with it (learning/imitation.py).
+    noise = AR1Noise(np.random.default_rng(5), 0.2, 0.9)
+    samples = np.array([noise().copy() for _ in range(5000)])
+    for column in samples.T:
+        assert 0.17 < column.std() < 0.23  # the stationary std is sigma, whatever c
+        assert 0.85 < np.corrcoef(column[:-1], column[1:])[0, 1] < 0.95
+    noise.reset()
+    first = noise().copy()
+    assert np.all(np.abs(first) < 0.2 * 5 * np.sqrt(1 - 0.9 ** 2))  # one innovation only
+    with pytest.raises(ValueError, match='correlation'):
+        AR1Noise(np.random.default_rng(0), 0.2, 1.0)

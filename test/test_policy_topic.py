@@ -9,22 +9,22 @@ import torch
 from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes, shipped_params
 from std_msgs.msg import UInt8MultiArray
 
-from av_td3_ros.driving.networks import ActorPolicy
-from av_td3_ros.learning.checkpoint import (
+from av_td3_ros.nodes.policy_topic import POLICY_QOS, policy_message, read_policy_message
+from av_td3_ros.policy.checkpoint import (
     PolicySpec,
     latest_policy,
     load_policy,
     read_metadata,
     save_policy,
 )
-from av_td3_ros.learning.policy_transfer import (
+from av_td3_ros.policy.networks import ActorPolicy
+from av_td3_ros.policy.transfer import (
     MAX_POLICY_BYTES,
     PolicyInbox,
     PolicyTransferError,
     policy_label,
     step_from_label,
 )
-from av_td3_ros.nodes.policy_topic import POLICY_QOS, policy_message, read_policy_message
 
 TOPIC = '/test/av_td3/policy'
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from av_td3_ros.driving.preprocessing import (
+from av_td3_ros.policy.preprocessing import (
     FrameStack,
     ImageFormatError,
     ImageView,

@@ -17,7 +17,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32, Header, String
 from std_srvs.srv import Trigger
 
-from av_td3_ros.sim.episode_end import parse_episode_end
+from av_td3_ros.task.episode_end import parse_episode_end
 
 PARAMS = str(Path(__file__).resolve().parents[1] / 'config' / 'sim_bridge.yaml')
 MODULE = 'av_td3_ros.nodes.sim_bridge'

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from av_td3_ros.driving.features import wrap_angle
+from av_td3_ros.policy.features import wrap_angle
 from av_td3_ros.sim.sim_env import (
     END_REASONS,
     SimEnv,
@@ -230,7 +230,7 @@ def test_route_is_closed_at_the_start_line_with_stand_in_spacing(make_env):
 
 
 def test_stand_in_reward_does_not_punish_a_car_on_its_road(make_env):
-    from av_td3_ros.learning.reward import StepEvents, VehicleState, safety
+    from av_td3_ros.task.reward import StepEvents, VehicleState, safety
     env = make_env(render_camera=False)
     config = env.reward_config
     # 5 m from the centre line is still on the 13.3 m road: no off-road penalty

@@ -6,20 +6,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from av_td3_ros.driving.networks import ActorPolicy, CriticEnsemble, NetworkConfig
-from av_td3_ros.learning.td3 import (
-    TD3,
-    Batch,
-    DeviceBatch,
-    TD3Config,
-    bootstrap_mask,
-    frames_to_float,
-    native_bf16,
-    resolve_device,
-    resolve_precision,
-)
+from av_td3_ros.learning.device_batch import DeviceBatch, frames_to_float
+from av_td3_ros.learning.precision import native_bf16, resolve_precision
+from av_td3_ros.learning.replay_buffer import Batch
+from av_td3_ros.learning.td3 import TD3, TD3Config
+from av_td3_ros.policy.inference import resolve_device
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 
 SMALL = NetworkConfig(image_size=36, features_dim=32, kinematic_dim=3, hidden_dim=32)
 
@@ -76,8 +69,8 @@ def test_config_rejects_bad_values_by_name():
         TD3Config(policy_frequency=0)
     with pytest.raises(ValueError, match='actor_pretanh_penalty'):
         TD3Config(actor_pretanh_penalty=-1e-3)
-    with pytest.raises(ValueError, match='trust_region_anchor'):
-        TD3Config(trust_region_anchor='expert')
+    with pytest.raises(ValueError, match='precision'):
+        TD3Config(precision='fp8')
     assert TD3Config.from_dict(TD3Config(gamma=0.9).to_dict() | {'future_key': 1}).gamma == 0.9
 
 
@@ -88,7 +81,7 @@ def test_resolve_device_auto():
 
 
 def test_frame_scaling_matches_preprocessing_bit_for_bit():
-    preprocessing = pytest.importorskip('av_td3_ros.driving.preprocessing')
+    preprocessing = pytest.importorskip('av_td3_ros.policy.preprocessing')
     values = np.arange(256, dtype=np.uint8).reshape(1, 4, 8, 8)
     for scale in ('zero_centered', 'unit'):
         for channels_last in (False, True):
@@ -305,13 +298,10 @@ def all_state(agent):
     return agent.state_tensors()[0]
 
 
-@pytest.mark.parametrize('impl,heads,members', [('fused', 2, 1), ('foreach', 2, 1),
-                                                ('fused', 5, 1), ('fused', 2, 3)])
-def test_resume_is_bit_for_bit(impl, heads, members):
+@pytest.mark.parametrize('impl', ['fused', 'foreach'])
+def test_resume_is_bit_for_bit(impl):
     batches = [make_batch(seed=s) for s in range(6)]
-    objective = 'min' if heads > 2 else 'agreement' if members > 1 else 'q1'
-    agent = make_agent(optimizer_impl=impl, seed=1, critic_heads=heads,
-                       critic_members=members, actor_objective=objective)
+    agent = make_agent(optimizer_impl=impl, seed=1)
     for batch in batches[:3]:
         agent.update(batch)
     tensors, metadata = agent.state_tensors()
@@ -321,8 +311,7 @@ def test_resume_is_bit_for_bit(impl, heads, members):
     assert metadata['total_updates'] == 3
     assert any(k.startswith('optim.critic.critic_cnn.conv1.weight.exp_avg') for k in tensors)
 
-    fresh = make_agent(optimizer_impl=impl, seed=2, critic_heads=heads,
-                       critic_members=members, actor_objective=objective)
+    fresh = make_agent(optimizer_impl=impl, seed=2)
     assert not same(all_state(fresh), tensors)
     fresh.load_state_tensors(tensors, metadata)
     assert same(all_state(fresh), tensors)
@@ -345,10 +334,9 @@ def test_load_rejects_mismatched_state():
         no_targets.load_state_tensors(tensors, metadata)
     with pytest.raises(ValueError, match='format'):
         agent.load_state_tensors(tensors, {**metadata, 'format': 'pickle'})
-    with pytest.raises(ValueError, match='missing'):
-        make_agent(critic_heads=3).load_state_tensors(tensors, metadata)
-    with pytest.raises(ValueError, match='missing.*critic2'):
-        make_agent(critic_members=2).load_state_tensors(tensors, metadata)
+    without_critic = {k: v for k, v in tensors.items() if not k.startswith('critic.Q2.')}
+    with pytest.raises(ValueError, match='missing.*critic.Q2'):
+        agent.load_state_tensors(without_critic, metadata)
 
 
 def test_activation_health_ranges_and_relu_vs_leaky():
@@ -446,7 +434,7 @@ def test_channels_last_frames_equal_plain_frames():
 
 def test_padding_frames_before_the_episode_start_become_zero_like_the_driver():
     # Test that frames flagged missing by the buffer are 0.0 after scaling, not -1.0.
-    from av_td3_ros.driving.preprocessing import FrameStack, PreprocessConfig, scale_frames
+    from av_td3_ros.policy.preprocessing import FrameStack, PreprocessConfig, scale_frames
     agent = TD3(NetworkConfig(), TD3Config(device='cpu', seed=0))
     first = np.full((84, 84), 200, np.uint8)
     frames = np.zeros((1, 4, 84, 84), np.uint8)
@@ -588,25 +576,6 @@ def test_returns_replace_td_targets_where_given():
     assert not torch.equal(mixed['target_q_mean'], plain['target_q_mean'])
 
 
-def test_reward_scale_scales_rewards_and_returns_and_reports_reward_units():
-    # Same weights, scale 0.01: the TD target's reward part and every Monte Carlo return are
-    # scaled (the network's own next Q is already in scaled units); metrics come back
-    # divided by the scale.
-    batch = make_batch(size=6, seed=4)
-    plain = make_agent(policy_noise=0.0, seed=5)
-    scaled = make_agent(policy_noise=0.0, seed=5, reward_scale=0.01)
-    rewards = torch.from_numpy(batch.rewards)
-    bootstrap = plain.td_target(batch) - rewards  # gamma (1 - d) Q'(s', a')
-    torch.testing.assert_close(scaled.td_target(batch), 0.01 * rewards + bootstrap)
-    returns = np.full(6, 300.0, np.float32)
-    _, metrics = scaled.critic_loss(batch, returns)
-    torch.testing.assert_close(metrics['target_q_mean'], torch.tensor(300.0))
-    _, plain_metrics = plain.critic_loss(batch, returns)
-    torch.testing.assert_close(metrics['q1_mean'], 100.0 * plain_metrics['q1_mean'])
-    with pytest.raises(ValueError, match='reward_scale'):
-        TD3Config(reward_scale=0.0)
-
-
 def test_targets_become_exact_copies_when_the_warmup_ends():
     agent = make_agent(critic_warmup_updates=3, policy_frequency=2)
     for seed in range(3):
@@ -616,321 +585,3 @@ def test_targets_become_exact_copies_when_the_warmup_ends():
     agent.update(make_batch(seed=3))  # an actor step and a regular Polyak blend
     assert not same(snapshot(agent.target_critic), snapshot(agent.critic))
 
-
-def test_frozen_actor_encoder_keeps_the_cnn_and_trains_the_head():
-    agent = make_agent(freeze_actor_encoder=True, policy_frequency=1)
-    cnn, head = snapshot(agent.actor_cnn), snapshot(agent.actor)
-    critic_cnn = snapshot(agent.critic_cnn)
-    for seed in range(3):
-        metrics = agent.update(make_batch(seed=seed))
-    assert 'actor_loss' in metrics
-    assert same(snapshot(agent.actor_cnn), cnn)
-    assert not same(snapshot(agent.actor), head)
-    assert not same(snapshot(agent.critic_cnn), critic_cnn)
-    tensors, metadata = agent.state_tensors()  # resumable without the encoder's Adam state
-    assert not any(k.startswith('optim.actor.actor_cnn.') for k in tensors)
-    fresh = make_agent(freeze_actor_encoder=True, policy_frequency=1, seed=9)
-    fresh.load_state_tensors(tensors, metadata)
-    assert same(snapshot(fresh.actor_cnn), cnn)
-
-
-def test_critic_heads_are_q1_to_qn_and_two_heads_are_td3():
-    keys = set(CriticEnsemble(SMALL, heads=4).state_dict())
-    assert {key.split('.')[0] for key in keys} == {'Q1', 'Q2', 'Q3', 'Q4'}
-    # Two heads: the same names (av_td3_system checkpoints) and the same TD3 update as ever.
-    assert set(CriticEnsemble(SMALL).state_dict()) == {k for k in keys if k[:2] in ('Q1', 'Q2')}
-    with pytest.raises(ValueError, match='2 heads'):
-        CriticEnsemble(SMALL, heads=1)
-    with pytest.raises(ValueError, match='critic_heads'):
-        TD3Config(critic_heads=1)
-    with pytest.raises(ValueError, match='actor_objective'):
-        TD3Config(actor_objective='mean')
-
-
-def test_ensemble_target_is_the_minimum_of_two_heads_drawn_at_random():
-    agent = make_agent(critic_heads=5, seed=3)
-    batch = make_batch(size=16, seed=9)
-    b = agent.prepare(batch)
-    pairs = set()
-    for _ in range(12):
-        noise_state = agent._noise_gen.get_state()
-        target = agent.td_target(b)
-        agent._noise_gen.set_state(noise_state)  # replay the same draws by hand
-        next_action = agent.target_actions(b)
-        first, second = torch.randperm(5, generator=agent._noise_gen)[:2].tolist()
-        pairs.add(frozenset((first, second)))
-        with torch.no_grad():
-            state = torch.cat([agent.target_critic_cnn(b.next_obs), b.next_vec], 1)
-            heads = agent.target_critic(state, next_action)
-            expected = b.rewards + 0.99 * torch.minimum(heads[first], heads[second]).squeeze(1)
-        torch.testing.assert_close(target, expected)
-    assert len(pairs) > 1  # the pair changes from update to update
-
-
-def test_min_objective_is_the_minimum_over_heads():
-    agent = make_agent(critic_heads=4, actor_objective='min')
-    batch = make_batch(size=16, seed=10)
-    b = agent.prepare(batch)
-    loss, metrics = agent.actor_loss(batch)
-    with torch.no_grad():
-        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
-        heads = agent.critic(torch.cat([agent.critic_cnn(b.obs), b.obs_vec], 1), action)
-        expected = torch.cat(heads, 1).min(dim=1).values.mean()
-    torch.testing.assert_close(metrics['actor_q'], expected)
-    torch.testing.assert_close(loss.detach(), -expected)
-
-
-@pytest.mark.parametrize('seed', [0, 1, 2])
-def test_min_over_heads_peaks_on_the_data_where_q1_alone_runs_to_a_corner(seed):
-    # The fine-tuning failure in miniature: heads fitted to values that do not depend on the
-    # action, from actions near the behaviour's (+- 0.1), are asked where Q is highest.
-    generator = torch.Generator().manual_seed(seed)
-    net = dataclasses.replace(SMALL, hidden_dim=64)
-    torch.manual_seed(seed)
-    ensemble = CriticEnsemble(net, heads=10)
-    states = torch.randn(256, net.state_dim, generator=generator)
-    behaviour = torch.tensor([0.2, 0.4])
-    values = states[:, :1]
-    optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
-    for _ in range(300):
-        actions = behaviour + 0.1 * torch.randn(256, 2, generator=generator)
-        loss = sum(F.mse_loss(q, values) for q in ensemble(states, actions))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 21), torch.linspace(-1, 1, 21),
-                                      indexing='ij'), -1).reshape(-1, 2)
-    with torch.no_grad():
-        probe = states[:32].repeat_interleave(len(grid), 0)
-        heads = torch.cat(ensemble(probe, grid.repeat(32, 1)), 1).reshape(32, len(grid), 10)
-    distance_q1 = (grid[heads[..., 0].argmax(1)] - behaviour).norm(dim=1).mean()
-    distance_min = (grid[heads.min(-1).values.argmax(1)] - behaviour).norm(dim=1).mean()
-    assert distance_min < 0.5 * distance_q1
-
-
-def test_trust_region_term_pulls_towards_the_target_actor_and_needs_no_labels():
-    batch = make_batch(size=16, seed=11)
-    agent = make_agent(trust_region_weight=0.5, bc_alpha=2.5)
-    with torch.no_grad():  # move the online actor away from its target
-        for param in agent.actor.parameters():
-            param.add_(0.05)
-    drift = assert_trust_region_loss(agent, batch, agent.target_actor_cnn, agent.target_actor,
-                                     weight=0.5)
-    assert float(drift) > 0.0
-
-
-def assert_trust_region_loss(agent, batch, anchor_cnn, anchor_actor, weight):
-    """Check the actor loss against TD3+BC's normalised Q term plus the drift; return it."""
-    b = agent.prepare(batch)
-    loss, metrics = agent.actor_loss(batch)
-    with torch.no_grad():
-        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
-        anchor = anchor_actor(torch.cat([anchor_cnn(b.obs), b.obs_vec], 1))
-        q = agent.critic.Q1(torch.cat([agent.critic_cnn(b.obs), b.obs_vec], 1), action)
-        drift = (action - anchor).square().mean()
-        expected = -2.5 * q.mean() / q.abs().mean() + weight * drift
-    torch.testing.assert_close(metrics['actor_drift_mse'], drift)
-    torch.testing.assert_close(loss.detach(), expected)
-    return drift
-
-
-def test_trust_region_alone_brings_the_actor_back_to_its_target():
-    batch = make_batch(size=32, seed=12)
-    agent = make_agent(trust_region_weight=1.0, bc_alpha=1e-6, policy_frequency=1,
-                       actor_lr=3e-3, tau=1e-6)
-    with torch.no_grad():
-        for param in agent.actor.parameters():
-            param.add_(0.05)
-    drifts = [float(agent.update(batch)['actor_drift_mse']) for _ in range(60)]
-    assert drifts[-1] < 0.1 * drifts[0]
-
-
-def test_a_trusted_anchor_holds_still_while_the_actor_and_its_target_move():
-    batch = make_batch(size=16, seed=13)
-    agent = make_agent(trust_region_weight=0.5, trust_region_anchor='trusted',
-                       policy_frequency=1, actor_lr=1e-2)
-    trusted = snapshot(agent.trusted_actor)
-    for _ in range(3):
-        agent.update(batch)
-    assert same(snapshot(agent.trusted_actor), trusted)
-    assert not same(snapshot(agent.actor), trusted)
-    assert not same(snapshot(agent.target_actor), trusted)
-    assert_trust_region_loss(agent, batch, agent.trusted_actor_cnn, agent.trusted_actor,
-                             weight=0.5)
-
-
-def test_trust_actor_moves_the_anchor_and_revert_actor_returns_to_it():
-    batch = make_batch(size=16, seed=14)
-    agent = make_agent(trust_region_weight=1.0, trust_region_anchor='trusted',
-                       policy_frequency=1)
-    start = snapshot(agent.actor), snapshot(agent.actor_cnn)
-    agent.update(batch)
-    agent.trust_actor()
-    trusted = snapshot(agent.actor), snapshot(agent.actor_cnn)
-    assert not same(trusted[0], start[0])
-    assert same(snapshot(agent.trusted_actor), trusted[0])
-    assert same(snapshot(agent.trusted_actor_cnn), trusted[1])
-    for _ in range(2):
-        agent.update(batch)
-    assert not same(snapshot(agent.actor), trusted[0])
-    assert agent.actor_optimizer.state
-    agent.revert_actor()
-    for module in (agent.actor, agent.target_actor):
-        assert same(snapshot(module), trusted[0])
-    for module in (agent.actor_cnn, agent.target_actor_cnn):
-        assert same(snapshot(module), trusted[1])
-    assert not agent.actor_optimizer.state  # moments of the harmful move are gone
-    assert agent.update(batch)['actor_loss'].isfinite()  # Adam starts afresh
-
-
-def test_load_policy_state_makes_the_policy_trusted_and_the_state_resumes_it():
-    policy = ActorPolicy(SMALL)
-    agent = make_agent(trust_region_anchor='trusted', trust_region_weight=1.0)
-    agent.load_policy_state(policy.state_dict())
-    assert same(snapshot(agent.trusted_actor), snapshot(policy.actor))
-    assert same(snapshot(agent.trusted_actor_cnn), snapshot(policy.cnn))
-    tensors, metadata = agent.state_tensors()
-    assert any(name.startswith('trusted_actor_cnn.') for name in tensors)
-    fresh = make_agent(trust_region_anchor='trusted', trust_region_weight=1.0, seed=9)
-    fresh.load_state_tensors(tensors, metadata)
-    assert same(snapshot(fresh.trusted_actor), snapshot(policy.actor))
-    # Without a trusted anchor the state has no trusted tensors, and nothing to trust.
-    plain = make_agent()
-    assert not any(name.startswith('trusted') for name in plain.state_tensors()[0])
-    with pytest.raises(ValueError, match='trusted'):
-        plain.revert_actor()
-
-
-def test_critic_members_leave_the_first_critic_and_the_q1_actor_as_in_td3():
-    # Members are independent: with the actor on Q1 of the first member, extra members
-    # change nothing that TD3 computes (same seed, same batches, bit for bit).
-    with pytest.raises(ValueError, match='critic_members'):
-        TD3Config(critic_members=0)
-    td3, ensemble = make_agent(seed=4), make_agent(seed=4, critic_members=3)
-    assert set(td3.state_tensors()[0]) < set(ensemble.state_tensors()[0])
-    for seed in range(4):
-        batch = make_batch(seed=seed)
-        m1, m3 = td3.update(batch), ensemble.update(batch)
-        torch.testing.assert_close(m1['q1_mean'], m3['q1_mean'], rtol=0, atol=0)
-    for name in ('actor_cnn', 'actor', 'critic_cnn', 'critic', 'target_critic'):
-        assert same(snapshot(getattr(td3, name)), snapshot(getattr(ensemble, name))), name
-    # ... while the other members were initialised and trained on their own.
-    assert not same(snapshot(ensemble.member_cnns[1]), snapshot(ensemble.member_cnns[2]))
-
-
-def test_each_member_bootstraps_from_its_own_targets():
-    agent = make_agent(critic_members=3, seed=5)
-    b = agent.prepare(make_batch(size=16, seed=11))
-    noise_state = agent._noise_gen.get_state()
-    targets = agent.member_targets(b)
-    agent._noise_gen.set_state(noise_state)  # the one noise draw every member shares
-    next_action = agent.target_actions(b)
-    for cnn, critic, target in zip(agent.member_target_cnns, agent.member_target_critics,
-                                   targets, strict=True):
-        with torch.no_grad():
-            heads = critic(torch.cat([cnn(b.next_obs), b.next_vec], 1), next_action)
-            expected = b.rewards + 0.99 * torch.minimum(*heads).squeeze(1)
-        torch.testing.assert_close(target, expected)
-    assert not torch.equal(targets[0], targets[1])
-
-
-def test_agreement_is_the_smallest_members_advantage_over_the_stored_action():
-    agent = make_agent(critic_members=3, actor_objective='agreement', seed=6)
-    batch = make_batch(size=16, seed=12)
-    b = agent.prepare(batch)
-    loss, metrics = agent.actor_loss(batch)
-    with torch.no_grad():
-        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
-        advantages = []
-        for cnn, critic in zip(agent.member_cnns, agent.member_critics, strict=True):
-            state = torch.cat([cnn(b.obs), b.obs_vec], 1)
-            advantages.append(critic.Q1(state, action) - critic.Q1(state, b.actions))
-        expected = torch.cat(advantages, 1).min(dim=1).values.mean()
-    torch.testing.assert_close(metrics['actor_q'], expected)
-    torch.testing.assert_close(loss.detach(), -expected)
-
-
-def test_members_that_disagree_hold_the_actor_at_the_stored_action():
-    # Member 2's Q1 is member 1's mirrored about the stored action's value: whatever one
-    # calls better, the other calls worse, and the objective peaks at the stored action
-    # itself. With identical members its gradient is Q1's.
-    agent = make_agent(critic_members=2, actor_objective='agreement', seed=7)
-    agent.member_cnns[1].load_state_dict(agent.member_cnns[0].state_dict())
-    agent.member_critics[1].load_state_dict(agent.member_critics[0].state_dict())
-    b = agent.prepare(make_batch(size=16, seed=13))
-    states = agent.critic_states(b)
-    probe = (b.actions + 0.3 * torch.randn(b.actions.shape)).clamp(-1, 1).requires_grad_(True)
-    agent.objective_q(states, probe, b.actions).sum().backward()
-    q1 = probe.detach().clone().requires_grad_(True)
-    agent.critic.Q1(states[0], q1).sum().backward()
-    torch.testing.assert_close(probe.grad, q1.grad)  # identical members: TD3's gradient
-
-    last = agent.member_critics[1].Q1.fc3
-    with torch.no_grad():
-        last.weight.neg_()
-        last.bias.neg_()
-    grid = torch.linspace(-1, 1, 9)
-    for throttle in grid:
-        for steer in grid:
-            action = torch.tensor([[steer, throttle]]).expand_as(b.actions)
-            assert (agent.objective_q(states, action, b.actions) <= 1e-6).all()
-    at_data = b.actions.clone().requires_grad_(True)
-    value = agent.objective_q(states, at_data, b.actions)
-    torch.testing.assert_close(value, torch.zeros_like(value))
-
-
-def test_a_relative_critic_reads_actions_as_offsets_from_the_target_actor():
-    with pytest.raises(ValueError, match='critic_action'):
-        TD3Config(critic_action='delta')
-    agent = make_agent(critic_action='relative', seed=8)
-    batch = make_batch(size=16, seed=14)
-    b = agent.prepare(batch)
-    noise_state = agent._noise_gen.get_state()
-    loss, metrics = agent.critic_loss(b)
-    agent._noise_gen.set_state(noise_state)
-    next_action = agent.target_actions(b)
-    with torch.no_grad():
-        anchor = agent.target_actor(torch.cat([agent.target_actor_cnn(b.obs), b.obs_vec], 1))
-        next_anchor = agent.target_actor(
-            torch.cat([agent.target_actor_cnn(b.next_obs), b.next_vec], 1))
-        # The TD target's action is the target actor's plus clipped smoothing noise: its
-        # offset is that noise, whatever the target actor does.
-        offset = next_action - next_anchor
-        assert offset.abs().max() <= 0.5 + 1e-6
-        heads = agent.target_critic(
-            torch.cat([agent.target_critic_cnn(b.next_obs), b.next_vec], 1), offset)
-        y = b.rewards + 0.99 * torch.minimum(*heads).squeeze(1)
-        state = torch.cat([agent.critic_cnn(b.obs), b.obs_vec], 1)
-        q1, q2 = (q.squeeze(1) for q in agent.critic(state, b.actions - anchor))
-    torch.testing.assert_close(loss, F.mse_loss(q1, y) + F.mse_loss(q2, y))
-    # The actor is scored at its own offset from the target actor (zero when they agree).
-    _, actor_metrics = agent.actor_loss(b)
-    with torch.no_grad():
-        action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], 1))
-        expected = agent.critic.Q1(state, action - anchor).mean()
-    torch.testing.assert_close(actor_metrics['actor_q'], expected)
-
-
-def test_bootstrapped_members_learn_from_their_own_fixed_half_of_the_data():
-    with pytest.raises(ValueError, match='indices'):
-        make_agent(critic_members=2, critic_bootstrap=True).critic_loss(make_batch())
-    indices = torch.arange(10_000)
-    masks = [bootstrap_mask(indices, member) for member in range(3)]
-    assert all(0.48 < float(mask.mean()) < 0.52 for mask in masks)
-    assert 0.45 < float((masks[0] == masks[1]).float().mean()) < 0.55  # independent halves
-    assert torch.equal(bootstrap_mask(indices.flip(0), 1), masks[1].flip(0))
-
-    agent = make_agent(critic_members=2, critic_bootstrap=True, seed=9)
-    batch = dataclasses.replace(make_batch(size=32, seed=15), indices=np.arange(500, 532))
-    b = agent.prepare(batch)
-    noise_state = agent._noise_gen.get_state()
-    loss, _ = agent.critic_loss(b)
-    agent._noise_gen.set_state(noise_state)
-    expected = 0.0
-    with torch.no_grad():
-        for member, y in enumerate(agent.member_targets(b)):
-            mask = bootstrap_mask(b.indices, member)
-            state = torch.cat([agent.member_cnns[member](b.obs), b.obs_vec], 1)
-            for q in agent.member_critics[member](state, b.actions):
-                expected += ((q.squeeze(1) - y).square() * mask).sum() / mask.sum()
-    torch.testing.assert_close(loss.detach(), expected)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Writer
 
-from av_td3_ros.learning.checkpoint import PolicySpec, load_policy, read_metadata
+from av_td3_ros.policy.checkpoint import PolicySpec, load_policy, read_metadata
 from av_td3_ros.tools.bags import STORAGES
 from av_td3_ros.tools.bags.types import typestore
 from av_td3_ros.tools.train_offline import main

@@ -13,9 +13,9 @@ from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipp
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from av_td3_ros.driving.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.learning.checkpoint import PolicySpec, latest_policy, load_policy, save_policy
 from av_td3_ros.learning.replay_buffer import ReplayBuffer
+from av_td3_ros.policy.checkpoint import PolicySpec, latest_policy, load_policy, save_policy
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 
 CAPACITY = 500
 # The trainer saves its policy, training state and buffer on SIGINT: on a busy machine that

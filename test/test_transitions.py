@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from av_td3_ros.driving.features import Pose2D
-from av_td3_ros.learning.reward import (
+from av_td3_ros.policy.features import Pose2D
+from av_td3_ros.task.reward import (
     RewardConfig,
     RewardFunction,
     StepEvents,
@@ -16,7 +16,7 @@ from av_td3_ros.learning.reward import (
     progress,
     safety,
 )
-from av_td3_ros.learning.transitions import (
+from av_td3_ros.task.transitions import (
     EpisodeConfig,
     EpisodeEnd,
     EpisodeStart,
@@ -568,17 +568,3 @@ def test_a_long_window_keeps_what_its_waiting_frames_need():
     assert [int(s.next_frame[0, 0]) for s in steps] == list(range(2, 121))
     assert assembler.stats.dropped_unpaired == 0
 
-
-def test_output_items_still_index_like_the_old_tuples_with_a_warning():
-    assembler = make()
-    for k in range(1, 4):
-        feed(assembler, k)
-    start, transition = assembler.pop_output()
-    with pytest.warns(DeprecationWarning, match='no longer tuples'):
-        assert start[0] == 'start' and start[1] is start.frame
-    with pytest.warns(DeprecationWarning):
-        kind, same = transition
-    assert kind == 'transition' and same is transition
-    end = EpisodeEnd(12.5, 3, 'collision', True)
-    with pytest.warns(DeprecationWarning):
-        assert end[0] == 'episode_end' and end[1:] == (12.5, 3, 'collision', True)

@@ -17,10 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .control import SAFE_STOP, ControlCommand
-from .features import Pose2D, odometry_problem, route_problem
-from .preprocessing import ImageFormatError, ImageView, image_pixels
-from .ros_conversions import (
+from av_td3_ros.driving.ros_conversions import (
     frame_stack_mono8,
     pose_from_odometry,
     route_from_path,
@@ -28,9 +25,12 @@ from .ros_conversions import (
     stamp_problem,
     stamp_to_ns,
 )
+from av_td3_ros.policy.control import SAFE_STOP, ControlCommand
+from av_td3_ros.policy.features import Pose2D, odometry_problem, route_problem
+from av_td3_ros.policy.preprocessing import ImageFormatError, ImageView, image_pixels
 
 if TYPE_CHECKING:  # the pipeline imports Reason from here; this module only names its types
-    from .pipeline import DrivingPipeline, StepResult
+    from av_td3_ros.driving.pipeline import DrivingPipeline, StepResult
 
 
 class Severity(Enum):

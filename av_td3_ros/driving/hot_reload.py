@@ -18,8 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ..learning.checkpoint import CheckpointError, PolicySpec, load_policy, resolve_checkpoint
-from .networks import ActorPolicy
+from av_td3_ros.policy.checkpoint import (
+    CheckpointError,
+    PolicySpec,
+    load_policy,
+    resolve_checkpoint,
+)
+from av_td3_ros.policy.networks import ActorPolicy
 
 
 class Poll(Enum):

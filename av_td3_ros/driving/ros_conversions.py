@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from .control import ControlCommand
-from .features import Pose2D, yaw_from_quaternion
+from av_td3_ros.policy.control import ControlCommand
+from av_td3_ros.policy.features import Pose2D, yaw_from_quaternion
 
 NANOSECONDS_PER_SECOND = 1_000_000_000
 

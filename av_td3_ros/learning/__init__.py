@@ -1,5 +1,4 @@
-"""Learn a driving policy: the learning core (no rclpy).
+"""Learn a driving policy: TD3 and its critic, replay, the learner, imitation, fine-tuning.
 
-TD3, the replay buffer, transitions and reward, checkpoints and policy transfer, imitation
-(BC, DAgger) and TD3 fine-tuning on the stand-in simulator.
+No rclpy. The driver process never imports this package.
 """

@@ -5,7 +5,7 @@ This is the ROS training loop with the graph taken out, built from the same part
 exploration noise, as `mode:=explore` does after its random phase); the trainer's
 `TransitionAssembler` turns frames, odometry and actions into transitions with the trainer's
 reward and episode rules; the trainer's `Learner` stores them and runs each TD3 update
-(Monte Carlo or TD targets, the TD3+BC term's weight and labels) at a fixed update-to-data
+(Monte Carlo targets in the critic warm-up, the TD3+BC term's labels) at a fixed update-to-data
 ratio; and the acting policy is refreshed from the learner every `sync_every` updates, as the
 driver hot-reloads checkpoints. This module adds only the simulator, the schedule and the
 evaluations. The route expert labels every sampled transition from its stored kinematic
@@ -20,7 +20,7 @@ actor goes to full throttle (measured: the critic's gradient asked for more thro
 of sampled states). So:
 - the critic first learns the starting policy's values (`critic_warmup_updates`) on the
   policy's own noisy actions (`prefill_steps`), regressing on the Monte Carlo returns of the
-  finished episodes (`warmup_targets: mc`; TD targets where an episode is still open), which
+  finished episodes (TD targets where an episode is still open), which
   are calibrated from the first update; the targets are then copied from the warmed critic;
 - then TD3 (or TD3+BC) as usual, evaluated on held-out seeds every `eval_every_updates`.
 """
@@ -34,26 +34,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..driving.inference import PolicyRunner
-from ..driving.networks import ActorPolicy
-from ..driving.pipeline import DrivingPipeline, ExplorationConfig
-from ..driving.preprocessing import gray_from_pixels, image_pixels
-from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, pose_of, summary_line
-from ..sim.sim_env import SimEnv, SimEnvConfig
-from .checkpoint import PolicySpec, load_policy, save_policy_state
-from .learner import Learner, LearnerConfig, check_update_choices
-from .mc_returns import MonteCarloReturns
-from .policy_gate import REVERT
-from .replay_buffer import ReplayBuffer
-from .reward import STAND_IN_GAMMA, RewardConfig
-from .td3 import TD3, TD3Config, metrics_to_floats
-from .transitions import (
+from av_td3_ros.driving.pipeline import DrivingPipeline
+from av_td3_ros.experts.exploration import ExplorationConfig
+from av_td3_ros.learning.learner import BC_LABELS, Learner, LearnerConfig
+from av_td3_ros.learning.mc_returns import MonteCarloReturns
+from av_td3_ros.learning.replay_buffer import ReplayBuffer
+from av_td3_ros.learning.td3 import TD3, TD3Config, metrics_to_floats
+from av_td3_ros.policy.checkpoint import PolicySpec, load_policy, save_policy_state
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy
+from av_td3_ros.policy.preprocessing import gray_from_pixels, image_pixels
+from av_td3_ros.sim.evaluation import (
+    EpisodeResult,
+    evaluate_policy,
+    image_of,
+    pose_of,
+    summary_line,
+)
+from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig
+from av_td3_ros.task.reward import STAND_IN_GAMMA, RewardConfig
+from av_td3_ros.task.transitions import (
     AssemblerOutput,
     EpisodeConfig,
     EpisodeEnd,
     Transition,
     TransitionAssembler,
 )
+from av_td3_ros.validation import check_choice
 
 STEP_NS = 50_000_000
 """Stamp increment per simulator step (the bridge's 20 Hz)."""
@@ -68,30 +75,14 @@ class FinetuneConfig:
     td3: TD3Config = TD3Config(batch_size=64, precision='auto', critic_warmup_updates=5000,
                                actor_pretanh_penalty=0.01, gamma=STAND_IN_GAMMA)
     """TD3 settings; bc_weight > 0 makes it TD3+BC with the route expert's labels."""
-    warmup_targets: str = 'mc'
-    """Critic targets during the warm-up: mc (discounted returns of the finished episodes of
-    the starting policy, TD where unknown) or td (plain TD targets)."""
-    mc_after_warmup: bool = False
-    """See `LearnerConfig.mc_after_warmup`."""
     bc_labels: str = 'expert'
     """See `LearnerConfig.bc_labels`."""
-    bc_weight_final: float | None = None
-    """Anneal bc_weight linearly to this over `bc_anneal_updates` actor-phase updates
-    (None: constant)."""
-    bc_anneal_updates: int = 20000
-    """Updates (after the critic warm-up) over which bc_weight reaches bc_weight_final
-    (0: bc_weight stays constant)."""
-    trust_gate_episodes: int = 0
-    """See `LearnerConfig.trust_gate_episodes`."""
     cpu_minutes: float = 30.0
     """Budget: process CPU time spent acting and learning (evaluations not counted)."""
     prefill_steps: int = 2000
     """Environment steps of the starting policy (with noise) before the first update."""
     exploration_noise: float = 0.1
     """Std of the Gaussian noise added to the policy's actions while collecting."""
-    exploration_correlation: float = 0.0
-    """AR(1) coefficient of that noise between steps (`ExplorationConfig.noise_correlation`;
-    0: independent per step)."""
     updates_per_step: float = 0.5
     """Update-to-data ratio after the prefill."""
     sync_every: int = 250
@@ -117,7 +108,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         """Refuse unknown choices by name, as `LearnerConfig` does."""
-        check_update_choices(self.warmup_targets, self.bc_labels)
+        check_choice('bc_labels', self.bc_labels, BC_LABELS)
 
     def to_dict(self) -> dict:
         """Return the config as plain values (JSON, for reports and checkpoint metadata)."""
@@ -126,18 +117,13 @@ class FinetuneConfig:
     def learner_config(self, run_dir: Path, start: str | Path,
                        spec: PolicySpec) -> LearnerConfig:
         """Return the trainer's learner settings of this run (no checkpoints, no logs)."""
-        annealed = self.bc_weight_final is not None
         return LearnerConfig(
             run_dir=run_dir, spec=spec, td3=replace(self.td3, seed=self.seed),
             seed=self.seed, resume=False, buffer_capacity=self.buffer_capacity,
             buffer_kinematics_dtype='float32', learning_starts=self.prefill_steps,
             updates_per_step=self.updates_per_step, checkpoint_every=_NEVER,
             keep_checkpoints=1, state_every=_NEVER, health_every=_NEVER, tensorboard=False,
-            initial_policy=str(start), warmup_targets=self.warmup_targets,
-            mc_after_warmup=self.mc_after_warmup, bc_labels=self.bc_labels,
-            bc_weight_final=self.bc_weight_final if annealed else 0.0,
-            bc_anneal_updates=self.bc_anneal_updates if annealed else 0,
-            trust_gate_episodes=self.trust_gate_episodes)
+            initial_policy=str(start), bc_labels=self.bc_labels)
 
 
 _NEVER = 2 ** 62
@@ -179,7 +165,6 @@ class Finetuner:
             ExplorationConfig(mode='explore', random_steps=0,
                               noise_start=config.exploration_noise,
                               noise_end=config.exploration_noise, noise_decay_steps=0,
-                              noise_correlation=config.exploration_correlation,
                               seed=config.seed))
         self.assembler = TransitionAssembler(self.spec.features, config.reward, config.episode)
         self.env = SimEnv(config.sim)
@@ -190,7 +175,6 @@ class Finetuner:
         self._stamp = 0
         self._train_seed = config.train_seed_start
         self._episode_open = False
-        self._reverts_seen = 0
         self._cpu = 0.0  # CPU seconds of acting and learning (evaluations excluded)
 
     @property
@@ -262,11 +246,7 @@ class Finetuner:
     def learn_once(self) -> dict[str, torch.Tensor]:
         """Run one of the trainer's TD3 updates; refresh the acting policy on its cadence."""
         metrics = self.learner.td3_step()
-        # A reverted actor replaces the acting policy at once, as its checkpoint would.
-        reverts = self.learner.gate_decisions[REVERT]
-        if (self.agent.total_updates % self.config.sync_every == 0
-                or reverts != self._reverts_seen):
-            self._reverts_seen = reverts
+        if self.agent.total_updates % self.config.sync_every == 0:
             self.acting.load_state_dict(self.agent.policy_state())
         return metrics
 
@@ -276,7 +256,7 @@ class Finetuner:
 
         Near the edge: farther than 4.5 m from the centre line (the episode ends at 6.5 m).
         `dq_dthrottle_pos`: fraction of states where the gradient of what the actor maximises
-        (`TD3.objective_q`) at the actor's action asks for more throttle; `q_*`: Q1 of the
+        (Q1) at the actor's action asks for more throttle; `q_*`: Q1 of the
         stored action, in reward units; `reward_*`: stored rewards; `terminal_near_edge`:
         fraction of near-edge transitions that ended.
         """
@@ -287,17 +267,13 @@ class Finetuner:
         b = agent.prepare(batch)
         lateral = np.abs(batch.obs_vec[:, 1]) * self.spec.features.lateral_scale
         near = lateral > 4.5
-        states = agent.critic_states(b)
-        anchor = agent.action_anchor(b.obs, b.obs_vec)
         with torch.no_grad():
-            q_data = agent.critic.Q1(states[0], agent.critic_input(b.actions, anchor))
-            q_data = q_data.squeeze(1).numpy()
-            q_data = q_data / agent.config.reward_scale  # in reward units
+            state = torch.cat([agent.critic_cnn(b.obs), b.obs_vec], dim=1)
+            q_data = agent.critic.Q1(state, b.actions).squeeze(1).numpy()
             action = agent.actor(torch.cat([agent.actor_cnn(b.obs), b.obs_vec], dim=1))
         action = action.clone().requires_grad_(True)
-        agent.objective_q(states, action, b.actions, anchor).sum().backward()
-        for critic in agent.member_critics:
-            critic.zero_grad(set_to_none=True)
+        agent.critic.Q1(state, action).sum().backward()
+        agent.critic.zero_grad(set_to_none=True)
         throttle_grad = action.grad[:, 1].numpy()
         values = {'dq_dthrottle_pos': float(np.mean(throttle_grad > 0)),
                   'actor_throttle': float(action[:, 1].detach().mean()),
@@ -326,8 +302,6 @@ class Finetuner:
                   'returns': [round(r.episode_return, 1) for r in results],
                   'laps': sum(r.lap_complete for r in results),
                   'critic': self.value_diagnostics()}
-        if self.learner.gate is not None:
-            record['gate'] = dict(self.learner.gate_decisions)
         self.report.evaluations.append(record)
         if not self.report.evaluations[:-1]:
             self.report.start_return = value
@@ -364,10 +338,8 @@ class Finetuner:
                 last_log = time.monotonic()
                 values = metrics_to_floats(metrics)
                 recent = [e['sim_return'] for e in self.report.episodes[-5:]]
-                gate = (f'trust gate {self.learner.gate_decisions}, '
-                        if self.learner.gate is not None else '')
                 self.log(f'[finetune] {steps} steps, {self.agent.total_updates} updates, '
-                         f'{self._cpu / 60:.1f} CPU-min, recent sim returns {recent}, {gate}'
+                         f'{self._cpu / 60:.1f} CPU-min, recent sim returns {recent}, '
                          + ', '.join(f'{k} {v:.3g}' for k, v in sorted(values.items())))
         self.evaluate()
         self.report.updates = self.agent.total_updates

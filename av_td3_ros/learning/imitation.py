@@ -27,16 +27,28 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..driving.control import action_to_control
-from ..driving.inference import PolicyRunner
-from ..driving.networks import ActorPolicy, NetworkConfig
-from ..driving.pipeline import AR1Noise, DrivingPipeline
-from ..driving.preprocessing import PreprocessConfig, gray_from_pixels, image_pixels, scale_frames
-from ..sim.evaluation import EpisodeResult, evaluate_policy, image_of, mean_return, pose_of
-from ..sim.expert import ExpertConfig, RouteExpert
-from ..sim.sim_env import SimEnv, SimEnvConfig
-from .checkpoint import PolicySpec, save_policy_state
-from .td3 import resolve_precision
+from av_td3_ros.driving.pipeline import DrivingPipeline
+from av_td3_ros.experts.exploration import AR1Noise
+from av_td3_ros.experts.route_expert import ExpertConfig, RouteExpert
+from av_td3_ros.learning.td3 import resolve_precision
+from av_td3_ros.policy.checkpoint import PolicySpec, save_policy_state
+from av_td3_ros.policy.control import action_to_control
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.preprocessing import (
+    PreprocessConfig,
+    gray_from_pixels,
+    image_pixels,
+    scale_frames,
+)
+from av_td3_ros.sim.evaluation import (
+    EpisodeResult,
+    evaluate_policy,
+    image_of,
+    mean_return,
+    pose_of,
+)
+from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class ImitationConfig:
     """Frames of noisy expert driving collected first."""
     noise_max: float = 0.15
     """Each expert episode draws its action-noise std uniformly from [0, noise_max]."""
-    noise_correlation: float = 0.9
+    noise_autocorrelation: float = 0.9
     """AR(1) coefficient of the action noise per step (correlated, like a drifting driver)."""
     max_off_road_steps: int = 60
     """Cut a collection episode after this many consecutive steps fully off the road."""
@@ -267,7 +279,7 @@ class ImitationTrainer:
         episodes, seed, start_size = [], seed_start, self.dataset.size
         while self.dataset.size - start_size < frames:
             noise = AR1Noise(self.rng, self.rng.uniform(0.0, config.noise_max),
-                             config.noise_correlation) if not student else None
+                             config.noise_autocorrelation) if not student else None
             episodes.append(collect_episode(
                 self.env, seed, self.dataset, self.spec, self.expert,
                 frames - (self.dataset.size - start_size), config.max_off_road_steps,

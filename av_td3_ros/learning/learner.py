@@ -12,9 +12,9 @@ The schedule, one update at a time:
 2. `bc_pretrain_updates` behaviour-cloning steps of the actor towards the route expert's
    action on each sampled transition's stored kinematics (`sim/expert.expert_actions`); the
    targets then copy the cloned actor;
-3. TD3 updates (TD3+BC with `td3.bc_weight` > 0, the same labels, the weight optionally
-   annealed) while `td3_updates < env_steps * updates_per_step`; during the critic warm-up
-   the critic's targets are the finished episodes' Monte Carlo returns (`warmup_targets`).
+3. TD3 updates (TD3+BC with `td3.bc_weight` > 0, labels from `bc_labels`) while
+   `td3_updates < env_steps * updates_per_step`; during the critic warm-up the critic's
+   targets are the finished episodes' Monte Carlo returns (TD where an episode is open).
 Policy files are named by `updates` (BC and TD3 steps together; with no pretraining, the TD3
 critic steps as before).
 
@@ -28,15 +28,19 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..sim.expert import expert_actions
-from ..throttled_log import ThrottledLog
-from .checkpoint import (
+from av_td3_ros.config_diff import config_differences
+from av_td3_ros.experts.route_expert import expert_actions
+from av_td3_ros.learning.device_batch import DeviceBatch
+from av_td3_ros.learning.mc_returns import MonteCarloReturns
+from av_td3_ros.learning.replay_buffer import Batch, ReplayBuffer
+from av_td3_ros.learning.td3 import TD3, TD3Config, metrics_to_floats
+from av_td3_ros.policy.checkpoint import (
     CHECKPOINT_SUBDIR,
     POLICY_PATTERN,
     TRAINING_STATE,
@@ -50,21 +54,18 @@ from .checkpoint import (
     save_policy_state,
     write_atomic,
 )
-from .config_diff import config_differences
-from .mc_returns import MonteCarloReturns
-from .policy_gate import ADVANCE, REVERT, EvidenceGate
-from .replay_buffer import Batch, ReplayBuffer
-from .td3 import TD3, TD3Config, metrics_to_floats
-from .transitions import AssemblerOutput, EpisodeEnd, EpisodeStart, Transition
+from av_td3_ros.policy.networks import ActorPolicy
+from av_td3_ros.task.transitions import AssemblerOutput, EpisodeEnd, EpisodeStart, Transition
+from av_td3_ros.throttled_log import ThrottledLog
+from av_td3_ros.validation import check_choice
 
 LEARNER_TENSORS = 'learner.'
-"""Prefix of the state-file tensors the learner adds to TD3's (the Monte Carlo returns)."""
+"""Prefix of the state-file tensors the learner adds to TD3's (returns, the start policy)."""
+START_POLICY_TENSORS = LEARNER_TENSORS + 'start_policy.'
 
-
-WARMUP_TARGETS = ('mc', 'td')
-"""Critic targets during the warm-up: Monte Carlo returns (TD where unknown) or TD."""
-BC_LABELS = ('expert', 'data')
-"""Sources of the TD3+BC term's target actions (`td3_bc_labels`)."""
+BC_LABELS = ('expert', 'start')
+"""Sources of the TD3+BC term's target actions: the route expert, or the policy TD3 started
+from (`initial_policy`, after any BC pretraining)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,101 +94,22 @@ class LearnerConfig:
     tensorboard: bool
     initial_policy: str = ''
     """A fresh run's actor starts from this policy file ('' = random init)."""
-    warmup_targets: str = 'mc'
-    """Critic targets during td3.critic_warmup_updates: mc (Monte Carlo returns) or td."""
-    mc_after_warmup: bool = False
-    """Keep the Monte Carlo targets after the warm-up wherever an episode has finished (TD
-    where it is open). TD carries a crash's cost back one step per target lag, so a policy
-    that has started to crash can look fine to the critic for thousands of updates; a
-    finished episode's return carries it back at once, for the recent policy that drove it
-    (older episodes' returns are those of older policies). It did not stop the stand-in's
-    collapse (README "Fine-tuning with TD3")."""
     bc_pretrain_updates: int = 0
     """Behaviour-cloning steps of the actor on the route expert's labels before TD3 (0: off)."""
-    bc_weight_final: float = 0.0
-    """TD3+BC: the weight td3.bc_weight reaches after `bc_anneal_updates`."""
     bc_labels: str = 'expert'
-    """What the TD3+BC term pulls the actor towards (`td3_bc_labels`): expert or data."""
-    bc_anneal_updates: int = 0
-    """TD3 updates after the critic warm-up over which td3.bc_weight moves linearly to
-    `bc_weight_final` (0: constant bc_weight)."""
-    trust_gate_episodes: int = 0
-    """Move the trusted actor (`td3.trust_region_anchor: trusted`) on evidence: after each
-    trial of this many episodes, the actor becomes the trusted one if the trial's mean
-    return matches the trusted policy's, and goes back to it if not
-    (`learning/policy_gate.py`). 0: the trusted actor stays the starting policy."""
+    """What the TD3+BC term pulls the actor towards: expert (the route expert's action on the
+    stored kinematics) or start (the action of the policy TD3 started from, frozen: a trust
+    region around a policy known to drive, with no expert needed)."""
 
     def __post_init__(self):
         """Refuse unknown choices by name (a typo must not silently pick another rule)."""
-        check_update_choices(self.warmup_targets, self.bc_labels)
-        if self.trust_gate_episodes < 0:
-            raise ValueError(f'trust_gate_episodes must be >= 0, got {self.trust_gate_episodes}')
-        if self.trust_gate_episodes and self.td3.trust_region_anchor != 'trusted':
-            raise ValueError("trust_gate_episodes needs td3.trust_region_anchor 'trusted' "
-                             f'(got {self.td3.trust_region_anchor!r}): the gate moves that '
-                             'anchor')
+        check_choice('bc_labels', self.bc_labels, BC_LABELS)
 
 
-def check_update_choices(warmup_targets: str, bc_labels: str):
-    """Raise ValueError, naming the field, for an unknown warm-up target or TD3+BC label."""
-    if warmup_targets not in WARMUP_TARGETS:
-        raise ValueError(f'warmup_targets must be one of {WARMUP_TARGETS}, '
-                         f'got {warmup_targets!r}')
-    if bc_labels not in BC_LABELS:
-        raise ValueError(f'bc_labels must be one of {BC_LABELS}, got {bc_labels!r}')
-
-
-def annealed_bc_weight(start: float, final: float, anneal_updates: int,
-                       progress: int) -> float:
-    """Return the TD3+BC weight after `progress` actor-phase updates (linear; 0 updates: start)."""
-    if anneal_updates <= 0:
-        return start
-    fraction = min(max(progress, 0) / anneal_updates, 1.0)
-    return start + (final - start) * fraction
-
-
-def td3_bc_labels(batch: Batch, features, source: str) -> np.ndarray:
-    """Return the actions the TD3+BC term pulls a sampled batch's actor actions towards.
-
-    expert: the route expert's action on each stored kinematic vector (DAgger-style labels).
-    data: the stored actions themselves, as in Fujimoto & Gu's TD3+BC: the actor stays near
-    the actions its critic has seen, and no expert is needed. Online, the data are the
-    acting policies' own (noisy) actions, so the anchor moves as the buffer fills with the
-    new policy's driving.
-    """
-    if source == 'expert':
-        return expert_actions(batch.obs_vec, features)
-    if source == 'data':
-        return np.asarray(batch.actions, np.float32)
-    raise ValueError(f'bc_labels must be one of {BC_LABELS}, got {source!r}')
-
-
-def uses_monte_carlo_targets(updates_done: int, warmup_updates: int, warmup_targets: str,
-                             mc_after_warmup: bool) -> bool:
-    """Return whether the next update's critic targets are Monte Carlo returns where known.
-
-    During the critic warm-up (`updates_done` < `warmup_updates`) `warmup_targets` decides
-    (mc or td); after it, `mc_after_warmup`.
-    """
-    if updates_done < warmup_updates:
-        return warmup_targets == 'mc'
-    return mc_after_warmup
-
-
-def resume_differences(spec: PolicySpec, metadata: dict, td3_metadata: dict) -> list[str]:
-    """Name every PolicySpec field in which a training state differs from `spec`.
-
-    A state holds its whole spec; older states hold only the network config and the TD3
-    frame_scale, so only those are compared for them.
-    """
-    ours = spec.to_dict()
-    if 'spec' in metadata:
-        saved = json.loads(metadata['spec'])
-    else:
-        scale = td3_metadata.get('td3_config', {}).get('frame_scale')
-        saved = {**ours, 'network': td3_metadata.get('network_config', {}),
-                 'preprocessing': {**ours['preprocessing'], 'scale': scale}}
-    return config_differences(ours, saved, ('trainer', 'training state'))
+def resume_differences(spec: PolicySpec, metadata: dict) -> list[str]:
+    """Name every PolicySpec field in which a training state differs from `spec`."""
+    saved = json.loads(metadata['spec'])
+    return config_differences(spec.to_dict(), saved, ('trainer', 'training state'))
 
 
 class ResumeError(ValueError):
@@ -231,10 +153,7 @@ class Learner:
         self.updates_since_log = 0
         self._bc_losses: list[float] = []  # first and latest pretraining losses, for the log
         self.returns = MonteCarloReturns(config.buffer_capacity + 1, config.td3.gamma)
-        self.gate = EvidenceGate(config.trust_gate_episodes) if config.trust_gate_episodes \
-            else None
-        self.gate_pending: str | None = None  # decided on an episode's end, applied by updates
-        self.gate_decisions = {ADVANCE: 0, REVERT: 0}
+        self.start_policy: ActorPolicy | None = None  # bc_labels 'start': frozen at TD3's start
         self.rng: np.random.Generator | None = None
         try:
             for stale in remove_stale_run_temps(config.run_dir):
@@ -246,7 +165,7 @@ class Learner:
         except BaseException:
             self.buffer.close()
             raise
-        if self.rng is None:  # a fresh run, or a state from before the sampler was saved
+        if self.rng is None:  # a fresh run
             self.rng = np.random.default_rng(config.seed + self.agent.total_updates)
         self._episode_log = open(config.run_dir / 'episodes.jsonl', 'a', buffering=1)
         self.tb = None
@@ -266,7 +185,7 @@ class Learner:
             return
         tensors, metadata = read_safetensors(path)  # one read: tensors and metadata agree
         td3_metadata = json.loads(metadata['td3'])
-        diffs = resume_differences(self.config.spec, metadata, td3_metadata)
+        diffs = resume_differences(self.config.spec, metadata)
         if diffs:
             raise ResumeError(f'cannot resume {path}: it was trained with another policy '
                               'spec: ' + '; '.join(diffs) + ' (set the same parameters, or '
@@ -277,17 +196,15 @@ class Learner:
         # The buffer may hold more than the state recorded (written after the last save).
         self.env_steps = max(int(counters['env_steps']), 0)
         self.episodes = int(counters['episodes'])
-        self.bc_updates = int(counters.get('bc_updates', 0))
-        if 'sampler' in counters:
-            self.rng = np.random.default_rng()
-            self.rng.bit_generator.state = counters['sampler']
-        if mine:
-            self.returns.load_state(mine['learner.mc_returns'].numpy(),
-                                    mine['learner.mc_indices'].numpy())
-        if self.gate is not None and 'gate' in counters:
-            self.gate.load_state(counters['gate']['state'])
-            self.gate_pending = counters['gate']['pending']
-            self.gate_decisions = dict(counters['gate']['decisions'])
+        self.bc_updates = int(counters['bc_updates'])
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = counters['sampler']
+        self.returns.load_state(mine['learner.mc_returns'].numpy(),
+                                mine['learner.mc_indices'].numpy())
+        start = {k[len(START_POLICY_TENSORS):]: v for k, v in mine.items()
+                 if k.startswith(START_POLICY_TENSORS)}
+        if start:
+            self.start_policy = self._frozen_policy(start)
         bc = f' (+ {self.bc_updates} BC)' if self.bc_updates else ''
         self.log.info(f'resumed {path}: {self.agent.total_updates} updates{bc}, '
                       f'{self.env_steps} env steps, buffer {self.buffer.size}')
@@ -313,13 +230,13 @@ class Learner:
             counters = {'env_steps': self.env_steps, 'episodes': self.episodes,
                         'bc_updates': self.bc_updates,
                         'sampler': self.rng.bit_generator.state}
-            if self.gate is not None:
-                counters['gate'] = {'state': self.gate.state(), 'pending': self.gate_pending,
-                                    'decisions': self.gate_decisions}
             values, indices = self.returns.state()
         tensors, metadata = self.agent.state_tensors()
         tensors['learner.mc_returns'] = torch.from_numpy(values)
         tensors['learner.mc_indices'] = torch.from_numpy(indices)
+        if self.start_policy is not None:
+            for key, value in self.start_policy.state_dict().items():
+                tensors[START_POLICY_TENSORS + key] = value.detach().cpu().contiguous()
         write_atomic(self.config.run_dir / TRAINING_STATE, tensors,
                      {'td3': json.dumps(metadata), 'counters': json.dumps(counters),
                       'spec': json.dumps(self.config.spec.to_dict())})
@@ -358,8 +275,6 @@ class Learner:
                     self.buffer.start_episode(item.frame, item.vec, stream=role)
                     self._broken_streams.discard(role)
                     self.returns.start(role)
-                    if self.gate is not None:
-                        self.gate.on_episode_start(role)
                 elif isinstance(item, Transition):
                     index = self.buffer.add(item.action, item.reward, item.next_frame,
                                             item.next_vec, item.terminated, item.truncated,
@@ -382,10 +297,6 @@ class Learner:
         if isinstance(item, EpisodeEnd):
             with self.buffer_lock:
                 self.returns.finish(role)
-                if self.gate is not None:
-                    decision = self.gate.on_episode_end(role, item.episode_return)
-                    # A later decision replaces one not yet applied: it saw more episodes.
-                    self.gate_pending = decision or self.gate_pending
             self.episodes += 1
             self.recent_returns = (self.recent_returns + [item.episode_return])[-20:]
             record = {'episode': self.episodes, 'vehicle': role,
@@ -413,13 +324,6 @@ class Learner:
             return 'td3'
         return None
 
-    def bc_weight(self) -> float:
-        """Return the TD3+BC weight of the next TD3 update (annealed after the warm-up)."""
-        config = self.config
-        progress = self.agent.total_updates - config.td3.critic_warmup_updates
-        return annealed_bc_weight(config.td3.bc_weight, config.bc_weight_final,
-                                  config.bc_anneal_updates, progress)
-
     def sample(self, with_returns: bool = False) -> tuple[Batch, np.ndarray | None]:
         """Sample a batch under the buffer lock; with `with_returns`, its Monte Carlo returns."""
         with self.buffer_lock:
@@ -432,7 +336,7 @@ class Learner:
 
         BC pretraining always clones the expert; `bc_labels` is the TD3+BC term's choice.
         """
-        return td3_bc_labels(batch, self.config.spec.features, 'expert')
+        return expert_actions(batch.obs_vec, self.config.spec.features)
 
     def bc_loss(self, limit: int = 4096, chunk: int = 256) -> float:
         """Return the actor's mean BC loss over (up to `limit` of) the stored transitions.
@@ -467,64 +371,42 @@ class Learner:
         self._bc_losses = (self._bc_losses or [metrics['bc_mse']])[:1] + [metrics['bc_mse']]
         if self.bc_updates == self.config.bc_pretrain_updates:
             self.agent.sync_targets()  # TD3 bootstraps from the cloned actor
-            if self.agent.trusted_actor is not None:
-                self.agent.trust_actor()  # the trust region holds TD3 near the clone
             first, last = self._bc_losses[0], self._bc_losses[-1]
             self.log.info(f'BC pretraining done: {self.bc_updates} updates, BC loss '
                           f'{first:.4f} -> {last:.4f}')
         self._after_update(batch, metrics, 'pretrain')
         return metrics
 
-    def _apply_gate(self):
-        """Carry out the evidence gate's pending decision (on the update thread).
+    def _frozen_policy(self, state: dict[str, torch.Tensor]) -> ActorPolicy:
+        """Return an ActorPolicy with `state`'s weights on the agent's device, frozen."""
+        policy = ActorPolicy(self.config.spec.network)
+        policy.load_state_dict(state)
+        return policy.to(self.agent.device).eval().requires_grad_(False)
 
-        A reverted actor is saved at once, so drivers stop running the policy that did harm.
-        """
-        with self.buffer_lock:
-            decision, self.gate_pending = self.gate_pending, None
-            if self.agent.total_updates >= self.config.td3.critic_warmup_updates:
-                self.gate.open()
-            if decision is None:
-                return
-            trial = self.gate.trial_id
-            reference = list(self.gate.reference)
-        self.gate_decisions[decision] += 1
-        if self.tb is not None:
-            self.tb.add_scalar(f'trust_gate/{decision}s', self.gate_decisions[decision],
-                               self.updates)
-        mean = sum(reference) / len(reference) if reference else float('nan')
-        if decision == ADVANCE:
-            self.agent.trust_actor()
-            self.log.info(f'trust gate: trial {trial - 1} held (mean return {mean:.1f}): the '
-                          f'actor after {self.updates} updates is now trusted')
-        else:
-            self.agent.revert_actor()
-            self.log.warning(f'trust gate: trial {trial - 1} fell short of the trusted mean '
-                             f'{mean:.1f}: the actor goes back to the trusted one')
-            self.save_policy()
+    def td3_labels(self, batch: Batch, prepared: DeviceBatch) -> torch.Tensor | np.ndarray:
+        """Return the TD3+BC term's labels for a sampled batch (`bc_labels`)."""
+        if self.config.bc_labels == 'expert':
+            return self.labels(batch)
+        if self.start_policy is None:  # TD3's first update: the policy it starts from
+            self.start_policy = self._frozen_policy(self.agent.policy_state())
+        with torch.no_grad():
+            return self.start_policy(prepared.obs, prepared.obs_vec)
 
     def td3_step(self) -> dict[str, torch.Tensor]:
-        """Run one TD3 (or TD3+BC) update on a sampled batch."""
+        """Run one TD3 (or TD3+BC) update on a sampled batch.
+
+        During the critic warm-up the critic's targets are the finished episodes' Monte Carlo
+        returns where known.
+        """
         config = self.config
-        if self.gate is not None:
-            self._apply_gate()
-        monte_carlo = uses_monte_carlo_targets(
-            self.agent.total_updates, config.td3.critic_warmup_updates, config.warmup_targets,
-            config.mc_after_warmup)
+        monte_carlo = self.agent.total_updates < config.td3.critic_warmup_updates
         start = time.perf_counter()
         batch, returns = self.sample(with_returns=monte_carlo)
-        weight = self.bc_weight()
-        # TD3+BC's labels: the route expert's actions or the stored ones (`bc_labels`).
-        labels = (td3_bc_labels(batch, config.spec.features, config.bc_labels)
-                  if weight > 0.0 else None)
+        prepared = self.agent.prepare(batch)
+        labels = self.td3_labels(batch, prepared) if config.td3.bc_weight > 0.0 else None
         sample_ms = (time.perf_counter() - start) * 1e3
-        if weight != self.agent.config.bc_weight:  # TD3 reads the weight from its config
-            self.agent.config = replace(self.agent.config, bc_weight=weight)
-        metrics = self.agent.update(batch, labels, returns)
-        extra = {'sample_ms': sample_ms}
-        if config.bc_anneal_updates > 0:
-            extra['bc_weight'] = weight
-        self._after_update(batch, metrics, 'train', extra)
+        metrics = self.agent.update(prepared, labels, returns)
+        self._after_update(batch, metrics, 'train', {'sample_ms': sample_ms})
         return metrics
 
     def maybe_update(self) -> str | None:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..driving.control import control_to_action
-from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
-from ..driving.ros_conversions import (
+from av_td3_ros.driving.ros_conversions import (
     command_from_control_msg,
     pose_from_odometry,
     route_from_path,
     speed_from_odometry,
     stamp_to_ns,
 )
-from ..sim.episode_end import parse_episode_end
-from .transitions import TransitionAssembler
+from av_td3_ros.policy.control import control_to_action
+from av_td3_ros.policy.preprocessing import ImageFormatError, ImageView, to_gray
+from av_td3_ros.task.episode_end import parse_episode_end
+from av_td3_ros.task.transitions import TransitionAssembler
 
 CONTROL_SOURCES = ('command', 'vehicle_status')
 """Where the applied action comes from: the driver's command, or the bridge's status."""

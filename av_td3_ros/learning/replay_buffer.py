@@ -51,7 +51,7 @@ from typing import Any, Dict, Hashable, Optional, Tuple, Union
 
 import numpy as np
 
-from .config_diff import config_differences
+from av_td3_ros.config_diff import config_differences
 
 logger = logging.getLogger(__name__)
 

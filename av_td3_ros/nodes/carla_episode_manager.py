@@ -31,8 +31,11 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from ..driving.ros_conversions import pose_from_odometry, speed_from_odometry, stamp_to_ns
-from ..sim.episode_manager import (
+from av_td3_ros.driving.ros_conversions import pose_from_odometry, speed_from_odometry, stamp_to_ns
+from av_td3_ros.nodes.node_main import guard_callback, run_node
+from av_td3_ros.nodes.node_params import declare
+from av_td3_ros.nodes.schema import Param, Schema, default_of
+from av_td3_ros.task.episode_rules import (
     EndEpisode,
     EpisodeManager,
     EpisodeManagerConfig,
@@ -42,9 +45,6 @@ from ..sim.episode_manager import (
     Teleport,
     poses_from_flat,
 )
-from .node_main import guard_callback, run_node
-from .node_params import declare
-from .schema import Param, Schema, default_of
 
 
 def read_spawn_file(path: str) -> tuple[tuple[MapPose, ...], tuple[MapPose, ...]]:

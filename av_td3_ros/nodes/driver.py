@@ -28,21 +28,27 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ..driving.control import SAFE_STOP, ControlCommand
-from ..driving.decision import Decision, DriverInputs, Reason, Severity
-from ..driving.features import Pose2D
-from ..driving.frame_pacer import FramePacer
-from ..driving.hot_reload import LoadedPolicy, LoadFailure, PolicyReloader, Poll, random_policy
-from ..driving.inference import resolve_device
-from ..driving.inference_onnx import build_runner
-from ..driving.pipeline import DrivingPipeline
-from ..driving.ros_conversions import fill_control_msg
-from ..throttled_log import ThrottledLog
-from .driver_config import read_config
-from .node_main import guard_callback, run_node
-from .policy_topic import PolicyReceiver
-from .transport import shared_memory_limit
-from .watchdog import StallWatchdog
+from av_td3_ros.driving.decision import Decision, DriverInputs, Reason, Severity
+from av_td3_ros.driving.frame_pacer import FramePacer
+from av_td3_ros.driving.hot_reload import (
+    LoadedPolicy,
+    LoadFailure,
+    PolicyReloader,
+    Poll,
+    random_policy,
+)
+from av_td3_ros.driving.pipeline import DrivingPipeline
+from av_td3_ros.driving.ros_conversions import fill_control_msg
+from av_td3_ros.nodes.driver_config import read_config
+from av_td3_ros.nodes.node_main import guard_callback, run_node
+from av_td3_ros.nodes.policy_topic import PolicyReceiver
+from av_td3_ros.nodes.transport import shared_memory_limit
+from av_td3_ros.nodes.watchdog import StallWatchdog
+from av_td3_ros.policy.control import SAFE_STOP, ControlCommand
+from av_td3_ros.policy.features import Pose2D
+from av_td3_ros.policy.inference import resolve_device
+from av_td3_ros.policy.inference_onnx import build_runner
+from av_td3_ros.throttled_log import ThrottledLog
 
 LOG_THROTTLE_S = 2.0
 FRAMES_MISSING_AFTER_S = 5.0

@@ -7,10 +7,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..driving.inference_onnx import BACKENDS
-from ..driving.pipeline import ExplorationConfig
-from ..learning.checkpoint import CheckpointError, PolicySpec, read_metadata, resolve_checkpoint
-from .schema import POLICY_SPEC, Param, Schema, default_of, policy_spec, spec_fields_set_by
+from av_td3_ros.experts.exploration import ExplorationConfig
+from av_td3_ros.nodes.schema import (
+    POLICY_SPEC,
+    Param,
+    Schema,
+    default_of,
+    policy_spec,
+    spec_fields_set_by,
+)
+from av_td3_ros.policy.checkpoint import (
+    CheckpointError,
+    PolicySpec,
+    read_metadata,
+    resolve_checkpoint,
+)
+from av_td3_ros.policy.inference_onnx import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -64,8 +76,6 @@ DRIVER = Schema(
     _explore('noise_start', 'explore: initial Gaussian noise std', 0.0, 2.0),
     _explore('noise_end', 'explore: final Gaussian noise std', 0.0, 2.0),
     _explore('noise_decay_steps', 'explore: steps of linear noise decay', 0, 10**9),
-    _explore('noise_correlation', 'explore: AR(1) coefficient of the noise between frames '
-             '(0: independent per frame)', 0.0, 0.999),
     _explore('seed', 'seed of exploration noise and random init', 0, 2**31 - 1),
     _explore('beta_start', 'dagger: probability that the expert drives a frame, at the start',
              0.0, 1.0),
@@ -135,8 +145,7 @@ def driver_spec(values: dict, given: set[str]) -> PolicySpec:
 def config_from_values(values: dict, given: set[str]) -> DriverConfig:
     """Build the DriverConfig from checked parameter `values`; `given`: the names set."""
     exploration = ExplorationConfig(**{name: values[name] for name in (
-        'mode', 'random_steps', 'noise_start', 'noise_end', 'noise_decay_steps',
-        'noise_correlation', 'seed',
+        'mode', 'random_steps', 'noise_start', 'noise_end', 'noise_decay_steps', 'seed',
         'beta_start', 'beta_end', 'beta_decay_steps')})
     plain = {name: values[name] for name in DriverConfig.__dataclass_fields__
              if name in values}
@@ -145,5 +154,5 @@ def config_from_values(values: dict, given: set[str]) -> DriverConfig:
 
 def read_config(node) -> DriverConfig:
     """Declare the driver's parameters on `node` (an rclpy Node) and read them."""
-    from .node_params import declare, given  # rclpy: only the live node needs it
+    from av_td3_ros.nodes.node_params import declare, given  # rclpy: only the live node needs it
     return config_from_values(declare(node, DRIVER), given(node))

@@ -10,7 +10,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from .callback_guard import guard_callback
+from av_td3_ros.nodes.callback_guard import guard_callback
 
 __all__ = ['dump_stacks_on_sigusr1', 'guard_callback', 'run_node', 'shutting_down']
 

@@ -24,14 +24,14 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
-from ..learning.checkpoint import CheckpointError, read_metadata
-from ..learning.policy_transfer import (
+from av_td3_ros.nodes.node_main import guard_callback, run_node
+from av_td3_ros.policy.checkpoint import CheckpointError, read_metadata
+from av_td3_ros.policy.transfer import (
     PolicyInbox,
     PolicyTransferError,
     policy_label,
     step_from_label,
 )
-from .node_main import guard_callback, run_node
 
 DEFAULT_TOPIC = '/av_td3/policy'
 POLICY_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,

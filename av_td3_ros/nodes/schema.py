@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from ..driving.features import FeatureConfig
-from ..driving.networks import NetworkConfig
-from ..driving.preprocessing import PreprocessConfig
-from ..learning.checkpoint import PolicySpec
+from av_td3_ros.policy.checkpoint import PolicySpec
+from av_td3_ros.policy.features import FeatureConfig
+from av_td3_ros.policy.networks import NetworkConfig
+from av_td3_ros.policy.preprocessing import PreprocessConfig
 
 
 class ParameterError(ValueError):

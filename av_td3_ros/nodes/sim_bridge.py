@@ -85,8 +85,8 @@ from std_srvs.srv import Trigger
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import declare
 from av_td3_ros.nodes.schema import Param, Schema, default_of
-from av_td3_ros.sim.episode_end import EpisodeEndMessage, format_episode_end
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState, finite_clamp
+from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
 
 BRIDGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)

@@ -38,19 +38,19 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from ..learning.learner import Learner, ResumeError, resume_differences
-from ..learning.message_feed import MessageFeed, input_topics
-from ..learning.transitions import AssemblerOutput, EpisodeEnd, TransitionAssembler
-from .callback_guard import guard_callback
-from .node_main import run_node
-from .node_params import declare
-from .policy_topic import PolicyBroadcaster
-from .trainer_config import (
+from av_td3_ros.learning.learner import Learner, ResumeError, resume_differences
+from av_td3_ros.learning.message_feed import MessageFeed, input_topics
+from av_td3_ros.nodes.callback_guard import guard_callback
+from av_td3_ros.nodes.node_main import run_node
+from av_td3_ros.nodes.node_params import declare
+from av_td3_ros.nodes.policy_topic import PolicyBroadcaster
+from av_td3_ros.nodes.trainer_config import (
     TRAINER,
     TrainerConfig,
     config_from_values,
     with_initial_policy_decisions,
 )
+from av_td3_ros.task.transitions import AssemblerOutput, EpisodeEnd, TransitionAssembler
 
 __all__ = ['TRAINER', 'TrainerConfig', 'TrainerNode', 'config_from_values', 'main',
            'read_config', 'resume_differences', 'with_initial_policy_decisions']

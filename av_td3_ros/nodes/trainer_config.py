@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..driving.pipeline import ExplorationConfig
-from ..learning.checkpoint import CHECKPOINT_DECIDES, PolicySpec, read_metadata
-from ..learning.learner import LearnerConfig
-from ..learning.reward import RewardConfig
-from ..learning.td3 import TD3Config
-from ..learning.transitions import EpisodeConfig
-from .schema import POLICY_SPEC, Param, Schema, default_of, policy_spec
+from av_td3_ros.experts.exploration import ExplorationConfig
+from av_td3_ros.learning.learner import LearnerConfig
+from av_td3_ros.learning.td3 import TD3Config
+from av_td3_ros.nodes.schema import POLICY_SPEC, Param, Schema, default_of, policy_spec
+from av_td3_ros.policy.checkpoint import CHECKPOINT_DECIDES, PolicySpec, read_metadata
+from av_td3_ros.task.reward import RewardConfig
+from av_td3_ros.task.transitions import EpisodeConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,27 +69,6 @@ TRAINER = Schema(
     _from(TD3Config, 'bc_weight')('TD3+BC: weight of the route expert cloning term in the '
                                   'actor loss (0: plain TD3)', 0.0, 1e3),
     _from(TD3Config, 'bc_alpha')("TD3+BC's alpha: the normalised Q term's weight", 0.0, 1e3),
-    _from(TD3Config, 'trust_region_weight')("weight of the actor's squared distance to its "
-                                            'anchor (0: off)', 0.0, 1e3),
-    _from(TD3Config, 'trust_region_anchor')("the trust region's anchor: target (the Polyak "
-                                            'target actor) or trusted (the starting policy, '
-                                            'moved only by the trust gate)'),
-    _from(TD3Config, 'critic_heads')('Q heads on the critic CNN (2: TD3; more: targets from '
-                                     'a random pair of them)', 2, 64),
-    _from(TD3Config, 'reward_scale')('the critic learns Q of the rewards times this (Q '
-                                     'values are logged in reward units)', 1e-6, 1e6),
-    _from(TD3Config, 'critic_layer_norm')('LayerNorm in the critic heads (bounds Q off the '
-                                          'data)'),
-    _from(TD3Config, 'critic_members')('independent critics, each with its own CNN (1: TD3)',
-                                       1, 16),
-    _from(TD3Config, 'critic_bootstrap')('each critic member learns from its own fixed half '
-                                         'of the transitions'),
-    _from(TD3Config, 'critic_action')("how the critic reads the action: absolute (TD3) or "
-                                      "relative to the target actor's action"),
-    _from(TD3Config, 'actor_objective')('what the actor maximises: q1 (TD3), min (the '
-                                        'minimum over the critic heads) or agreement (the '
-                                        "minimum over critic members of each one's "
-                                        'advantage over the stored action)'),
     _from(EpisodeConfig, 'max_steps', 'max_episode_steps')('step limit (truncation)', 1,
                                                            10**9),
     _from(EpisodeConfig, 'max_lateral_deviation')('terminate beyond this distance from the '
@@ -131,24 +110,12 @@ TRAINER = Schema(
           'drivers on other machines; empty: off'),
     _from(LearnerConfig, 'initial_policy')('policy checkpoint a fresh run starts its actor '
                                            'from (e.g. an imitation policy); empty: random'),
-    _from(LearnerConfig, 'warmup_targets')('critic targets during the warm-up: mc (Monte '
-                                           'Carlo returns of finished episodes) or td'),
-    _from(LearnerConfig, 'mc_after_warmup')('keep Monte Carlo targets for finished episodes '
-                                            'after the warm-up'),
     _from(LearnerConfig, 'bc_labels')("TD3+BC term's target: expert (the route expert's "
-                                      'action) or data (the stored action: no expert)'),
+                                      "action) or start (the starting policy's action: a "
+                                      'trust region, no expert)'),
     _from(LearnerConfig, 'bc_pretrain_updates')(
         "BC steps of the actor towards the route expert's action once learning_starts "
         'transitions are stored, before TD3 (0: off)', 0, 10**9),
-    _from(LearnerConfig, 'bc_weight_final')('TD3+BC: bc_weight reached after '
-                                            'bc_anneal_updates', 0.0, 1e3),
-    _from(LearnerConfig, 'bc_anneal_updates')('TD3 updates after the critic warm-up over '
-                                              'which bc_weight moves linearly to '
-                                              'bc_weight_final (0: constant)', 0, 10**9),
-    _from(LearnerConfig, 'trust_gate_episodes')(
-        'episodes per trial: the actor becomes trusted if their mean return matches the '
-        'trusted policy, else goes back to it (needs trust_region_anchor trusted; 0: off)',
-        0, 10**6),
 )
 """Every trainer parameter (README "Trainer parameters"; config/trainer.yaml)."""
 
@@ -164,9 +131,6 @@ def config_from_values(v: dict) -> TrainerConfig:
         **pick('gamma', 'tau', 'actor_lr', 'critic_lr', 'batch_size', 'policy_frequency',
                'policy_noise', 'noise_clip', 'actor_pretanh_penalty', 'target_encoders',
                'precision', 'critic_warmup_updates', 'bc_weight', 'bc_alpha', 'device',
-               'critic_heads', 'critic_layer_norm', 'reward_scale', 'actor_objective',
-               'critic_members', 'critic_action', 'critic_bootstrap',
-               'trust_region_weight', 'trust_region_anchor',
                'seed'),
         # 0 disables clipping (TD3Config takes None for that).
         actor_grad_clip=v['actor_grad_clip'] or None,
@@ -185,10 +149,7 @@ def config_from_values(v: dict) -> TrainerConfig:
                'buffer_capacity', 'buffer_kinematics_dtype', 'learning_starts',
                'updates_per_step', 'checkpoint_every', 'keep_checkpoints', 'state_every',
                'log_period', 'health_every', 'tensorboard', 'reset_timeout', 'camera_topic',
-               'policy_topic', 'initial_policy', 'warmup_targets', 'mc_after_warmup',
-               'bc_labels',
-               'bc_pretrain_updates',
-               'bc_weight_final', 'bc_anneal_updates', 'trust_gate_episodes'))
+               'policy_topic', 'initial_policy', 'bc_labels', 'bc_pretrain_updates'))
 
 
 def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:

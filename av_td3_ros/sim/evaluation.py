@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..driving.control import action_to_control
-from ..driving.features import Pose2D
-from ..driving.inference import PolicyRunner
-from ..driving.networks import ActorPolicy
-from ..driving.pipeline import DrivingPipeline
-from ..driving.preprocessing import ImageView
-from ..learning.checkpoint import PolicySpec
-from .expert import RouteExpert
-from .sim_env import SimEnv, SimEnvConfig, SimState
+from av_td3_ros.driving.pipeline import DrivingPipeline
+from av_td3_ros.experts.route_expert import RouteExpert
+from av_td3_ros.policy.checkpoint import PolicySpec
+from av_td3_ros.policy.control import action_to_control
+from av_td3_ros.policy.features import Pose2D
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy
+from av_td3_ros.policy.preprocessing import ImageView
+from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState
 
 
 @dataclass(frozen=True)

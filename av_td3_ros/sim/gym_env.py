@@ -17,13 +17,13 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from ..driving.control import action_to_control
-from ..driving.features import ROUTE_START_HINT, FeatureConfig, kinematic_vector
-from ..driving.preprocessing import PreprocessConfig, gray_from_pixels, image_pixels
-from ..learning.reward import RewardFunction, StepEvents, VehicleState
-from ..learning.transitions import EpisodeConfig
-from .evaluation import image_of, pose_of
-from .sim_env import SimEnv, SimEnvConfig, SimState
+from av_td3_ros.policy.control import action_to_control
+from av_td3_ros.policy.features import ROUTE_START_HINT, FeatureConfig, kinematic_vector
+from av_td3_ros.policy.preprocessing import PreprocessConfig, gray_from_pixels, image_pixels
+from av_td3_ros.sim.evaluation import image_of, pose_of
+from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState
+from av_td3_ros.task.reward import RewardFunction, StepEvents, VehicleState
+from av_td3_ros.task.transitions import EpisodeConfig
 
 TRAINING_EPISODE = EpisodeConfig(max_steps=1200, max_lateral_deviation=6.5)
 """The trainer's episode rules for the stand-in (as `FinetuneConfig.episode`)."""

@@ -40,8 +40,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d import car_racing
 
-from ..driving.features import clamp, wrap_angle
-from ..learning.reward import STAND_IN_REWARD
+from av_td3_ros.policy.features import clamp, wrap_angle
+from av_td3_ros.task.reward import STAND_IN_REWARD
 
 PHYSICS_DT = 1.0 / car_racing.FPS
 """Physics seconds CarRacing integrates per step (fixed by the environment)."""

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.episode_end import parse_episode_end
-from .launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
+from av_td3_ros.task.episode_end import parse_episode_end
+from av_td3_ros.tools.launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
 
 
 class Monitor:
@@ -99,7 +99,7 @@ def default_policy_path() -> Path:
     source = Path(__file__).resolve().parents[2] / 'models' / DEFAULT_POLICY
     if source.exists():
         return source
-    from .launch_runner import find_package_share
+    from av_td3_ros.tools.launch_runner import find_package_share
     return Path(find_package_share('av_td3_ros')) / 'models' / DEFAULT_POLICY
 
 
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         launch_file = 'sim_drive.launch.xml'
         checkpoint = '' if args.random else args.checkpoint or str(default_policy_path())
         if checkpoint:
-            from ..learning.checkpoint import PolicySpec, read_metadata
+            from av_td3_ros.policy.checkpoint import PolicySpec, read_metadata
             try:  # the driver must expect the checkpoint's CNN feature normalisation
                 metadata = read_metadata(checkpoint)
                 arguments['feature_norm'] = PolicySpec.from_metadata(metadata) \

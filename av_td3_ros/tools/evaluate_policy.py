@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..sim.episode_end import parse_episode_end
-from ..sim.evaluation import EpisodeResult, parse_seeds, summary_line
+from av_td3_ros.sim.evaluation import EpisodeResult, parse_seeds, summary_line
+from av_td3_ros.task.episode_end import parse_episode_end
 
 ABLATION_SEED = 99
 """Track whose expert-driven states give the means an ablation substitutes (not a test,
@@ -48,7 +48,7 @@ def episode_seeds(seeds: list[int], episodes: int | None) -> list[int]:
 
 def ablated(policy, spec, ablate: str):
     """Return `policy` with the `ablate` input replaced by its mean over expert-driven states."""
-    from ..sim.evaluation import AblatedPolicy, input_means, reference_states
+    from av_td3_ros.sim.evaluation import AblatedPolicy, input_means, reference_states
     frames, vectors = reference_states(spec, ABLATION_SEED)
     features, kinematics = input_means(policy, frames, vectors)
     return AblatedPolicy(policy, ablate, features if ablate == 'camera' else kinematics)
@@ -58,14 +58,14 @@ def evaluate_in_process(args, seeds: list[int], report) -> list[EpisodeResult]:
     """Run the episodes in-process; call `report(result)` after each."""
     import torch
 
-    from ..learning.checkpoint import load_policy
-    from ..sim.evaluation import evaluate_expert, evaluate_policy
-    from ..sim.sim_env import SimEnvConfig
+    from av_td3_ros.policy.checkpoint import load_policy
+    from av_td3_ros.sim.evaluation import evaluate_expert, evaluate_policy
+    from av_td3_ros.sim.sim_env import SimEnvConfig
     if args.expert:
         return evaluate_expert(seeds, env_config=SimEnvConfig(
             render_camera=False, max_episode_steps=args.max_steps), on_episode=report)
     policy, metadata = load_policy(args.checkpoint)
-    from ..learning.checkpoint import PolicySpec
+    from av_td3_ros.policy.checkpoint import PolicySpec
     spec = PolicySpec.from_metadata(metadata)
     if args.ablate:
         policy = ablated(policy, spec, args.ablate)
@@ -102,8 +102,8 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
     """Run sim_bridge + driver as processes for consecutive seeds; collect episode_end."""
     import yaml
 
-    from ..learning.checkpoint import PolicySpec, read_metadata
-    from .launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
+    from av_td3_ros.policy.checkpoint import PolicySpec, read_metadata
+    from av_td3_ros.tools.launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
     if seeds != list(range(seeds[0], seeds[0] + len(seeds))) or seeds[0] < 1:
         raise ValueError('--through-ros runs consecutive seeds from 1 up (the bridge drives '
                          'track seed + episode after a warm-up on the track before the '

@@ -1,7 +1,7 @@
 """Command line: fine-tune a policy checkpoint with TD3 or TD3+BC on the stand-in simulator.
 
     finetune_policy --start models/camera_policy.safetensors --out runs/ft/policy.safetensors \
-        [--cpu-minutes 30] [--bc-weight 1.0 --bc-weight-final 0.0] [--critic-warmup 5000]
+        [--cpu-minutes 30] [--bc-weight 1.0 --bc-labels start] [--critic-warmup 5000]
 
 Prints an evaluation line every --eval-every updates and a JSON report at the end; the best
 evaluated policy is written to --out (fp16 storage, loads as float32), and with --last-out
@@ -14,23 +14,15 @@ import json
 import tempfile
 from dataclasses import asdict, replace
 
-from ..learning.finetune import FinetuneConfig, Finetuner
-from ..learning.learner import BC_LABELS
-from ..learning.td3 import ACTOR_OBJECTIVES, CRITIC_ACTIONS, TRUST_ANCHORS
+from av_td3_ros.learning.finetune import FinetuneConfig, Finetuner
+from av_td3_ros.learning.learner import BC_LABELS
 
 
 def build_config(args) -> FinetuneConfig:
     """Turn command-line arguments into a FinetuneConfig."""
     base = FinetuneConfig()
     td3 = replace(base.td3, bc_weight=args.bc_weight, critic_warmup_updates=args.critic_warmup,
-                  actor_lr=args.actor_lr, precision=args.precision,
-                  freeze_actor_encoder=args.freeze_actor_encoder,
-                  critic_heads=args.critic_heads, actor_objective=args.actor_objective,
-                  critic_members=args.critic_members, critic_action=args.critic_action,
-                  critic_bootstrap=args.critic_bootstrap,
-                  gamma=args.gamma, trust_region_weight=args.trust_region_weight,
-                  trust_region_anchor=args.trust_region_anchor,
-                  critic_layer_norm=args.critic_layer_norm, reward_scale=args.reward_scale,
+                  actor_lr=args.actor_lr, precision=args.precision, gamma=args.gamma,
                   policy_frequency=args.policy_frequency)
     seeds = tuple(int(s) for s in args.eval_seeds.split(',')) if args.eval_seeds else ()
     sim = base.sim
@@ -39,14 +31,10 @@ def build_config(args) -> FinetuneConfig:
     if args.sim_size:
         width, height = (int(v) for v in args.sim_size.lower().split('x'))
         sim = replace(sim, image_width=width, image_height=height)
-    return replace(base, sim=sim, warmup_targets=args.warmup_targets, td3=td3,
-                   mc_after_warmup=args.mc_after_warmup, bc_labels=args.bc_labels,
-                   bc_weight_final=args.bc_weight_final,
-                   trust_gate_episodes=args.trust_gate_episodes,
+    return replace(base, sim=sim, td3=td3, bc_labels=args.bc_labels,
                    cpu_minutes=args.cpu_minutes, prefill_steps=args.prefill,
                    updates_per_step=args.updates_per_step, eval_every_updates=args.eval_every,
                    exploration_noise=args.exploration_noise,
-                   exploration_correlation=args.exploration_correlation,
                    eval_seeds=seeds or base.eval_seeds, seed=args.seed)
 
 
@@ -62,53 +50,15 @@ def main(argv=None) -> int:
     parser.add_argument('--bc-weight', type=float, default=0.0,
                         help='TD3+BC term weight (0: plain TD3)')
     parser.add_argument('--bc-labels', choices=BC_LABELS, default=FinetuneConfig.bc_labels,
-                        help="the BC term's target: the route expert's action or the stored "
-                             'action (TD3+BC without an expert)')
-    parser.add_argument('--bc-weight-final', type=float, default=None,
-                        help='anneal the BC weight linearly to this')
+                        help="the BC term's target: the route expert's action, or the "
+                             "starting policy's (a trust region; no expert needed)")
     parser.add_argument('--critic-warmup', type=int, default=2000,
                         help='critic updates before the first actor update')
-    parser.add_argument('--warmup-targets', choices=('mc', 'td'), default='mc',
-                        help='critic targets during the warm-up: Monte Carlo returns or TD')
-    parser.add_argument('--mc-after-warmup', action='store_true',
-                        help='keep Monte Carlo targets for finished episodes after the warm-up')
     parser.add_argument('--actor-lr', type=float, default=3e-4)
-    parser.add_argument('--freeze-actor-encoder', action='store_true',
-                        help="train only the actor's MLP head")
-    parser.add_argument('--trust-region-weight', type=float,
-                        default=base_td3.trust_region_weight,
-                        help="weight of the actor's distance to its anchor (0: off)")
-    parser.add_argument('--trust-region-anchor', choices=TRUST_ANCHORS,
-                        default=base_td3.trust_region_anchor,
-                        help="the trust region's anchor: the Polyak target actor, or a trusted "
-                             'copy of the actor that moves only on evidence')
-    parser.add_argument('--trust-gate-episodes', type=int,
-                        default=FinetuneConfig.trust_gate_episodes,
-                        help='episodes per trial of the evidence gate that moves the trusted '
-                             'actor or reverts to it (0: the start stays trusted)')
     parser.add_argument('--gamma', type=float, default=base_td3.gamma,
                         help='discount factor')
-    parser.add_argument('--critic-heads', type=int, default=base_td3.critic_heads,
-                        help='Q heads on the critic CNN (2: TD3; more: REDQ-style targets)')
-    parser.add_argument('--critic-layer-norm', action='store_true',
-                        help='LayerNorm in the critic heads (bounds Q off the data)')
-    parser.add_argument('--reward-scale', type=float, default=base_td3.reward_scale,
-                        help='the critic learns Q of the rewards times this')
     parser.add_argument('--policy-frequency', type=int, default=base_td3.policy_frequency,
                         help='critic updates per actor update')
-    parser.add_argument('--critic-members', type=int, default=base_td3.critic_members,
-                        help='independent critics, each with its own CNN (1: TD3)')
-    parser.add_argument('--critic-bootstrap', action='store_true',
-                        help='each critic member learns from its own fixed half of the data')
-    parser.add_argument('--critic-action', choices=CRITIC_ACTIONS,
-                        default=base_td3.critic_action,
-                        help="how the critic reads the action: as is (TD3) or relative to the "
-                             "target actor's action at that state")
-    parser.add_argument('--actor-objective', choices=ACTOR_OBJECTIVES,
-                        default=base_td3.actor_objective,
-                        help='what the actor maximises: Q1 (TD3), the minimum over heads, or '
-                             "the minimum over critic members of each one's advantage over "
-                             'the stored action (agreement)')
     parser.add_argument('--precision', default='auto', help='fp32, bf16 or auto')
     parser.add_argument('--prefill', type=int, default=2000,
                         help='steps of the starting policy before updates')
@@ -116,9 +66,6 @@ def main(argv=None) -> int:
     parser.add_argument('--exploration-noise', type=float,
                         default=FinetuneConfig.exploration_noise,
                         help="std of the Gaussian noise on the acting policy's actions")
-    parser.add_argument('--exploration-correlation', type=float,
-                        default=FinetuneConfig.exploration_correlation,
-                        help='AR(1) coefficient of that noise between steps (0: independent)')
     parser.add_argument('--eval-every', type=int, default=5000)
     parser.add_argument('--eval-seeds', default='', help='comma-separated held-out seeds')
     parser.add_argument('--seed', type=int, default=0)

@@ -13,10 +13,10 @@ import sys
 
 import torch
 
-from ..driving.features import FeatureConfig
-from ..driving.networks import ActorPolicy, NetworkConfig
-from ..driving.preprocessing import PreprocessConfig
-from ..learning.checkpoint import CheckpointError, PolicySpec, save_policy
+from av_td3_ros.policy.checkpoint import CheckpointError, PolicySpec, save_policy
+from av_td3_ros.policy.features import FeatureConfig
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.preprocessing import PreprocessConfig
 
 CNN_KEYS = ('conv1.weight', 'conv1.bias', 'conv2.weight', 'conv2.bias', 'conv3.weight',
             'conv3.bias', 'fc.weight', 'fc.bias')

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from .child_process import ChildProcess
+from av_td3_ros.tools.child_process import ChildProcess
 
 SUBSTITUTION = re.compile(r'\$\((\S+)((?:\s+[^)]*)?)\)')
 CONDITIONS = ('if', 'unless')

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.episode_end import EpisodeEndMessage, parse_episode_end
+from av_td3_ros.task.episode_end import EpisodeEndMessage, parse_episode_end
 
 EPISODES_FILE = 'episodes.jsonl'
 
@@ -99,8 +99,8 @@ def read_run(bags, role: str = 'ego_vehicle', camera_topic: str | None = None,
     """Collect camera stamps, commands, debug stacks and episode ends from bags."""
     from rosbags.rosbag2 import Reader
 
-    from ..driving.preprocessing import ImageFormatError, ImageView, to_gray
-    from .bags.types import header_stamp_ns, typestore
+    from av_td3_ros.policy.preprocessing import ImageFormatError, ImageView, to_gray
+    from av_td3_ros.tools.bags.types import header_stamp_ns, typestore
     store = typestore()
     camera_topic = camera_topic or f'/carla/{role}/rgb_front/image'
     control_topic = control_topic or f'/carla/{role}/vehicle_control_cmd'

@@ -17,7 +17,7 @@ from pathlib import Path
 
 def build_config(args):
     """Return the ImitationConfig the command line asks for."""
-    from ..learning.imitation import ImitationConfig
+    from av_td3_ros.learning.imitation import ImitationConfig
     config = ImitationConfig(kinematic_inputs='speed' if args.profile == 'camera' else 'all',
                              seed=args.seed, precision=args.precision)
     overrides = {name: getattr(args, name) for name in
@@ -27,7 +27,7 @@ def build_config(args):
     if args.dagger_betas is not None:
         overrides['dagger_betas'] = tuple(float(b) for b in args.dagger_betas.split(',') if b)
     if args.validation_seeds is not None:
-        from ..sim.evaluation import parse_seeds
+        from av_td3_ros.sim.evaluation import parse_seeds
         overrides['validation_seeds'] = tuple(parse_seeds(args.validation_seeds))
     return replace(config, **overrides)
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ..learning.imitation import ImitationTrainer
+    from av_td3_ros.learning.imitation import ImitationTrainer
     torch.set_num_threads(args.threads)
     config = build_config(args)
     print(f'[imitation] config {json.dumps(config.to_dict())}', flush=True)

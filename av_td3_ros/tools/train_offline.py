@@ -32,13 +32,13 @@ from pathlib import Path
 import yaml
 from rosbags.rosbag2 import Reader
 
-from ..learning.checkpoint import save_policy_state
-from ..learning.learner import Learner
-from ..learning.message_feed import MessageFeed, input_topics
-from ..learning.transitions import TransitionAssembler
-from ..nodes.schema import POLICY_SPEC, ParameterError, load_params_file
-from ..nodes.trainer_config import TRAINER, TrainerConfig, config_from_values
-from .bags.types import typestore
+from av_td3_ros.learning.learner import Learner
+from av_td3_ros.learning.message_feed import MessageFeed, input_topics
+from av_td3_ros.nodes.schema import POLICY_SPEC, ParameterError, load_params_file
+from av_td3_ros.nodes.trainer_config import TRAINER, TrainerConfig, config_from_values
+from av_td3_ros.policy.checkpoint import save_policy_state
+from av_td3_ros.task.transitions import TransitionAssembler
+from av_td3_ros.tools.bags.types import typestore
 
 
 def count_frames(bags: list[Path], camera_topic: str) -> int:

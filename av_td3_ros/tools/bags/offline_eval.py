@@ -36,15 +36,15 @@ import numpy as np
 import yaml
 from rosbags.rosbag2 import Reader, Writer
 
-from ...driving.control import ControlCommand
-from ...driving.decision import DriverInputs, Reason
-from ...driving.ros_conversions import (
+from av_td3_ros.driving.decision import DriverInputs, Reason
+from av_td3_ros.driving.ros_conversions import (
     fill_control_msg,
     stamp_to_ns,
 )
-from ...nodes.schema import ParameterError, load_params_file
-from . import STORAGES
-from .types import typestore
+from av_td3_ros.nodes.schema import ParameterError, load_params_file
+from av_td3_ros.policy.control import ControlCommand
+from av_td3_ros.tools.bags import STORAGES
+from av_td3_ros.tools.bags.types import typestore
 
 CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -55,14 +55,14 @@ def driver_config(values: dict | None = None):
 
     The values given count as set by the user, as a params file or -p does for the node.
     """
-    from ...nodes.driver_config import DRIVER, config_from_values
+    from av_td3_ros.nodes.driver_config import DRIVER, config_from_values
     values = dict(values or {})
     return config_from_values(DRIVER.read(values), set(values))
 
 
 def driver_parameters() -> dict:
     """Return {name: (default, description)} of every driver parameter."""
-    from ...nodes.driver_config import DRIVER
+    from av_td3_ros.nodes.driver_config import DRIVER
     defaults = DRIVER.defaults()
     return {param.name: (defaults[param.name], param.description) for param in DRIVER}
 
@@ -75,9 +75,9 @@ def make_runner(config):
     """
     import torch
 
-    from ...driving.hot_reload import PolicyReloader, Poll, random_policy
-    from ...driving.inference import resolve_device
-    from ...driving.inference_onnx import build_runner
+    from av_td3_ros.driving.hot_reload import PolicyReloader, Poll, random_policy
+    from av_td3_ros.policy.inference import resolve_device
+    from av_td3_ros.policy.inference_onnx import build_runner
     torch.set_num_threads(config.torch_threads)
     try:
         device = resolve_device(config.device)
@@ -134,7 +134,7 @@ def offline_driver(config, runner=None, odometry_timeout: bool = True) -> Driver
 
     The same `DriverInputs` the driver node uses; time is bag time in seconds.
     """
-    from ...driving.pipeline import DrivingPipeline
+    from av_td3_ros.driving.pipeline import DrivingPipeline
     pipeline = DrivingPipeline(config.spec, runner, config.exploration)
     return DriverInputs(pipeline, config.odometry_timeout if odometry_timeout else None,
                         config.require_route)

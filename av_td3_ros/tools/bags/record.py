@@ -28,9 +28,9 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 from rosbags.rosbag2 import Writer
 
-from . import STORAGES
-from .qos import subscription_qos, to_bag_qos
-from .types import UnknownTypeError, ensure_type, message_class, typestore
+from av_td3_ros.tools.bags import STORAGES
+from av_td3_ros.tools.bags.qos import subscription_qos, to_bag_qos
+from av_td3_ros.tools.bags.types import UnknownTypeError, ensure_type, message_class, typestore
 
 # Topics every graph has that say nothing about a drive.
 IGNORED_TOPICS = ('/rosout', '/parameter_events')

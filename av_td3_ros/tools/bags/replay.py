@@ -42,9 +42,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
 from rosbags.rosbag2 import Reader
 
-from .qos import publisher_qos
-from .record import IGNORED_TOPICS, default_latched
-from .types import UnknownTypeError, header_stamp_ns, message_class
+from av_td3_ros.tools.bags.qos import publisher_qos
+from av_td3_ros.tools.bags.record import IGNORED_TOPICS, default_latched
+from av_td3_ros.tools.bags.types import UnknownTypeError, header_stamp_ns, message_class
 
 SYNC_AUTO = 'auto'
 """--sync-node value (the default): find the consumer by its camera subscription."""

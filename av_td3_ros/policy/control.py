@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .features import clamp
+from av_td3_ros.policy.features import clamp
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,13 @@ a good one comes), unusable odometry is ignored; both are counted and the reason
 """
 from __future__ import annotations
 
-import warnings
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..driving.features import (
+from av_td3_ros.policy.features import (
     ROUTE_START_HINT,
     FeatureConfig,
     Pose2D,
@@ -49,7 +48,7 @@ from ..driving.features import (
     odometry_problem,
     route_problem,
 )
-from .reward import RewardConfig, RewardFunction, StepEvents, VehicleState
+from av_td3_ros.task.reward import RewardConfig, RewardFunction, StepEvents, VehicleState
 
 MAX_YAW_RATE = 100.0
 """Largest |yaw rate| (rad/s) taken from odometry; others (and NaN) count as 0."""
@@ -93,26 +92,8 @@ class _Observation:
     simulator_end: tuple[bool, bool, str] | None = None
 
 
-class _LegacyTuple:
-    """Index an output item like the tuple it used to be, with a DeprecationWarning.
-
-    Until the typed items, the assembler gave ('start', frame, vec), ('transition',
-    Transition) and ('episode_end', return, steps, reason, needs_reset); code that indexes
-    or unpacks those keeps working for now.
-    """
-
-    def _legacy(self) -> tuple:
-        raise NotImplementedError
-
-    def __getitem__(self, index):
-        """Return the old tuple's item(s) at `index`."""
-        warnings.warn(f'{type(self).__name__} items are no longer tuples: use its fields '
-                      '(and isinstance, not item[0])', DeprecationWarning, stacklevel=2)
-        return self._legacy()[index]
-
-
 @dataclass(frozen=True)
-class EpisodeStart(_LegacyTuple):
+class EpisodeStart:
     """The first observation of an episode (the replay buffer's episode start)."""
 
     frame: np.ndarray
@@ -120,12 +101,10 @@ class EpisodeStart(_LegacyTuple):
     vec: np.ndarray
     """Kinematic vector, float32."""
 
-    def _legacy(self) -> tuple:
-        return 'start', self.frame, self.vec
 
 
 @dataclass(frozen=True)
-class Transition(_LegacyTuple):
+class Transition:
     """One transition ready for the replay buffer, with its reward terms for logging."""
 
     stamp: int
@@ -138,12 +117,10 @@ class Transition(_LegacyTuple):
     terms: dict[str, float] = field(default_factory=dict)
     end_reason: str = ''
 
-    def _legacy(self) -> tuple:
-        return 'transition', self
 
 
 @dataclass(frozen=True)
-class EpisodeEnd(_LegacyTuple):
+class EpisodeEnd:
     """An episode's end, after its last transition."""
 
     episode_return: float
@@ -152,8 +129,6 @@ class EpisodeEnd(_LegacyTuple):
     needs_reset: bool
     """True when the assembler ended the episode: the simulator side must be asked to reset."""
 
-    def _legacy(self) -> tuple:
-        return 'episode_end', self.episode_return, self.steps, self.reason, self.needs_reset
 
 
 AssemblerOutput = EpisodeStart | Transition | EpisodeEnd

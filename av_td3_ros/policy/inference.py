@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .networks import ActorPolicy
+from av_td3_ros.policy.networks import ActorPolicy
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,7 +1,8 @@
-"""Networks of the TD3 driving policy: NatureCNN encoder, actor and twin critic.
+"""Networks of the driving policy: the NatureCNN encoder and the actor.
 
 Module and parameter names follow av_td3_system (`conv1.weight`, `fc.bias`, `fc1.weight`,
-`Q1.fc2.weight`, ...) so its checkpoints map onto these modules one to one.
+...) so its checkpoints map onto these modules one to one. The critic, which only learning
+needs, is `learning/critic.py`.
 """
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ class NatureCNN(nn.Module):
             else features
 
 
-def _uniform_fan_in_(layer: nn.Linear):
+def uniform_fan_in_(layer: nn.Linear):
+    """Initialise `layer` uniformly in +-1/sqrt(fan_in), weights and bias (PyTorch's rule)."""
     bound = 1.0 / math.sqrt(layer.weight.shape[1])
     nn.init.uniform_(layer.weight, -bound, bound)
     nn.init.uniform_(layer.bias, -bound, bound)
@@ -184,7 +186,7 @@ class Actor(nn.Module):
             mask[:config.features_dim + 1] = 1.0  # CNN features and the speed term
         self.register_buffer('input_mask', mask, persistent=False)
         for layer in (self.fc1, self.fc2, self.fc3):
-            _uniform_fan_in_(layer)
+            uniform_fan_in_(layer)
 
     def pre_tanh(self, state: torch.Tensor) -> torch.Tensor:
         """Return fc3's output before tanh (B, action_dim): the actions' unbounded logits."""
@@ -201,64 +203,6 @@ class Actor(nn.Module):
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """Return tanh-squashed actions for `state` (B, state_dim)."""
         return self.squash(self.pre_tanh(state))
-
-
-class Critic(nn.Module):
-    """Estimate Q(state, action) with one MLP."""
-
-    def __init__(self, config: NetworkConfig, layer_norm: bool = False):
-        """Build fc1 -> fc2 -> fc3 over the concatenated state and action.
-
-        With `layer_norm`, each hidden layer is normalised before its ReLU (`norm1`, `norm2`).
-        The hidden vector's scale is then bounded whatever the input, so Q cannot grow
-        without bound along an action direction the data never covered (Ball et al. 2023,
-        arXiv:2302.02948, found it necessary for online RL from prior data).
-        """
-        super().__init__()
-        self.fc1 = nn.Linear(config.state_dim + config.action_dim, config.hidden_dim)
-        self.fc2 = nn.Linear(config.hidden_dim, config.hidden_dim)
-        self.fc3 = nn.Linear(config.hidden_dim, 1)
-        for layer in (self.fc1, self.fc2, self.fc3):
-            _uniform_fan_in_(layer)
-        self.norm1 = nn.LayerNorm(config.hidden_dim) if layer_norm else nn.Identity()
-        self.norm2 = nn.LayerNorm(config.hidden_dim) if layer_norm else nn.Identity()
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Return Q values of shape (B, 1)."""
-        hidden = torch.relu(self.norm1(self.fc1(torch.cat([state, action], dim=1))))
-        hidden = torch.relu(self.norm2(self.fc2(hidden)))
-        return self.fc3(hidden)
-
-
-class CriticEnsemble(nn.Module):
-    """Independent Q heads `Q1` ... `QN` over one state (N = 2: TD3's clipped double Q).
-
-    More heads give the learner a measure of what the data do not say: heads trained on the
-    same transitions agree on the actions stored there and extrapolate differently away from
-    them, so their minimum falls off the data (see `TD3Config.critic_heads`).
-    """
-
-    def __init__(self, config: NetworkConfig, heads: int = 2, layer_norm: bool = False):
-        """Build `heads` critics named Q1 ... Q<heads> (`layer_norm`: see `Critic`)."""
-        super().__init__()
-        if heads < 2:
-            raise ValueError(f'a critic ensemble needs at least 2 heads, got {heads}')
-        self.heads = heads
-        for index in range(1, heads + 1):
-            # Q1 and Q2: names fixed by av_td3_system checkpoints.
-            self.add_module(f'Q{index}', Critic(config, layer_norm))
-
-    def head_modules(self) -> list[Critic]:
-        """Return the heads in order Q1 ... QN."""
-        return [getattr(self, f'Q{index}') for index in range(1, self.heads + 1)]
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Return one (B, 1) tensor of Q values per head."""
-        return tuple(head(state, action) for head in self.head_modules())
-
-
-TwinCritic = CriticEnsemble
-"""The two-head ensemble's former name (same class; the default is two heads)."""
 
 
 class ActorPolicy(nn.Module):

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..driving.features import ROUTE_START_HINT, FeatureConfig, Pose2D, kinematic_vector
+from av_td3_ros.policy.features import ROUTE_START_HINT, FeatureConfig, Pose2D, kinematic_vector
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .episode_end import EpisodeEndMessage, format_episode_end
+from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from ..driving.features import clamp
+from av_td3_ros.policy.features import clamp
 
 
 @dataclass(frozen=True)

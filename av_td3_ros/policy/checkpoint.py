@@ -26,10 +26,10 @@ import torch
 from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as serialize
 
-from ..driving.features import FeatureConfig
-from ..driving.networks import ActorPolicy, NetworkConfig
-from ..driving.preprocessing import PreprocessConfig
-from .config_diff import config_differences
+from av_td3_ros.config_diff import config_differences
+from av_td3_ros.policy.features import FeatureConfig
+from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
+from av_td3_ros.policy.preprocessing import PreprocessConfig
 
 POLICY_FORMAT = 'av_td3_ros.policy/1'
 TRAINING_STATE = 'training_state.safetensors'
@@ -39,10 +39,6 @@ CHECKPOINT_SUBDIR = 'checkpoints'
 POLICY_PATTERN = re.compile(r'^policy_(\d+)\.safetensors$')
 # write_atomic's temp files: '.' + target name + '.' + mkstemp's 8 random characters + '.tmp'.
 TEMP_PATTERN = re.compile(r'^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$')
-# What safetensors' own save_file leaves when killed (it writes a '.tmp' + 6 random
-# characters file next to the target, then renames it). Our writers used save_file until
-# 2026-12; write_atomic now serialises in memory and never creates one.
-LEGACY_TEMP_PATTERN = re.compile(r'^\.tmp[A-Za-z0-9]{6}$')
 # A safetensors header is JSON of at most this size (the format's own reader limit).
 _MAX_HEADER_BYTES = 100_000_000
 
@@ -197,23 +193,11 @@ def remove_stale_temps(directory: str | os.PathLike, target: re.Pattern) -> list
 def remove_stale_run_temps(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temp files killed writers left in a trainer's run directory; return them.
 
-    The training state's and the policies' temp names (see `remove_stale_temps`), and in
-    those two directories (ours alone) the temp files of earlier versions, which wrote with
-    safetensors' save_file (`LEGACY_TEMP_PATTERN`).
+    The training state's and the policies' temp names (see `remove_stale_temps`).
     """
     run_dir = Path(run_dir)
-    removed = (remove_stale_temps(run_dir, re.compile(re.escape(TRAINING_STATE)))
-               + remove_stale_temps(run_dir / CHECKPOINT_SUBDIR, POLICY_PATTERN))
-    for directory in (run_dir, run_dir / CHECKPOINT_SUBDIR):
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if LEGACY_TEMP_PATTERN.match(entry.name) and entry.is_file(follow_symlinks=False):
-                Path(entry.path).unlink(missing_ok=True)
-                removed.append(Path(entry.path))
-    return removed
+    return (remove_stale_temps(run_dir, re.compile(re.escape(TRAINING_STATE)))
+            + remove_stale_temps(run_dir / CHECKPOINT_SUBDIR, POLICY_PATTERN))
 
 
 def _parse_header(data: bytes, path) -> dict[str, str]:

@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 import torch
 
-from .inference import PolicyRunner
-from .networks import ActorPolicy
+from av_td3_ros.policy.inference import PolicyRunner
+from av_td3_ros.policy.networks import ActorPolicy
 
 BACKENDS = ('torch', 'onnxruntime')
 """Inference backends the driver accepts; torch is also the fallback."""

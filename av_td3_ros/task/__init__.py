@@ -1,0 +1,1 @@
+"""Define the driving task: reward, episode rules and transition pairing (no rclpy)."""
