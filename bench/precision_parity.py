@@ -43,7 +43,8 @@ from av_td3_ros.learning.imitation import (  # noqa: E402
     bc_step,
     use_fast_layout,
 )
-from av_td3_ros.learning.td3 import metrics_to_floats, native_bf16  # noqa: E402
+from av_td3_ros.learning.precision import native_bf16  # noqa: E402
+from av_td3_ros.learning.td3 import metrics_to_floats  # noqa: E402
 from av_td3_ros.policy.checkpoint import PolicySpec, load_policy  # noqa: E402
 from av_td3_ros.policy.networks import ActorPolicy  # noqa: E402
 from av_td3_ros.sim.evaluation import evaluate_policy, parse_seeds  # noqa: E402

@@ -27,7 +27,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from av_td3_ros.learning.td3 import TD3, Batch, TD3Config
+from av_td3_ros.learning.replay_buffer import Batch
+from av_td3_ros.learning.td3 import TD3, TD3Config
 from av_td3_ros.policy.networks import NetworkConfig
 
 FRAMES = (4, 84, 84)
