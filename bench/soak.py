@@ -50,7 +50,7 @@ def start_processes(args, work: Path) -> dict[str, subprocess.Popen]:
                    '-p', 'device:=cpu', '-p', 'use_sim_time:=true'],
     }
     if args.trainer:
-        commands['driver'] += ['-p', 'mode:=explore', '-p', 'random_steps:=1000',
+        commands['driver'] += ['-p', 'mode:=explore', '-p', 'learning_starts:=1000',
                                '-p', f'checkpoint:={work / "run" / "checkpoints"}']
         commands['trainer'] = ['av_td3_ros.nodes.trainer', '--ros-args', '--params-file',
                                str(config / 'trainer_sim.yaml'), *common,

@@ -53,7 +53,7 @@ def reach_every_frame_reason(runner):
         found.setdefault(decision.reason, decision)
 
     keep(ready_inputs(runner).decide(image(), 0.0))
-    keep(ready_inputs(None, ExplorationConfig(mode='explore', random_steps=1)).decide(
+    keep(ready_inputs(None, ExplorationConfig(mode='explore', learning_starts=1)).decide(
         image(), 0.0))
     keep(ready_inputs(None, ExplorationConfig(mode='expert')).decide(image(), 0.0))
     keep(ready_inputs(None).decide(image(), 0.0))
@@ -125,32 +125,32 @@ def test_no_route_drives_when_not_required(runner):
 
 # --- the random phase ---------------------------------------------------------------------------
 
-# Test if frames 1..random_steps are random and frame random_steps + 1 is the policy's.
-@pytest.mark.parametrize('random_steps', [0, 1, 3])
-def test_random_phase_boundary(random_steps):
-    config = ExplorationConfig(mode='explore', random_steps=random_steps)
+# Test if frames 1..learning_starts are random and frame learning_starts + 1 is the policy's.
+@pytest.mark.parametrize('learning_starts', [0, 1, 3])
+def test_random_phase_boundary(learning_starts):
+    config = ExplorationConfig(mode='explore', learning_starts=learning_starts)
     pipeline = DrivingPipeline(SPEC, ConstantRunner([0.1, 0.2]), config)
     inputs = DriverInputs(pipeline, None, require_route=False)
     inputs.on_odometry(odometry(), 0.0)
-    for frame in range(1, random_steps + 3):
-        assert pipeline.exploring_randomly == (frame <= random_steps)  # before frame `frame`
+    for frame in range(1, learning_starts + 3):
+        assert pipeline.exploring_randomly == (frame <= learning_starts)  # before frame `frame`
         reason = inputs.decide(image(sec=frame), 0.0).reason
-        assert reason is (Reason.RANDOM if frame <= random_steps else Reason.POLICY), frame
+        assert reason is (Reason.RANDOM if frame <= learning_starts else Reason.POLICY), frame
         assert pipeline.steps == frame
 
 
 # Test if the boundary is one rule: 1-based frames, inclusive, explore mode only.
 def test_is_random_rule():
-    config = ExplorationConfig(mode='explore', random_steps=10)
+    config = ExplorationConfig(mode='explore', learning_starts=10)
     assert config.is_random(1) and config.is_random(10) and not config.is_random(11)
-    assert not ExplorationConfig(mode='explore', random_steps=0).is_random(1)
+    assert not ExplorationConfig(mode='explore', learning_starts=0).is_random(1)
     for mode in ('eval', 'expert', 'dagger'):
-        assert not ExplorationConfig(mode=mode, random_steps=10).is_random(1)
+        assert not ExplorationConfig(mode=mode, learning_starts=10).is_random(1)
 
 
 # Test if a brake before the pipeline runs does not use up a random step.
-def test_braked_frames_do_not_count_as_random_steps():
-    config = ExplorationConfig(mode='explore', random_steps=1)
+def test_braked_frames_do_not_count_as_learning_starts():
+    config = ExplorationConfig(mode='explore', learning_starts=1)
     inputs = DriverInputs(DrivingPipeline(SPEC, None, config), None, require_route=True)
     inputs.on_odometry(odometry(), 0.0)
     assert inputs.decide(image(), 0.0).reason is Reason.NO_ROUTE

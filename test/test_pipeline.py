@@ -124,7 +124,7 @@ def test_eval_mode_is_deterministic_after_reset(runner, policy):
 
 @pytest.mark.parametrize('mode', ['eval', 'explore'])
 def test_warm_ups_between_frames_change_nothing_the_frames_get(policy, mode):
-    exploration = ExplorationConfig(mode=mode, random_steps=0, seed=3)
+    exploration = ExplorationConfig(mode=mode, learning_starts=0, seed=3)
     plain = DrivingPipeline(SPEC, PolicyRunner(policy, CPU), exploration)
     warmed_runner = ConstantRunner([0.0, 0.0])
     warmed = DrivingPipeline(SPEC, warmed_runner, exploration)
@@ -147,7 +147,7 @@ def test_warm_ups_between_frames_change_nothing_the_frames_get(policy, mode):
 
 
 @pytest.mark.parametrize('exploration', [ExplorationConfig(mode='expert'),
-                                         ExplorationConfig(mode='explore', random_steps=10)])
+                                         ExplorationConfig(mode='explore', learning_starts=10)])
 def test_no_warm_up_when_the_next_frame_will_not_run_the_policy(exploration):
     runner = ConstantRunner([0.1, 0.2])
     pipeline = DrivingPipeline(SPEC, runner, exploration)
@@ -189,7 +189,7 @@ def test_nan_weights_give_safe_stop():
 
 @pytest.mark.parametrize('action', [[math.inf, 0.0], [0.0, -math.inf], [math.nan, math.nan]])
 def test_non_finite_runner_output_gives_safe_stop_in_explore_mode_too(action):
-    exploration = ExplorationConfig(mode='explore', random_steps=0)
+    exploration = ExplorationConfig(mode='explore', learning_starts=0)
     pipeline = DrivingPipeline(SPEC, ConstantRunner(action), exploration)
     result = pipeline.step(camera_frame(0), pose(0), 2.0, ROUTE)
     assert result.command is SAFE_STOP
@@ -199,7 +199,7 @@ def test_non_finite_runner_output_gives_safe_stop_in_explore_mode_too(action):
 # --- explore mode --------------------------------------------------------------------------------
 
 def test_noise_schedule_values():
-    config = ExplorationConfig(mode='explore', random_steps=100, noise_start=0.3,
+    config = ExplorationConfig(mode='explore', learning_starts=100, noise_start=0.3,
                                noise_end=0.1, noise_decay_steps=1000)
     assert config.noise_std(0) == pytest.approx(0.3)
     assert config.noise_std(100) == pytest.approx(0.3)
@@ -214,7 +214,7 @@ def test_noise_schedule_values():
 
 def test_av_td3_system_schedule_defaults():
     config = ExplorationConfig(mode='explore')
-    assert config.random_steps == 10000
+    assert config.learning_starts == 10000
     assert config.noise_std(10000) == pytest.approx(0.3)
     assert config.noise_std(30000) == pytest.approx(0.1)
 
@@ -222,12 +222,12 @@ def test_av_td3_system_schedule_defaults():
 def test_exploration_config_refuses_bad_values():
     with pytest.raises(ValueError, match="'train'"):
         ExplorationConfig(mode='train')
-    with pytest.raises(ValueError, match='random_steps'):
-        ExplorationConfig(random_steps=-1)
+    with pytest.raises(ValueError, match='learning_starts'):
+        ExplorationConfig(learning_starts=-1)
 
 
 def test_explore_random_phase_then_scheduled_noise():
-    config = ExplorationConfig(mode='explore', random_steps=3, noise_start=0.3, noise_end=0.1,
+    config = ExplorationConfig(mode='explore', learning_starts=3, noise_start=0.3, noise_end=0.1,
                                noise_decay_steps=10, seed=42)
     base = np.array([0.2, -0.1], np.float32)
     stub = ConstantRunner(base)
@@ -250,7 +250,7 @@ def test_explore_random_phase_then_scheduled_noise():
 
 
 def test_explore_noise_has_the_scheduled_spread_and_is_clipped():
-    config = ExplorationConfig(mode='explore', random_steps=0, noise_end=0.5,
+    config = ExplorationConfig(mode='explore', learning_starts=0, noise_end=0.5,
                                noise_decay_steps=0)
     stub = ConstantRunner([0.9, 0.0])
     pipeline = DrivingPipeline(SPEC, stub, config)
@@ -262,7 +262,7 @@ def test_explore_noise_has_the_scheduled_spread_and_is_clipped():
 
 
 def test_random_phase_without_policy_still_drives():
-    config = ExplorationConfig(mode='explore', random_steps=2)
+    config = ExplorationConfig(mode='explore', learning_starts=2)
     pipeline = DrivingPipeline(SPEC, None, config)
     reasons = [pipeline.step(camera_frame(i), pose(i), 1.0, ROUTE).reason for i in range(3)]
     assert reasons == [Reason.RANDOM, Reason.RANDOM, Reason.NO_POLICY]
@@ -270,7 +270,7 @@ def test_random_phase_without_policy_still_drives():
 
 def test_eval_mode_adds_no_noise():
     stub = ConstantRunner([0.25, -0.5])
-    pipeline = DrivingPipeline(SPEC, stub, ExplorationConfig(mode='eval', random_steps=5))
+    pipeline = DrivingPipeline(SPEC, stub, ExplorationConfig(mode='eval', learning_starts=5))
     for i in range(3):
         result = pipeline.step(camera_frame(i), pose(i), 1.0, ROUTE)
         assert result.reason is Reason.POLICY
@@ -305,7 +305,7 @@ def test_bad_image_raises_and_leaves_the_stack_unchanged(runner, bad):
 
 
 def test_explore_noise_is_white_at_the_scheduled_std():
-    config = ExplorationConfig(mode='explore', random_steps=0, noise_end=0.2,
+    config = ExplorationConfig(mode='explore', learning_starts=0, noise_end=0.2,
                                noise_decay_steps=0, seed=3)
     pipeline = DrivingPipeline(SPEC, ConstantRunner([0.0, 0.0]), config)
     image = camera_frame(0, 40, 40)

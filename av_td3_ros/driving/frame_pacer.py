@@ -16,6 +16,8 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
+from av_td3_ros.validation import check_range
+
 
 class FramePacer:
     """Track frame arrival times and return when to warm up before the next frame."""
@@ -27,8 +29,7 @@ class FramePacer:
         A prediction needs `min_intervals` of the last `window` intervals, and none of them
         may differ from their median by more than `max_spread` of it.
         """
-        if lead < 0.0:
-            raise ValueError(f'lead must be >= 0, got {lead}')
+        check_range('lead', lead, 0.0)
         if window < min_intervals or min_intervals < 1:
             raise ValueError(f'need 1 <= min_intervals <= window, got {min_intervals} and '
                              f'{window}')

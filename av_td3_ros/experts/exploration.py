@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from av_td3_ros.validation import check_at_least, check_choice, check_range
+
 MODES = ('eval', 'explore', 'expert', 'dagger')
 
 
@@ -24,8 +26,7 @@ class AR1Noise:
 
     def __init__(self, rng: np.random.Generator, sigma: float, correlation: float, dim: int = 2):
         """Start at zero; `rng` draws the innovations."""
-        if not 0.0 <= correlation < 1.0:
-            raise ValueError(f'correlation must be in [0, 1), got {correlation}')
+        check_range('correlation', correlation, 0.0, 1.0, high_open=True)
         self.rng = rng
         self.sigma = sigma
         self.correlation = correlation
@@ -53,9 +54,10 @@ class ExplorationConfig:
     """eval: the policy's action as is; explore: uniform random, then Gaussian noise;
     expert: the route expert drives (no policy needed); dagger: per frame the expert with
     probability beta (see beta_*), else the policy."""
-    random_steps: int = 10000
-    """Explore mode: uniform random actions for the first random_steps frames (TD3
-    learning_starts: with both equal, the first update comes after the last random frame)."""
+    learning_starts: int = 10000
+    """Explore mode: uniform random actions for the first learning_starts frames (the
+    trainer's parameter of the same name and value waits as many transitions before its first
+    update, so the policy acts from the first frame after learning has started)."""
     noise_start: float = 0.3
     """Gaussian action noise std at the end of the random phase."""
     noise_end: float = 0.1
@@ -80,25 +82,21 @@ class ExplorationConfig:
 
     def __post_init__(self):
         """Validate the mode and the schedule."""
-        if self.mode not in MODES:
-            raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
-        if self.random_steps < 0 or self.noise_decay_steps < 0:
-            raise ValueError('random_steps and noise_decay_steps must be >= 0')
-        if not (0.0 <= self.beta_start <= 1.0 and 0.0 <= self.beta_end <= 1.0) \
-                or self.beta_decay_steps < 0:
-            raise ValueError('beta_start and beta_end must be in [0, 1], '
-                             'beta_decay_steps >= 0')
+        check_choice('mode', self.mode, MODES)
+        check_at_least(self, 0, 'learning_starts', 'noise_decay_steps', 'beta_decay_steps')
+        check_range('beta_start', self.beta_start, 0.0, 1.0)
+        check_range('beta_end', self.beta_end, 0.0, 1.0)
 
     def is_random(self, step: int) -> bool:
         """Return True if frame `step` (1-based: the first frame is 1) gets a random action.
 
-        The one place of the random phase's boundary: frames 1..random_steps are random.
+        The one place of the random phase's boundary: frames 1..learning_starts are random.
         """
-        return self.mode == 'explore' and step <= self.random_steps
+        return self.mode == 'explore' and step <= self.learning_starts
 
     def noise_std(self, step: int) -> float:
         """Return the Gaussian noise std at driver step `step` (after the random phase)."""
         if self.noise_decay_steps == 0:
             return self.noise_end
-        progress = min(max(step - self.random_steps, 0) / self.noise_decay_steps, 1.0)
+        progress = min(max(step - self.learning_starts, 0) / self.noise_decay_steps, 1.0)
         return self.noise_start + (self.noise_end - self.noise_start) * progress

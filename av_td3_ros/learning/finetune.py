@@ -162,7 +162,7 @@ class Finetuner:
         self.acting.load_state_dict(policy.state_dict())
         self.pipeline = DrivingPipeline(
             self.spec, PolicyRunner(self.acting, torch.device('cpu')),
-            ExplorationConfig(mode='explore', random_steps=0,
+            ExplorationConfig(mode='explore', learning_starts=0,
                               noise_start=config.exploration_noise,
                               noise_end=config.exploration_noise, noise_decay_steps=0,
                               seed=config.seed))

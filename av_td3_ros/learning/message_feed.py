@@ -19,6 +19,7 @@ from av_td3_ros.policy.control import control_to_action
 from av_td3_ros.policy.preprocessing import ImageFormatError, ImageView, to_gray
 from av_td3_ros.task.episode_end import parse_episode_end
 from av_td3_ros.task.transitions import TransitionAssembler
+from av_td3_ros.validation import check_choice
 
 CONTROL_SOURCES = ('command', 'vehicle_status')
 """Where the applied action comes from: the driver's command, or the bridge's status."""
@@ -28,9 +29,7 @@ RECENT_FRAMES = 32
 
 def input_topics(camera_topic: str, control_source: str, role: str) -> dict[str, str]:
     """Return {input kind: topic} for one vehicle (`camera_topic` may contain {role})."""
-    if control_source not in CONTROL_SOURCES:
-        raise ValueError(f'control_source must be one of {CONTROL_SOURCES}, '
-                         f'got {control_source!r}')
+    check_choice('control_source', control_source, CONTROL_SOURCES)
     base = f'/carla/{role}'
     control = (f'{base}/vehicle_status' if control_source == 'vehicle_status'
                else f'{base}/vehicle_control_cmd')

@@ -52,6 +52,7 @@ from typing import Any, Dict, Hashable, Optional, Tuple, Union
 import numpy as np
 
 from av_td3_ros.config_diff import config_differences
+from av_td3_ros.validation import check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -226,10 +227,8 @@ class ReplayBuffer:
         ``seq`` guards are checked, which is enough after a process kill but not after a
         power loss.
         """
-        if fill_mode not in FILL_MODES:
-            raise ValueError(f'fill_mode must be one of {FILL_MODES}, got {fill_mode!r}')
-        if vec_dtype not in VEC_DTYPES:
-            raise ValueError(f'vec_dtype must be one of {VEC_DTYPES}, got {vec_dtype!r}')
+        check_choice('fill_mode', fill_mode, FILL_MODES)
+        check_choice('vec_dtype', vec_dtype, VEC_DTYPES)
         if int(capacity) < stack + 1:
             raise ValueError(f'capacity {capacity} must be at least stack + 1 = {stack + 1}')
         spec = BufferSpec(capacity=int(capacity), frame_shape=tuple(int(v) for v in frame_shape),

@@ -72,7 +72,8 @@ DRIVER = Schema(
     POLICY_SPEC,
     _explore('mode', 'eval (policy as is), explore (random, then noise), expert (the route '
              'expert drives) or dagger (expert with probability beta, else the policy)'),
-    _explore('random_steps', 'explore: uniform random actions for the first steps', 0, 10**9),
+    _explore('learning_starts', 'explore: uniform random actions until learning starts '
+             '(frames)', 0, 10**9),
     _explore('noise_start', 'explore: initial Gaussian noise std', 0.0, 2.0),
     _explore('noise_end', 'explore: final Gaussian noise std', 0.0, 2.0),
     _explore('noise_decay_steps', 'explore: steps of linear noise decay', 0, 10**9),
@@ -145,7 +146,7 @@ def driver_spec(values: dict, given: set[str]) -> PolicySpec:
 def config_from_values(values: dict, given: set[str]) -> DriverConfig:
     """Build the DriverConfig from checked parameter `values`; `given`: the names set."""
     exploration = ExplorationConfig(**{name: values[name] for name in (
-        'mode', 'random_steps', 'noise_start', 'noise_end', 'noise_decay_steps', 'seed',
+        'mode', 'learning_starts', 'noise_start', 'noise_end', 'noise_decay_steps', 'seed',
         'beta_start', 'beta_end', 'beta_decay_steps')})
     plain = {name: values[name] for name in DriverConfig.__dataclass_fields__
              if name in values}

@@ -2,7 +2,7 @@
 
 A node's parameters are one `Schema` next to its config dataclass (`driver_config.DRIVER`,
 `trainer_config.TRAINER`, `sim_bridge.SIM_BRIDGE`, `carla_episode_manager.EPISODE_MANAGER`).
-Where a core config dataclass holds the value (`ExplorationConfig.random_steps`, ...), the
+Where a core config dataclass holds the value (`ExplorationConfig.learning_starts`, ...), the
 default is read from that dataclass (`default_of`), so it is written in one place. Nodes
 declare from the schema (`node_params.declare`), bag_eval and train_offline check YAML values
 with `Schema.read`, and

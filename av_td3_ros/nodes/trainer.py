@@ -140,11 +140,11 @@ class VehicleFeed:
             self.store_output()
 
     def check_reset(self):
-        """Ask again when a requested reset brought no episode_start within reset_timeout."""
+        """Ask again when a requested reset brought no episode_start in episode_start_timeout."""
         if self.reset_requested is None or not self.assembler.ended:
             return
         waited = time.monotonic() - self.reset_requested
-        if waited > self.node.config.reset_timeout:
+        if waited > self.node.config.episode_start_timeout:
             self.node.get_logger().warn(f'{self.role}: no episode_start {waited:.1f} s after '
                                         'the reset request; asking again')
             self.request_reset()

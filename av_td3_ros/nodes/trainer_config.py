@@ -30,7 +30,7 @@ class TrainerConfig(LearnerConfig):
     log_period: float
     episode: EpisodeConfig
     reward: RewardConfig
-    reset_timeout: float
+    episode_start_timeout: float
     camera_topic: str = '/carla/{role}/rgb_front/image'  # {role}: each vehicle's role name
     policy_topic: str = '/av_td3/policy'  # every saved policy is published here ('' = off)
 
@@ -93,8 +93,8 @@ TRAINER = Schema(
     Param('resume', True, 'continue from run_dir/training_state if present'),
     Param('buffer_capacity', 100000, 'replay capacity (transitions)', 16, 10**9),
     Param('buffer_kinematics_dtype', 'float16', 'float16 or float32 kinematics in the buffer'),
-    # The driver's random phase (random_steps) is the trainer's wait: one number.
-    Param('learning_starts', default_of(ExplorationConfig, 'random_steps'),
+    # The driver's random phase (learning_starts) is the trainer's wait: one number.
+    Param('learning_starts', default_of(ExplorationConfig, 'learning_starts'),
           'transitions before updates', 0, 10**9),
     Param('updates_per_step', 1.0, 'update-to-data ratio', 0.0, 1000.0),
     Param('checkpoint_every', 5000, 'updates between policy checkpoints', 1, 10**9),
@@ -103,7 +103,8 @@ TRAINER = Schema(
     Param('log_period', 10.0, 'seconds between progress lines', 0.1, 3600.0),
     Param('health_every', 1000, 'updates between activation-health checks', 1, 10**9),
     Param('tensorboard', True, 'write TensorBoard logs to run_dir/tb'),
-    Param('reset_timeout', 10.0, 'seconds to wait for the reset service', 0.1, 600.0),
+    Param('episode_start_timeout', 10.0, 'ask for a reset again when no episode_start came '
+          'within this (s)', 0.1, 600.0),
     Param('camera_topic', TrainerConfig.camera_topic, 'camera topic; {role} is replaced by the '
           'role name'),
     Param('policy_topic', TrainerConfig.policy_topic, 'publish each saved policy here for '
@@ -148,8 +149,9 @@ def config_from_values(v: dict) -> TrainerConfig:
         **pick('vehicles', 'control_source', 'device', 'torch_threads', 'seed', 'resume',
                'buffer_capacity', 'buffer_kinematics_dtype', 'learning_starts',
                'updates_per_step', 'checkpoint_every', 'keep_checkpoints', 'state_every',
-               'log_period', 'health_every', 'tensorboard', 'reset_timeout', 'camera_topic',
-               'policy_topic', 'initial_policy', 'bc_labels', 'bc_pretrain_updates'))
+               'log_period', 'health_every', 'tensorboard', 'episode_start_timeout',
+               'camera_topic', 'policy_topic', 'initial_policy', 'bc_labels',
+               'bc_pretrain_updates'))
 
 
 def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:

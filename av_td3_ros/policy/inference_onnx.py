@@ -16,6 +16,7 @@ import torch
 
 from av_td3_ros.policy.inference import PolicyRunner
 from av_td3_ros.policy.networks import ActorPolicy
+from av_td3_ros.validation import check_choice
 
 BACKENDS = ('torch', 'onnxruntime')
 """Inference backends the driver accepts; torch is also the fallback."""
@@ -68,8 +69,7 @@ def build_runner(policy: ActorPolicy, device: torch.device, backend: str,
     the exporter needs) cannot be imported or fails to build the session, the torch runner is
     returned and the description says why.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    check_choice('backend', backend, BACKENDS)
     if backend == 'onnxruntime':
         if device.type != 'cpu':
             return (PolicyRunner(policy, device, allow_tf32),

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from av_td3_ros.validation import check_at_least, check_choice
+
 ACTIVATIONS = ('leaky_relu', 'relu', 'prelu')
 FEATURE_NORMS = ('none', 'layernorm', 'layernorm_tanh')
 KINEMATIC_INPUTS = ('all', 'speed')
@@ -51,20 +53,13 @@ class NetworkConfig:
 
     def __post_init__(self):
         """Validate values so a bad config fails when built, naming the field."""
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f'activation must be one of {ACTIVATIONS}, got {self.activation!r}')
-        if self.feature_norm not in FEATURE_NORMS:
-            raise ValueError(f'feature_norm must be one of {FEATURE_NORMS}, '
-                             f'got {self.feature_norm!r}')
-        if self.kinematic_inputs not in KINEMATIC_INPUTS:
-            raise ValueError(f'kinematic_inputs must be one of {KINEMATIC_INPUTS}, '
-                             f'got {self.kinematic_inputs!r}')
-        if self.image_size < 36:
-            # Three valid convolutions (8/4, 4/2, 3/1) need at least 36 pixels.
-            raise ValueError(f'image_size must be >= 36, got {self.image_size}')
-        for name in ('frame_stack', 'features_dim', 'kinematic_dim', 'hidden_dim', 'action_dim'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        check_choice('activation', self.activation, ACTIVATIONS)
+        check_choice('feature_norm', self.feature_norm, FEATURE_NORMS)
+        check_choice('kinematic_inputs', self.kinematic_inputs, KINEMATIC_INPUTS)
+        # Three valid convolutions (8/4, 4/2, 3/1) need at least 36 pixels.
+        check_at_least(self, 36, 'image_size')
+        check_at_least(self, 1, 'frame_stack', 'features_dim', 'kinematic_dim', 'hidden_dim',
+                       'action_dim')
 
     @property
     def state_dim(self) -> int:

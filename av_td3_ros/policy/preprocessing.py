@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from av_td3_ros.validation import check_at_least, check_choice
+
 # encoding -> (channels, cv2 conversion to grey or None for mono8).
 # For bgra8/bgr8 the direct BGR*2GRAY conversion is bit-identical to av_td3_system's
 # "drop alpha, BGR -> RGB, RGB2GRAY" path (same weights, same fixed-point code; tested).
@@ -49,13 +51,9 @@ class PreprocessConfig:
 
     def __post_init__(self):
         """Validate the choices, naming the bad value."""
-        if self.scale not in SCALES:
-            raise ValueError(f'scale must be one of {SCALES}, got {self.scale!r}')
-        if self.stack_fill not in STACK_FILLS:
-            raise ValueError(f'stack_fill must be one of {STACK_FILLS}, got {self.stack_fill!r}')
-        if self.image_size < 1 or self.frame_stack < 1:
-            raise ValueError('image_size and frame_stack must be >= 1, got '
-                             f'{self.image_size} and {self.frame_stack}')
+        check_choice('scale', self.scale, SCALES)
+        check_choice('stack_fill', self.stack_fill, STACK_FILLS)
+        check_at_least(self, 1, 'image_size', 'frame_stack')
 
     def to_dict(self) -> dict:
         """Return the config as a plain dict (for checkpoint metadata)."""
@@ -119,8 +117,8 @@ def scale_frames(frames_u8: np.ndarray, scale: str = 'zero_centered',
     if scale == 'zero_centered':
         out -= np.float32(0.5)
         out /= np.float32(0.5)
-    elif scale != 'unit':
-        raise ValueError(f'scale must be one of {SCALES}, got {scale!r}')
+    else:
+        check_choice('scale', scale, SCALES)
     return out
 
 

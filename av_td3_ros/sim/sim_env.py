@@ -42,6 +42,7 @@ from gymnasium.envs.box2d import car_racing
 
 from av_td3_ros.policy.features import clamp, wrap_angle
 from av_td3_ros.task.reward import STAND_IN_REWARD
+from av_td3_ros.validation import check_at_least, check_range
 
 PHYSICS_DT = 1.0 / car_racing.FPS
 """Physics seconds CarRacing integrates per step (fixed by the environment)."""
@@ -77,10 +78,9 @@ class SimEnvConfig:
         """Reject settings the simulator cannot honour."""
         if self.image_width < 1 or self.image_height < 1:
             raise ValueError('image size must be positive')
-        if not self.step_seconds > 0.0:
-            raise ValueError('step_seconds must be > 0')
-        if self.max_episode_steps < 0 or self.max_off_track_steps < 0:
-            raise ValueError('step limits must be >= 0 (0 disables them)')
+        check_range('step_seconds', self.step_seconds, 0.0, low_open=True)
+        # 0 disables a step limit.
+        check_at_least(self, 0, 'max_episode_steps', 'max_off_track_steps')
 
 
 @dataclass
