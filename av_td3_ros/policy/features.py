@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from av_td3_ros.validation import check_range
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -92,6 +94,38 @@ def route_problem(route) -> str | None:
     if not ((seg * seg).sum(axis=1) > MIN_SEGMENT_LENGTH2).any():
         return 'route has fewer than two distinct points'
     return None
+
+
+MAX_RESAMPLED_POINTS = 200_000
+"""Most points a resampled route may have (2,000 km at 1 m): a route whose resampling would
+need more is refused instead of filling memory."""
+
+
+def resample_route(route: np.ndarray, spacing: float) -> np.ndarray:
+    """Return the route polyline (M, 2) resampled every `spacing` metres of arc length.
+
+    The kinematic vector's N waypoints then cover N * spacing metres whatever the planner's
+    spacing (CARLA's waypoint publisher: 1 m; the stand-in: 3.5 m). The first and the last
+    point stay where they were. Raises ValueError for a route that `route_problem` refuses or
+    that would need more than MAX_RESAMPLED_POINTS points.
+    """
+    check_range('spacing', spacing, 0.0, low_open=True)
+    problem = route_problem(route)
+    if problem is not None:
+        raise ValueError(problem)
+    points = np.asarray(route, np.float64)
+    lengths = np.hypot(*np.diff(points, axis=0).T)
+    distinct = lengths * lengths > MIN_SEGMENT_LENGTH2
+    points = points[np.concatenate(([True], distinct))]
+    along = np.concatenate(([0.0], np.cumsum(lengths[distinct])))
+    if along[-1] / spacing > MAX_RESAMPLED_POINTS:
+        raise ValueError(f'route of {along[-1]:.0f} m needs more than {MAX_RESAMPLED_POINTS} '
+                         f'points at {spacing:g} m')
+    stations = np.append(np.arange(0.0, along[-1], spacing), along[-1])
+    if stations[-1] - stations[-2] < 1e-6:  # the last station is the end already
+        stations = stations[:-1]
+    return np.column_stack([np.interp(stations, along, points[:, 0]),
+                            np.interp(stations, along, points[:, 1])])
 
 
 def odometry_problem(x: float, y: float, yaw: float, speed: float) -> str | None:
