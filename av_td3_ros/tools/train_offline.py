@@ -5,19 +5,11 @@
                   [--run-dir DIR] [--params-file trainer.yaml] [-p name:=value]
                   [--activation ...] [--frame-scale ...] (the policy-spec parameters)
 
-Each bag (rosbag2, mcap or sqlite3: `bag_record` or `ros2 bag record`) is read in bag order
-and its messages go, through the trainer node's `MessageFeed`, to one `TransitionAssembler`
-for `--role`: the camera, odometry, route, the command sent (or vehicle_status with
-control_source vehicle_status), collision and lane-invasion events and the episode topics.
-Its transitions fill a replay buffer in `--run-dir` (a temporary one by default); then
-`--bc-updates` BC steps of the actor towards the route expert's action on each transition's
-stored kinematics, then `--td3-updates` TD3 updates (TD3+BC with the trainer's
-bc_weight > 0). The policy is written to `--out` (a driver checkpoint with the trainer's
-policy spec).
-
-Settings are the trainer's parameters (its schema, `trainer_config.TRAINER`: names, defaults,
-ranges), from `--params-file` and `-p`; the policy-spec parameters are also options, as with
-bag_eval. Progress goes to stdout; `--tensorboard DIR` writes the Learner's curves there.
+Each bag is read in bag order through the trainer node's `MessageFeed` into one
+`TransitionAssembler` for `--role`; the transitions fill a replay buffer in `--run-dir` (a
+temporary one by default). Then `--bc-updates` BC steps towards the route expert's actions and
+`--td3-updates` TD3 updates (TD3+BC with bc_weight > 0); the policy goes to `--out`. Settings
+are the trainer's parameters (its schema), from `--params-file`, `-p` and the spec options.
 """
 from __future__ import annotations
 
@@ -29,16 +21,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
 from rosbags.rosbag2 import Reader
 
 from av_td3_ros.learning.learner import Learner
 from av_td3_ros.learning.message_feed import MessageFeed, input_topics
-from av_td3_ros.nodes.schema import POLICY_SPEC, ParameterError, load_params_file
+from av_td3_ros.nodes.schema import POLICY_SPEC, ParameterError
 from av_td3_ros.nodes.trainer_config import TRAINER, TrainerConfig, config_from_values
 from av_td3_ros.policy.checkpoint import save_policy_state
 from av_td3_ros.task.transitions import TransitionAssembler
 from av_td3_ros.tools.bags.types import typestore
+from av_td3_ros.tools.param_args import add_param_options, param_values
+
+SPEC_PARAMETERS = {param.name: (param.default, param.description) for param in POLICY_SPEC}
 
 
 def count_frames(bags: list[Path], camera_topic: str) -> int:
@@ -95,11 +89,6 @@ class Progress:
               flush=True)
 
 
-def _parse_value(text: str):
-    """Parse a parameter value the way `-p name:=value` does (YAML scalars)."""
-    return yaml.safe_load(text) if text != '' else ''
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the CLI parser: the tool's options plus one option per policy-spec parameter."""
     parser = argparse.ArgumentParser(prog='train_offline', description=__doc__.split('\n')[0])
@@ -118,35 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
                         'temporary one, removed at the end)')
     parser.add_argument('--tensorboard', type=Path, metavar='DIR', help='write TensorBoard '
                         'logs to DIR')
-    parser.add_argument('--params-file', type=Path, help='trainer parameters YAML (e.g. '
-                        'config/trainer_sim.yaml)')
-    parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
-                        help='set a trainer parameter (repeatable)')
-    group = parser.add_argument_group('policy-spec parameters (as the driver\'s and trainer\'s)')
-    for param in POLICY_SPEC:
-        group.add_argument('--' + param.name.replace('_', '-'), dest='spec_' + param.name,
-                           type=_parse_value, metavar=type(param.default).__name__.upper(),
-                           help=f'{param.description} (default {param.default!r})')
+    add_param_options(parser, 'trainer', 'config/trainer_sim.yaml',
+                      'policy-spec parameters (as the driver\'s and trainer\'s)', SPEC_PARAMETERS)
     return parser
 
 
 def trainer_values(parsed) -> dict:
     """Return the trainer parameter values the command line sets (file, -p, options)."""
-    values = load_params_file(parsed.params_file, 'trainer') if parsed.params_file else {}
-    for item in parsed.param:
-        name, sep, text = item.partition(':=')
-        if not sep:
-            raise ParameterError(f'-p expects NAME:=VALUE, got {item!r}')
-        values[name] = _parse_value(text)
-    for param in POLICY_SPEC:
-        value = getattr(parsed, 'spec_' + param.name)
-        if value is not None:
-            values[param.name] = value
+    values = param_values(parsed, 'trainer', SPEC_PARAMETERS)
     if parsed.batch_size is not None:
         values['batch_size'] = parsed.batch_size
     if parsed.seed is not None:
         values['seed'] = parsed.seed
-    values.pop('use_sim_time', None)  # a node-level parameter, not the trainer's
     return values
 
 

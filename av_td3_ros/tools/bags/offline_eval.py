@@ -4,26 +4,16 @@
              [--seed N] [--frame-scale unit] [--params-file driver.yaml] [-p name:=value]
              [--copy-inputs] [--debug-topic T] [--no-odometry-timeout]
 
-Every driver parameter is an option (`--frame-scale unit` is `-p frame_scale:=unit`): they are
-checked against the driver's own parameter schema (`driver_config.DRIVER`, no rclpy) and
-turned into its config by the driver's own `config_from_values`, so names, defaults, ranges
-and the resulting PolicySpec (taken from the checkpoint where not given) are the driver's.
-Each camera frame is decided by the driver's own `DriverInputs` (driving/decision.py) with what
-was recorded before it in bag order: the newest odometry not newer than the frame's stamp,
-and the newest route; episode_start messages
-reset the frame stack. The output bag holds one CarlaEgoVehicleControl per frame on the
-driver's control topic, stamped with the frame's stamp and written at the frame's bag time,
-plus the debug frame-stack image (mono8) the driver would publish for it.
+Every driver parameter is an option, checked and turned into the driver's config by its own
+schema (`driver_config.DRIVER`, no rclpy). Each camera frame is decided by the driver's own
+`DriverInputs` with what came before it in bag order (the newest odometry not newer than the
+frame, the newest route; episode_start resets the frame stack). The output bag holds one
+command per frame, stamped with the frame's stamp at its bag time, and the debug frame stack.
 
-Differences from the live node, all because there is no wall clock offline:
-- odometry_timeout is measured in bag time (frame receive time minus odometry receive
-  time), not wall time; --no-odometry-timeout disables it;
-- no camera watchdog (frame_timeout) commands: exactly one command per frame;
-- a checkpoint directory is resolved once (its newest policy), with the driver's own
-  loader (driving/hot_reload.py: same spec check, same refusals); no policy is swapped in
-  during a bag, so the output does not depend on when a trainer wrote a file.
-On one machine and checkpoint the output is bit-for-bit reproducible (CPU, same
-torch_threads as the driver).
+Differences from the live node, as there is no wall clock: odometry_timeout is measured in
+bag time (--no-odometry-timeout disables it); no camera watchdog commands; a checkpoint
+directory is resolved once (no policy is swapped in during a bag). On one machine and
+checkpoint the output is bit-for-bit reproducible.
 """
 from __future__ import annotations
 
@@ -32,19 +22,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import yaml
 from rosbags.rosbag2 import Reader, Writer
 
-from av_td3_ros.driving.decision import DriverInputs, Reason
-from av_td3_ros.driving.ros_conversions import (
-    fill_control_msg,
-    stamp_to_ns,
-)
-from av_td3_ros.nodes.schema import ParameterError, load_params_file
-from av_td3_ros.policy.control import ControlCommand
+from av_td3_ros.driving.decision import DriverInputs
+from av_td3_ros.driving.ros_conversions import fill_control_msg
+from av_td3_ros.nodes.schema import ParameterError, load_params_file  # noqa: F401 (tests)
 from av_td3_ros.tools.bags import STORAGES
 from av_td3_ros.tools.bags.types import typestore
+from av_td3_ros.tools.param_args import add_param_options, param_values
 
 CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -100,44 +85,15 @@ def make_runner(config):
 
 
 @dataclass
-class FrameDecision:
-    """The command the driver would publish for one frame, and why."""
-
-    t_ns: int
-    stamp_ns: int
-    command: ControlCommand
-    reason: Reason
-    text: str
-    """The reason as the driver's log and /diagnostics say it ('bad route: <why>')."""
-    action: np.ndarray | None = None
-
-
-@dataclass
 class EvalResult:
-    """Everything an offline evaluation decided."""
+    """What an offline evaluation decided."""
 
-    decisions: list[FrameDecision] = field(default_factory=list)
+    frames: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    """Frames per reason, as the driver's /diagnostics say it ('policy', 'no route', ...)."""
     episodes: int = 0
     missing_topics: list[str] = field(default_factory=list)
     """Inputs the driver needs that the bag does not have (its frames then all brake)."""
-
-    def reasons(self) -> dict[str, int]:
-        """Count frames per reason text ('policy', 'no route', ...)."""
-        counts = {}
-        for decision in self.decisions:
-            counts[decision.text] = counts.get(decision.text, 0) + 1
-        return counts
-
-
-def offline_driver(config, runner=None, odometry_timeout: bool = True) -> DriverInputs:
-    """Build the driver's per-frame decision logic for the DriverConfig `config`.
-
-    The same `DriverInputs` the driver node uses; time is bag time in seconds.
-    """
-    from av_td3_ros.driving.pipeline import DrivingPipeline
-    pipeline = DrivingPipeline(config.spec, runner, config.exploration)
-    return DriverInputs(pipeline, config.odometry_timeout if odometry_timeout else None,
-                        config.require_route)
 
 
 def missing_inputs(config, topics: set[str]) -> list[str]:
@@ -154,8 +110,12 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
                  debug_topic: str | None = None, copy_inputs: bool = False,
                  odometry_timeout: bool = True) -> EvalResult:
     """Decide every camera frame of `bag` as the driver would; write `output` if given."""
+    from av_td3_ros.driving.pipeline import DrivingPipeline
     store = typestore()
-    driver = offline_driver(config, runner, odometry_timeout)
+    # The driver node's own decision logic, with bag time (s) for its clock.
+    driver = DriverInputs(DrivingPipeline(config.spec, runner, config.exploration),
+                          config.odometry_timeout if odometry_timeout else None,
+                          config.require_route)
     result = EvalResult()
     role = config.role_name
     if debug_topic is None:
@@ -199,11 +159,9 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
                 elif topic == config.camera_topic:
                     msg = store.deserialize_cdr(raw, conn.msgtype)
                     decision = driver.decide(msg, t_ns * 1e-9)
-                    command, step = decision.command, decision.step
-                    stamp = msg.header.stamp
-                    result.decisions.append(FrameDecision(
-                        t_ns, stamp_to_ns(stamp), command, decision.reason, decision.text,
-                        None if step is None else step.action))
+                    result.frames += 1
+                    result.reasons[decision.text] = result.reasons.get(decision.text, 0) + 1
+                    stamp, step = msg.header.stamp, decision.step
                     if writer is None:
                         continue
                     control = Control(header=Header(stamp=Time(sec=stamp.sec,
@@ -211,7 +169,7 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
                                                     frame_id=''),
                                       throttle=0.0, steer=0.0, brake=0.0, hand_brake=False,
                                       reverse=False, gear=0, manual_gear_shift=False)
-                    fill_control_msg(control, command, control.header.stamp, role)
+                    fill_control_msg(control, decision.command, control.header.stamp, role)
                     writer.write(control_conn, t_ns, store.serialize_cdr(control, CONTROL_TYPE))
                     if debug_conn is not None and step is not None:
                         pixels = driver.debug_image()
@@ -219,18 +177,10 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
                                       width=pixels.shape[1], encoding='mono8', is_bigendian=0,
                                       step=pixels.shape[1], data=pixels.reshape(-1).copy())
                         writer.write(debug_conn, t_ns, store.serialize_cdr(image, IMAGE_TYPE))
-    except BaseException:
+    finally:
         if writer is not None:
             writer.close()
-        raise
-    if writer is not None:
-        writer.close()
     return result
-
-
-def _parse_value(text: str):
-    """Parse a parameter value the way `-p name:=value` does (YAML scalars)."""
-    return yaml.safe_load(text) if text != '' else ''
 
 
 def build_parser(parameters: dict) -> argparse.ArgumentParser:
@@ -239,21 +189,14 @@ def build_parser(parameters: dict) -> argparse.ArgumentParser:
     parser.add_argument('bag', type=Path, help='input bag directory')
     parser.add_argument('-o', '--output', type=Path, help='output bag directory to create')
     parser.add_argument('-s', '--storage', choices=sorted(STORAGES), default='mcap')
-    parser.add_argument('--params-file', type=Path,
-                        help='driver parameters YAML (e.g. config/driver.yaml)')
-    parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
-                        help='set a driver parameter (repeatable)')
     parser.add_argument('--debug-topic', help='debug image topic in the output bag '
                         '(default /<role>/driver/debug/frame_stack, the launch file\'s name)')
     parser.add_argument('--copy-inputs', action='store_true',
                         help='copy every input message into the output bag as well')
     parser.add_argument('--no-odometry-timeout', action='store_true',
                         help='ignore odometry_timeout (it is measured in bag time)')
-    group = parser.add_argument_group('driver parameters (as the driver node\'s)')
-    for name, (default, description) in parameters.items():
-        group.add_argument('--' + name.replace('_', '-'), dest='driver_' + name,
-                           type=_parse_value, metavar=type(default).__name__.upper(),
-                           help=f'{description} (default {default!r})')
+    add_param_options(parser, 'driver', 'config/driver.yaml',
+                      'driver parameters (as the driver node\'s)', parameters)
     return parser
 
 
@@ -262,19 +205,8 @@ def main(args=None):
     argv = sys.argv[1:] if args is None else list(args)[1:]
     parameters = driver_parameters()
     parsed = build_parser(parameters).parse_args(argv)
-    values = load_params_file(parsed.params_file, 'driver') if parsed.params_file else {}
-    for item in parsed.param:
-        name, sep, text = item.partition(':=')
-        if not sep:
-            sys.exit(f'bag_eval: -p expects NAME:=VALUE, got {item!r}')
-        values[name] = _parse_value(text)
-    for name in parameters:
-        value = getattr(parsed, 'driver_' + name)
-        if value is not None:
-            values[name] = value
-    values.pop('use_sim_time', None)  # a node-level parameter, not the driver's
     try:
-        config = driver_config(values)
+        config = driver_config(param_values(parsed, 'driver', parameters))
         runner = make_runner(config)
     except (ParameterError, ValueError, FileNotFoundError) as error:
         sys.exit(f'bag_eval: {error}')
@@ -289,8 +221,8 @@ def main(args=None):
     for missing in result.missing_topics:
         print(f'bag_eval: the bag has no {missing}; a bag needs the camera, odometry and '
               'route topics (README, Bags)', file=sys.stderr)
-    reasons = ', '.join(f'{k}: {v}' for k, v in sorted(result.reasons().items()))
-    print(f'{len(result.decisions)} frames, {result.episodes} episode starts; {reasons}'
+    reasons = ', '.join(f'{k}: {v}' for k, v in sorted(result.reasons.items()))
+    print(f'{result.frames} frames, {result.episodes} episode starts; {reasons}'
           + (f'; wrote {parsed.output}' if parsed.output else ''), flush=True)
 
 
