@@ -18,6 +18,7 @@ neither, the car's pose when the manager starts. The decisions live in `sim/epis
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -34,7 +35,7 @@ from std_srvs.srv import Trigger
 from av_td3_ros.driving.ros_conversions import pose_from_odometry, speed_from_odometry, stamp_to_ns
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import declare
-from av_td3_ros.nodes.schema import Param, Schema, default_of
+from av_td3_ros.nodes.schema import Param, Schema
 from av_td3_ros.task.episode_rules import (
     EndEpisode,
     EpisodeManager,
@@ -76,9 +77,7 @@ _SETTINGS = ('order', 'seed', 'spawn_tolerance', 'route_start_tolerance', 'goal_
 """The parameters that are EpisodeManagerConfig fields of the same name."""
 
 
-def _episodes(name: str, description: str, low=None, high=None) -> Param:
-    return Param(name, default_of(EpisodeManagerConfig, name), description, low, high)
-
+_episodes = partial(Param.of, EpisodeManagerConfig)
 
 EPISODE_MANAGER = Schema(
     'carla_episode_manager',

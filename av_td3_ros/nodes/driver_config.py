@@ -6,14 +6,15 @@ parameters, defaults and ranges from a YAML file without DDS.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from av_td3_ros.experts.exploration import ExplorationConfig
 from av_td3_ros.nodes.schema import (
     POLICY_SPEC,
     Param,
     Schema,
-    default_of,
     policy_spec,
+    same_named,
     spec_fields_set_by,
 )
 from av_td3_ros.policy.checkpoint import (
@@ -57,8 +58,7 @@ class DriverConfig:
     warm_up_lead: float = 0.0  # s before the next frame to warm up (driving/frame_pacer.py)
 
 
-def _explore(name: str, description: str, low=None, high=None) -> Param:
-    return Param(name, default_of(ExplorationConfig, name), description, low, high)
+_explore = partial(Param.of, ExplorationConfig)
 
 
 def _under_role(suffix: str):
@@ -145,12 +145,8 @@ def driver_spec(values: dict, given: set[str]) -> PolicySpec:
 
 def config_from_values(values: dict, given: set[str]) -> DriverConfig:
     """Build the DriverConfig from checked parameter `values`; `given`: the names set."""
-    exploration = ExplorationConfig(**{name: values[name] for name in (
-        'mode', 'learning_starts', 'noise_start', 'noise_end', 'noise_decay_steps', 'seed',
-        'beta_start', 'beta_end', 'beta_decay_steps')})
-    plain = {name: values[name] for name in DriverConfig.__dataclass_fields__
-             if name in values}
-    return DriverConfig(**plain, spec=driver_spec(values, given), exploration=exploration)
+    return DriverConfig(**same_named(DriverConfig, values), spec=driver_spec(values, given),
+                        exploration=ExplorationConfig(**same_named(ExplorationConfig, values)))
 
 
 def read_config(node) -> DriverConfig:

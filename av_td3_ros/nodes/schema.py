@@ -1,12 +1,9 @@
 """Parameter schemas: each parameter's name, type, default, description and range, once.
 
-A node's parameters are one `Schema` next to its config dataclass (`driver_config.DRIVER`,
-`trainer_config.TRAINER`, `sim_bridge.SIM_BRIDGE`, `carla_episode_manager.EPISODE_MANAGER`).
-Where a core config dataclass holds the value (`ExplorationConfig.learning_starts`, ...), the
-default is read from that dataclass (`default_of`), so it is written in one place. Nodes
-declare from the schema (`node_params.declare`), bag_eval and train_offline check YAML values
-with `Schema.read`, and
-test/test_parameter_schema.py checks config/*.yaml against it.
+A node's parameters are one `Schema` next to its config dataclass. Where a core config
+dataclass holds the value, the default is read from it (`Param.of`), so it is written in one
+place. Nodes declare from the schema (`node_params.declare`); bag_eval and train_offline check
+YAML values with `Schema.read`.
 
 Pure Python, no rclpy: bag_eval and the tests use it without DDS.
 """
@@ -53,6 +50,12 @@ class Param:
     low: float | None = None
     high: float | None = None
     items: type | None = None
+
+    @classmethod
+    def of(cls, config_cls, name: str, description: str, low=None, high=None,
+           field: str | None = None) -> Param:
+        """Return parameter `name` whose default is dataclass `config_cls`'s `field` (`name`)."""
+        return cls(name, default_of(config_cls, field or name), description, low, high)
 
     def default_for(self, values: dict):
         """Return the default given the values of the parameters read before this one."""
@@ -143,18 +146,16 @@ class Schema:
 
 
 POLICY_SPEC = (
-    Param('activation', default_of(NetworkConfig, 'activation'),
-          'CNN activation: leaky_relu, relu, prelu (must match the checkpoint)'),
-    Param('negative_slope', default_of(NetworkConfig, 'negative_slope'),
-          'LeakyReLU negative slope', 0.0, 1.0),
-    Param('feature_norm', default_of(NetworkConfig, 'feature_norm'),
-          "after the CNN fc: none (the seed's NatureCNN), layernorm or layernorm_tanh"),
-    Param('n_waypoints', default_of(FeatureConfig, 'n_waypoints'),
-          'route waypoints in the kinematic vector', 1, 200),
-    Param('frame_scale', default_of(PreprocessConfig, 'scale'),
-          'zero_centered ([-1, 1]) or unit ([0, 1])'),
-    Param('stack_fill', default_of(PreprocessConfig, 'stack_fill'),
-          'frame stack at episode start: zero or repeat_first'),
+    Param.of(NetworkConfig, 'activation',
+             'CNN activation: leaky_relu, relu, prelu (must match the checkpoint)'),
+    Param.of(NetworkConfig, 'negative_slope', 'LeakyReLU negative slope', 0.0, 1.0),
+    Param.of(NetworkConfig, 'feature_norm',
+             "after the CNN fc: none (the seed's NatureCNN), layernorm or layernorm_tanh"),
+    Param.of(FeatureConfig, 'n_waypoints', 'route waypoints in the kinematic vector', 1, 200),
+    Param.of(PreprocessConfig, 'frame_scale', 'zero_centered ([-1, 1]) or unit ([0, 1])',
+             field='scale'),
+    Param.of(PreprocessConfig, 'stack_fill', 'frame stack at episode start: zero or '
+             'repeat_first'),
 )
 """The parameters that must match a checkpoint; the driver and the trainer share them, so a
 trainer's checkpoints fit a driver started from the same parameter files."""
@@ -187,6 +188,10 @@ def spec_fields_set_by(names: Iterable[str]) -> set[tuple[str, str]]:
     """Return the PolicySpec fields that the parameters `names` (e.g. the user's) set."""
     return {field for name in names for field in SPEC_FIELDS.get(name, ())}
 
+
+def same_named(config_cls, values: dict) -> dict:
+    """Return the entries of `values` named like a field of dataclass `config_cls`."""
+    return {f.name: values[f.name] for f in dataclasses.fields(config_cls) if f.name in values}
 
 
 def load_params_file(path, node_name: str) -> dict:

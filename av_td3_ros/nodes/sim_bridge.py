@@ -63,6 +63,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from builtin_interfaces.msg import Time
 from carla_msgs.msg import (
@@ -84,7 +85,7 @@ from std_srvs.srv import Trigger
 
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import declare
-from av_td3_ros.nodes.schema import Param, Schema, default_of
+from av_td3_ros.nodes.schema import Param, Schema
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState, finite_clamp
 from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
 
@@ -112,9 +113,7 @@ class SimBridgeConfig:
     auto_reset: bool = True
 
 
-def _bridge(name: str, description: str, low=None, high=None) -> Param:
-    return Param(name, default_of(SimBridgeConfig, name), description, low, high)
-
+_bridge = partial(Param.of, SimBridgeConfig)
 
 SIM_BRIDGE = Schema(
     'sim_bridge',
