@@ -50,11 +50,17 @@ def _where(error: BaseException) -> str:
 
 
 class GuardedCallback:
-    """A callback wrapper that logs, reports and swallows its exceptions (see module doc)."""
+    """`callback` wrapped so that no Exception from it reaches rclpy.spin.
+
+    Each failure is logged on `node`'s logger (at most once per `log_period` seconds, with
+    the message that caused it and where it was raised) and then `on_error(msg)` is called
+    with the message (None for a timer). Use it for every subscription, timer and service
+    callback; `errors` counts the failures for diagnostics.
+    """
 
     def __init__(self, node, callback: Callable, on_error: Callable | None = None,
                  log_period: float = LOG_PERIOD_S):
-        """Wrap `callback` of `node`; `on_error(msg)` runs after each failure."""
+        """Wrap `callback` of `node`."""
         self.node = node
         self.callback = callback
         self.on_error = on_error
@@ -106,13 +112,4 @@ class GuardedCallback:
             pass
 
 
-def guard_callback(node, callback: Callable, on_error: Callable | None = None,
-                   log_period: float = LOG_PERIOD_S) -> GuardedCallback:
-    """Return `callback` wrapped so that no Exception from it reaches rclpy.spin.
-
-    Each failure is logged on `node`'s logger (at most once per `log_period` seconds, with
-    the message that caused it and where it was raised) and then `on_error(msg)` is called
-    with the message (None for a timer). Use it for every subscription, timer and service
-    callback; the wrapper's `errors` counts the failures for diagnostics.
-    """
-    return GuardedCallback(node, callback, on_error, log_period)
+guard_callback = GuardedCallback

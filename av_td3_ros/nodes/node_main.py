@@ -12,18 +12,10 @@ from rclpy.node import Node
 
 from av_td3_ros.nodes.callback_guard import guard_callback
 
-__all__ = ['dump_stacks_on_sigusr1', 'guard_callback', 'run_node', 'shutting_down']
+__all__ = ['guard_callback', 'run_node', 'shutting_down']
 
 SHUTDOWN_SETTLE_S = 2.0
 """How long an executor error may precede its context's shutdown and still be the shutdown's."""
-
-
-def dump_stacks_on_sigusr1():
-    """Print every thread's Python stack to stderr on SIGUSR1 (`kill -USR1 <pid>`).
-
-    A node that still logs but no longer handles messages shows where it waits.
-    """
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def shutting_down(context, settle_s: float = SHUTDOWN_SETTLE_S) -> bool:
@@ -70,7 +62,9 @@ def run_node(make_node: Callable[[], Node], args=None,
     ExternalShutdownException, or the executor fails while the context shuts down).
     """
     rclpy.init(args=args)
-    dump_stacks_on_sigusr1()
+    # `kill -USR1 <pid>` prints every thread's stack: where a node that logs but no longer
+    # handles messages waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     node = None
     try:
         node = make_node()

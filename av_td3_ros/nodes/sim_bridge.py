@@ -1,10 +1,7 @@
 """Serve CarRacing-v3 (`sim_env.SimEnv`) on the CARLA ROS bridge topics, as a CARLA stand-in.
 
-Run: `ros2 run av_td3_ros sim_bridge` or `python -m av_td3_ros.nodes.sim_bridge --ros-args
---params-file config/sim_bridge.yaml`. `<role>` is the `role_name` parameter (ego_vehicle).
-
-Publishes (reliable, volatile, depth 10 like the bridge unless noted; one world tick's
-messages all carry the same stamp, the sim time of that tick):
+`<role>` is the `role_name` parameter. Publishes (reliable, volatile, depth 10 like the bridge
+unless noted; all messages of one world tick carry its sim time as stamp):
 
 * `/carla/<role>/rgb_front/image` sensor_msgs/Image bgra8, frame_id `<role>/rgb_front`
 * `/carla/<role>/rgb_front/camera_info` sensor_msgs/CameraInfo (pinhole from `camera_fov`)
@@ -17,22 +14,16 @@ messages all carry the same stamp, the sim time of that tick):
   wheel that was on the road left it (crossed_lane_markings = [LANE_MARKING_SOLID])
 * `/carla/<role>/waypoints` nav_msgs/Path of the track centre line in driving order, frame
   `map`; depth 1 TRANSIENT_LOCAL (latched, as carla_waypoint_publisher does), sent at every
-  episode start because every episode has a new track. Subscribe with TRANSIENT_LOCAL to get
-  it when joining late.
+  episode start (every episode has a new track)
 * `/carla/status` carla_msgs/CarlaStatus: frame = world tick counter, fixed_delta_seconds,
   synchronous_mode, synchronous_mode_running (= synchronous_mode)
 * `/clock` rosgraph_msgs/Clock, the sim time
 * `/av_td3/<role>/episode_start` std_msgs/Header (stamp = first frame of the episode,
-  frame_id = episode number, from 0), depth 1 TRANSIENT_LOCAL so late joiners learn the
-  current episode
+  frame_id = episode number, from 0), latched so late joiners learn the current episode
 * `/av_td3/<role>/episode_end` std_msgs/String, volatile (a late joiner must not see old
-  endings), when the simulator ends an episode. Format:
-  `<terminated|truncated>:<reason>;return=<float>;steps=<int>;stamp_ns=<int>`, e.g.
-  `terminated:lap_complete;return=903.412;steps=868;stamp_ns=43450000000`; reasons are
-  lap_complete, off_playfield, off_track (terminated) and time_limit (truncated);
-  return is the episode's summed CarRacing reward, steps its control steps, stamp_ns the stamp
-  of its last frame. The part before the first `;` is exactly the CONVENTIONS.md format;
-  `sim/episode_end.py` writes and reads it.
+  endings): `<terminated|truncated>:<reason>;return=<float>;steps=<int>;stamp_ns=<int>`
+  (`task/episode_end.py`), reasons lap_complete, off_playfield, off_track (terminated) and
+  time_limit (truncated); return is the summed CarRacing reward, stamp_ns the last frame's.
 
 Subscribes `/carla/<role>/vehicle_control_cmd` carla_msgs/CarlaEgoVehicleControl: steer,
 throttle and brake are clipped to CARLA's ranges, hand_brake means full brake; reverse,
@@ -42,21 +33,16 @@ Service `/av_td3/<role>/reset_episode` std_srvs/Trigger starts a new episode at 
 world tick); no episode_end is published for the episode it cuts short. The response message
 is `episode=<n>;stamp_ns=<int>;previous_return=<float>;previous_steps=<int>`.
 
-Time and stepping: tick k has /carla/status frame k and stamp k * fixed_delta_seconds (sim
-time starts at 0 with the first episode's first frame). Every tick is one CarRacing step or
-one reset. With synchronous_mode true, the world ticks once per control command for the
-latest frame: a command whose header stamp is zero or not older than the latest frame's stamp
-triggers a tick; an older one is stale and ignored, so a driver answering every frame (stamp
-= the image stamp) gets exactly one new frame per command (frame 0's stamp is 0 and so
-reads as unstamped, which is harmless while it is the latest frame). If no command
-triggers a tick for step_timeout seconds (wall time; 0 disables this), the world ticks with
-the last control.
-With synchronous_mode false the world ticks at publish_rate Hz and commands only set the
-control. When the env ends an episode, that tick publishes its last frame and then
-episode_end; with auto_reset the next tick is the reset (new track, episode_start, first
-frame, zero control); without it the world stays frozen until reset_episode is called.
-Episode e uses track seed `seed + e` (seed -1: not seeded). One progress line is logged per
-episode.
+Tick k has /carla/status frame k and stamp k * fixed_delta_seconds; every tick is one
+CarRacing step or one reset. With synchronous_mode true, a command whose header stamp is zero
+or not older than the latest frame's ticks the world once; an older one is stale and ignored,
+so a driver answering every frame gets exactly one new frame per command (frame 0's stamp 0
+reads as unstamped: harmless while it is the latest frame). With no such command for
+step_timeout wall seconds (0: never) the world ticks with the last control. With
+synchronous_mode false the world ticks at publish_rate Hz and commands only set the control.
+The tick that ends an episode publishes its last frame, then episode_end; with auto_reset the
+next tick is the reset (new track, episode_start, first frame, zero control), without it the
+world stays frozen until reset_episode. Episode e uses track seed `seed + e` (-1: unseeded).
 """
 from __future__ import annotations
 
@@ -160,8 +146,7 @@ class SimBridgeNode(Node):
     def __init__(self):
         """Read parameters, build the simulator, publishers and timers, start episode 0."""
         super().__init__('sim_bridge')
-        self.config = self._read_parameters()
-        cfg = self.config
+        self.config = cfg = SimBridgeConfig(**declare(self, SIM_BRIDGE))
         self.env = SimEnv(SimEnvConfig(image_width=cfg.image_width,
                                        image_height=cfg.image_height,
                                        step_seconds=cfg.fixed_delta_seconds,
@@ -169,21 +154,19 @@ class SimBridgeNode(Node):
                                        max_off_track_steps=cfg.max_off_track_steps))
         role = cfg.role_name
         prefix = f'/carla/{role}'
-        self._pub_image = self.create_publisher(Image, f'{prefix}/rgb_front/image', BRIDGE_QOS)
-        self._pub_info = self.create_publisher(
-            CameraInfo, f'{prefix}/rgb_front/camera_info', BRIDGE_QOS)
-        self._pub_odom = self.create_publisher(Odometry, f'{prefix}/odometry', BRIDGE_QOS)
-        self._pub_speed = self.create_publisher(Float32, f'{prefix}/speedometer', BRIDGE_QOS)
-        self._pub_status = self.create_publisher(
-            CarlaEgoVehicleStatus, f'{prefix}/vehicle_status', BRIDGE_QOS)
-        self._pub_invasion = self.create_publisher(
-            CarlaLaneInvasionEvent, f'{prefix}/lane_invasion', BRIDGE_QOS)
+        publisher = partial(self.create_publisher, qos_profile=BRIDGE_QOS)
+        self._pub_image = publisher(Image, f'{prefix}/rgb_front/image')
+        self._pub_info = publisher(CameraInfo, f'{prefix}/rgb_front/camera_info')
+        self._pub_odom = publisher(Odometry, f'{prefix}/odometry')
+        self._pub_speed = publisher(Float32, f'{prefix}/speedometer')
+        self._pub_status = publisher(CarlaEgoVehicleStatus, f'{prefix}/vehicle_status')
+        self._pub_invasion = publisher(CarlaLaneInvasionEvent, f'{prefix}/lane_invasion')
         self._pub_waypoints = self.create_publisher(Path, f'{prefix}/waypoints', LATCHED_QOS)
-        self._pub_world = self.create_publisher(CarlaStatus, '/carla/status', BRIDGE_QOS)
-        self._pub_clock = self.create_publisher(ClockMsg, '/clock', BRIDGE_QOS)
-        self._pub_start = self.create_publisher(
-            Header, f'/av_td3/{role}/episode_start', LATCHED_QOS)
-        self._pub_end = self.create_publisher(String, f'/av_td3/{role}/episode_end', BRIDGE_QOS)
+        self._pub_world = publisher(CarlaStatus, '/carla/status')
+        self._pub_clock = publisher(ClockMsg, '/clock')
+        self._pub_start = self.create_publisher(Header, f'/av_td3/{role}/episode_start',
+                                                LATCHED_QOS)
+        self._pub_end = publisher(String, f'/av_td3/{role}/episode_end')
         # Guarded: an exception in one callback is logged and the simulator goes on.
         self.create_subscription(CarlaEgoVehicleControl, f'{prefix}/vehicle_control_cmd',
                                  guard_callback(self, self._on_control), BRIDGE_QOS)
@@ -212,8 +195,6 @@ class SimBridgeNode(Node):
         self._control = (0.0, 0.0, 0.0)
         self._prev_velocity = None  # map-frame velocity of the previous tick
         self._episode_wall_start = time.monotonic()
-        self._stale_commands = 0
-        self._publish_failures = 0
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._watchdog = None
@@ -228,10 +209,6 @@ class SimBridgeNode(Node):
             f'sim_bridge ready: role {role}, {cfg.image_width}x{cfg.image_height} bgra8, '
             f'{"synchronous" if cfg.synchronous_mode else "asynchronous"} mode, '
             f'fixed_delta_seconds {cfg.fixed_delta_seconds}')
-
-    def _read_parameters(self) -> SimBridgeConfig:
-        """Declare all parameters once and return them as a config."""
-        return SimBridgeConfig(**declare(self, SIM_BRIDGE))
 
     def _make_camera_info(self) -> CameraInfo:
         """Return the pinhole camera info CARLA derives from image size and field of view."""
@@ -258,7 +235,6 @@ class SimBridgeNode(Node):
         if stamp_ns != 0 and stamp_ns < self._stamp_ns:
             # An answer to an older frame (a duplicate or a late one): it must not tick the
             # world again, or one frame would advance the world twice.
-            self._stale_commands += 1
             return
         self._control = control
         self._tick()
@@ -379,7 +355,6 @@ class SimBridgeNode(Node):
             self._pub_image.publish(self._image)
         except _rclpy.RCLError as error:
             # Fast DDS can refuse a large reliable sample under load; drop this frame only.
-            self._publish_failures += 1
             self.get_logger().warning(f'image publish failed ({error}); frame dropped',
                                       throttle_duration_sec=5.0)
 
