@@ -1,12 +1,9 @@
 """Start a child process in its own process group, tied to its parent's life; stop it.
 
-`run_launch`, `demo`, `evaluate_policy` (through `LaunchedNode`) and the tests' helpers start
-nodes with this one class. A child gets its own session so that Ctrl-C in a terminal reaches
-the runner only, which then stops each node in order (SIGINT to the node's group, SIGKILL
-after a timeout). On Linux the child also gets SIGTERM when its parent dies: a runner that is
-SIGKILLed (it can clean nothing up) would otherwise leave nodes publishing on the DDS domain
-forever. The kernel sends that signal when the *thread* that started the child exits, so
-start children from a thread that outlives them (the main thread, as every caller does).
+A child gets its own session so that Ctrl-C reaches the runner only, which then stops each node
+in order. On Linux it also gets SIGTERM when its parent dies, so that a SIGKILLed runner leaves
+no nodes publishing on the DDS domain. The kernel sends that signal when the *thread* that
+started the child exits: start children from a thread that outlives them (the main thread).
 """
 from __future__ import annotations
 
@@ -40,24 +37,12 @@ class ChildProcess:
 
     def __init__(self, command: list[str], env: dict[str, str] | None = None,
                  cwd: str | None = None, stdout=None, text: bool = False):
-        """Start `command`; stderr goes where stdout goes (`stdout` as for subprocess.Popen).
-
-        With `text`, a piped stdout is line-buffered text.
-        """
+        """Start `command`; stderr goes where stdout goes (with `text`, line-buffered text)."""
         self.command = command
         self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=stdout,
                                         stderr=subprocess.STDOUT, start_new_session=True,
                                         preexec_fn=_die_with_parent(), text=text,
                                         bufsize=1 if text else -1)
-
-    @property
-    def pid(self) -> int:
-        """Return the child's process id (also its process group id)."""
-        return self.process.pid
-
-    def poll(self) -> int | None:
-        """Return the exit status, or None while it runs."""
-        return self.process.poll()
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the exit status; raise subprocess.TimeoutExpired after `timeout`."""

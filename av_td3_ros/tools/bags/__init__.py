@@ -1,9 +1,7 @@
 """ROS 2 bag tools: record, replay and offline evaluation of the driver (rosbags based).
 
-rosbag2 itself is not installable here, so these tools read and write the rosbag2 layout
-(metadata.yaml version 9, mcap or sqlite3 storage) with the pure-Python `rosbags` library.
-Recorded messages stay serialized (CDR) end to end: the recorder writes what DDS delivered
-and the player publishes those bytes back.
+rosbag2 is not installable here, so these tools read and write its layout (metadata.yaml
+version 9, mcap or sqlite3) with the pure-Python `rosbags`. Messages stay CDR end to end.
 """
 from rosbags.rosbag2 import StoragePlugin
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rclpy.duration import Duration
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.interfaces import (
     Qos,
     QosDurability,
@@ -19,8 +14,7 @@ from rosbags.interfaces import (
     QosTime,
 )
 
-RECORD_DEPTH = 100
-"""Subscription depth of the recorder: bursts queue here rather than being dropped."""
+RECORD_DEPTH = 100  # the recorder's subscription depth: bursts queue rather than drop
 
 
 def _time(duration: Duration) -> QosTime:
@@ -43,11 +37,10 @@ def to_bag_qos(profile: QoSProfile) -> Qos:
 
 
 def subscription_qos(offered: Iterable[QoSProfile], latched: bool = False) -> QoSProfile:
-    """Return a recorder subscription that matches every offered publisher QoS.
+    """Return a recorder subscription QoS that matches every offered publisher QoS.
 
     Reliable unless every publisher is best effort (a reliable reader cannot match a
-    best-effort writer); transient-local when every publisher is, or the topic is known to
-    be latched, so the last message published before recording started is received too.
+    best-effort writer); transient-local when every publisher is, or the topic is latched.
     """
     offered = list(offered)
     best_effort = bool(offered) and all(
@@ -64,18 +57,11 @@ def subscription_qos(offered: Iterable[QoSProfile], latched: bool = False) -> Qo
 
 
 def publisher_qos(offered: Iterable[Qos], latched: bool = False) -> QoSProfile:
-    """Return a player publisher QoS: reliable (matches any reader), latched when recorded so.
-
-    Reliable writers match best-effort readers too, so replay never loses a subscriber
-    because the recording publisher was best effort.
-    """
+    """Return a reliable player QoS (it matches best-effort readers too), latched if recorded so."""
     offered = list(offered)
     transient = latched or (bool(offered) and all(
         q.durability == QosDurability.TRANSIENT_LOCAL for q in offered))
-    if transient:
-        return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                          reliability=ReliabilityPolicy.RELIABLE,
-                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    return QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+    return QoSProfile(depth=1 if transient else 10, history=HistoryPolicy.KEEP_LAST,
                       reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
+                      durability=(DurabilityPolicy.TRANSIENT_LOCAL if transient
+                                  else DurabilityPolicy.VOLATILE))

@@ -1,10 +1,8 @@
 """Message types for bags: a rosbags typestore with carla_msgs, and rclpy class lookup.
 
-The carla_msgs definitions come from the project's .msg files (installed to
-share/av_td3_ros/msg, or the repository's carla_msgs_fallback when running from a checkout).
-rosbags computes RIHS01 type hashes from the parsed definitions; they equal the hashes rmw
-announces for the compiled carla_msgs (checked by test_bags), so bags written here carry the
-same `type_description_hash` as `ros2 bag record` would.
+The carla_msgs definitions come from share/av_td3_ros/msg (or the checkout's
+carla_msgs_fallback). Their RIHS01 hashes equal the ones rmw announces (checked by
+test_bags), so bags written here carry the `type_description_hash` `ros2 bag record` would.
 """
 from __future__ import annotations
 
@@ -58,7 +56,6 @@ def typestore():
 
 
 def _nested_names(store, typename: str) -> set[str]:
-    """Return the message types used by the fields of `typename` (one level)."""
     names = set()
     _, fields = store.fielddefs[typename]
     for _, (kind, detail) in fields:
@@ -83,8 +80,7 @@ def find_msg_file(typename: str) -> Path | None:
 def ensure_type(store, typename: str):
     """Register `typename` (and the types it uses) from .msg files if the store lacks it.
 
-    Raise UnknownTypeError when no definition can be found: rosbags needs the definition to
-    write a bag's message definition and hash.
+    Raise UnknownTypeError when there is no definition (a bag needs it, and its hash).
     """
     pending = [typename]
     while pending:
@@ -111,10 +107,10 @@ def message_class(typename: str):
 
 
 def header_stamp_ns(raw) -> int:
-    """Return the std_msgs/Header stamp (ns) at the start of a CDR message, unparsed else.
+    """Return the std_msgs/Header stamp (ns) that starts a CDR message, without parsing it.
 
-    A message whose first field is a Header begins, after the 4-byte encapsulation header,
-    with int32 sec and uint32 nanosec in the byte order the encapsulation names.
+    After the 4-byte encapsulation header come int32 sec and uint32 nanosec, in the byte order
+    the encapsulation names.
     """
     little = bytes(raw[1:2]) == b'\x01'
     sec, nanosec = struct.unpack('<iI' if little else '>iI', bytes(raw[4:12]))
