@@ -26,7 +26,7 @@ from av_td3_ros.driving.ros_conversions import (
     stamp_to_ns,
 )
 from av_td3_ros.policy.control import SAFE_STOP, ControlCommand
-from av_td3_ros.policy.features import Pose2D, odometry_problem, route_problem
+from av_td3_ros.policy.features import Pose2D, odometry_problem, resample_route, route_problem
 from av_td3_ros.policy.preprocessing import ImageFormatError, ImageView, image_pixels
 
 if TYPE_CHECKING:  # the pipeline imports Reason from here; this module only names its types
@@ -116,11 +116,17 @@ class DriverInputs:
     """
 
     def __init__(self, pipeline: DrivingPipeline, odometry_timeout: float | None,
-                 require_route: bool, history: int = 16):
-        """Keep `history` odometry samples; `odometry_timeout` None disables the check."""
+                 require_route: bool, history: int = 16, route_spacing: float = 0.0):
+        """Keep `history` odometry samples; `odometry_timeout` None disables the check.
+
+        `route_spacing` > 0: each route is resampled every that many metres of arc length on
+        arrival (`features.resample_route`), so the kinematic vector's waypoints cover the
+        same road whatever the planner's spacing; 0 uses it as received.
+        """
         self.pipeline = pipeline
         self.odometry_timeout = odometry_timeout
         self.require_route = require_route
+        self.route_spacing = route_spacing
         self._odometry = deque(maxlen=history)  # (stamp_ns, Pose2D, speed) of good samples
         self._odometry_time = None
         self.route = None
@@ -154,6 +160,11 @@ class DriverInputs:
         """Use a nav_msgs/Path as the route; return why it is refused (then: no route)."""
         route = route_from_path(msg)
         self.route_problem = route_problem(route)
+        if self.route_problem is None and self.route_spacing > 0.0:
+            try:
+                route = resample_route(route, self.route_spacing)
+            except ValueError as error:
+                self.route_problem = str(error)
         if self.route_problem is not None:
             self.bad_routes += 1
             self.route = None

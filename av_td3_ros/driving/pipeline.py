@@ -12,7 +12,7 @@ import numpy as np
 
 from av_td3_ros.driving.decision import Reason
 from av_td3_ros.experts.exploration import ExplorationConfig
-from av_td3_ros.experts.route_expert import expert_action_from_kinematics
+from av_td3_ros.experts.route_expert import ExpertConfig, expert_action_from_kinematics
 from av_td3_ros.policy.checkpoint import PolicySpec
 from av_td3_ros.policy.control import SAFE_STOP, ControlCommand, action_to_control
 from av_td3_ros.policy.features import ROUTE_START_HINT, Pose2D, RouteState, kinematic_vector
@@ -42,11 +42,16 @@ class DrivingPipeline:
     """Stateful per-vehicle pipeline: frame stack, features, policy and exploration."""
 
     def __init__(self, spec: PolicySpec, runner: PolicyRunner | None = None,
-                 exploration: ExplorationConfig = ExplorationConfig()):
-        """Prepare buffers for `spec`; `runner` may be None (the car then brakes)."""
+                 exploration: ExplorationConfig = ExplorationConfig(),
+                 expert: ExpertConfig = ExpertConfig()):
+        """Prepare buffers for `spec`; `runner` may be None (the car then brakes).
+
+        `expert`: the route expert's settings in expert and dagger modes.
+        """
         self.spec = spec
         self.runner = runner
         self.exploration = exploration
+        self.expert = expert
         self.stack = FrameStack(spec.preprocessing)
         self.kinematics = np.zeros(spec.features.size, np.float32)
         self._frame = np.empty((spec.preprocessing.image_size,) * 2, np.float32)
@@ -110,7 +115,8 @@ class DrivingPipeline:
         if mode == 'expert' or (mode == 'dagger'
                                 and self._rng.random() < self.exploration.beta(self.steps)):
             # The expert reads the full vector (a camera-profile actor masks it itself).
-            action = expert_action_from_kinematics(self.kinematics, self.spec.features)
+            action = expert_action_from_kinematics(self.kinematics, self.spec.features,
+                                                   self.expert)
             return StepResult(action_to_control(*action[:2]), Reason.EXPERT, action,
                               route_state, timings)
         if self.exploration.is_random(self.steps):
