@@ -57,7 +57,7 @@ def subscription_qos(offered: Iterable[QoSProfile], latched: bool = False) -> Qo
 
 
 def publisher_qos(offered: Iterable[Qos], latched: bool = False) -> QoSProfile:
-    """Return a reliable player QoS (it matches best-effort readers too), latched if recorded so."""
+    """Return a reliable player QoS (it matches best-effort readers too), latched as recorded."""
     offered = list(offered)
     transient = latched or (bool(offered) and all(
         q.durability == QosDurability.TRANSIENT_LOCAL for q in offered))
