@@ -1,24 +1,13 @@
 """Run an XML launch file's nodes without `ros2 launch` (for machines with ROS from PyPI).
 
-Real ROS users run `ros2 launch av_td3_ros <file>`; this runner reads the same file and
-starts the same nodes with the same parameter files, parameters and remappings, so a laptop
-without launch_ros (and the test suite) exercises exactly what ships.
-
-Implemented, with launch_xml's meaning (Humble to Kilted):
-- elements <arg name default description>, <let name value>, <set_env name value>,
-  <group> (scopes arguments and the namespace), <push_ros_namespace namespace>, <include>
-  only when its condition disables it (run_launch cannot run another launch file),
-  <node pkg exec name namespace output respawn respawn_delay exec_name args ros_args> with
-  <param name value type>, <param from> and <remap from to> children;
-- `if` and `unless` on every element (true/1 or false/0 after substitution, as launch's
-  conditions; anything else is an error);
-- <param type="str|int|float|bool|list_of_str|...|yaml">: without it a value is typed as
-  YAML, so `checkpoint:=0123` would become the integer 83; `value-sep` splits a value into
-  a list before substitution (so one role name `007` stays the string list ['007']);
-- substitutions $(var), $(env NAME [default]), $(find-pkg-share pkg).
-
-Any other element, attribute or substitution is an error naming it, never ignored: a file
-this runner cannot start faithfully does not start at all.
+It starts the same nodes with the same parameter files, parameters and remappings as
+`ros2 launch av_td3_ros <file>`, so a laptop without launch_ros (and the tests) run what ships.
+Implemented, with launch_xml's meaning: <arg>, <let>, <set_env>, <group>, <push_ros_namespace>,
+<include> only when its condition disables it, <node> with <param> (value, type, value-sep,
+from) and <remap> children; `if`/`unless` on every element; substitutions $(var), $(env NAME
+[default]), $(find-pkg-share pkg). Without `type` a <param> value is typed as YAML (so
+`checkpoint:=0123` would be the integer 83). Anything else is an error naming it, never
+ignored: a file this runner cannot start faithfully does not start at all.
 """
 from __future__ import annotations
 
@@ -147,9 +136,8 @@ def _to_param_value(text: str, type_name: str | None = None):
                           f'{", ".join(PARAM_TYPES)})')
     scalar = PARAM_TYPES[type_name]
     if type_name.startswith('list_of_'):
-        value = _yaml_value(text)
-        items = value if isinstance(value, list) else None
-        if items is None or not all(_is_exactly(item, scalar) for item in items):
+        items = _yaml_value(text)
+        if not isinstance(items, list) or not all(_is_exactly(item, scalar) for item in items):
             raise LaunchError(f'<param type="{type_name}">: {text!r} is not such a list')
         return items
     if scalar is str:
@@ -290,12 +278,9 @@ class _Parser:
                         name=self.substitute(element.get('name')),
                         namespace='/' + full_ns if full_ns else None,
                         exec_name=self.substitute(element.get('exec_name')))
-        extra = self.substitute(element.get('ros_args') or element.get('ros-args'))
-        if extra:
-            spec.ros_args = extra.split()
-        node_args = self.substitute(element.get('args'))
-        if node_args:
-            spec.args = node_args.split()
+        spec.ros_args = (self.substitute(element.get('ros_args') or element.get('ros-args'))
+                         or '').split()
+        spec.args = (self.substitute(element.get('args')) or '').split()
         output = self.substitute(element.get('output'))
         if output is not None:
             if output not in OUTPUTS:
@@ -378,8 +363,7 @@ class LaunchedNode:
                  echo: bool = True):
         """Start the node as `python -m <module> --ros-args ...`.
 
-        Its output is echoed when `echo` is set and the node's `output` is screen or both;
-        otherwise only lines that contain ERROR are.
+        Its output is echoed with `echo` and output screen or both; else only ERROR lines.
         """
         self.echo = echo and spec.output in ('screen', 'both')
         self.spec = spec
@@ -464,12 +448,9 @@ def main(argv=None) -> int:
     parser.add_argument('--print', action='store_true', dest='print_only',
                         help='print the node command lines and exit')
     args = parser.parse_args(argv)
-    values = {}
-    for item in args.arguments:
-        if ':=' not in item:
-            parser.error(f'launch arguments look like name:=value, got {item!r}')
-        key, value = item.split(':=', 1)
-        values[key] = value
+    for item in (item for item in args.arguments if ':=' not in item):
+        parser.error(f'launch arguments look like name:=value, got {item!r}')
+    values = dict(item.split(':=', 1) for item in args.arguments)
     try:
         path = resolve_launch_path(args.launch_file)
         if args.print_only:
