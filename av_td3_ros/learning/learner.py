@@ -1,30 +1,25 @@
-"""The trainer's schedule without ROS: replay buffer, BC pretraining, TD3 updates, checkpoints.
+"""The trainer's update schedule without ROS: replay buffer, BC pretraining, TD3 updates.
 
-`Learner` owns everything a training run writes to its run directory: the memory-mapped
-replay buffer, the Monte Carlo returns of the critic warm-up, `checkpoints/policy_<step>`,
-`training_state.safetensors` (resume), `episodes.jsonl` and TensorBoard logs. Experience
-comes in through `store` (the typed output of `TransitionAssembler`) from any thread; updates
-run through `maybe_update` or `run_updates` in one worker thread. The buffer lock is the only
-lock: storing and sampling never overlap.
+`Learner` takes experience through `store` (the typed output of `TransitionAssembler`) from
+any thread and runs updates through `maybe_update` or `run_updates` in one worker thread;
+the buffer lock is the only lock: storing and sampling never overlap. Its run directory's
+other files (policies, training state, logs) are `run_dir.RunDirectory`'s.
 
 The schedule, one update at a time:
 1. nothing before `learning_starts` transitions are stored (and more than a batch);
 2. `bc_pretrain_updates` behaviour-cloning steps of the actor towards the route expert's
-   action on each sampled transition's stored kinematics (`sim/expert.expert_actions`); the
-   targets then copy the cloned actor;
+   action on each sampled transition's stored kinematics; the targets then copy the actor;
 3. TD3 updates (TD3+BC with `td3.bc_weight` > 0, labels from `bc_labels`) while
    `td3_updates < env_steps * updates_per_step`; during the critic warm-up the critic's
    targets are the finished episodes' Monte Carlo returns (TD where an episode is open).
-Policy files are named by `updates` (BC and TD3 steps together; with no pretraining, the TD3
-critic steps as before).
+Policy files are named by `updates` (BC and TD3 steps together).
 
-Resume is exact: the state file holds the networks, Adam moments, the smoothing-noise
-generator, the counters, the batch sampler's generator and the Monte Carlo returns, and the
-buffer is on disk; a resumed run samples and updates exactly as an uninterrupted one would.
+Resume is exact: the state holds the networks, Adam moments, the smoothing-noise generator,
+the counters, the batch sampler's generator and the Monte Carlo returns, and the buffer is
+on disk; a resumed run samples and updates exactly as an uninterrupted one would.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -34,34 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from av_td3_ros.config_diff import config_differences
 from av_td3_ros.experts.route_expert import expert_actions
 from av_td3_ros.learning.device_batch import DeviceBatch
 from av_td3_ros.learning.mc_returns import MonteCarloReturns
 from av_td3_ros.learning.replay_buffer import Batch, ReplayBuffer
+from av_td3_ros.learning.run_dir import ResumeError, RunDirectory, resume_differences
 from av_td3_ros.learning.td3 import TD3, TD3Config, metrics_to_floats
-from av_td3_ros.policy.checkpoint import (
-    CHECKPOINT_SUBDIR,
-    POLICY_PATTERN,
-    TRAINING_STATE,
-    PolicySpec,
-    latest_policy,
-    load_policy,
-    policy_path,
-    prune_policies,
-    read_safetensors,
-    remove_stale_run_temps,
-    save_policy_state,
-    write_atomic,
-)
+from av_td3_ros.policy.checkpoint import PolicySpec, load_policy
 from av_td3_ros.policy.networks import ActorPolicy
 from av_td3_ros.task.transitions import AssemblerOutput, EpisodeEnd, EpisodeStart, Transition
-from av_td3_ros.throttled_log import ThrottledLog
 from av_td3_ros.validation import check_choice
 
-LEARNER_TENSORS = 'learner.'
-"""Prefix of the state-file tensors the learner adds to TD3's (returns, the start policy)."""
-START_POLICY_TENSORS = LEARNER_TENSORS + 'start_policy.'
+__all__ = ['BC_LABELS', 'Learner', 'LearnerConfig', 'ResumeError', 'resume_differences']
 
 BC_LABELS = ('expert', 'start')
 """Sources of the TD3+BC term's target actions: the route expert, or the policy TD3 started
@@ -106,16 +85,6 @@ class LearnerConfig:
         check_choice('bc_labels', self.bc_labels, BC_LABELS)
 
 
-def resume_differences(spec: PolicySpec, metadata: dict) -> list[str]:
-    """Name every PolicySpec field in which a training state differs from `spec`."""
-    saved = json.loads(metadata['spec'])
-    return config_differences(spec.to_dict(), saved, ('trainer', 'training state'))
-
-
-class ResumeError(ValueError):
-    """A training state this run cannot continue (another policy spec)."""
-
-
 class Learner:
     """Store experience and train the actor on the trainer's schedule (no ROS)."""
 
@@ -130,9 +99,7 @@ class Learner:
         self.config = config
         self.log = log or logging.getLogger('av_td3_ros.learner')
         self.on_policy_saved = on_policy_saved
-        config.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_dir = config.run_dir / CHECKPOINT_SUBDIR
-        self.checkpoint_dir.mkdir(exist_ok=True)
+        self.run = RunDirectory(config.run_dir, config.spec, config.keep_checkpoints, self.log)
         # Opening the buffer takes the run directory's writer lock: from here on no other
         # learner writes here, so every temp file found is a killed writer's.
         self.buffer = ReplayBuffer.open(
@@ -143,7 +110,7 @@ class Learner:
             stack=config.spec.preprocessing.frame_stack,
             fill_mode=config.spec.preprocessing.stack_fill)
         self.buffer_lock = threading.Lock()
-        self.log_throttled = ThrottledLog(self.log)
+        self.log_throttled = self.run.log_throttled
         self._broken_streams: set = set()
         self.unstored = 0  # assembled items the buffer refused (and steps skipped after one)
         self.env_steps = 0
@@ -156,8 +123,7 @@ class Learner:
         self.start_policy: ActorPolicy | None = None  # bc_labels 'start': frozen at TD3's start
         self.rng: np.random.Generator | None = None
         try:
-            for stale in remove_stale_run_temps(config.run_dir):
-                self.log.warning(f'removed {stale}, left by a writer killed mid-write')
+            self.run.remove_stale_temps()
             self.agent = TD3(config.spec.network, config.td3)
             self._resume()
             if self.updates == 0 and config.initial_policy:
@@ -167,54 +133,38 @@ class Learner:
             raise
         if self.rng is None:  # a fresh run
             self.rng = np.random.default_rng(config.seed + self.agent.total_updates)
-        self._episode_log = open(config.run_dir / 'episodes.jsonl', 'a', buffering=1)
-        self.tb = None
-        if config.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(tensorboard_dir or config.run_dir / 'tb'))
+        self.run.open_logs(config.tensorboard, tensorboard_dir)
 
     @property
     def updates(self) -> int:
         """Return the gradient steps done: BC pretraining plus TD3 critic steps."""
         return self.bc_updates + self.agent.total_updates
 
+    @property
+    def tb(self):
+        """Return the run's TensorBoard writer (None without TensorBoard)."""
+        return self.run.tb
+
     # ------------------------------------------------------------------ state
     def _resume(self):
-        path = self.config.run_dir / TRAINING_STATE
-        if not (self.config.resume and path.exists()):
+        saved = self.run.read_state() if self.config.resume else None
+        if saved is None:
             return
-        tensors, metadata = read_safetensors(path)  # one read: tensors and metadata agree
-        td3_metadata = json.loads(metadata['td3'])
-        diffs = resume_differences(self.config.spec, metadata)
-        if diffs:
-            raise ResumeError(f'cannot resume {path}: it was trained with another policy '
-                              'spec: ' + '; '.join(diffs) + ' (set the same parameters, or '
-                              'use another run_dir)')
-        mine = {k: tensors.pop(k) for k in list(tensors) if k.startswith(LEARNER_TENSORS)}
-        self.agent.load_state_tensors(tensors, td3_metadata)
-        counters = json.loads(metadata['counters'])
+        agent_state, counters, returns, start = saved
+        self.agent.load_state_tensors(*agent_state)
         # The buffer may hold more than the state recorded (written after the last save).
         self.env_steps = max(int(counters['env_steps']), 0)
         self.episodes = int(counters['episodes'])
         self.bc_updates = int(counters['bc_updates'])
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = counters['sampler']
-        self.returns.load_state(mine['learner.mc_returns'].numpy(),
-                                mine['learner.mc_indices'].numpy())
-        start = {k[len(START_POLICY_TENSORS):]: v for k, v in mine.items()
-                 if k.startswith(START_POLICY_TENSORS)}
+        self.returns.load_state(*returns)
         if start:
             self.start_policy = self._frozen_policy(start)
         bc = f' (+ {self.bc_updates} BC)' if self.bc_updates else ''
-        self.log.info(f'resumed {path}: {self.agent.total_updates} updates{bc}, '
-                      f'{self.env_steps} env steps, buffer {self.buffer.size}')
-        newest = latest_policy(self.checkpoint_dir)
-        newest_step = int(POLICY_PATTERN.match(newest.name).group(1)) if newest else -1
-        if newest_step > self.updates:
-            self.log.warning(
-                f'{newest.name} is newer than the resumed state ({self.updates} '
-                'updates; the previous run ended between a policy save and a state save): '
-                'existing policy files are kept, never rewritten with other weights')
+        self.log.info(f'resumed {self.run.state_path}: {self.agent.total_updates} updates'
+                      f'{bc}, {self.env_steps} env steps, buffer {self.buffer.size}')
+        self.run.warn_if_newer_policy(self.updates)
 
     def _start_from(self, path: str):
         """Start the actor (and its target) from a policy checkpoint with the run's spec."""
@@ -230,38 +180,20 @@ class Learner:
             counters = {'env_steps': self.env_steps, 'episodes': self.episodes,
                         'bc_updates': self.bc_updates,
                         'sampler': self.rng.bit_generator.state}
-            values, indices = self.returns.state()
-        tensors, metadata = self.agent.state_tensors()
-        tensors['learner.mc_returns'] = torch.from_numpy(values)
-        tensors['learner.mc_indices'] = torch.from_numpy(indices)
-        if self.start_policy is not None:
-            for key, value in self.start_policy.state_dict().items():
-                tensors[START_POLICY_TENSORS + key] = value.detach().cpu().contiguous()
-        write_atomic(self.config.run_dir / TRAINING_STATE, tensors,
-                     {'td3': json.dumps(metadata), 'counters': json.dumps(counters),
-                      'spec': json.dumps(self.config.spec.to_dict())})
+            returns = self.returns.state()
+        self.run.write_state(self.agent.state_tensors(), counters, returns, self.start_policy)
 
     def save_policy(self) -> bool:
         """Write the current policy where drivers look for it and prune old ones.
 
-        A `policy_<step>` that exists is kept (return False): a name always means the same
-        weights, for drivers that loaded it and for any reader mid-load.
+        A `policy_<step>` that exists is kept (return False): see `RunDirectory.save_policy`.
         """
-        step = self.updates
-        path = policy_path(self.checkpoint_dir, step)
-        written = save_policy_state(path, self.agent.policy_state(), self.config.spec,
-                                    {'step': str(step)}, replace=False)
-        if self.on_policy_saved is not None:
-            self.on_policy_saved(path, step)
-        if not written:
-            self.log_throttled('warning', 'policy_exists', f'{path.name} exists (an earlier '
-                               'run reached this step): kept, not rewritten', period=60.0)
-        prune_policies(self.checkpoint_dir, self.config.keep_checkpoints)
-        return written
+        return self.run.save_policy(self.agent.policy_state(), self.updates,
+                                    self.on_policy_saved)
 
     def latest_policy(self) -> Path | None:
         """Return the newest policy file of the run (None before the first)."""
-        return latest_policy(self.checkpoint_dir)
+        return self.run.latest_policy()
 
     # ------------------------------------------------------------------ experience
     def store(self, role: str, item: AssemblerOutput):
@@ -290,10 +222,8 @@ class Learner:
                 self.log_throttled('error', f'store_{role}', f'{role}: {kind} not stored '
                                    f'({error}); its episode continues from the next start')
                 return
-            if (isinstance(item, Transition) and self.tb is not None
-                    and self.env_steps % 50 == 0):
-                for name, value in item.terms.items():
-                    self.tb.add_scalar(f'reward_terms/{name}', value, self.env_steps)
+            if isinstance(item, Transition) and self.env_steps % 50 == 0:
+                self.run.scalars('reward_terms', item.terms, self.env_steps)
         if isinstance(item, EpisodeEnd):
             with self.buffer_lock:
                 self.returns.finish(role)
@@ -303,10 +233,7 @@ class Learner:
                       'return': item.episode_return, 'length': item.steps,
                       'reason': item.reason, 'env_steps': self.env_steps,
                       'updates': self.updates, 'stamp': time.time()}
-            self._episode_log.write(json.dumps(record) + '\n')
-            if self.tb is not None:
-                self.tb.add_scalar('episode/return', item.episode_return, self.env_steps)
-                self.tb.add_scalar('episode/length', item.steps, self.env_steps)
+            self.run.log_episode(record, self.env_steps)
             self.log.info(f'{role}: episode {self.episodes} ended ({item.reason}): '
                           f'return {item.episode_return:.1f}, {item.steps} steps')
 
@@ -439,14 +366,11 @@ class Learner:
         config = self.config
         self.updates_since_log += 1
         updates = self.updates
-        if self.tb is not None and updates % 100 == 0:
-            for name, value in {**metrics_to_floats(metrics), **(extra or {})}.items():
-                self.tb.add_scalar(f'{section}/{name}', value, updates)
+        if self.tb is not None and updates % 100 == 0:  # float(): a host sync per value
+            self.run.scalars(section, {**metrics_to_floats(metrics), **(extra or {})}, updates)
         if updates % config.health_every == 0:
             health = self.agent.activation_health(batch)
-            if self.tb is not None:
-                for name, value in health.items():
-                    self.tb.add_scalar(f'activation_health/{name}', value, updates)
+            self.run.scalars('activation_health', health, updates)
             dead = max(v for k, v in health.items() if 'dead_unit' in k)
             self.log.info(
                 f'activation health at {updates} updates: max dead unit fraction '
@@ -473,6 +397,4 @@ class Learner:
             self.save_state()
         with self.buffer_lock:
             self.buffer.close()
-        self._episode_log.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.run.close()

@@ -1,19 +1,10 @@
 """TD3 learner for the camera driving policy (no ROS imports).
 
-Twin Delayed DDPG (Fujimoto et al. 2018, arXiv:1802.09477) over the actor of
-`av_td3_ros.policy.networks` and the twin critic of `learning/critic.py`: the actor and the
-critic each own a NatureCNN (one critic CNN feeds both Q heads, as in av_td3_system), and
-every online network has a target copy. With `bc_weight` > 0 the actor loss is TD3+BC's
-(Fujimoto & Gu 2021), towards labels the caller passes.
-
-Batches arrive with uint8 frames; `TD3.prepare` (`device_batch.to_device_batch`) is the ONE
-place where frames become floats, so the learner and the replay buffer never disagree about
-scaling. The saved training state is `td3_state.py`.
-
-Speed notes (2-core CPU, batch 256): the convolutions dominate. Each optimisation below keeps
-the TD3 update mathematically unchanged and says why next to its code:
-channels_last convolutions, no critic-CNN backward in the actor step, frozen Q1 weights during
-the actor loss, fused Adam, foreach polyak, no host syncs in `update`.
+Twin Delayed DDPG (Fujimoto et al. 2018, arXiv:1802.09477): the actor and the twin critic
+(`critic.py`) each own a NatureCNN, and every online network has a target copy. With
+`bc_weight` > 0 the actor loss is TD3+BC's (Fujimoto & Gu 2021). `TD3.prepare` is the ONE
+place where uint8 frames become floats. Every speed-up keeps the update mathematically
+unchanged and says why next to its code. The saved state is `td3_state.py`.
 """
 from __future__ import annotations
 
@@ -62,43 +53,33 @@ class TD3Config:
     critic_grad_clip: float | None = 10.0
     """Max global grad norm of the critic (CNN + Q1 + Q2); 0 or None disables clipping."""
     actor_pretanh_penalty: float = 0.0
-    """Weight of mean(pre-tanh logits ** 2) added to the actor loss (0: plain TD3, as
-    av_td3_system). A young critic's action gradient points the same way for many steps and
-    Adam's normalised steps then drive the logits into tanh's flat tails, where the gradient
-    falls below Adam's epsilon (measured: global norm 3e-8) and the actor stops learning;
-    this pull toward zero grows with the logits and does not pass through tanh, so it keeps
-    them where the critic can move them."""
+    """Weight of mean(pre-tanh logits ** 2) added to the actor loss (0: plain TD3). It keeps
+    the logits out of tanh's flat tails, where the gradient vanishes and the actor stops
+    learning."""
     target_encoders: bool = True
-    """Keep target copies of both CNNs (textbook TD3); False reproduces av_td3_system, whose
-    target Q uses the online critic CNN (and online actor CNN) under no_grad."""
+    """Keep target copies of both CNNs (textbook TD3); False: the targets use the online CNNs
+    (as av_td3_system)."""
     frame_scale: str = 'zero_centered'
     """uint8 -> float mapping: zero_centered (x/255 - 0.5)/0.5 in [-1, 1]; unit x/255."""
     device: str = 'auto'
     """Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
     channels_last: bool = True
-    """Run the CNNs in channels_last (NHWC) layout: same maths, about 3x faster conv1
-    weight gradients on CPU (oneDNN)."""
+    """Run the CNNs in channels_last (NHWC) layout: same maths, faster on CPU (oneDNN)."""
     optimizer_impl: str = 'fused'
     """Adam implementation: fused, foreach or for_loop (same update rule)."""
     seed: int | None = None
     """Seed for network initialisation and the target smoothing noise; None: nondeterministic."""
     bc_weight: float = 0.0
-    """Weight of the behaviour-cloning term of TD3+BC (Fujimoto & Gu 2021): with a weight
-    w > 0 the actor loss is -alpha * mean Q(s, pi(s)) / mean|Q| + w * mean (pi(s) - a*)^2,
-    where a* are the labels passed to `update` (the route expert's actions, or the starting
-    policy's). 0: plain TD3 (no labels needed)."""
+    """TD3+BC's weight w: the actor loss is -alpha * mean Q(s, pi(s)) / mean|Q| + w * mean
+    (pi(s) - a*)^2, a* the labels passed to `update`. 0: plain TD3 (no labels needed)."""
     bc_alpha: float = 2.5
     """TD3+BC's alpha: the Q term's weight after normalising by the batch's mean |Q|."""
     critic_warmup_updates: int = 0
-    """Critic steps before the first actor step. A critic fresh from initialisation rates
-    actions by their immediate reward only (its targets have not propagated the future yet),
-    and an actor that follows it early learns that greed; until then the targets still track
-    the critic and the actor is left as it started."""
+    """Critic steps before the first actor step: a fresh critic rates actions by their
+    immediate reward only, and an actor that follows it early learns that greed."""
     precision: str = 'fp32'
-    """Compute precision of the network passes in an update: fp32, bf16 (autocast: convs and
-    matmuls in bfloat16; master weights, Adam state, targets, TD errors, losses and Polyak
-    averaging stay float32), or auto (bf16 where the device computes it natively: CPUs with
-    AVX512-BF16 or AMX, CUDA GPUs with bf16 support; else fp32)."""
+    """Precision of the network passes: fp32, bf16 (autocast; weights, Adam state, targets
+    and losses stay float32) or auto (bf16 where the device computes it natively)."""
 
     def __post_init__(self):
         """Validate values so a bad config fails when built, naming the field."""
@@ -148,11 +129,8 @@ def _frozen(module: nn.Module):
 class TD3:
     """TD3 learner: networks, targets, optimisers and the update step.
 
-    Attributes: `actor_cnn`, `actor` (the policy), `critic_cnn`, `critic` (TwinCritic with
-    `Q1`, `Q2`), their targets `target_actor_cnn`, `target_actor`, `target_critic_cnn`,
-    `target_critic` (the target CNNs are None when `target_encoders` is False), the Adam
-    optimisers `actor_optimizer` (actor CNN + MLP) and `critic_optimizer` (critic CNN + heads),
-    and `total_updates` (critic steps done).
+    `actor_cnn`, `actor`, `critic_cnn`, `critic` and their `target_*` copies (the target
+    CNNs are None without `target_encoders`); `total_updates` counts critic steps.
     """
 
     def __init__(self, net_config: NetworkConfig | None = None,
@@ -328,13 +306,9 @@ class TD3:
     def actor_loss(self, batch, labels=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return the actor loss (-mean Q1(s, pi(s)), or TD3+BC's) and metrics.
 
-        Gradients reach only the actor CNN and MLP. With `bc_weight` > 0, `labels` (B, A) are
-        the actions the BC term pulls towards and the Q term is normalised by mean |Q1|.
-
-        The critic CNN runs under no_grad (the actor loss does not train it, so its backward
-        would be wasted work; the features use the current critic weights, exactly as the
-        textbook graph would) and the heads' weights are frozen while the graph is built, so a
-        backward pass leaves every critic gradient untouched.
+        Gradients reach only the actor CNN and MLP: the critic CNN runs under no_grad (same
+        features, no wasted backward) and the heads' weights are frozen while the graph is
+        built. With `bc_weight` > 0, `labels` (B, A) are the BC term's actions.
         """
         b = self.prepare(batch)
         config = self.config
@@ -396,13 +370,10 @@ class TD3:
     def update(self, batch, labels=None, returns=None) -> dict[str, torch.Tensor]:
         """Do one critic step and, every `policy_frequency` calls, an actor step + polyak.
 
-        No actor step happens during the first `critic_warmup_updates` critic steps (the
-        targets are still blended), and when the warm-up ends the targets become exact copies
-        of the online networks, so bootstrapping starts from the warmed-up critic. `labels`
-        are the BC term's actions (see `actor_loss`); `returns` replace TD targets where they
-        are not NaN (see `critic_loss`).
-        Returns detached 0-d tensors (no host sync here); call float() on them when logging.
-        Actor metrics appear only on updates that stepped the actor.
+        No actor step in the first `critic_warmup_updates` critic steps (the targets are
+        still blended); then the targets copy the warmed-up networks. `labels`: see
+        `actor_loss`; `returns`: see `critic_loss`. Returns detached 0-d tensors (no host
+        sync); actor metrics only on updates that stepped the actor.
         """
         b = self.prepare(batch)
         loss, metrics = self.critic_loss(b, returns)
@@ -427,9 +398,7 @@ class TD3:
     def bc_update(self, batch, labels) -> dict[str, torch.Tensor]:
         """Take one actor step towards `labels` (B, A): behaviour cloning, MSE in action space.
 
-        Only the actor (CNN and MLP) and its Adam state change; the critic, the targets and
-        `total_updates` do not. Call `sync_targets` after the last one, so TD3 bootstraps
-        from the cloned actor.
+        Only the actor and its Adam state change; call `sync_targets` after the last one.
         """
         b = self.prepare(batch)
         with torch.profiler.record_function('td3.bc_forward'):
@@ -478,12 +447,9 @@ class TD3:
     def activation_health(self, batch) -> dict[str, float]:
         """Return dead-ReLU diagnostics of the CNNs and tanh saturation of the actor.
 
-        Keys `<cnn>.conv<i>.<stat>` for cnn in (actor_cnn, critic_cnn), with stats
-        negative_fraction (pre-activations < 0), dead_unit_fraction (channel x position
-        units with pre-activation <= 0 for every sample) and dead_channel_fraction (channels
-        with pre-activation <= 0 at every position of every sample); `actor.pretanh_abs_mean`
-        and `actor.saturated_fraction` (action outputs with |pre-tanh| > 3, where tanh's
-        slope is below 0.01 and the critic can barely move them).
+        `<cnn>.conv<i>.`: negative_fraction, dead_unit_fraction (units <= 0 for every sample)
+        and dead_channel_fraction (channels <= 0 everywhere); `actor.saturated_fraction`:
+        outputs with |pre-tanh| > 3 (tanh's slope below 0.01).
         """
         b = self.prepare(batch)
         health = {}

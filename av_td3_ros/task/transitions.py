@@ -1,36 +1,23 @@
 """Pair camera frames, commands and odometry of one vehicle into TD3 transitions (no ROS).
 
-The driver answers every camera frame with one command stamped with the frame's stamp, so a
-frame and the action taken on it are paired by exact stamp. Kinematics come from the newest
-odometry not newer than the frame. A frame is emitted as a step once its command is known;
-the transition (previous step -> this frame) is then written with the reward of that step.
-A frame whose command never arrives still ends the transition from the previous frame (that
-needs only the previous frame's action), but none can start from it: the chain restarts at
-the next good frame, so nothing is ever mis-paired. A frame without odometry or route is
-dropped. A command stamped between two frames means the driver saw a frame this assembler
-never got (a lagging queue lost it): the chain restarts there too, rather than link two
-frames across two actions. All are counted. A collision that falls in such a gap (before the
-chain restarts) still ends the episode, without a transition to label.
+The driver answers every frame with one command stamped with the frame's stamp, so a frame
+and its action pair by exact stamp; kinematics come from the newest odometry not newer than
+the frame. A frame whose command never arrives still ends the transition from the previous
+frame, but none can start from it: the chain restarts at the next good frame. A frame
+without odometry or route is dropped. A command stamped between two frames means this
+assembler lost a frame the driver saw: the chain restarts there too, rather than link two
+frames across two actions. All are counted; a collision in such a gap still ends the episode.
 
-Frames, commands and odometry may interleave across their topics: a frame waits for its
-command while fewer than `max_pending_frames` newer frames wait, and its odometry is looked
-up only when it is emitted. Events count within the event window (below).
+Messages may interleave across topics: a frame waits for its command while fewer than
+`max_pending_frames` newer frames wait. Each step's output is held back until the next frame
+is emitted, so an episode_start that overtakes the new episode's first frame can still move
+that frame out of the old episode (no transition spans a reset).
 
-Each step's output is held back until the next frame is emitted (or the episode ends): an
-episode_start that overtakes the first frame of the new episode on another topic can then
-still move that frame out of the old episode, so no transition ever spans a reset.
-
-Collision and lane-invasion events come on their own topics, asynchronously from the camera
-(CARLA's bridge publishes them when the sensor reports, possibly after later frames). A frame
-is therefore decided - its transition labelled terminal or not, its reward computed - only
-once a frame stamped `event_window` seconds later has arrived (or the episode ends, the
-trainer sees no frames for a while, or it shuts down). An event stamped within a step's
-interval that arrives within the window makes that step terminal / penalised exactly as if
-it had come first; an event that comes later than that is counted (`late_events`).
-
-Routes and odometry are validated on arrival (`features.route_problem`,
-`features.odometry_problem`): an unusable route counts as no route (frames are dropped until
-a good one comes), unusable odometry is ignored; both are counted and the reason returned.
+Collision and lane-invasion events arrive asynchronously (CARLA's bridge publishes them when
+the sensor reports, possibly after later frames), so a frame is decided - labelled terminal
+or not, rewarded - only once a frame stamped `event_window` seconds later has arrived (or the
+episode ends, the stream goes quiet, or it shuts down). Later events are counted
+(`late_events`). Unusable routes count as no route; unusable odometry is ignored.
 """
 from __future__ import annotations
 
@@ -102,7 +89,6 @@ class EpisodeStart:
     """Kinematic vector, float32."""
 
 
-
 @dataclass(frozen=True)
 class Transition:
     """One transition ready for the replay buffer, with its reward terms for logging."""
@@ -118,7 +104,6 @@ class Transition:
     end_reason: str = ''
 
 
-
 @dataclass(frozen=True)
 class EpisodeEnd:
     """An episode's end, after its last transition."""
@@ -128,7 +113,6 @@ class EpisodeEnd:
     reason: str
     needs_reset: bool
     """True when the assembler ended the episode: the simulator side must be asked to reset."""
-
 
 
 AssemblerOutput = EpisodeStart | Transition | EpisodeEnd
@@ -144,7 +128,6 @@ class AssemblerStats:
     dropped_unpaired: int = 0
     dropped_no_odometry: int = 0
     dropped_stale: int = 0
-    late_episode_ends: int = 0
     late_events: int = 0
     """Events that arrived after their step was decided (beyond the event window)."""
     missed_frames: int = 0
@@ -294,8 +277,7 @@ class TransitionAssembler:
             self._end_episode(end[2], needs_reset=False)
         elif self._previous is not None:
             # Its transition is already out without an end flag: it bootstraps like a
-            # truncation, the safe side. Count it rather than rewrite the buffer.
-            self.stats.late_episode_ends += 1
+            # truncation, the safe side (rather than rewrite the buffer).
             self._release()
             self._end_episode(end[2], needs_reset=False)
 
@@ -370,11 +352,7 @@ class TransitionAssembler:
         return min(stamps) if stamps else None
 
     def _observe(self, obs: _Observation) -> _Observation:
-        """Compute features and state (once, when first needed, i.e. as late as possible).
-
-        Late, so that odometry and a new episode's route that arrived after the frame are
-        used where possible.
-        """
+        """Compute features and state once, as late as possible (late odometry, new route)."""
         if obs.state is None:
             # The newest odometry not newer than the frame, looked up now rather than on
             # arrival: the frame's own tick's odometry may have come in after the frame.
