@@ -27,7 +27,6 @@ from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -36,6 +35,7 @@ from av_td3_ros.driving.ros_conversions import pose_from_odometry, speed_from_od
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import declare
 from av_td3_ros.nodes.schema import Param, Schema
+from av_td3_ros.nodes.transport import LATCHED, reliable
 from av_td3_ros.task.episode_rules import (
     EndEpisode,
     EpisodeManager,
@@ -139,23 +139,19 @@ class CarlaEpisodeManagerNode(Node):
                                                             **self.settings))
                         if spawns else None)  # None: the first odometry gives the spawn point
 
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        qos = reliable(10)
         base = f'/carla/{role}'
-        self.transform_pub = self.create_publisher(Pose, f'{base}/{control}/set_transform',
-                                                   reliable)
+        self.transform_pub = self.create_publisher(Pose, f'{base}/{control}/set_transform', qos)
         self.velocity_pub = self.create_publisher(Twist, f'{base}/{control}/set_target_velocity',
-                                                  reliable)
-        self.goal_pub = self.create_publisher(PoseStamped, f'{base}/goal', reliable)
-        self.start_pub = self.create_publisher(Header, f'/av_td3/{role}/episode_start', reliable)
-        self.end_pub = self.create_publisher(String, f'/av_td3/{role}/episode_end', reliable)
+                                                  qos)
+        self.goal_pub = self.create_publisher(PoseStamped, f'{base}/goal', qos)
+        self.start_pub = self.create_publisher(Header, f'/av_td3/{role}/episode_start', qos)
+        self.end_pub = self.create_publisher(String, f'/av_td3/{role}/episode_end', qos)
         # Guarded: no message (or bug) may end the process (callback_guard.py).
         guard = lambda callback: guard_callback(self, callback)  # noqa: E731
-        self.create_subscription(Odometry, f'{base}/odometry', guard(self.on_odometry), reliable)
-        self.create_subscription(
-            PathMsg, f'{base}/waypoints', guard(self.on_route),
-            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.create_subscription(CameraInfo, camera_info, guard(self.on_camera_info), reliable)
+        self.create_subscription(Odometry, f'{base}/odometry', guard(self.on_odometry), qos)
+        self.create_subscription(PathMsg, f'{base}/waypoints', guard(self.on_route), LATCHED)
+        self.create_subscription(CameraInfo, camera_info, guard(self.on_camera_info), qos)
         self.create_service(Trigger, f'/av_td3/{role}/reset_episode', guard(self.on_reset))
         # Retries run on the steady clock: simulator time stops when nothing ticks.
         self.steady = Clock(clock_type=ClockType.STEADY_TIME)

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
 from av_td3_ros.nodes.node_main import guard_callback, run_node
+from av_td3_ros.nodes.transport import LATCHED
 from av_td3_ros.policy.checkpoint import CheckpointError, read_metadata
 from av_td3_ros.policy.transfer import (
     PolicyInbox,
@@ -34,9 +34,7 @@ from av_td3_ros.policy.transfer import (
 )
 
 DEFAULT_TOPIC = '/av_td3/policy'
-POLICY_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+POLICY_QOS = LATCHED
 
 
 def policy_message(data: bytes, step: int) -> UInt8MultiArray:

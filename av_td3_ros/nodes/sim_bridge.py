@@ -63,7 +63,6 @@ from nav_msgs.msg import Odometry, Path
 from rclpy.clock import Clock, ClockType
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32, Header, String
@@ -72,13 +71,11 @@ from std_srvs.srv import Trigger
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import declare
 from av_td3_ros.nodes.schema import Param, Schema
+from av_td3_ros.nodes.transport import LATCHED, reliable
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState, finite_clamp
 from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
 
-BRIDGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+BRIDGE_QOS = reliable(10)
 
 
 @dataclass(frozen=True)
@@ -161,11 +158,10 @@ class SimBridgeNode(Node):
         self._pub_speed = publisher(Float32, f'{prefix}/speedometer')
         self._pub_status = publisher(CarlaEgoVehicleStatus, f'{prefix}/vehicle_status')
         self._pub_invasion = publisher(CarlaLaneInvasionEvent, f'{prefix}/lane_invasion')
-        self._pub_waypoints = self.create_publisher(Path, f'{prefix}/waypoints', LATCHED_QOS)
+        self._pub_waypoints = self.create_publisher(Path, f'{prefix}/waypoints', LATCHED)
         self._pub_world = publisher(CarlaStatus, '/carla/status')
         self._pub_clock = publisher(ClockMsg, '/clock')
-        self._pub_start = self.create_publisher(Header, f'/av_td3/{role}/episode_start',
-                                                LATCHED_QOS)
+        self._pub_start = self.create_publisher(Header, f'/av_td3/{role}/episode_start', LATCHED)
         self._pub_end = publisher(String, f'/av_td3/{role}/episode_end')
         # Guarded: an exception in one callback is logged and the simulator goes on.
         self.create_subscription(CarlaEgoVehicleControl, f'{prefix}/vehicle_control_cmd',

@@ -33,7 +33,6 @@ from carla_msgs.msg import (
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -50,6 +49,7 @@ from av_td3_ros.nodes.trainer_config import (
     config_from_values,
     with_initial_policy_decisions,
 )
+from av_td3_ros.nodes.transport import LATCHED, reliable
 from av_td3_ros.task.transitions import AssemblerOutput, EpisodeEnd, TransitionAssembler
 
 __all__ = ['TRAINER', 'TrainerConfig', 'TrainerNode', 'config_from_values', 'main',
@@ -85,19 +85,16 @@ class VehicleFeed:
         # Reliable keep-10 for the camera (2 MB frames): the trainer should see every frame
         # the driver saw. Small messages queue deeper: a trainer busy for a moment must not
         # lose the command of a frame it still has (the frame would go unpaired).
-        camera = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        inputs = {'camera': (Image, self.on_image, camera),
-                  'odometry': (Odometry, self.on_message, reliable),
-                  'route': (PathMsg, self.on_message, latched),
-                  'command': (CarlaEgoVehicleControl, self.on_control, reliable),
-                  'vehicle_status': (CarlaEgoVehicleStatus, self.on_control, reliable),
-                  'collision': (CarlaCollisionEvent, self.on_message, reliable),
-                  'lane_invasion': (CarlaLaneInvasionEvent, self.on_message, reliable),
-                  'episode_start': (Header, self.on_episode_start, reliable),
-                  'episode_end': (String, self.on_episode_end, reliable)}
+        deep = reliable(100)
+        inputs = {'camera': (Image, self.on_image, reliable(10)),
+                  'odometry': (Odometry, self.on_message, deep),
+                  'route': (PathMsg, self.on_message, LATCHED),
+                  'command': (CarlaEgoVehicleControl, self.on_control, deep),
+                  'vehicle_status': (CarlaEgoVehicleStatus, self.on_control, deep),
+                  'collision': (CarlaCollisionEvent, self.on_message, deep),
+                  'lane_invasion': (CarlaLaneInvasionEvent, self.on_message, deep),
+                  'episode_start': (Header, self.on_episode_start, deep),
+                  'episode_end': (String, self.on_episode_end, deep)}
         topics = input_topics(config.camera_topic, config.control_source, role)
         for kind, topic in topics.items():
             msg_type, handler, qos = inputs[kind]

@@ -1,17 +1,30 @@
-"""What the Fast DDS profile in use lets through: the shared-memory segment that carries frames.
+"""The QoS profiles the nodes share, and what the Fast DDS profile in use lets through.
 
 Fast DDS drops a sample that does not fit the sender's shared-memory segment without any
 error on either side, so the driver says what the limit is when camera publishers are matched
-and no frame arrives (no rclpy here: the profile is read as XML).
+and no frame arrives.
 """
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ElementTree
 
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
 PROFILE_VARIABLE = 'FASTDDS_DEFAULT_PROFILES_FILE'
 FASTDDS_DEFAULT_SEGMENT = 512 * 1024
 """Fast DDS's built-in shared-memory segment size (bytes) when no profile sets one."""
+
+
+def reliable(depth: int, latched: bool = False) -> QoSProfile:
+    """Return a reliable keep-last-`depth` profile; `latched`: transient local as well."""
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                                  else DurabilityPolicy.VOLATILE))
+
+
+LATCHED = reliable(1, latched=True)
+"""Keep the newest sample for late joiners (routes, episode_start, policies)."""
 
 
 def shared_memory_segment(profile_path: str | None = None) -> int | None:
