@@ -8,14 +8,8 @@
 
 In-process (default) the episodes run on `SimEnv` through the driver's own pipeline. With
 `--through-ros` the sim_bridge and driver nodes of launch/sim_drive.launch.xml run as
-processes (as `scripts/demo.sh` starts them) with the bridge's default parameters, and the
-returns come from the bridge's episode_end messages. The bridge's episode e drives track
-seed + e; episode 0, on the track before the first seed, is a warm-up that ends by itself
-(the driver may miss its start), so every measured episode starts with the driver ready. The
-driver starts only once this tool hears the bridge's episode topics (the world waits for the
-driver), so no measured episode can start or end unheard.
-Each end is matched to its episode by stamp (episode_start carries the index), never by
-counting messages. One line per episode, then `mean return X ± Y over N episodes`.
+processes and the returns come from the bridge's episode_end messages, each matched to its
+episode by stamp. The bridge's episode e drives track seed + e; episode 0 is a warm-up.
 """
 from __future__ import annotations
 
@@ -29,9 +23,7 @@ from pathlib import Path
 from av_td3_ros.sim.evaluation import EpisodeResult, parse_seeds, summary_line
 from av_td3_ros.task.episode_end import parse_episode_end
 
-ABLATION_SEED = 99
-"""Track whose expert-driven states give the means an ablation substitutes (not a test,
-recipe or evaluation seed)."""
+ABLATION_SEED = 99  # the track whose expert-driven states give an ablation's means
 
 
 def episode_seeds(seeds: list[int], episodes: int | None) -> list[int]:
@@ -58,14 +50,13 @@ def evaluate_in_process(args, seeds: list[int], report) -> list[EpisodeResult]:
     """Run the episodes in-process; call `report(result)` after each."""
     import torch
 
-    from av_td3_ros.policy.checkpoint import load_policy
+    from av_td3_ros.policy.checkpoint import PolicySpec, load_policy
     from av_td3_ros.sim.evaluation import evaluate_expert, evaluate_policy
     from av_td3_ros.sim.sim_env import SimEnvConfig
     if args.expert:
         return evaluate_expert(seeds, env_config=SimEnvConfig(
             render_camera=False, max_episode_steps=args.max_steps), on_episode=report)
     policy, metadata = load_policy(args.checkpoint)
-    from av_td3_ros.policy.checkpoint import PolicySpec
     spec = PolicySpec.from_metadata(metadata)
     if args.ablate:
         policy = ablated(policy, spec, args.ablate)
@@ -85,9 +76,8 @@ def ros_episode_result(seed: int, text: str) -> EpisodeResult:
 def episode_of(end_text: str, starts: list[tuple[int, int]]) -> int | None:
     """Return the index of the episode an episode_end belongs to, or None if not yet known.
 
-    `starts` holds (stamp_ns, index) of the episode_start messages seen: the end belongs to
-    the newest start not after it; -1 if it came before every start seen (a warm-up whose
-    start was missed); None while that cannot be told yet (or the end has no stamp).
+    `starts` holds (stamp_ns, index) of the episode_starts seen: the end belongs to the newest
+    start not after it; -1 if it came before every start (a warm-up whose start was missed).
     """
     stamp = parse_episode_end(end_text).stamp_ns
     if stamp is None:
@@ -116,27 +106,22 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
                      'feature_norm': spec.network.feature_norm}
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     with tempfile.TemporaryDirectory(prefix='av_td3_eval_') as workdir:
-        bridge_defaults = resolve_launch_path('sim_drive.launch.xml').parent.parent / \
-            'config' / 'sim_bridge.yaml'
-        params = yaml.safe_load(Path(bridge_defaults).read_text())
-        params['sim_bridge']['ros__parameters']['max_episode_steps'] = args.max_steps
-        # Lock-step: a driver slowed by a busy machine must not let the world tick without
-        # its command (that would change the returns); the timeout only re-kicks a lost frame.
-        params['sim_bridge']['ros__parameters']['step_timeout'] = 10.0
-        sim_params = Path(workdir, 'sim_bridge.yaml')
-        sim_params.write_text(yaml.safe_dump(params))
-        # Likewise the driver's stall watchdog: its brake (stamped by the wall clock) would
-        # tick the world too. A measurement, not a car: it may wait 5 s for a frame.
-        driver_defaults = Path(bridge_defaults).with_name('driver.yaml')
-        driver = yaml.safe_load(driver_defaults.read_text())
-        (section,) = driver.values()
-        section['ros__parameters']['frame_timeout'] = 5.0
-        driver_params = Path(workdir, 'driver.yaml')
-        driver_params.write_text(yaml.safe_dump(driver))
+        launch_file = resolve_launch_path('sim_drive.launch.xml')
+        # Lock-step: a driver slowed by a busy machine must not let the world tick without its
+        # command (that would change the returns): the bridge's step timeout only re-kicks a
+        # lost frame, and likewise the driver's stall watchdog brake must not tick it.
+        for node, overrides in (('sim_bridge', {'max_episode_steps': args.max_steps,
+                                                'step_timeout': 10.0}),
+                                ('driver', {'frame_timeout': 5.0})):
+            params = yaml.safe_load((launch_file.parent.parent / 'config' / f'{node}.yaml')
+                                    .read_text())
+            (section,) = params.values()
+            section['ros__parameters'].update(overrides)
+            Path(workdir, f'{node}.yaml').write_text(yaml.safe_dump(params))
         arguments.update(seed=str(seeds[0] - 1), device='cpu',
-                         sim_params_file=str(sim_params), driver_params_file=str(driver_params))
-        description = parse_launch_file(resolve_launch_path('sim_drive.launch.xml'),
-                                        arguments)
+                         sim_params_file=str(Path(workdir, 'sim_bridge.yaml')),
+                         driver_params_file=str(Path(workdir, 'driver.yaml')))
+        description = parse_launch_file(launch_file, arguments)
         env = dict(os.environ, **description.environment, PYTHONUNBUFFERED='1')
         os.environ.update(description.environment)
         ends, starts = [], []  # starts: (stamp_ns, episode index)
@@ -156,9 +141,8 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
         nodes, results = [], []
         deadline = time.monotonic() + args.timeout
         try:
-            # The bridge first; the driver only once this node hears the bridge's episode
-            # topics: the world does not move before the driver drives, so no episode after
-            # the warm-up can start or end unheard.
+            # The driver only once this node hears the bridge's episode topics: the world
+            # waits for the driver, so no episode after the warm-up starts or ends unheard.
             for node_spec in sorted(description.nodes, key=lambda n: n.name != 'sim_bridge'):
                 if node_spec.name != 'sim_bridge':
                     while (min(end_sub.get_publisher_count(), start_sub.get_publisher_count())

@@ -3,24 +3,13 @@
     plot_run [--bag BAG ...] [--log-dir DIR | --episodes FILE] -o OUT_DIR [--role ego_vehicle]
              [--max-stacks 16]
 
-Writes, where the inputs have the data:
-- controls.png: steer, throttle and brake against the camera timeline (seconds from the first
-  frame's stamp); camera frames with no command carrying their stamp are marked in red;
-- frame_stacks.png: a contact sheet of the driver's preprocessed frame stacks (its
-  ~/debug/frame_stack mono8 images, e.g. from bag_eval output) with the command chosen for
-  each; without debug images, the 84x84 grey camera frames the policy sees;
-- returns.png: the episode-return curve (and episode lengths).
-
-Several bags are merged, e.g. a recorded run and its bag_eval output: where more than one
-holds commands for a frame, the last bag given wins (put the bag_eval output last to plot
-what the evaluated policy would have done).
-
-Episode returns come from `episodes.jsonl` in --log-dir (or --episodes): one JSON object per
-line, {"episode": int, "return": float, "length": int, "stamp": float}, where length is the
-episode's control steps and stamp the time (s) of its last frame (null when unknown). A CSV
-file with the header `episode,return,length,stamp` is read the same way. Without one, the
-bags' /av_td3/<role>/episode_end messages are parsed: std_msgs/String data
-`terminated:<reason>;return=<float>;steps=<int>[;...]`.
+Writes what the inputs have data for: controls.png (steer, throttle, brake over the camera
+timeline; frames without a command marked red), frame_stacks.png (the driver's debug frame
+stacks, e.g. from bag_eval output, with each command; else the 84x84 grey camera frames) and
+returns.png (episode returns and lengths). Several bags are merged; where more than one holds
+a frame's command, the last bag given wins (put bag_eval output last). Episodes come from
+`episodes.jsonl` in --log-dir (or --episodes, .jsonl or .csv with the columns episode, return,
+length, stamp), else from the bags' /av_td3/<role>/episode_end messages.
 """
 from __future__ import annotations
 
@@ -53,12 +42,10 @@ class Command:
 class RunData:
     """What a run's bags hold, keyed by header stamps (ns)."""
 
-    frames: list[int] = field(default_factory=list)
-    """Camera frame stamps, in bag order."""
+    frames: list[int] = field(default_factory=list)  # camera stamps, in bag order
     commands: dict[int, Command] = field(default_factory=dict)
     """Command per stamp: a bag's first one, from the last bag that has one."""
-    stacks: list[tuple[int, np.ndarray]] = field(default_factory=list)
-    """(stamp, mono8 image) of the debug frame stacks."""
+    stacks: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (stamp, mono8)
     gray_frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     """(stamp, 84x84 grey) camera frames, kept only when there are no debug stacks."""
     episode_ends: list[EpisodeEndMessage] = field(default_factory=list)
@@ -123,8 +110,7 @@ def read_run(bags, role: str = 'ego_vehicle', camera_topic: str | None = None,
                         pass
                 elif conn.topic == control_topic:
                     msg = store.deserialize_cdr(raw, conn.msgtype)
-                    stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                    commands.setdefault(stamp, Command(t_ns, float(msg.steer),
+                    commands.setdefault(header_stamp_ns(raw), Command(t_ns, float(msg.steer),
                                                        float(msg.throttle), float(msg.brake)))
                 elif conn.topic == debug_topic:
                     msg = store.deserialize_cdr(raw, conn.msgtype)
