@@ -5,10 +5,9 @@
     python -m av_td3_ros.tools.demo --train       # sim + driver (explore) + trainer, learning
     python -m av_td3_ros.tools.demo --checkpoint runs/sim/checkpoints --duration 300
 
-Starts the nodes of launch/sim_drive.launch.xml (or sim_train.launch.xml) exactly as
-`ros2 launch` would (same parameter files, via run_launch), watches the graph from a small
-monitor node, prints a progress line every few seconds and ends with a summary: frames,
-commands, camera->command latency, episodes and their returns.
+Starts the nodes of launch/sim_drive.launch.xml (or sim_train.launch.xml) as `ros2 launch`
+would, watches them from a monitor node and ends with a summary: frames, commands,
+camera->command latency, episodes and their returns.
 """
 from __future__ import annotations
 
@@ -48,7 +47,6 @@ class Monitor:
         self.commands = 0
         self.brakes = 0
         self.episodes: list[str] = []
-        self.log_lines: list[str] = []
         self.node.create_subscription(Image, f'/carla/{role}/rgb_front/image', self.on_frame,
                                       reliable)
         self.node.create_subscription(CarlaEgoVehicleControl,
@@ -90,8 +88,7 @@ class Monitor:
         self._rclpy.try_shutdown()
 
 
-DEFAULT_POLICY = 'camera_policy.safetensors'
-"""The shipped camera policy (models/ in the source tree, share/av_td3_ros/models/ installed)."""
+DEFAULT_POLICY = 'camera_policy.safetensors'  # in models/ (share/av_td3_ros/models/ installed)
 
 
 def default_policy_path() -> Path:
@@ -236,8 +233,7 @@ def main(argv=None) -> int:
         print(f'[demo] trainer run dir {args.run_dir}: {len(checkpoints)} policy checkpoints'
               + (f', newest {checkpoints[-1].name}' if checkpoints else ''))
         print(f'[demo] {trainer_summary(Path(args.run_dir, "episodes.jsonl"))}')
-    ok = monitor.commands > 0
-    return 0 if ok else 1
+    return 0 if monitor.commands > 0 else 1
 
 
 if __name__ == '__main__':

@@ -3,12 +3,10 @@
     bag_record -o run1 [--storage mcap|sqlite3] [--role ego_vehicle] [--topics T ...]
                [--all] [--duration S] [--max-messages N] [--ros-args ...]
 
-Subscriptions are raw (`raw=True`): the CDR bytes DDS delivers go straight into the bag,
-nothing is deserialised. A topic's type comes from the graph, so topics are subscribed as
-their publishers appear (checked every --discovery-period). The receive time on the node's
-clock is the bag timestamp (pass `--ros-args -p use_sim_time:=true` to stamp with /clock).
-Stops on SIGINT/SIGTERM, after --duration seconds or after --max-messages messages, and
-always closes the bag so metadata.yaml is written (readable by `ros2 bag info`).
+Subscriptions are raw: the CDR bytes DDS delivers go into the bag as they are. Topics are
+subscribed as their publishers appear (their type comes from the graph). The bag time is the
+receive time on the node's clock (`--ros-args -p use_sim_time:=true` for /clock). The bag is
+always closed, so metadata.yaml is written, also after SIGINT/SIGTERM.
 """
 from __future__ import annotations
 
@@ -32,12 +30,9 @@ from av_td3_ros.tools.bags import STORAGES
 from av_td3_ros.tools.bags.qos import subscription_qos, to_bag_qos
 from av_td3_ros.tools.bags.types import UnknownTypeError, ensure_type, message_class, typestore
 
-# Topics every graph has that say nothing about a drive.
-IGNORED_TOPICS = ('/rosout', '/parameter_events')
-DRAIN_IDLE_ROUNDS = 3
-"""After a stop, keep spinning until this many 0.1 s spins in a row bring no message..."""
-DRAIN_LIMIT_S = 10.0
-"""...but no longer than this (a publisher that never stops must not hold the exit)."""
+IGNORED_TOPICS = ('/rosout', '/parameter_events')  # every graph has them; not about a drive
+DRAIN_IDLE_ROUNDS = 3  # after a stop, spin until this many 0.1 s spins bring no message...
+DRAIN_LIMIT_S = 10.0  # ...but no longer (a publisher that never stops must not hold the exit)
 
 
 def default_topics(role: str = 'ego_vehicle', camera: str = 'rgb_front') -> list[str]:
@@ -64,10 +59,8 @@ class RecordConfig:
     topics: tuple[str, ...] = ()
     record_all: bool = False
     latched: tuple[str, ...] = ()
-    duration: float = 0.0
-    """Stop after this many seconds (0: until SIGINT)."""
-    max_messages: int = 0
-    """Stop after this many messages in all (0: no limit)."""
+    duration: float = 0.0  # seconds (0: until SIGINT)
+    max_messages: int = 0  # messages in all (0: no limit)
     discovery_period: float = 0.2
 
 
@@ -143,11 +136,7 @@ class BagRecorder(Node):
 
 
 def record(config: RecordConfig, context=None, stop=None) -> int:
-    """Record until a stop condition; return the number of messages written.
-
-    `stop` (a threading.Event) ends the recording gracefully: messages already delivered
-    to this process are drained into the bag first.
-    """
+    """Record until a stop condition or the Event `stop`; return the messages written."""
     writer = Writer(config.output, version=9, storage_plugin=STORAGES[config.storage])
     writer.open()
     node = None
@@ -160,9 +149,8 @@ def record(config: RecordConfig, context=None, stop=None) -> int:
             if config.duration and time.monotonic() - start >= config.duration:
                 break
             executor.spin_once(timeout_sec=0.05)
-        # Drain what DDS already delivered (e.g. on Ctrl-C) instead of dropping it: until
-        # DRAIN_IDLE_ROUNDS spins in a row bring nothing new. A recorder starved of CPU writes
-        # a 2 MB frame in a good part of a second, so the cap is generous.
+        # Drain what DDS already delivered (e.g. on Ctrl-C) instead of dropping it. A recorder
+        # starved of CPU takes a good part of a second for a 2 MB frame: the cap is generous.
         drain_until = time.monotonic() + DRAIN_LIMIT_S
         idle = 0
         while not node.done and idle < DRAIN_IDLE_ROUNDS and time.monotonic() < drain_until:
