@@ -17,13 +17,7 @@ from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -42,7 +36,7 @@ from av_td3_ros.driving.ros_conversions import fill_control_msg
 from av_td3_ros.nodes.driver_config import read_config
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.policy_topic import PolicyReceiver
-from av_td3_ros.nodes.transport import shared_memory_limit
+from av_td3_ros.nodes.transport import reliable, shared_memory_limit
 from av_td3_ros.nodes.watchdog import StallWatchdog
 from av_td3_ros.policy.control import SAFE_STOP, ControlCommand
 from av_td3_ros.policy.features import Pose2D
@@ -123,22 +117,14 @@ class DriverNode(Node):
         self._load_initial_policy()
         # Deep enough that a trainer busy for a moment still gets every command (it pairs
         # each frame with its command); commands are 100 bytes.
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.control_pub = self.create_publisher(CarlaEgoVehicleControl,
-                                                 self.config.control_topic, qos)
-        camera_qos = (QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                                 reliability=ReliabilityPolicy.RELIABLE)
-                      if self.config.camera_reliable else
-                      QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                                 reliability=qos_profile_sensor_data.reliability))
+                                                 self.config.control_topic, reliable(100))
+        camera_qos = (reliable(1) if self.config.camera_reliable else
+                      QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability))
         self.create_subscription(Odometry, self.config.odometry_topic,
                                  self._guard(self.on_odometry), 10)
-        route_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                               durability=(DurabilityPolicy.TRANSIENT_LOCAL
-                                           if self.config.route_transient_local
-                                           else DurabilityPolicy.VOLATILE))
         self.create_subscription(PathMsg, self.config.route_topic, self._guard(self.on_route),
-                                 route_qos)
+                                 reliable(1, latched=self.config.route_transient_local))
         self.create_subscription(Header, self.config.episode_start_topic,
                                  self._guard(self.on_episode_start), 10)
         # Created last: when a frame and its tick's odometry wait together, the executor
@@ -189,7 +175,6 @@ class DriverNode(Node):
         elif self.config.policy_topic:
             self.status = f'waiting for a policy on {self.config.policy_topic}'
         else:
-            self.status = 'no policy'
             self.get_logger().error(
                 'no checkpoint given: refusing to drive (publishing full brake). Set '
                 'checkpoint:=<file or dir>, or allow_random_policy:=true for a random policy.')
@@ -353,11 +338,7 @@ class DriverNode(Node):
                             f'{type(error).__name__}: {error}')
 
     def check_camera_transport(self):
-        """Say once when camera publishers are matched but no frame has ever arrived.
-
-        The usual cause is a frame larger than the transport can carry (the shared-memory
-        segment of the Fast DDS profile): such frames are dropped without any error.
-        """
+        """Say once when camera publishers are matched but no frame has ever arrived."""
         if self._frames_missing_reported or self.processed.count > 0:
             return
         waited = time.monotonic() - self._started
@@ -400,8 +381,7 @@ class DriverNode(Node):
     def _publish_status(self):
         """Publish the status now (periodically, and at once when a frame's reason changes).
 
-        `last_frame_stamp` names the frame `last_reason` was decided for, so a reader can
-        tell which input a brake answered.
+        `last_frame_stamp` names the frame `last_reason` was decided for.
         """
         decision = self.last_decision
         self._reported_reason = decision.text
