@@ -1,10 +1,7 @@
 """Convert av_td3_system `.pth` checkpoints into av_td3_ros policy checkpoints.
 
-`import_checkpoint old.pth new.safetensors` loads the file with `torch.load(...,
-weights_only=True)` - never plain unpickling, which can run code from the file - takes the
-actor's CNN (`actor_cnn_state_dict`: conv1..3, fc) and MLP (`actor_state_dict`: fc1..3), infers
-the kinematic vector length from `state_dim`, checks every shape and writes a safetensors
-policy that the driver loads.
+The file is read with `torch.load(..., weights_only=True)`, never plain unpickling (which can
+run code from the file); the actor's CNN and MLP are shape-checked and written as safetensors.
 """
 from __future__ import annotations
 

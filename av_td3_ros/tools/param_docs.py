@@ -1,10 +1,8 @@
 """Write every node's ROS parameters as Markdown tables, from the node schemas.
 
-`python -m av_td3_ros.tools.param_docs` prints the tables. `--write` puts each one into its
-page under docs/, between `<!-- params:<node> begin -->` and `<!-- params:<node> end -->`;
-`--check` exits 1 when a page's table differs from its schema. Run both from the repo root
-(or pass `--root`). The schemas are the one place a parameter is written
-(`nodes/schema.py`), so the tables are generated rather than kept by hand.
+Prints the tables; `--write` puts each into its docs/ page between `<!-- params:<node> begin
+-->` and `<!-- params:<node> end -->`; `--check` exits 1 when one is stale. The schemas
+(`nodes/schema.py`) are the one place a parameter is written.
 """
 from __future__ import annotations
 
@@ -23,8 +21,7 @@ TABLES = {
     'carla_episode_manager': ('av_td3_ros.nodes.carla_episode_manager', 'EPISODE_MANAGER',
                               'docs/carla.md'),
 }
-ROLE_SHOWN = '<role_name>'
-"""What a default computed from role_name shows (the topic names follow the role)."""
+ROLE_SHOWN = '<role_name>'  # what a default computed from role_name shows
 
 
 def _schema(node: str):
@@ -64,16 +61,12 @@ def table(node: str) -> str:
     return '\n'.join(rows) + '\n'
 
 
-def _markers(node: str) -> tuple[str, str]:
-    return f'<!-- params:{node} begin -->\n', f'<!-- params:{node} end -->'
-
-
 def rewritten(node: str, text: str) -> str:
     """Return page `text` with `node`'s table between its markers replaced by the current one.
 
     Raise ValueError when the page lacks the markers (a table nobody can find is stale).
     """
-    begin, end = _markers(node)
+    begin, end = f'<!-- params:{node} begin -->\n', f'<!-- params:{node} end -->'
     pattern = re.compile(re.escape(begin) + '.*?' + re.escape(end), re.S)
     if not pattern.search(text):
         raise ValueError(f'no {begin.strip()} ... {end} markers')

@@ -70,7 +70,7 @@ def read_bag(bag: Path, config: TrainerConfig, role: str, store) -> dict[str, in
 
 
 class Progress:
-    """Print `label i/n` with the latest loss at most every `period` seconds, and at the end."""
+    """Print `label i/n` and the latest loss at most every `period` seconds, and at the end."""
 
     def __init__(self, label: str, total: int, period: float = 5.0):
         """Start timing `total` steps named `label`."""

@@ -26,12 +26,8 @@ from av_td3_ros.tools.bags.qos import publisher_qos
 from av_td3_ros.tools.bags.record import IGNORED_TOPICS
 from av_td3_ros.tools.bags.types import header_stamp_ns, message_class
 
-SYNC_AUTO = 'auto'
-"""--sync-node value (the default): find the consumer by its camera subscription."""
-
-
-UNKNOWN_NODE = '_NODE_NAME_UNKNOWN_'
-"""The node name rclpy reports for an endpoint whose node the graph does not know yet."""
+SYNC_AUTO = 'auto'  # sync_node: find the consumer by its camera subscription
+UNKNOWN_NODE = '_NODE_NAME_UNKNOWN_'  # rclpy's name for an endpoint of a node not known yet
 
 
 class SyncNodeError(RuntimeError):
