@@ -69,3 +69,23 @@ def test_a_polyline_corner_resampled_finely_keeps_its_curvature():
     # 3.5 times too much.
     _, by_points = path_curvatures(fine, window=1.0)
     assert by_points.max() > 2.5 * coarse_curvature.max()
+
+
+@pytest.mark.parametrize('spacing', [1.0, 2.0])
+def test_the_stand_in_publishes_its_route_at_a_spacing_and_the_expert_still_laps(spacing):
+    from av_td3_ros.sim.evaluation import evaluate_expert
+    from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig
+
+    config = SimEnvConfig(render_camera=False, route_spacing=spacing)
+    env = SimEnv(config)
+    try:
+        env.reset(8311)  # a track no recipe, figure or other test uses
+        steps = np.hypot(*np.diff(env.waypoints, axis=0).T)
+        # Chords of the polyline: the spacing along the road, a little less across a vertex.
+        assert np.median(steps) == pytest.approx(spacing) and steps.max() <= spacing + 1e-9
+        step = np.diff(env.waypoints, axis=0)
+        np.testing.assert_allclose(env.waypoint_yaws[:-1], np.arctan2(step[:, 1], step[:, 0]))
+    finally:
+        env.close()
+    result, = evaluate_expert([8311], env_config=config)
+    assert result.lap_complete and result.episode_return > 880.0

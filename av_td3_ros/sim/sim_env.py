@@ -40,7 +40,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d import car_racing
 
-from av_td3_ros.policy.features import clamp, wrap_angle
+from av_td3_ros.policy.features import clamp, resample_route, wrap_angle
 from av_td3_ros.task.reward import STAND_IN_REWARD
 from av_td3_ros.validation import check_at_least, check_range
 
@@ -73,6 +73,10 @@ class SimEnvConfig:
     render_camera: bool = True
     """False skips the camera render (a blank frame): 7 ms less per step, for drivers that
     need only the pose and the route (the expert, evaluations of it)."""
+    route_spacing: float = 0.0
+    """Resample the route (`waypoints`) every this many metres of arc length, as a planner
+    with another spacing would give it (CARLA's waypoint publisher: 1 m); 0: CarRacing's
+    own centre-line points, about 3.5 m apart."""
 
     def __post_init__(self):
         """Reject settings the simulator cannot honour."""
@@ -80,7 +84,7 @@ class SimEnvConfig:
             raise ValueError('image size must be positive')
         check_range('step_seconds', self.step_seconds, 0.0, low_open=True)
         # 0 disables a step limit.
-        check_at_least(self, 0, 'max_episode_steps', 'max_off_track_steps')
+        check_at_least(self, 0, 'max_episode_steps', 'max_off_track_steps', 'route_spacing')
 
 
 @dataclass
@@ -162,7 +166,8 @@ class SimEnv:
         """Return the track centre line as an (N, 2) array in the map frame, driving order.
 
         The line is closed: the last point equals the first, where the car starts. CarRacing
-        spaces its points about 3.5 m apart (its TRACK_DETAIL_STEP of 21 / 6).
+        spaces its points about 3.5 m apart (its TRACK_DETAIL_STEP of 21 / 6);
+        `route_spacing` resamples them.
         """
         return self._waypoints
 
@@ -196,6 +201,12 @@ class SimEnv:
         track = np.concatenate([track, track[:1]])
         self._waypoints = np.ascontiguousarray(track[:, 2:4])
         self._waypoint_yaws = (track[:, 1] + math.pi / 2.0 + math.pi) % (2 * math.pi) - math.pi
+        if self.config.route_spacing > 0.0:
+            self._waypoints = resample_route(self._waypoints, self.config.route_spacing)
+            # Each point faces along the road to the next (the last as the one before it).
+            step = np.diff(self._waypoints, axis=0)
+            yaws = np.arctan2(step[:, 1], step[:, 0])
+            self._waypoint_yaws = np.append(yaws, yaws[-1])
         self._steps = 0
         self._return = 0.0
         self._off_track_run = 0
