@@ -1,28 +1,17 @@
 """Fine-tune a driving policy with TD3 (optionally TD3+BC) on the stand-in, in one process.
 
-This is the ROS training loop with the graph taken out, built from the same parts:
-`SimEnv` plays the CARLA bridge; the driver's `DrivingPipeline` acts (the policy plus Gaussian
-exploration noise, as `mode:=explore` does after its random phase); the trainer's
-`TransitionAssembler` turns frames, odometry and actions into transitions with the trainer's
-reward and episode rules; the trainer's `Learner` stores them and runs each TD3 update
-(Monte Carlo targets in the critic warm-up, the TD3+BC term's labels) at a fixed update-to-data
-ratio; and the acting policy is refreshed from the learner every `sync_every` updates, as the
-driver hot-reloads checkpoints. This module adds only the simulator, the schedule and the
-evaluations. The route expert labels every sampled transition from its stored kinematic
-vector, so TD3+BC needs no extra data.
+The ROS training loop with the graph taken out, built from the same parts: `SimEnv` plays
+the CARLA bridge; the driver's `DrivingPipeline` acts (the policy plus Gaussian exploration
+noise, as `mode:=explore`); the trainer's `TransitionAssembler` and `Learner` turn the
+messages into transitions and run each TD3 update at a fixed update-to-data ratio; the
+acting policy is refreshed every `sync_every` updates, as the driver hot-reloads. This
+module adds only the simulator, the schedule and the evaluations.
 
-What keeps a cloned policy alive (see README "Fine-tuning with TD3"): TD3 started from a
-good policy left the road within ~1,000 updates because its young critic was myopic. With
-gamma 0.99 the value of a state on the road is ~100 steps of reward, but TD targets carry it
-back only one step per target-network lag (~1/tau updates), so after a few hundred updates
-Q holds a few steps of reward: more throttle now means more progress reward now, and the
-actor goes to full throttle (measured: the critic's gradient asked for more throttle at 100 %
-of sampled states). So:
-- the critic first learns the starting policy's values (`critic_warmup_updates`) on the
-  policy's own noisy actions (`prefill_steps`), regressing on the Monte Carlo returns of the
-  finished episodes (TD targets where an episode is still open), which
-  are calibrated from the first update; the targets are then copied from the warmed critic;
-- then TD3 (or TD3+BC) as usual, evaluated on held-out seeds every `eval_every_updates`.
+A young critic is myopic (TD targets carry value back about one step per target-network
+lag), and an actor that follows it early learns to floor the throttle. So the critic first
+learns the starting policy's values (`critic_warmup_updates`) from its own noisy actions
+(`prefill_steps`), on the finished episodes' Monte Carlo returns; then TD3 (or TD3+BC) runs
+as usual, evaluated on held-out seeds every `eval_every_updates`.
 """
 from __future__ import annotations
 
@@ -48,6 +37,7 @@ from av_td3_ros.sim.evaluation import (
     EpisodeResult,
     evaluate_policy,
     image_of,
+    mean_return,
     pose_of,
     summary_line,
 )
@@ -171,7 +161,7 @@ class Finetuner:
         # Diagnostics draw their own batches: evaluating must not change what training samples.
         self.diagnostics_rng = np.random.default_rng(config.seed + 1)
         self.report = FinetuneReport()
-        self.best_state = _policy_tensors(policy)
+        self.best_state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
         self._stamp = 0
         self._train_seed = config.train_seed_start
         self._episode_open = False
@@ -197,7 +187,6 @@ class Finetuner:
         """Return the learner's batch sampler."""
         return self.learner.rng
 
-    # ------------------------------------------------------------------ acting
     def _begin_episode(self):
         self.state = self.env.reset(seed=self._train_seed)
         self._train_seed += 1
@@ -242,7 +231,6 @@ class Finetuner:
             self.report.episodes.append(record)
             self._episode_open = False
 
-    # ------------------------------------------------------------------ learning
     def learn_once(self) -> dict[str, torch.Tensor]:
         """Run one of the trainer's TD3 updates; refresh the acting policy on its cadence."""
         metrics = self.learner.td3_step()
@@ -250,15 +238,12 @@ class Finetuner:
             self.acting.load_state_dict(self.agent.policy_state())
         return metrics
 
-    # ------------------------------------------------------------------ diagnostics
     def value_diagnostics(self, size: int = 512) -> dict[str, float]:
         """Return what the critic believes about stored states, on the road and near its edge.
 
-        Near the edge: farther than 4.5 m from the centre line (the episode ends at 6.5 m).
-        `dq_dthrottle_pos`: fraction of states where the gradient of what the actor maximises
-        (Q1) at the actor's action asks for more throttle; `q_*`: Q1 of the
-        stored action, in reward units; `reward_*`: stored rewards; `terminal_near_edge`:
-        fraction of near-edge transitions that ended.
+        Near the edge: farther than 4.5 m from the centre line. `dq_dthrottle_pos`: fraction
+        of states where dQ1/dthrottle at the actor's action is positive; `q_*`: Q1 of the
+        stored action; `reward_*`: stored rewards.
         """
         if self.buffer.size <= self.config.td3.batch_size:
             return {}
@@ -288,7 +273,6 @@ class Finetuner:
                   else float('nan')}
         return {k: round(v, 3) for k, v in values.items()}
 
-    # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> float:
         """Drive the held-out seeds with the current policy; keep it if it is the best."""
         policy = ActorPolicy(self.spec.network)
@@ -296,7 +280,7 @@ class Finetuner:
         policy.load_state_dict(state)
         results: list[EpisodeResult] = evaluate_policy(
             policy, self.spec, list(self.config.eval_seeds), self.config.sim)
-        value = float(np.mean([r.episode_return for r in results]))
+        value = mean_return(results)
         record = {'updates': self.agent.total_updates, 'env_steps': self.report.env_steps,
                   'cpu_minutes': round(self._cpu / 60.0, 2), 'mean_return': round(value, 1),
                   'returns': [round(r.episode_return, 1) for r in results],
@@ -312,7 +296,6 @@ class Finetuner:
         self.log(f'[finetune] eval {json.dumps(record)} ({summary_line(results)})')
         return value
 
-    # ------------------------------------------------------------------ schedule
     def run(self) -> FinetuneReport:
         """Prefill, then act and learn at the update-to-data ratio until the CPU budget."""
         config = self.config
@@ -365,7 +348,3 @@ class Finetuner:
         """Close the simulator and the learner (its buffer stays in run_dir; no state file)."""
         self.env.close()
         self.learner.close(save=False)
-
-
-def _policy_tensors(policy: ActorPolicy) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in policy.state_dict().items()}

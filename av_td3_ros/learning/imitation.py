@@ -2,20 +2,16 @@
 
 The recipe (`ImitationConfig` holds every number):
 
-1. Collect: the expert drives the stand-in with temporally correlated (AR(1)) action noise,
-   a new noise scale per episode, and every visited state is labelled with the *clean* expert
-   action, so the data shows how to recover from small mistakes.
-2. Behaviour cloning: the package's `ActorPolicy` regresses the labels (MSE on the action).
-3. DAgger rounds: a mixture drives - per step the expert with probability beta, else the
-   student - the expert labels every visited state, the data is aggregated, and training
-   continues on all of it. The student's own mistakes are what plain BC never sees.
-4. Validation on held-out seeds after each phase (and every `validate_every` updates in the
-   last one); the best policy is kept, since returns swing between checkpoints.
+1. Collect: the expert drives the stand-in with AR(1) action noise, and every visited state
+   is labelled with the *clean* expert action, so the data shows how to recover.
+2. Behaviour cloning: `ActorPolicy` regresses the labels (MSE on the action).
+3. DAgger rounds: per step the expert drives with probability beta, else the student; the
+   expert labels every visited state and training continues on all data (the student's own
+   mistakes are what plain BC never sees).
+4. Validation on held-out seeds; the best policy is kept (returns swing between checkpoints).
 
-Episodes are cut after `max_off_road_steps` consecutive steps fully off the road: states
-far out on the grass teach nothing the car needs. Frames are kept as 84x84 uint8 grey images
-(7 kB each); stacks are assembled per batch from indices, so memory grows by one frame per
-step, not four.
+Episodes are cut after `max_off_road_steps` steps off the road (the grass teaches nothing).
+Frames are kept once as uint8; stacks are assembled per batch from indices.
 """
 from __future__ import annotations
 
@@ -41,13 +37,7 @@ from av_td3_ros.policy.preprocessing import (
     image_pixels,
     scale_frames,
 )
-from av_td3_ros.sim.evaluation import (
-    EpisodeResult,
-    evaluate_policy,
-    image_of,
-    mean_return,
-    pose_of,
-)
+from av_td3_ros.sim.evaluation import evaluate_policy, image_of, mean_return, pose_of
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig
 
 
@@ -91,8 +81,7 @@ class ImitationConfig:
     log_every: int = 500
     """Print the loss every this many updates."""
     precision: str = 'fp32'
-    """BC update precision: fp32 (the shipped model's), bf16 (autocast; about 2x faster on
-    CPUs with AMX/AVX512-BF16, same loss curve: bench/bc_throughput.py) or auto."""
+    """BC update precision: fp32 (the shipped model's), bf16 (autocast) or auto."""
 
     def to_dict(self) -> dict:
         """Return the config as a plain dict (for checkpoint metadata and the model card)."""
@@ -267,7 +256,6 @@ class ImitationTrainer:
                                        self.spec.preprocessing.image_size,
                                        self.spec.preprocessing.image_size), np.float32)
 
-    # ------------------------------------------------------------------ data
     def collect(self, frames: int, seed_start: int, student: bool, beta: float,
                 phase: str) -> dict:
         """Collect `frames` steps on tracks seed_start, +1, ...; return the phase summary."""
@@ -295,7 +283,6 @@ class ImitationTrainer:
         self.report.phases.append(summary)
         return summary
 
-    # ------------------------------------------------------------------ learning
     def update(self) -> float:
         """Run one BC update on a uniform batch of all data; return the loss."""
         indices = self.rng.integers(0, self.dataset.size, self.config.batch_size)
@@ -342,7 +329,6 @@ class ImitationTrainer:
                  f'{" (best so far)" if self.report.best is record else ""}')
         return value
 
-    # ------------------------------------------------------------------ recipe
     def run(self) -> TrainingReport:
         """Run the whole recipe; return the report (the best weights are in best_state)."""
         config = self.config
@@ -376,8 +362,3 @@ class ImitationTrainer:
                  # the updates behind the weights written (the best), not the run's total
                  'step': str(self.report.best.get('updates', self.updates))}
         save_policy_state(path, state, self.spec, extra)
-
-
-def validation_summary(results: list[EpisodeResult]) -> str:
-    """Return a compact text of validation returns."""
-    return ', '.join(f'{r.seed}:{r.episode_return:.0f}' for r in results)

@@ -145,7 +145,6 @@ class Learner:
         """Return the run's TensorBoard writer (None without TensorBoard)."""
         return self.run.tb
 
-    # ------------------------------------------------------------------ state
     def _resume(self):
         saved = self.run.read_state() if self.config.resume else None
         if saved is None:
@@ -195,7 +194,6 @@ class Learner:
         """Return the newest policy file of the run (None before the first)."""
         return self.run.latest_policy()
 
-    # ------------------------------------------------------------------ experience
     def store(self, role: str, item: AssemblerOutput):
         """Write one assembler output item of vehicle `role` into the buffer and the logs."""
         if isinstance(item, Transition) and role in self._broken_streams:
@@ -237,7 +235,6 @@ class Learner:
             self.log.info(f'{role}: episode {self.episodes} ended ({item.reason}): '
                           f'return {item.episode_return:.1f}, {item.steps} steps')
 
-    # ------------------------------------------------------------------ learning
     def due(self) -> str | None:
         """Return the update the schedule allows now: 'bc', 'td3', or None (wait for data)."""
         config = self.config
@@ -383,7 +380,6 @@ class Learner:
         if updates % config.state_every == 0:
             self.save_state()
 
-    # ------------------------------------------------------------------ logs
     def take_update_count(self) -> int:
         """Return the updates done since the last call (for an updates/s figure)."""
         count, self.updates_since_log = self.updates_since_log, 0

@@ -1,41 +1,32 @@
 """Store driving transitions on disk with one uint8 camera frame per transition.
 
-The buffer is a ring of *records*. Every record holds exactly one 84x84 uint8 frame plus the
-kinematics vector observed with it. A record is either an episode start (the first frame of
-s0, written by :meth:`ReplayBuffer.start_episode`) or a transition (the newest frame of s',
-written by :meth:`ReplayBuffer.add`, together with the action, reward and end flags of the
-step that led to it). Each record keeps the index of the previous record of the same episode,
-so the 4-frame stacks of s and s' are rebuilt at sample time by following at most four links
-backwards. Episodes of several vehicles (streams) interleave freely in the ring.
+The buffer is a ring of *records*, each one 84x84 uint8 frame plus the kinematics observed
+with it: an episode start (the first frame of s0, `start_episode`) or a transition (the
+newest frame of s' with the action, reward and end flags of its step, `add`). Each record
+links to the previous record of its episode, so the frame stacks of s and s' are rebuilt at
+sample time by following at most `stack` links. Episodes of several vehicles (streams)
+interleave freely. Frames stay uint8 here: the learner scales a sampled batch, never this.
 
-Frames stay uint8 all the way through the buffer: converting them to float in [-1, 1] happens
-in exactly one place, the learner's preprocessing of a sampled batch, never here.
+Durability contract:
 
-Durability contract (see :meth:`ReplayBuffer.add` and :meth:`ReplayBuffer.flush`):
+* Process crash (SIGKILL, OOM kill, exception): every record whose ``add()`` or
+  ``start_episode()`` returned is recovered on reopen, exactly. A record's ``seq`` guard is
+  set to -1, then its fields and CRC32 are written, then ``seq`` is set to its index, and only
+  then the committed count is published in a double-buffered, checksummed header slot. The
+  record being written goes into a spare slot (``capacity + 1`` slots), so a torn write never
+  damages a committed record. The files are shared memory maps: a killed process's data is
+  still in the page cache and reaches the files.
+* OS crash or power loss: records up to the last returned ``flush()`` survive (it msyncs the
+  data files before the header).
+* Nothing corrupt is ever exposed: on reopen every live record is checked against its ``seq``
+  guard and CRC32; one that fails is dropped, and no transition whose stacks would need a
+  dropped or overwritten record is sampled.
 
-* Process crash (SIGKILL, OOM kill, Python exception): every record whose ``add()`` or
-  ``start_episode()`` call returned is recovered on reopen, with exact content. A record is
-  written in this order: its ``seq`` guard is set to -1, then frame, kinematics, action,
-  reward, flags, link and CRC32 are written, then ``seq`` is set to the record's index, and
-  only then the committed count is published in a double-buffered, checksummed header slot.
-  The record being written goes into a spare slot (the files hold ``capacity + 1`` records),
-  so an interrupted write never damages a committed record, not even the oldest one.
-  The files are shared memory maps, so the data of a killed process is still in the kernel's
-  page cache and reaches the files.
-* Operating-system crash or power loss: records up to the last returned ``flush()`` survive
-  (``flush()`` msyncs the data files before the header). Newer records may be lost.
-* In both cases nothing corrupt is ever exposed: on reopen every record in the live window is
-  checked against its ``seq`` guard and CRC32; a record that fails is dropped, and any
-  transition whose 4-frame stacks would need a dropped or overwritten record is never sampled.
-
-After a reopen every stream must call ``start_episode()`` again; the episodes that were open
-when the process died end there (their last transition keeps terminated = truncated = False,
-so it bootstraps like a time-limit truncation).
-
-One process writes a directory at a time (an exclusive ``flock`` that the kernel releases when
-the process dies); the object is not thread-safe. The buffer's only temp file,
-``meta.json.tmp`` (written once, when the files are created), is deleted on open under that
-lock if a killed writer left it.
+After a reopen every stream calls ``start_episode()`` again; the episodes open at the crash
+end there without a flag (bootstrapping like a truncation). One process writes a directory
+at a time (an exclusive ``flock`` the kernel releases when it dies); the object is not
+thread-safe. The only temp file, ``meta.json.tmp`` (written when the files are created), is
+deleted on open under that lock if a killed writer left it.
 """
 from __future__ import annotations
 
@@ -122,11 +113,7 @@ class BufferSpec:
 
     @property
     def slots(self) -> int:
-        """Return the physical record slots: one spare beyond ``capacity``.
-
-        The record being written always goes into the spare slot, so a write torn by a kill
-        never touches any of the ``capacity`` committed records of the live window.
-        """
+        """Return the physical record slots: one spare beyond ``capacity`` (for torn writes)."""
         return self.capacity + 1
 
     def array_specs(self) -> Dict[str, Tuple[Tuple[int, ...], str]]:
@@ -145,10 +132,8 @@ class BufferSpec:
 
     def bytes_per_record(self) -> int:
         """Return the payload bytes one record occupies across all files."""
-        total = 0
-        for shape, dtype in self.array_specs().values():
-            total += int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-        return total
+        return sum(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+                   for shape, dtype in self.array_specs().values())
 
 
 def mem_available_bytes() -> int:
@@ -170,10 +155,9 @@ def _header_check(gen: int, end: int) -> int:
 class ReplayBuffer:
     """Hold a frame-deduplicated, crash-safe replay ring backed by numpy memmap files.
 
-    Create or reopen with :meth:`open`. Writers call :meth:`start_episode` once per episode
-    and :meth:`add` once per step, each with a ``stream`` id (one per vehicle). The learner
-    calls :meth:`sample`. Capacity counts records: a transition uses one, an episode start
-    one more, so with the 1000-step time limit the overhead is at most 0.1 %.
+    Create or reopen with :meth:`open`; call :meth:`start_episode` once per episode and
+    :meth:`add` once per step, with a ``stream`` id per vehicle; :meth:`sample` batches.
+    Capacity counts records: a transition uses one, an episode start one more.
     """
 
     def __init__(self, directory: Path, spec: BufferSpec, fill_mode: str,
@@ -207,7 +191,6 @@ class ReplayBuffer:
         if not created:
             self._recover(verify)
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def open(cls, run_dir: Union[str, Path], capacity: int, *, frame_shape=(84, 84),
              vec_dim: int = 53, action_dim: int = 2, vec_dtype: str = 'float16',
@@ -215,17 +198,13 @@ class ReplayBuffer:
              verify: bool = True) -> ReplayBuffer:
         """Create the buffer under ``run_dir/replay_buffer`` or reopen the one there.
 
-        ``vec_dtype`` 'float16' stores kinematics in half precision (relative error <= 4.9e-4,
-        e.g. 1.2 cm on a waypoint normalised by 50 m) to stay under 7.5 kB per transition;
-        'float32' stores them exactly (+106 B per record for K = 53). ``fill_mode`` says what
-        replaces the frames before an episode's first one: 'zero' (like the driver's frame
-        stack after reset) or 'repeat_first'. Reopening with a different layout raises
-        ValueError naming the differences; ``fill_mode`` may change between runs. A capacity
-        whose files do not fit the free disk space, or (with ``check_ram``) the available RAM,
-        raises ValueError with the numbers. ``verify`` checks every live record's CRC on
-        reopen (about 20-40 us per record, a few seconds at 100k); without it only the
-        ``seq`` guards are checked, which is enough after a process kill but not after a
-        power loss.
+        ``vec_dtype`` 'float16' stores kinematics in half precision (relative error <= 4.9e-4);
+        'float32' exactly. ``fill_mode`` says what replaces the frames before an episode's
+        first one: 'zero' (like the driver's frame stack) or 'repeat_first'; it may change
+        between runs, the layout may not (ValueError naming the differences). A capacity that
+        does not fit the free disk or (with ``check_ram``) the available RAM raises
+        ValueError. ``verify`` checks every live record's CRC on reopen; without it only the
+        ``seq`` guards, enough after a process kill but not after a power loss.
         """
         check_choice('fill_mode', fill_mode, FILL_MODES)
         check_choice('vec_dtype', vec_dtype, VEC_DTYPES)
@@ -329,7 +308,6 @@ class ReplayBuffer:
             raise ValueError(f'replay buffer {meta_path.parent} does not match the requested '
                              'layout: ' + '; '.join(diffs))
 
-    # ------------------------------------------------------------------ header / recovery
     def _read_header(self) -> Tuple[int, int]:
         best = None
         for row in np.array(self._header):
@@ -373,7 +351,6 @@ class ReplayBuffer:
         small += np.array([self._prev[slot], seq], dtype=np.int64).tobytes()
         return zlib.crc32(small, crc)
 
-    # ------------------------------------------------------------------ properties
     @property
     def capacity(self) -> int:
         """Return the number of record slots."""
@@ -399,7 +376,6 @@ class ReplayBuffer:
         """Return the summed size of the buffer's data and header files."""
         return sum(p.stat().st_size for p in self.directory.glob('*.npy'))
 
-    # ------------------------------------------------------------------ writing
     def start_episode(self, first_frame: np.ndarray, first_vec: np.ndarray,
                       stream: Hashable = 0) -> int:
         """Begin a new episode on ``stream`` with the newest frame of s0; return its index.
@@ -512,7 +488,6 @@ class ReplayBuffer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ reading
     def _chains(self, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Return (links, valid): links[:, stack] = idx, links[:, k] its k-th ancestor or -1."""
         n = self.spec.slots

@@ -65,7 +65,6 @@ class RunDirectory:
         for stale in remove_stale_run_temps(self.path):
             self.log.warning(f'removed {stale}, left by a writer killed mid-write')
 
-    # ------------------------------------------------------------------ state
     def read_state(self) -> tuple | None:
         """Return the saved state: TD3's (tensors, metadata), counters, returns, start policy.
 
@@ -112,7 +111,6 @@ class RunDirectory:
                 'updates; the previous run ended between a policy save and a state save): '
                 'existing policy files are kept, never rewritten with other weights')
 
-    # ------------------------------------------------------------------ policies
     def save_policy(self, state: dict[str, torch.Tensor], step: int, on_saved=None) -> bool:
         """Write `policy_<step>` unless it exists (return False then) and prune old ones.
 
@@ -133,7 +131,6 @@ class RunDirectory:
         """Return the newest policy file of the run (None before the first)."""
         return latest_policy(self.checkpoint_dir)
 
-    # ------------------------------------------------------------------ logs
     def open_logs(self, tensorboard: bool, tensorboard_dir: Path | None = None):
         """Open episodes.jsonl for appending and, with `tensorboard`, a TensorBoard writer."""
         self._episode_log = open(self.path / 'episodes.jsonl', 'a', buffering=1)

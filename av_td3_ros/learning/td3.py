@@ -174,8 +174,6 @@ class TD3:
                                            self.config.critic_lr)
         self._polyak_pairs = self._target_pairs()
 
-    # ---- construction helpers -------------------------------------------------------------
-
     def _place(self, module: nn.Module) -> nn.Module:
         module = module.to(self.device)
         if self._layout is not None and isinstance(module, NatureCNN):
@@ -223,16 +221,12 @@ class TD3:
             named['target_critic_cnn'] = self.target_critic_cnn
         return named
 
-    # ---- data -----------------------------------------------------------------------------
-
     def prepare(self, batch) -> DeviceBatch:
         """Move one batch to the device once and scale its uint8 frames (the only place)."""
         if isinstance(batch, DeviceBatch):
             return batch
         return to_device_batch(batch, self.device, self.config.frame_scale,
                                self.config.channels_last)
-
-    # ---- losses ---------------------------------------------------------------------------
 
     def _autocast(self):
         return autocast(self.device, self.precision)
@@ -335,8 +329,6 @@ class TD3:
         metrics['actor_loss'] = loss.detach()
         return loss, metrics
 
-    # ---- update ---------------------------------------------------------------------------
-
     def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
               named: list[tuple[str, nn.Parameter]], max_norm: float | None,
               name: str) -> torch.Tensor | None:
@@ -422,8 +414,6 @@ class TD3:
         b = self.prepare(batch)
         return self.actor.squash(self._actor_logits(b))
 
-    # ---- policy export and diagnostics ----------------------------------------------------
-
     def load_policy_state(self, state: dict[str, torch.Tensor]):
         """Start the actor (online and target) from `ActorPolicy` weights (cnn.*, actor.*).
 
@@ -466,8 +456,6 @@ class TD3:
                 health[f'{prefix}.dead_channel_fraction'] = float(
                     inactive.transpose(0, 1).flatten(1).all(dim=1).float().mean())
         return health
-
-    # ---- resume (td3_state.py) ------------------------------------------------------------
 
     def optimizers(self) -> tuple[tuple[str, torch.optim.Optimizer, list], ...]:
         """Return (name, optimizer, named parameters) for the actor and the critic."""

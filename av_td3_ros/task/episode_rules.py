@@ -151,7 +151,6 @@ class EpisodeManager:
             return config.spawn_points[(self._spawn_index + 1) % len(config.spawn_points)]
         return self._last_route_end
 
-    # ------------------------------------------------------------------ reset
     def request_reset(self, now: float) -> list:
         """Start a reset (the trainer's call, or the end of an episode); no-op while one runs."""
         if self.state in ('teleporting', 'routing', 'awaiting_frame'):
@@ -179,7 +178,6 @@ class EpisodeManager:
             return self._teleport(now)
         return []
 
-    # ------------------------------------------------------------------ inputs
     def on_odometry(self, stamp_ns: int, x: float, y: float, speed: float,
                     now: float) -> list:
         """Confirm a teleport, or check a running episode for stuck / timeout / completion."""

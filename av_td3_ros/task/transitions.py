@@ -174,7 +174,6 @@ class TransitionAssembler:
         self._decided = -1  # stamp of the newest decided (emitted) frame of this episode
         self._gap_floor: int | None = None  # the chain broke after this frame (mid-episode)
 
-    # ------------------------------------------------------------------ inputs
     def on_route(self, route: np.ndarray | None) -> str | None:
         """Use a new route (M, 2) for the features; return why it is unusable, or None.
 
@@ -312,7 +311,6 @@ class TransitionAssembler:
             self._emit(moved)  # (a first frame without a command could start no transition)
         self._drain()
 
-    # ------------------------------------------------------------------ output
     def pop_output(self) -> list[AssemblerOutput]:
         """Return and clear what is final (the newest step is held until the next one)."""
         output, self._output = self._output, []
@@ -337,7 +335,6 @@ class TransitionAssembler:
         """Return True after an episode end and before the next on_episode_start."""
         return self._ended
 
-    # ------------------------------------------------------------------ internals
     def _odometry_index(self, stamp: int) -> int:
         """Return how many odometry samples are not newer than `stamp`."""
         return bisect_right([entry[0] for entry in self._odometry], stamp)
