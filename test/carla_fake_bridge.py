@@ -23,9 +23,9 @@ from carla_msgs.msg import CarlaEgoVehicleControl
 from geometry_msgs.msg import Pose, PoseStamped, Twist
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
-from rclpy.executors import SingleThreadedExecutor, TimeoutException
-from rclpy.node import Node
+from rclpy.executors import TimeoutException
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_helpers import SpinningNode
 from sensor_msgs.msg import CameraInfo, Image
 
 DT = 0.05  # fixed_delta_seconds
@@ -33,15 +33,15 @@ REPOSITION_DISTANCE = 2.0  # carla_waypoint_publisher's WAYPOINT_DISTANCE
 FREE_RUN_PERIOD = 0.02  # wall seconds per tick when no driver's command is awaited
 
 
-class FakeCarlaWorld:
+class FakeCarlaWorld(SpinningNode):
     """One ego vehicle, its camera, the control pseudo-actor and the waypoint publisher."""
+
+    spin_period = 0.01
 
     def __init__(self, context, role='ego_vehicle', start=(50.0, 20.0, 0.0), width=256,
                  height=144):
         """Create the node with the bridge's topics; the car stands at `start` (x, y, yaw)."""
-        self.node = Node('fake_carla_bridge', context=context)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
+        super().__init__(context, 'fake_carla_bridge')
         self.role, self.width, self.height = role, width, height
         self.x, self.y, self.yaw = start
         self.speed = 0.0
@@ -194,16 +194,3 @@ class FakeCarlaWorld:
             if handler.exception() is not None:
                 raise handler.exception()
 
-    def spin_until(self, predicate, timeout=10.0):
-        """Spin until `predicate()` holds; return whether it did in time."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            self.executor.spin_once(timeout_sec=0.01)
-        return predicate()
-
-    def close(self):
-        """Destroy the node."""
-        self.executor.shutdown()
-        self.node.destroy_node()

@@ -1,5 +1,7 @@
-"""Shared pytest fixtures: isolated ROS 2 environments and node subprocesses."""
+"""Shared pytest fixtures (isolated ROS 2 environments, node subprocesses) and the `ros` mark."""
+import ast
 import fcntl
+import functools
 import itertools
 import os
 import sys
@@ -10,6 +12,7 @@ import pytest
 from processes import ModuleProcess
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_DIR = Path(__file__).resolve().parent
 _domain_counter = itertools.count()
 DOMAINS = range(1, 101)
 """ROS domain IDs the tests use (all inside the range every RMW maps to valid ports)."""
@@ -143,3 +146,77 @@ def rclpy_context(ros_env):
     rclpy.init(context=context, domain_id=int(ros_env['ROS_DOMAIN_ID']))
     yield context
     context.try_shutdown()
+
+
+@pytest.fixture
+def make_probe(rclpy_context):
+    """Yield `make(cls, *args, **kwargs)`: a test-side node `cls(rclpy_context, ...)`.
+
+    Whatever it makes (anything with `close()`, e.g. a ros_helpers.SpinningNode) is closed
+    after the test, before the context is shut down, newest first.
+    """
+    made = []
+
+    def make(cls, *args, **kwargs):
+        probe = cls(rclpy_context, *args, **kwargs)
+        made.append(probe)
+        return probe
+
+    yield make
+    for probe in reversed(made):
+        probe.close()
+
+
+@pytest.fixture
+def bridge(make_probe):
+    """Return a ros_helpers.FakeBridge (the CARLA bridge's topics) in the test's domain."""
+    from ros_helpers import FakeBridge
+    return make_probe(FakeBridge)
+
+
+# --- the `ros` mark: tests that need rclpy over DDS or start node processes -------------------
+
+ROS_FIXTURE = 'ros_env'
+"""Every fixture that joins a ROS domain or starts a node (rclpy_context, start_node,
+start_tool, start_process, make_probe, bridge) depends on this one."""
+
+
+def _is_ros_package(module):
+    """Return whether importing `module` loads rclpy or a ROS interface package."""
+    root = module.split('.')[0]
+    return root in ('rclpy', 'rosidl_runtime_py') or root.endswith(('_msgs', '_srvs',
+                                                                    '_interfaces'))
+
+
+@functools.cache
+def imports_ros(path):
+    """Return whether the module at `path` imports rclpy or ROS messages at module level.
+
+    Directly, or through a helper module of test/ (ros_helpers.py, carla_fake_bridge.py) that
+    does. Imports inside functions do not count: they cost nothing until a test runs them.
+    """
+    tree = ast.parse(Path(path).read_text(), str(path))
+    for statement in tree.body:
+        if isinstance(statement, ast.Import):
+            modules = [alias.name for alias in statement.names]
+        elif isinstance(statement, ast.ImportFrom) and statement.level == 0:
+            modules = [statement.module]
+        else:
+            continue
+        for module in modules:
+            local = TEST_DIR / f'{module.split(".")[0]}.py'
+            if _is_ros_package(module) or (local.is_file() and imports_ros(local)):
+                return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(config, items):
+    """Mark `ros` every test that uses a ROS fixture or lives in a module importing ROS.
+
+    `python -m pytest -m "not ros"` then runs the core tests only (docs/testing.md).
+    """
+    for item in items:
+        if (ROS_FIXTURE in getattr(item, 'fixturenames', ())
+                or imports_ros(str(item.path))):
+            item.add_marker(pytest.mark.ros)

@@ -1,10 +1,12 @@
-"""Test-side ROS helpers: a stand-in for the CARLA bridge's publishers and a command sink."""
-import time
-from pathlib import Path
+"""Test-side ROS helpers: spinning test nodes, messages, a stand-in for the CARLA bridge.
 
-import numpy as np
+Helpers that need no rclpy are in helpers.py; fixtures in conftest.py.
+"""
+import time
+
 from carla_msgs.msg import CarlaEgoVehicleControl
 from geometry_msgs.msg import PoseStamped
+from helpers import bgra_frame, straight_route
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rclpy.executors import SingleThreadedExecutor
@@ -13,31 +15,75 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from av_td3_ros.tools.launch_runner import executable_module, parse_launch_file
 
-REPO_LAUNCH = Path(__file__).resolve().parents[1] / 'launch'
+def spin_until(executor, predicate, timeout, period=0.02):
+    """Spin `executor` until `predicate()` holds; return whether it did before `timeout` s.
 
-
-def bgra_frame(k, height=600, width=800):
-    """Return a deterministic bgra8 test frame that changes with `k`."""
-    rows = np.arange(height, dtype=np.uint16)[:, None]
-    cols = np.arange(width, dtype=np.uint16)[None, :]
-    frame = np.empty((height, width, 4), np.uint8)
-    frame[..., 0] = (rows + 3 * k) % 256
-    frame[..., 1] = (cols + 5 * k) % 256
-    frame[..., 2] = (rows + cols + 7 * k) % 256
-    frame[..., 3] = 255
-    return frame
+    One spin waits at most `period` s for work, so the predicate is checked that often.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        executor.spin_once(timeout_sec=period)
+    return predicate()
 
 
-class FakeBridge:
+class SpinningNode:
+    """A test-side node with its own executor in `context`; spin it with `spin_until`."""
+
+    spin_timeout = 10.0
+    """Default `spin_until` timeout (s)."""
+    spin_period = 0.02
+    """Longest wait (s) of one spin before the predicate is checked again."""
+
+    def __init__(self, context, name):
+        """Create node `name` and its executor in `context`."""
+        self.node = Node(name, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+
+    def spin_until(self, predicate, timeout=None):
+        """Spin until `predicate()` holds; return whether it did in time."""
+        return spin_until(self.executor, predicate,
+                          self.spin_timeout if timeout is None else timeout, self.spin_period)
+
+    def close(self):
+        """Shut the executor down and destroy the node."""
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def path_msg(points, frame_id='map'):
+    """Return a nav_msgs/Path through `points` ((x, y) pairs), every pose facing +x."""
+    path = PathMsg()
+    path.header.frame_id = frame_id
+    for x, y in points:
+        pose = PoseStamped()
+        pose.pose.position.x, pose.pose.position.y = float(x), float(y)
+        pose.pose.orientation.w = 1.0
+        path.poses.append(pose)
+    return path
+
+
+def odometry_msg(x=0.0, y=0.0, qz=0.0, qw=1.0, vx=5.0, vy=0.0, sec=0, nanosec=0, qx=0.0):
+    """Return a nav_msgs/Odometry in the map frame for ego_vehicle with these fields."""
+    odom = Odometry()
+    odom.header.frame_id, odom.child_frame_id = 'map', 'ego_vehicle'
+    odom.header.stamp.sec, odom.header.stamp.nanosec = sec, nanosec
+    odom.pose.pose.position.x, odom.pose.pose.position.y = x, y
+    odom.pose.pose.orientation.x = qx
+    odom.pose.pose.orientation.z, odom.pose.pose.orientation.w = qz, qw
+    odom.twist.twist.linear.x, odom.twist.twist.linear.y = vx, vy
+    return odom
+
+
+class FakeBridge(SpinningNode):
     """Publish camera, odometry and route like the CARLA bridge; collect control commands."""
 
     def __init__(self, context, role='ego_vehicle', name='fake_bridge'):
         """Create the node in `context` with the bridge's topics for `role`."""
-        self.node = Node(name, context=context)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
+        super().__init__(context, name)
         base = f'/carla/{role}'
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.node.create_publisher(Image, f'{base}/rgb_front/image', reliable)
@@ -51,24 +97,14 @@ class FakeBridge:
         self.node.create_subscription(CarlaEgoVehicleControl, f'{base}/vehicle_control_cmd',
                                       self.commands.append, reliable)
 
-    def publish_route(self, length=100, spacing=2.0):
-        """Publish a straight route along +x."""
-        path = PathMsg()
-        path.header.frame_id = 'map'
-        for i in range(length):
-            pose = PoseStamped()
-            pose.pose.position.x = i * spacing
-            pose.pose.orientation.w = 1.0
-            path.poses.append(pose)
-        self.route_pub.publish(path)
+    def publish_route(self, points=None):
+        """Publish a route (latched): `points`, or 100 poses 2 m apart along +x."""
+        self.route_pub.publish(path_msg(straight_route(length=198.0) if points is None
+                                        else points))
 
     def publish_odometry(self, speed=5.0):
         """Publish an odometry message at the route start, heading along +x."""
-        odom = Odometry()
-        odom.header.frame_id, odom.child_frame_id = 'map', 'ego_vehicle'
-        odom.pose.pose.orientation.w = 1.0
-        odom.twist.twist.linear.x = speed
-        self.odom_pub.publish(odom)
+        self.odom_pub.publish(odometry_msg(vx=speed))
 
     def image_msg(self, sec, data, height=600, width=800, encoding='bgra8', step=None):
         """Build an Image with stamp `sec` seconds (the test's frame id)."""
@@ -78,15 +114,6 @@ class FakeBridge:
         msg.header.frame_id = 'ego_vehicle/rgb_front'
         msg.data = data if isinstance(data, bytes) else data.tobytes()
         return msg
-
-    def spin_until(self, predicate, timeout=10.0):
-        """Spin until `predicate()` is true; return whether it became true in time."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            self.executor.spin_once(timeout_sec=0.02)
-        return predicate()
 
     def wait_for_subscriber(self, publisher, timeout=60.0):
         """Wait until the node under test has matched `publisher`."""
@@ -119,33 +146,3 @@ class FakeBridge:
                 return True
             sec += 1
         return False
-
-    def close(self):
-        """Destroy the node."""
-        self.executor.shutdown()
-        self.node.destroy_node()
-
-
-def shipped_params(tmp_path, config_name, **overrides):
-    """Write the shipped config/<config_name>.yaml with `overrides` into `tmp_path`; return it."""
-    import yaml
-    content = yaml.safe_load((REPO_LAUNCH.parent / 'config' / f'{config_name}.yaml').read_text())
-    (section,) = content.values()
-    section['ros__parameters'].update(overrides)
-    path = tmp_path / f'{config_name}_test.yaml'
-    path.write_text(yaml.safe_dump(content))
-    return path
-
-
-def launch_nodes(start_node, tmp_path, launch_file, **arguments):
-    """Start every node of an XML launch file through `start_node`, as run_launch would."""
-    import yaml
-    description = parse_launch_file(launch_file, {k: str(v) for k, v in arguments.items()})
-    started = []
-    for index, spec in enumerate(description.nodes):
-        overrides = tmp_path / f'launch_params_{index}.yaml'
-        overrides.write_text(yaml.safe_dump({'/**': {'ros__parameters': spec.params}}))
-        module = executable_module(spec.package, spec.executable)
-        started.append(start_node(module, *spec.ros_arguments(str(overrides))[1:],
-                                  name=spec.name))
-    return description, started

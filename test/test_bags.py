@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipped_params
+from helpers import REPO_LAUNCH, bgra_frame, launch_nodes, shipped_params
+from ros_helpers import SpinningNode
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from av_td3_ros.policy.checkpoint import PolicySpec, save_policy
@@ -23,13 +24,6 @@ CONTROL = f'{BASE}/vehicle_control_cmd'
 EPISODE_START = '/av_td3/ego_vehicle/episode_start'
 DEBUG = '/ego_vehicle/driver/debug/frame_stack'
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
-
-
-@pytest.fixture
-def bridge(rclpy_context):
-    fake = FakeBridge(rclpy_context)
-    yield fake
-    fake.close()
 
 
 def read_bag(path):
@@ -234,15 +228,11 @@ def _duration(seconds):
     return Duration(seconds=seconds)
 
 
-class ReplayChecker:
+class ReplayChecker(SpinningNode):
     """Collect a live driver's commands and debug images while bag_replay feeds it."""
 
     def __init__(self, context):
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        self.node = Node('replay_checker', context=context)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
+        super().__init__(context, 'replay_checker')
         self.commands, self.debug = [], []
         self._subscriptions = []
 
@@ -259,10 +249,6 @@ class ReplayChecker:
                                           self.commands.append, QoSProfile(depth=100)),
             self.node.create_subscription(Image, DEBUG, self.debug.append,
                                           QoSProfile(depth=100))]
-
-    def spin_until(self, predicate, timeout):
-        """Spin until `predicate()` holds; return whether it did before the deadline."""
-        return _spin(self.executor, predicate, timeout)
 
     def replay(self, start_tool, bag, driver, stamps):
         """Replay `bag` (camera frames `stamps`) as fast as the driver consumes it.
@@ -288,17 +274,10 @@ class ReplayChecker:
                                 []).append(msg)
         return by_stamp
 
-    def close(self):
-        """Destroy the node."""
-        self.executor.shutdown()
-        self.node.destroy_node()
-
 
 @pytest.fixture
-def checker(rclpy_context):
-    c = ReplayChecker(rclpy_context)
-    yield c
-    c.close()
+def checker(make_probe):
+    return make_probe(ReplayChecker)
 
 
 def assert_replay_equals_offline(checker, by_stamp, stamps, offline_dir, driver):
@@ -437,12 +416,9 @@ def test_offline_parameters_are_the_drivers(tmp_path):
 
 
 @pytest.mark.parametrize('storage', sorted(STORAGES))
-def test_rosbags_bag_plays_into_rclpy_subscribers(start_tool, tmp_path, rclpy_context,
-                                                  storage):
+def test_rosbags_bag_plays_into_rclpy_subscribers(start_tool, tmp_path, make_probe, storage):
     from carla_msgs.msg import CarlaStatus
     from nav_msgs.msg import Path as PathMsg
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile
     from std_msgs.msg import String
 
@@ -474,39 +450,26 @@ def test_rosbags_bag_plays_into_rclpy_subscribers(start_tool, tmp_path, rclpy_co
     assert all(t['topic_metadata']['type_description_hash'].startswith('RIHS01_')
                for t in info['topics_with_message_count'])
 
-    node = Node('bag_listener', context=rclpy_context)
-    executor = SingleThreadedExecutor(context=rclpy_context)
-    executor.add_node(node)
+    listener = make_probe(SpinningNode, 'bag_listener')
+    node = listener.node
     strings, statuses, paths = [], [], []
     node.create_subscription(String, '/chatter', strings.append, QoSProfile(depth=100))
     node.create_subscription(CarlaStatus, '/carla/status', statuses.append,
                              QoSProfile(depth=100))
     late = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    try:
-        player = start_tool('av_td3_ros.tools.bags.replay', bag, '--wait-for', '/chatter',
-                            '/carla/status')
-        assert _spin(executor, lambda: strings, 30.0), player.output()
-        # Joining after the route went out: the player re-publishes it transient-local.
-        node.create_subscription(PathMsg, ROUTE, paths.append, late)
-        assert _spin(executor, lambda: len(strings) == 5 and len(statuses) == 5 and paths,
-                     30.0), (len(strings), len(statuses), len(paths), player.output())
-        assert player.wait() == 0, player.output()
-    finally:
-        executor.shutdown()
-        node.destroy_node()
+    player = start_tool('av_td3_ros.tools.bags.replay', bag, '--wait-for', '/chatter',
+                        '/carla/status')
+    assert listener.spin_until(lambda: strings, 30.0), player.output()
+    # Joining after the route went out: the player re-publishes it transient-local.
+    node.create_subscription(PathMsg, ROUTE, paths.append, late)
+    assert listener.spin_until(lambda: len(strings) == 5 and len(statuses) == 5 and paths,
+                               30.0), (len(strings), len(statuses), len(paths), player.output())
+    assert player.wait() == 0, player.output()
     assert paths[0].header.frame_id == 'map' and paths[0].header.stamp.nanosec == 2
     assert [m.data for m in strings] == [f'hello {k}' for k in range(5)]
     assert [m.frame for m in statuses] == [1000 + k for k in range(5)]
     assert [m.synchronous_mode_running for m in statuses] == [True, False, True, False, True]
     assert statuses[0].fixed_delta_seconds == np.float32(0.05)
-
-
-def _spin(executor, predicate, timeout):
-    import time
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=0.02)
-    return predicate()
 
 
 def test_replay_finds_a_driver_of_any_name_by_its_camera_subscription(start_node, start_tool,

@@ -1,8 +1,7 @@
 # guard_callback over real DDS: an exception in a subscription, timer or service callback is
 # logged with the message that caused it, reported to on_error, and the node goes on.
 import pytest
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from ros_helpers import SpinningNode
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -12,29 +11,9 @@ from av_td3_ros.nodes.node_main import guard_callback
 from av_td3_ros.nodes.transport import shared_memory_limit, shared_memory_segment
 
 
-class Spinner:
-    """One node and its executor in the test's context."""
-
-    def __init__(self, context):
-        self.node = Node('guard_test', context=context)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-
-    def spin_until(self, predicate, timeout=10.0):
-        """Spin until `predicate()` holds or `timeout` s passed; return it."""
-        import time
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not predicate():
-            self.executor.spin_once(timeout_sec=0.02)
-        return predicate()
-
-
 @pytest.fixture
-def spinner(rclpy_context):
-    s = Spinner(rclpy_context)
-    yield s
-    s.executor.shutdown()
-    s.node.destroy_node()
+def spinner(make_probe):
+    return make_probe(SpinningNode, 'guard_test')
 
 
 def test_a_raising_subscription_callback_never_reaches_spin(spinner):

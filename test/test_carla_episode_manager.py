@@ -7,7 +7,7 @@ import pytest
 import yaml
 from carla_fake_bridge import FakeCarlaWorld
 from carla_msgs.msg import CarlaEgoVehicleControl
-from ros_helpers import REPO_LAUNCH, launch_nodes, shipped_params
+from helpers import REPO_LAUNCH, launch_nodes, trainer_params
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
@@ -104,13 +104,6 @@ def test_manager_runs_episodes_through_the_bridge_topics(start_node, rclpy_conte
         world.close()
 
 
-def small_trainer_params(tmp_path):
-    return shipped_params(
-        tmp_path, 'trainer', buffer_capacity=500, batch_size=8, checkpoint_every=4,
-        state_every=4, keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
-        tensorboard=False, max_episode_steps=8)
-
-
 @pytest.mark.slow
 def test_training_runs_episodes_end_to_end_through_the_manager(start_node, rclpy_context,
                                                                 tmp_path):
@@ -120,7 +113,8 @@ def test_training_runs_episodes_end_to_end_through_the_manager(start_node, rclpy
     description, nodes = launch_nodes(
         start_node, tmp_path, REPO_LAUNCH / 'carla_train.launch.xml', with_bridge='false',
         use_sim_time='false', run_dir=str(run_dir), learning_starts='12', device='cpu',
-        episode_timeout='600.0', trainer_params_file=str(small_trainer_params(tmp_path)))
+        episode_timeout='600.0', trainer_params_file=str(
+            trainer_params(tmp_path, tensorboard=False, max_episode_steps=8)))
     manager, driver, trainer = nodes
     world = FakeCarlaWorld(rclpy_context, start=(0.0, 0.0, 0.0))
     episodes = Episodes(world)

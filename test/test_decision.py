@@ -1,39 +1,23 @@
 """Tests of the one driving decision: every Reason, its severity and the random phase."""
 import math
 
-import numpy as np
 import pytest
-import torch
-from test_input_properties import STRAIGHT, image, odometry, path
+from helpers import STRAIGHT, ConstantRunner, image, odometry, path, random_runner
 
 from av_td3_ros.driving.decision import Decision, DriverInputs, Reason, Severity
 from av_td3_ros.driving.pipeline import DrivingPipeline
 from av_td3_ros.experts.exploration import ExplorationConfig
 from av_td3_ros.policy.checkpoint import PolicySpec
 from av_td3_ros.policy.control import SAFE_STOP
-from av_td3_ros.policy.inference import PolicyRunner
-from av_td3_ros.policy.networks import ActorPolicy
 
 SPEC = PolicySpec()
 NODE_REASONS = {Reason.WAITING_FOR_CAMERA, Reason.CAMERA_STALLED, Reason.INTERNAL_ERROR}
 """Reasons the driver node gives without a frame (watchdog, callback errors)."""
 
 
-class ConstantRunner:
-    """Runner stand-in that returns a fixed action."""
-
-    def __init__(self, action):
-        self.action = np.asarray(action, np.float32)
-
-    def act(self, frames, kinematics):
-        """Return the fixed action."""
-        return self.action.copy()
-
-
 @pytest.fixture(scope='module')
 def runner():
-    torch.manual_seed(0)
-    return PolicyRunner(ActorPolicy(SPEC.network), torch.device('cpu'))
+    return random_runner(0, SPEC)
 
 
 def ready_inputs(runner=None, exploration=None, odometry_timeout=None, require_route=True):

@@ -6,11 +6,9 @@ import math
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped
-from nav_msgs.msg import Odometry
-from nav_msgs.msg import Path as PathMsg
+from helpers import REPO_LAUNCH, is_full_brake, launch_nodes
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes
+from ros_helpers import FakeBridge, odometry_msg, path_msg
 from sensor_msgs.msg import Image
 
 DRIVER_LAUNCH = REPO_LAUNCH / 'driver.launch.xml'
@@ -99,34 +97,6 @@ class Probe(FakeBridge):
         return False
 
 
-def is_full_brake(command):
-    return (command.steer, command.throttle, command.brake) == (0.0, 0.0, 1.0)
-
-
-def path_msg(points):
-    path = PathMsg()
-    path.header.frame_id = 'map'
-    for x, y in points:
-        pose = PoseStamped()
-        pose.pose.position.x, pose.pose.position.y = float(x), float(y)
-        pose.pose.orientation.w = 1.0
-        path.poses.append(pose)
-    return path
-
-
-def odometry_msg(x=0.0, y=0.0, qz=0.0, qw=1.0, vx=5.0, vy=0.0, sec=0, nanosec=0, qx=0.0):
-    odom = Odometry()
-    odom.header.frame_id, odom.child_frame_id = 'map', 'ego_vehicle'
-    odom.header.stamp.sec, odom.header.stamp.nanosec = sec, nanosec
-    odom.pose.pose.position.x, odom.pose.pose.position.y = x, y
-    odom.pose.pose.orientation.x = qx
-    odom.pose.pose.orientation.z, odom.pose.pose.orientation.w = qz, qw
-    odom.twist.twist.linear.x, odom.twist.twist.linear.y = vx, vy
-    return odom
-
-
-GOOD_ROUTE = [(2.0 * i, 0.0) for i in range(100)]
-
 # name -> Image field overrides (each a distinct way a frame can be malformed).
 BAD_FRAMES = {
     'encoding yuv422': dict(encoding='yuv422'),
@@ -189,10 +159,8 @@ BAD_ODOMETRY = {
 
 
 @pytest.fixture
-def probe(rclpy_context):
-    fake = Probe(rclpy_context)
-    yield fake
-    fake.close()
+def probe(make_probe):
+    return make_probe(Probe)
 
 
 @pytest.fixture
@@ -200,7 +168,7 @@ def driver(start_node, tmp_path, probe):
     _, (node,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, use_sim_time='false',
                               allow_random_policy='true', device='cpu')
     assert probe.wait_for_subscriber(probe.image_pub), node.output()
-    probe.route_pub.publish(path_msg(GOOD_ROUTE))
+    probe.publish_route()  # a good route
     assert probe.drives(timeout=60.0), node.output()
     return node
 
@@ -225,7 +193,7 @@ def test_every_bad_input_kind_brakes_with_its_reason_and_the_driver_goes_on(driv
 
     for kind, cases, publish, repair, prefix in (
             ('route', BAD_ROUTES, lambda case: probe.route_pub.publish(path_msg(case)),
-             lambda: probe.route_pub.publish(path_msg(GOOD_ROUTE)), 'bad route'),
+             probe.publish_route, 'bad route'),
             ('odometry', BAD_ODOMETRY, lambda case: probe.odom_pub.publish(odometry_msg(**case)),
              probe.publish_odometry, 'bad odometry')):
         for name, case in cases.items():
@@ -379,7 +347,7 @@ def test_bad_checkpoints_are_refused_naming_the_file_and_driving_goes_on(start_n
                         '-p', 'checkpoint_poll_period:=0.1', '-p', 'device:=cpu',
                         '-p', 'publish_debug:=false')
     assert probe.wait_for_subscriber(probe.image_pub), driver.output()
-    probe.route_pub.publish(path_msg(GOOD_ROUTE))
+    probe.publish_route()  # a good route
     assert probe.drives(timeout=60.0), driver.output()
     cases = bad_checkpoints(policy_path(directory, 1))
     for step, (name, data) in enumerate(cases.items(), start=2):

@@ -1,7 +1,6 @@
 """Tests of the driver's expert and dagger modes in the per-frame pipeline (no ROS)."""
-import numpy as np
 import pytest
-import torch
+from helpers import camera_frame, random_runner, straight_route
 
 from av_td3_ros.driving.decision import Reason
 from av_td3_ros.driving.pipeline import DrivingPipeline
@@ -10,18 +9,14 @@ from av_td3_ros.experts.route_expert import expert_action_from_kinematics
 from av_td3_ros.policy.checkpoint import PolicySpec
 from av_td3_ros.policy.control import action_to_control
 from av_td3_ros.policy.features import Pose2D, kinematic_vector
-from av_td3_ros.policy.inference import PolicyRunner
-from av_td3_ros.policy.networks import ActorPolicy
-from av_td3_ros.policy.preprocessing import ImageView
 
 SPEC = PolicySpec()
-ROUTE = np.stack([np.arange(0.0, 200.0, 2.0), np.zeros(100)], axis=1)
+ROUTE = straight_route(length=198.0)  # 100 points 2 m apart along +x
 POSE = Pose2D(10.0, 1.5, 0.1)
 
 
 def frame(index):
-    data = np.random.default_rng(index).integers(0, 256, 120 * 160 * 4, dtype=np.uint8)
-    return ImageView('bgra8', 120, 160, 160 * 4, data.tobytes())
+    return camera_frame(index, height=120, width=160)
 
 
 def expert_command():
@@ -31,8 +26,7 @@ def expert_command():
 
 @pytest.fixture(scope='module')
 def runner():
-    torch.manual_seed(2)
-    return PolicyRunner(ActorPolicy(SPEC.network), torch.device('cpu'))
+    return random_runner(2, SPEC)
 
 
 def test_expert_mode_drives_without_a_policy():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipped_params
+from helpers import REPO_LAUNCH, bgra_frame, is_full_brake, launch_nodes, shipped_params
 
 from av_td3_ros.policy.checkpoint import PolicySpec, save_policy
 from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
@@ -24,13 +24,6 @@ def start_driver(start_node, tmp_path, **arguments):
     arguments.setdefault('use_sim_time', 'false')
     _, (driver,) = launch_nodes(start_node, tmp_path, DRIVER_LAUNCH, **arguments)
     return driver
-
-
-@pytest.fixture
-def bridge(rclpy_context):
-    fake = FakeBridge(rclpy_context)
-    yield fake
-    fake.close()
 
 
 def test_one_command_per_frame_with_safety_stops(start_node, tmp_path, bridge):
@@ -197,10 +190,6 @@ def test_watchdog_brakes_on_the_steady_clock_with_sim_time_and_no_clock(start_no
     (command,) = bridge.send_frame_and_wait(1)
     assert command.brake < 1.0, 'frames again: driving again'
     assert driver.proc.poll() is None
-
-
-def is_full_brake(command):
-    return (command.steer, command.throttle, command.brake) == (0.0, 0.0, 1.0)
 
 
 def test_frames_at_a_steady_rate_are_warmed_up_for(start_node, bridge):

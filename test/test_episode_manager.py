@@ -1,5 +1,6 @@
 # Test the episode manager's decisions (pure: no ROS): reset sequence, ends, retries.
 import pytest
+from helpers import straight_route
 
 from av_td3_ros.task.episode_rules import (
     EndEpisode,
@@ -15,11 +16,6 @@ from av_td3_ros.task.episode_rules import (
 A = MapPose(0.0, 0.0, 0.5, 0.0)
 B = MapPose(100.0, -50.0, 0.5, 90.0)
 S = 1_000_000_000  # ns per s
-
-
-def straight_route(start, end, n=20):
-    return [(start.x + (end.x - start.x) * i / (n - 1), start.y + (end.y - start.y) * i / (n - 1))
-            for i in range(n)]
 
 
 def started(manager, spawn, goal, stamp_ns, now=0.0):
@@ -57,7 +53,7 @@ def test_a_route_re_planned_to_the_old_goal_is_not_the_new_episode_s():
     started(manager, A, B, 1 * S)
     manager.request_reset(1.0)  # to B, goal A
     assert manager.on_odometry(2 * S, B.x, B.y, 0.0, 1.1) == [SendGoal(A)]
-    assert manager.on_route(straight_route(B, B, n=2), 1.2) == []  # to the old goal B
+    assert manager.on_route(straight_route(B, B, points=2), 1.2) == []  # to the old goal B
     assert manager.on_frame(2 * S, 1.2) == []
     assert manager.on_route(straight_route(B, A), 1.3) == []
     assert manager.on_frame(2 * S, 1.3) == [StartEpisode(2, 2 * S, 1)]

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import straight_route
 
 from av_td3_ros.policy.features import (
     ROUTE_START_HINT,
@@ -14,13 +15,6 @@ from av_td3_ros.policy.features import (
     wrap_angle,
     yaw_from_quaternion,
 )
-
-
-def straight_route(direction=0.0, length=100.0, spacing=2.0, start=(0.0, 0.0)):
-    """Return a straight polyline from `start` heading `direction`, one point per `spacing`."""
-    s = np.arange(0.0, length + 1e-9, spacing)
-    return np.stack([start[0] + s * math.cos(direction), start[1] + s * math.sin(direction)],
-                    axis=1)
 
 
 def quaternion_from_euler(roll, pitch, yaw):
@@ -82,7 +76,7 @@ def test_signed_lateral_deviation_over_3_5(offset):
 
 def test_left_of_route_is_positive_for_any_route_direction():
     for direction in (0.0, math.pi / 2, math.pi, -2.0):
-        route = straight_route(direction)
+        route = straight_route(direction=direction)
         # A point 1 m to the left: rotate the route direction +90 degrees.
         left = (10 * math.cos(direction) - math.sin(direction),
                 10 * math.sin(direction) + math.cos(direction))
@@ -124,7 +118,7 @@ def test_heading_error_over_pi():
     (0.0, -math.pi / 2, -math.pi / 2),
 ])
 def test_heading_error_wraps(route_dir, yaw, expected):
-    route = straight_route(route_dir)
+    route = straight_route(direction=route_dir)
     pose = Pose2D(route[5, 0], route[5, 1], yaw)
     vec, state = kinematic_vector(pose, 5.0, route)
     assert state.heading_error == pytest.approx(expected, abs=1e-9)
@@ -146,7 +140,7 @@ def test_wrap_angle_range():
 # --- waypoints ----------------------------------------------------------------------------------
 
 def test_vehicle_rotated_90_degrees_sees_route_along_y_straight_ahead():
-    route = straight_route(math.pi / 2, length=60.0)  # (0, 0), (0, 2), ... (0, 60)
+    route = straight_route(direction=math.pi / 2, length=60.0)  # (0, 0), (0, 2), ... (0, 60)
     vec, state = kinematic_vector(Pose2D(0.0, 1.0, math.pi / 2), 5.0, route)
     assert state.segment == 0
     points = vec[3:].reshape(25, 2) * 50.0

@@ -4,6 +4,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import camera_frame
 
 from av_td3_ros.driving.decision import Reason
 from av_td3_ros.driving.hot_reload import PolicyReloader, Poll, random_policy
@@ -12,7 +13,6 @@ from av_td3_ros.policy.checkpoint import CheckpointError, PolicySpec, policy_pat
 from av_td3_ros.policy.features import Pose2D
 from av_td3_ros.policy.inference import PolicyRunner
 from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.policy.preprocessing import ImageView
 
 SPEC = PolicySpec()
 CPU = torch.device('cpu')
@@ -30,8 +30,7 @@ def make_runner(policy):
 
 
 def frame(index=0):
-    data = np.random.default_rng(index).integers(0, 256, 40 * 30 * 4, np.uint8).tobytes()
-    return ImageView('bgra8', 30, 40, 40 * 4, data)
+    return camera_frame(index, height=30, width=40)
 
 
 class Events:

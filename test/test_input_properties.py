@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import CHANNELS, STRAIGHT, image, odometry, path, random_runner, stamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,10 +22,7 @@ from av_td3_ros.policy.features import (
     odometry_problem,
     route_problem,
 )
-from av_td3_ros.policy.inference import PolicyRunner
-from av_td3_ros.policy.networks import ActorPolicy
 
-CHANNELS = {'bgra8': 4, 'bgr8': 3, 'rgba8': 4, 'rgb8': 3, 'mono8': 1}
 PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                              suppress_health_check=[HealthCheck.too_slow,
                                                     HealthCheck.function_scoped_fixture])
@@ -34,44 +32,10 @@ plain_float = st.floats(-1e3, 1e3, allow_nan=False)
 coordinate = st.one_of(plain_float, any_float, st.sampled_from([1e7, -1e7, 1.0000001e7]))
 
 
-def stamp(sec=0, nanosec=0):
-    return SimpleNamespace(sec=sec, nanosec=nanosec)
-
-
-def odometry(x=0.0, y=0.0, qx=0.0, qy=0.0, qz=0.0, qw=1.0, vx=5.0, vy=0.0, vz=0.0, sec=0,
-             nanosec=0):
-    """Return an object with nav_msgs/Odometry's field names (the core reads by name)."""
-    vector = SimpleNamespace
-    return SimpleNamespace(
-        header=SimpleNamespace(stamp=stamp(sec, nanosec)),
-        pose=vector(pose=vector(position=vector(x=x, y=y, z=0.0),
-                                orientation=vector(x=qx, y=qy, z=qz, w=qw))),
-        twist=vector(twist=vector(linear=vector(x=vx, y=vy, z=vz))))
-
-
-def path(points):
-    """Return an object with nav_msgs/Path's field names."""
-    return SimpleNamespace(poses=[SimpleNamespace(pose=SimpleNamespace(
-        position=SimpleNamespace(x=float(x), y=float(y), z=0.0))) for x, y in points])
-
-
-def image(encoding='bgra8', height=12, width=16, step=None, data=None, sec=1, nanosec=0):
-    """Return an object with sensor_msgs/Image's field names (good unless overridden)."""
-    step = width * CHANNELS.get(encoding, 4) if step is None else step
-    data = bytes(range(256)) * (height * step // 256 + 1) if data is None else data
-    return SimpleNamespace(header=SimpleNamespace(stamp=stamp(sec, nanosec)),
-                           encoding=encoding, height=height, width=width, step=step,
-                           data=data[:height * step] if data is not None else data)
-
-
-STRAIGHT = [(2.0 * i, 0.0) for i in range(30)]
-
-
 @pytest.fixture(scope='module')
 def runner():
     torch.set_num_threads(1)  # as the driver: one inference thread
-    torch.manual_seed(0)
-    return PolicyRunner(ActorPolicy(PolicySpec().network), torch.device('cpu'))
+    return random_runner(0)
 
 
 def fresh_inputs(runner):

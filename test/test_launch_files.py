@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO_LAUNCH, launch_nodes, shipped_params
 from rcl_interfaces.srv import GetParameters
-from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes, shipped_params
+from ros_helpers import FakeBridge
 
 from av_td3_ros.tools.launch_runner import LaunchError, executable_module, parse_launch_file
 

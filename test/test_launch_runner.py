@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_helpers import REPO_LAUNCH
+from helpers import REPO_LAUNCH
 
 from av_td3_ros.tools.launch_runner import LaunchError, _to_param_value, parse_launch_file
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import ConstantRunner, camera_frame, straight_route
 
 from av_td3_ros.driving.decision import Reason
 from av_td3_ros.driving.pipeline import DrivingPipeline
@@ -17,7 +18,7 @@ from av_td3_ros.policy.preprocessing import FrameStack, ImageFormatError, ImageV
 
 SPEC = PolicySpec()
 CPU = torch.device('cpu')
-ROUTE = np.stack([np.arange(0.0, 200.0, 2.0), np.zeros(100)], axis=1)
+ROUTE = straight_route(length=198.0)  # 100 points 2 m apart along +x
 
 
 @pytest.fixture(scope='module')
@@ -32,29 +33,8 @@ def runner(policy):
     return PolicyRunner(policy, CPU)
 
 
-def camera_frame(index, height=150, width=200, encoding='bgra8'):
-    """Return a deterministic random camera frame as an ImageView."""
-    channels = 4 if encoding.endswith('a8') else 3
-    rng = np.random.default_rng(index)
-    data = rng.integers(0, 256, height * width * channels, dtype=np.uint8).tobytes()
-    return ImageView(encoding, height, width, width * channels, data)
-
-
 def pose(index):
     return Pose2D(x=2.0 * index + 1.0, y=0.3 * math.sin(index), yaw=0.05 * index)
-
-
-class ConstantRunner:
-    """Runner stand-in that returns a fixed action and counts its calls."""
-
-    def __init__(self, action):
-        self.action = np.asarray(action, np.float32)
-        self.calls = 0
-
-    def act(self, frames, kinematics):
-        """Return the fixed action."""
-        self.calls += 1
-        return self.action.copy()
 
 
 def assert_valid_command(command):

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from ros_helpers import REPO_LAUNCH, FakeBridge, launch_nodes, shipped_params
+from helpers import REPO_LAUNCH, launch_nodes, trainer_params
+from ros_helpers import FakeBridge
 from std_msgs.msg import UInt8MultiArray
 
 from av_td3_ros.nodes.policy_topic import POLICY_QOS, policy_message, read_policy_message
@@ -76,11 +77,6 @@ def test_message_round_trip_and_size_check():
 
 # --- trainer process -> driver process --------------------------------------------------------
 
-def trainer_params(tmp_path):
-    return shipped_params(tmp_path, 'trainer', buffer_capacity=200, batch_size=8,
-                          torch_threads=1, tensorboard=False, policy_topic=TOPIC)
-
-
 def loaded_steps(driver):
     return [int(step) for step in
             re.findall(r'loaded received_\d+_step_(\d+)\.safetensors', driver.output())]
@@ -91,7 +87,9 @@ def test_trainer_policies_reach_a_driver_over_dds(start_node, start_tool, tmp_pa
                                                   rclpy_context):
     run_dir = tmp_path / 'run'
     trainer = start_node('av_td3_ros.nodes.trainer', '--params-file',
-                         str(trainer_params(tmp_path)), '-p', f'run_dir:={run_dir}',
+                         str(trainer_params(tmp_path, buffer_capacity=200, tensorboard=False,
+                                            policy_topic=TOPIC)),
+                         '-p', f'run_dir:={run_dir}',
                          '-p', 'device:=cpu', '-p', 'use_sim_time:=false', name='trainer')
     # The trainer writes (and so publishes) its initial policy as step 0 when it starts; the
     # driver starts after that and still gets it (transient local), with no checkpoint path.

@@ -1,16 +1,11 @@
 # Test that every rviz display in config/av_td3.rviz shows a topic our nodes publish, with the
 # type the display expects (simulator + driver running over real DDS).
-import time
-from pathlib import Path
-
 import yaml
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from helpers import REPO, REPO_LAUNCH, launch_nodes
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import REPO_LAUNCH, launch_nodes
+from ros_helpers import SpinningNode
 from sensor_msgs.msg import Image
 
-REPO = Path(__file__).resolve().parents[1]
 DISPLAY_TYPES = {
     'rviz_default_plugins/Image': 'sensor_msgs/msg/Image',
     'rviz_default_plugins/MarkerArray': 'visualization_msgs/msg/MarkerArray',
@@ -30,43 +25,32 @@ def rviz_topics():
     return topics
 
 
-def test_rviz_config_names_existing_topics(start_node, tmp_path, rclpy_context):
+def test_rviz_config_names_existing_topics(start_node, tmp_path, make_probe):
     expected = rviz_topics()
     assert len(expected) >= 5
     launch_nodes(start_node, tmp_path, REPO_LAUNCH / 'sim_drive.launch.xml',
                  allow_random_policy='true', device='cpu')
     # A bare node (no publishers of its own) so only the launched nodes can satisfy the check.
-    node = Node('rviz_check', context=rclpy_context)
-    executor = SingleThreadedExecutor(context=rclpy_context)
-    executor.add_node(node)
-
-    def spin_until(predicate, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not predicate():
-            executor.spin_once(timeout_sec=0.05)
-        return predicate()
-
+    probe = make_probe(SpinningNode, 'rviz_check')
+    node, spin_until = probe.node, probe.spin_until
     stacks = []
     node.create_subscription(
         Image, '/ego_vehicle/driver/debug/frame_stack', stacks.append,
         QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-    try:
-        def published():
-            graph = dict(node.get_topic_names_and_types())
-            return all(topic in graph and node.count_publishers(topic) > 0
-                       for topic in expected)
 
-        assert spin_until(published, timeout=60.0), (
-            sorted(expected), dict(node.get_topic_names_and_types()))
+    def published():
         graph = dict(node.get_topic_names_and_types())
-        for topic, type_name in expected.items():
-            assert type_name in graph[topic], (topic, graph[topic])
-        # The debug stack is really published (4 frames of 84x84 side by side, mono8).
-        assert spin_until(lambda: stacks, timeout=30.0)
-        assert (stacks[0].encoding, stacks[0].height, stacks[0].width) == ('mono8', 84, 336)
-    finally:
-        executor.shutdown()
-        node.destroy_node()
+        return all(topic in graph and node.count_publishers(topic) > 0
+                   for topic in expected)
+
+    assert spin_until(published, timeout=60.0), (
+        sorted(expected), dict(node.get_topic_names_and_types()))
+    graph = dict(node.get_topic_names_and_types())
+    for topic, type_name in expected.items():
+        assert type_name in graph[topic], (topic, graph[topic])
+    # The debug stack is really published (4 frames of 84x84 side by side, mono8).
+    assert spin_until(lambda: stacks, timeout=30.0)
+    assert (stacks[0].encoding, stacks[0].height, stacks[0].width) == ('mono8', 84, 336)
 
 
 def test_rviz_window_and_view_settings():

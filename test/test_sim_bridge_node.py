@@ -1,6 +1,5 @@
 """Tests of the sim_bridge node over real DDS: topics, synchronous stepping, timeout, reset."""
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +8,8 @@ from carla_msgs.msg import CarlaEgoVehicleControl, CarlaEgoVehicleStatus, CarlaS
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rclpy.duration import Duration
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_helpers import SpinningNode
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float32, Header, String
@@ -33,14 +31,14 @@ def _ns(stamp):
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
-class Probe:
+class Probe(SpinningNode):
     """An in-process node recording everything the bridge publishes for ego_vehicle."""
+
+    spin_timeout, spin_period = 15.0, 0.05
 
     def __init__(self, context):
         """Subscribe to every bridge topic and create the command publisher."""
-        self.node = Node('sim_bridge_probe', context=context)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
+        super().__init__(context, 'sim_bridge_probe')
         self.msgs = {}
         prefix = '/carla/ego_vehicle'
         topics = [
@@ -65,15 +63,6 @@ class Probe:
     def __getitem__(self, topic):
         """Return the messages received on `topic` so far."""
         return self.msgs[topic]
-
-    def spin_until(self, condition, timeout=15.0):
-        """Spin until `condition()` holds; return whether it did before the deadline."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            self.executor.spin_once(timeout_sec=0.05)
-        return condition()
 
     def wait_connected(self):
         """Wait until the bridge sees our command publisher and publishes to our image sub.
@@ -122,18 +111,11 @@ class Probe:
             f'no complete tick with throttle {throttle}'
         return stamp()
 
-    def close(self):
-        """Destroy the probe node."""
-        self.executor.remove_node(self.node)
-        self.node.destroy_node()
-
 
 @pytest.fixture
-def probe(rclpy_context):
-    """Yield a Probe in the test's ROS domain."""
-    p = Probe(rclpy_context)
-    yield p
-    p.close()
+def probe(make_probe):
+    """Return a Probe in the test's ROS domain."""
+    return make_probe(Probe)
 
 
 def test_topics_and_one_tick_per_command(start_node, probe):

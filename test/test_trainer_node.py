@@ -6,10 +6,9 @@ import re
 import numpy as np
 import pytest
 from carla_msgs.msg import CarlaCollisionEvent
-from geometry_msgs.msg import PoseStamped
+from helpers import REPO_LAUNCH, SMALL_TRAINER, bgra_frame, launch_nodes, trainer_params
 from nav_msgs.msg import Odometry
-from nav_msgs.msg import Path as PathMsg
-from ros_helpers import REPO_LAUNCH, FakeBridge, bgra_frame, launch_nodes, shipped_params
+from ros_helpers import FakeBridge, path_msg
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -17,17 +16,10 @@ from av_td3_ros.learning.replay_buffer import ReplayBuffer
 from av_td3_ros.policy.checkpoint import PolicySpec, latest_policy, load_policy, save_policy
 from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 
-CAPACITY = 500
+CAPACITY = SMALL_TRAINER['buffer_capacity']  # what trainer_params() gives
 # The trainer saves its policy, training state and buffer on SIGINT: on a busy machine that
 # can take longer than the default 10 s before the SIGKILL that would fail the test.
 TRAINER_STOP_S = 60.0
-
-
-def trainer_params(tmp_path, **overrides):
-    small = dict(buffer_capacity=CAPACITY, batch_size=8, checkpoint_every=4, state_every=4,
-                 keep_checkpoints=2, log_period=1.0, health_every=4, torch_threads=1,
-                 updates_per_step=1.0, tensorboard=True)
-    return shipped_params(tmp_path, 'trainer', **{**small, **overrides})
 
 
 def wait_until_matched(bridge, expected, timeout=60.0):
@@ -276,17 +268,6 @@ def refused_count(trainer):
     """Return the trainer's newest count of refused routes/odometry/commands (0 before any)."""
     counts = re.findall(r'refused routes/odometry/commands (\d+)', trainer.output())
     return int(counts[-1]) if counts else 0
-
-
-def path_msg(points):
-    path = PathMsg()
-    path.header.frame_id = 'map'
-    for x, y in points:
-        pose = PoseStamped()
-        pose.pose.position.x, pose.pose.position.y = float(x), float(y)
-        pose.pose.orientation.w = 1.0
-        path.poses.append(pose)
-    return path
 
 
 @pytest.mark.slow

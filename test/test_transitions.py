@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import straight_route
 
 from av_td3_ros.policy.features import Pose2D
 from av_td3_ros.task.reward import (
@@ -24,7 +25,7 @@ from av_td3_ros.task.transitions import (
     TransitionAssembler,
 )
 
-ROUTE = np.stack([np.arange(200) * 2.0, np.zeros(200)], axis=1)
+ROUTE = straight_route(length=398.0)  # 200 points 2 m apart along +x
 MS = 1_000_000
 
 
