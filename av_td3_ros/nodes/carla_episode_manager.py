@@ -1,19 +1,13 @@
 """carla_episode_manager: the episode-reset interface for CARLA, through the ROS bridge.
 
 Offers `/av_td3/<role>/reset_episode` (std_srvs/Trigger) and publishes
-`/av_td3/<role>/episode_start` / `episode_end` (README: Episode reset interface), using only
-what carla-simulator/ros-bridge offers:
-
-* `/carla/<role>/<control_id>/set_transform` (geometry_msgs/Pose) and `set_target_velocity`
-  (geometry_msgs/Twist): the `actor.pseudo.control` pseudo-actor, declared under the vehicle
-  in the carla_spawn_objects objects file (config/carla_objects.json), teleports the car;
-* `/carla/<role>/goal` (geometry_msgs/PoseStamped): carla_waypoint_publisher plans a new route;
-* `/carla/<role>/odometry`, `/carla/<role>/waypoints` (latched) and the camera's
-  `camera_info` (same stamp as each image, and small) tell it when the reset has happened.
-
-Spawn points (map frame: x, y, z, yaw in degrees) come from `spawn_points` (a flat list of
-numbers), `spawn_points_file` (YAML with `spawn_points:` and optional `goals:` lists), or, with
-neither, the car's pose when the manager starts. The decisions live in `sim/episode_manager.py`.
+`/av_td3/<role>/episode_start` / `episode_end`, using only what carla-simulator/ros-bridge
+offers (docs/carla.md): the `actor.pseudo.control` pseudo-actor's `set_transform` and
+`set_target_velocity` teleport the car, `/carla/<role>/goal` has carla_waypoint_publisher plan
+a new route, and odometry, the latched waypoints and the camera's `camera_info` (same stamp as
+each image, and small) tell when the reset has happened. Spawn points come from `spawn_points`,
+`spawn_points_file` or, with neither, the car's pose at start. The decisions live in
+`task/episode_rules.py`.
 """
 from __future__ import annotations
 

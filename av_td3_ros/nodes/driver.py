@@ -83,23 +83,22 @@ class DriverNode(Node):
     def __init__(self):
         """Read parameters, load the policy (or refuse to drive) and wire the topics."""
         super().__init__('driver')
-        self.config = read_config(self)
-        torch.set_num_threads(self.config.torch_threads)
+        self.config = cfg = read_config(self)
+        torch.set_num_threads(cfg.torch_threads)
         try:
-            self.device = resolve_device(self.config.device)
+            self.device = resolve_device(cfg.device)
         except ValueError as error:
             self.get_logger().error(f'{error}; running on CPU')
             self.device = resolve_device('cpu')
-        self.precision = ('tf32 allowed' if self.config.allow_tf32 and self.device.type == 'cuda'
+        self.precision = ('tf32 allowed' if cfg.allow_tf32 and self.device.type == 'cuda'
                           else 'float32')
-        self.pipeline = DrivingPipeline(self.config.spec, None, self.config.exploration)
-        self.backend = self.config.backend  # the one in use once a policy is loaded
+        self.pipeline = DrivingPipeline(cfg.spec, None, cfg.exploration)
+        self.backend = cfg.backend  # the one in use once a policy is loaded
         self.status = 'no policy'
-        self.reloader = PolicyReloader(self.config.spec, self._runner_for,
-                                       self.config.checkpoint, on_ready=self._on_policy_ready,
+        self.reloader = PolicyReloader(cfg.spec, self._runner_for, cfg.checkpoint,
+                                       on_ready=self._on_policy_ready,
                                        on_refused=self._on_policy_refused)
-        self.inputs = DriverInputs(self.pipeline, self.config.odometry_timeout,
-                                   self.config.require_route)
+        self.inputs = DriverInputs(self.pipeline, cfg.odometry_timeout, cfg.require_route)
         self._stalled = False
         self.processed = RateMeter()
         self.stage_meters = {}  # stage name -> RateMeter of its cost in ms
@@ -117,22 +116,21 @@ class DriverNode(Node):
         self._load_initial_policy()
         # Deep enough that a trainer busy for a moment still gets every command (it pairs
         # each frame with its command); commands are 100 bytes.
-        self.control_pub = self.create_publisher(CarlaEgoVehicleControl,
-                                                 self.config.control_topic, reliable(100))
-        camera_qos = (reliable(1) if self.config.camera_reliable else
+        self.control_pub = self.create_publisher(CarlaEgoVehicleControl, cfg.control_topic,
+                                                 reliable(100))
+        camera_qos = (reliable(1) if cfg.camera_reliable else
                       QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability))
-        self.create_subscription(Odometry, self.config.odometry_topic,
-                                 self._guard(self.on_odometry), 10)
-        self.create_subscription(PathMsg, self.config.route_topic, self._guard(self.on_route),
-                                 reliable(1, latched=self.config.route_transient_local))
-        self.create_subscription(Header, self.config.episode_start_topic,
+        self.create_subscription(Odometry, cfg.odometry_topic, self._guard(self.on_odometry), 10)
+        self.create_subscription(PathMsg, cfg.route_topic, self._guard(self.on_route),
+                                 reliable(1, latched=cfg.route_transient_local))
+        self.create_subscription(Header, cfg.episode_start_topic,
                                  self._guard(self.on_episode_start), 10)
         # Created last: when a frame and its tick's odometry wait together, the executor
         # serves the earlier-created subscriptions first, so the frame sees that odometry.
         self.camera_sub = self.create_subscription(
-            Image, self.config.camera_topic,
-            self._guard(self.on_image, on_error=self._brake_after_error), camera_qos)
-        if self.config.publish_debug:
+            Image, cfg.camera_topic, self._guard(self.on_image, self._brake_after_error),
+            camera_qos)
+        if cfg.publish_debug:
             self.debug_pub = self.create_publisher(Image, '~/debug/frame_stack', 1)
             self.marker_pub = self.create_publisher(MarkerArray, '~/debug/control_markers', 1)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -141,26 +139,25 @@ class DriverNode(Node):
         # Timers on the steady clock: with use_sim_time they would stop with /clock, i.e.
         # exactly when the simulator died and the brake and the diagnostics matter most.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(self.config.diagnostics_period,
-                          self._guard(self.publish_diagnostics), clock=steady)
-        if self.config.checkpoint and self.config.checkpoint_poll_period > 0.0:
-            self.create_timer(self.config.checkpoint_poll_period,
-                              self._guard(self.poll_checkpoint), clock=steady)
+        self.create_timer(cfg.diagnostics_period, self._guard(self.publish_diagnostics),
+                          clock=steady)
+        if cfg.checkpoint and cfg.checkpoint_poll_period > 0.0:
+            self.create_timer(cfg.checkpoint_poll_period, self._guard(self.poll_checkpoint),
+                              clock=steady)
         # One-shot (cancelled when it fires), restarted by each frame: see _schedule_warm_up.
-        self.pacer = FramePacer(self.config.warm_up_lead)
+        self.pacer = FramePacer(cfg.warm_up_lead)
         self.warm_ups = 0
         self._warm_timer = self.create_timer(1.0, self._guard(self.on_warm_up), clock=steady,
                                              autostart=False)
-        self.watchdog = StallWatchdog(self.config.frame_timeout, self.config.stop_repeat_period,
-                                      self.on_stall, self._on_watchdog_error)
+        self.watchdog = StallWatchdog(cfg.frame_timeout, cfg.stop_repeat_period, self.on_stall,
+                                      self._on_watchdog_error)
         self.watchdog.start()
-        if self.config.policy_topic:  # each received policy goes through the file loader
-            self.policy_receiver = PolicyReceiver(self, self.config.policy_topic,
-                                                  self.reloader.load)
+        if cfg.policy_topic:  # each received policy goes through the file loader
+            self.policy_receiver = PolicyReceiver(self, cfg.policy_topic, self.reloader.load)
         self.get_logger().info(
-            f'driving {self.config.role_name}: camera {self.config.camera_topic} -> '
-            f'{self.config.control_topic} on {self.device} ({self.precision}), mode '
-            f'{self.config.exploration.mode}, status: {self.status}')
+            f'driving {cfg.role_name}: camera {cfg.camera_topic} -> {cfg.control_topic} on '
+            f'{self.device} ({self.precision}), mode {cfg.exploration.mode}, status: '
+            f'{self.status}')
 
     # ----------------------------------------------------------------- policy loading
     def _load_initial_policy(self):

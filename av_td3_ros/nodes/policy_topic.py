@@ -1,16 +1,10 @@
 """Policies over DDS: the trainer publishes each new policy, drivers anywhere load it.
 
-Topic (default `/av_td3/policy`): std_msgs/UInt8MultiArray, `data` = the policy checkpoint
-file's bytes (safetensors), `layout.dim[0].label` = `av_td3_policy step=<updates>`.
-Reliable, transient local, keep last 1: a driver that starts later, or on another machine,
-gets the newest policy at once, without sharing the checkpoint directory.
-
-A driver with `policy_topic` set stores each received policy as a file (`PolicyInbox`) and
-hands the path to its checkpoint loader on a worker thread; the new policy is swapped in
-between two frames like a hot-reloaded checkpoint file.
-
-`publish_policy <file> [--topic T]` publishes a policy file and keeps it available until
-Ctrl-C (e.g. to push one policy to several drivers).
+Topic (default `/av_td3/policy`): std_msgs/UInt8MultiArray, `data` = the policy file's bytes
+(safetensors), `layout.dim[0].label` = `av_td3_policy step=<updates>`; latched, so a driver
+that starts later, or on another machine, gets the newest policy at once. A driver stores each
+one as a file (`PolicyInbox`) and loads it like a hot-reloaded checkpoint, between two frames.
+`publish_policy <file> [--topic T]` publishes one file and keeps it available until Ctrl-C.
 """
 from __future__ import annotations
 

@@ -1,21 +1,11 @@
 """Trainer node: experience from the ROS graph -> replay buffer -> TD3 updates -> checkpoints.
 
-Per vehicle (role name) it subscribes to the camera, odometry, route, the command the driver
-sent (or vehicle_status.control), collision and lane-invasion events and the episode topics,
-pairs them into transitions with `TransitionAssembler`, and hands them to the ROS-free
-`Learner` (learning/learner.py), which owns the replay buffer, the schedule (BC pretraining,
-TD3 updates), checkpoints and the training state. Its updates run in a worker thread, so
-camera callbacks are never blocked; every `checkpoint_every` updates a policy file lands
-atomically in run_dir/checkpoints, where drivers pick it up (and `policy_topic` carries
-it). Episodes the trainer ends (collision, lateral deviation, route completed, step limit)
-are reset through /av_td3/<role>/reset_episode.
-
-No message ends the process: every subscription and timer callback is wrapped by
-`guard_callback` (an exception is logged, throttled, with the message, and the node goes on);
-unusable routes and odometry are refused on arrival and logged. At start-up the temp files of
-writers killed mid-write are removed (the replay buffer's lock makes this process the run
-directory's only writer), and a policy file name is never rewritten: a trainer resumed from an
-older state keeps the `policy_<step>` files a previous run wrote and writes new names only.
+Per vehicle (role name) a `VehicleFeed` subscribes to the camera, odometry, route, the command
+the driver sent (or vehicle_status.control), collision and lane-invasion events and the
+episode topics, and pairs them into transitions (`TransitionAssembler`). The ROS-free
+`Learner` (learning/learner.py) stores them and runs the updates in a worker thread, so
+callbacks are never blocked. Episodes the trainer ends (collision, lateral deviation, route
+completed, step limit) are reset through /av_td3/<role>/reset_episode.
 """
 from __future__ import annotations
 
