@@ -52,19 +52,17 @@ def _where(error: BaseException) -> str:
 class GuardedCallback:
     """`callback` wrapped so that no Exception from it reaches rclpy.spin.
 
-    Each failure is logged on `node`'s logger (at most once per `log_period` seconds, with
+    Each failure is logged on `node`'s logger (at most once per `LOG_PERIOD_S`, with
     the message that caused it and where it was raised) and then `on_error(msg)` is called
     with the message (None for a timer). Use it for every subscription, timer and service
     callback; `errors` counts the failures for diagnostics.
     """
 
-    def __init__(self, node, callback: Callable, on_error: Callable | None = None,
-                 log_period: float = LOG_PERIOD_S):
+    def __init__(self, node, callback: Callable, on_error: Callable | None = None):
         """Wrap `callback` of `node`."""
         self.node = node
         self.callback = callback
         self.on_error = on_error
-        self.log_period = log_period
         self.name = getattr(callback, '__name__', repr(callback))
         self.errors = 0
         """Exceptions caught so far."""
@@ -96,7 +94,7 @@ class GuardedCallback:
         self.errors += 1
         self.last_error = f'{type(error).__name__}: {error}'[:300]
         now = time.monotonic()
-        if self._logged_at is not None and now - self._logged_at < self.log_period:
+        if self._logged_at is not None and now - self._logged_at < LOG_PERIOD_S:
             self._unlogged += 1
             return
         suppressed = (f' ({self._unlogged} more since the last report)'

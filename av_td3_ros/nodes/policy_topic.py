@@ -82,7 +82,7 @@ class PolicyBroadcaster:
 class PolicyReceiver:
     """Receive policies on the policy topic and hand each new one to a loader (the driver)."""
 
-    def __init__(self, node: Node, topic: str, load: Callable[[Path], None], keep: int = 3):
+    def __init__(self, node: Node, topic: str, load: Callable[[Path], None]):
         """Subscribe to `topic`; call `load(path)` on a worker thread for each new policy.
 
         Only the newest waiting policy is loaded: one that arrives while another loads
@@ -92,14 +92,13 @@ class PolicyReceiver:
         self.topic = topic
         self.load = load
         self._directory = tempfile.TemporaryDirectory(prefix='av_td3_received_policies_')
-        self.inbox = PolicyInbox(self._directory.name, keep=keep)
+        self.inbox = PolicyInbox(self._directory.name, keep=3)
         self._newest: Path | None = None
         self._wake = threading.Condition()
-        self._closed = False
         self._worker = threading.Thread(target=self._work, daemon=True,
                                         name='policy_receiver')
         self._worker.start()
-        self.subscription = node.create_subscription(
+        node.create_subscription(
             UInt8MultiArray, topic, guard_callback(node, self.on_message), POLICY_QOS)
 
     def on_message(self, msg: UInt8MultiArray):
@@ -121,23 +120,13 @@ class PolicyReceiver:
     def _work(self):
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._newest is not None or self._closed)
-                if self._closed:
-                    return
+                self._wake.wait_for(lambda: self._newest is not None)
                 path, self._newest = self._newest, None
             try:
                 self.load(path)
             except Exception as error:  # a loader bug must not end the driver
                 self.node.get_logger().error(f'loading received policy {path.name} failed: '
                                              f'{error!r}')
-
-    def close(self):
-        """Stop the worker and delete the received files."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        self._worker.join(timeout=10.0)
-        self._directory.cleanup()
 
 
 class PolicyPublisherNode(Node):

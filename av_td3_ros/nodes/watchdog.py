@@ -25,8 +25,7 @@ class StallWatchdog:
 
     def __init__(self, timeout: float, repeat_period: float,
                  on_stall: Callable[[float | None], None],
-                 on_error: Callable[[Exception], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 on_error: Callable[[Exception], None] | None = None):
         """Prepare the watchdog; `start()` runs it."""
         if timeout <= 0.0 or repeat_period <= 0.0:
             raise ValueError(f'timeout and repeat_period must be > 0, got {timeout} and '
@@ -35,7 +34,6 @@ class StallWatchdog:
         self.repeat_period = repeat_period
         self.on_stall = on_stall
         self.on_error = on_error
-        self.clock = clock
         self.last_feed: float | None = None
         self.stalls = 0
         """on_stall calls so far."""
@@ -56,14 +54,14 @@ class StallWatchdog:
 
     def feed(self):
         """Record that a frame arrived now."""
-        self.last_feed = self.clock()
+        self.last_feed = time.monotonic()
         self._wake.set()
 
     def _run(self):
         next_repeat = None  # when the next repeated on_stall is due while stalled
         while not self._stop.is_set():
             self._wake.clear()
-            now = self.clock()
+            now = time.monotonic()
             last = self.last_feed
             if last is not None and now < last + self.timeout:
                 next_repeat = None
@@ -77,7 +75,7 @@ class StallWatchdog:
                 next_repeat = due + self.repeat_period
                 if next_repeat <= now:
                     next_repeat = now + self.repeat_period
-            self._wake.wait(max(next_repeat - self.clock(), 0.0))
+            self._wake.wait(max(next_repeat - time.monotonic(), 0.0))
 
     def _fire(self, silent_for: float | None):
         self.stalls += 1
