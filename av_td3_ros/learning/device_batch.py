@@ -48,10 +48,7 @@ def frames_to_float(frames: torch.Tensor, scale: str = 'zero_centered',
 
 
 def to_device(value, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Return `value` (array, tensor or sequence) as a tensor on `device`, cast to `dtype`.
-
-    uint8 tensors keep their type: frames are scaled by `frames_to_float`, nowhere else.
-    """
+    """Return `value` as a tensor on `device`, cast to `dtype` (uint8 frames stay uint8)."""
     tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     if dtype is not None and tensor.dtype != dtype and tensor.dtype != torch.uint8:
         tensor = tensor.to(dtype)

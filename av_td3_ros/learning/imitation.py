@@ -202,9 +202,7 @@ def bc_step(policy: ActorPolicy, optimizer: torch.optim.Optimizer, frames: torch
             kinematics: torch.Tensor, labels: torch.Tensor, bf16: bool = False) -> float:
     """Run one behaviour-cloning step (MSE to `labels`) and return the loss.
 
-    With `bf16` the forward and backward passes run under bfloat16 autocast on channels_last
-    frames (oneDNN's fast layout; see `use_fast_layout`); the weights, Adam's state and the
-    loss stay float32.
+    With `bf16`: bfloat16 autocast on channels_last frames; weights and loss stay float32.
     """
     if bf16:
         frames = frames.contiguous(memory_format=torch.channels_last)
@@ -218,10 +216,7 @@ def bc_step(policy: ActorPolicy, optimizer: torch.optim.Optimizer, frames: torch
 
 
 def use_fast_layout(policy: ActorPolicy):
-    """Store the policy's CNN weights channels_last, the layout bf16 `bc_step`s run fastest in.
-
-    Only the memory layout changes; values, names and saved files stay the same.
-    """
+    """Store the policy's CNN weights channels_last for bf16 `bc_step`s (values unchanged)."""
     policy.cnn.to(memory_format=torch.channels_last)
 
 

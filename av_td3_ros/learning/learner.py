@@ -183,10 +183,7 @@ class Learner:
         self.run.write_state(self.agent.state_tensors(), counters, returns, self.start_policy)
 
     def save_policy(self) -> bool:
-        """Write the current policy where drivers look for it and prune old ones.
-
-        A `policy_<step>` that exists is kept (return False): see `RunDirectory.save_policy`.
-        """
+        """Write the current policy where drivers look for it (False: kept) and prune."""
         return self.run.save_policy(self.agent.policy_state(), self.updates,
                                     self.on_policy_saved)
 
@@ -256,10 +253,7 @@ class Learner:
         return batch, returns
 
     def labels(self, batch: Batch) -> np.ndarray:
-        """Return the route expert's action for each sampled transition's stored kinematics.
-
-        BC pretraining always clones the expert; `bc_labels` is the TD3+BC term's choice.
-        """
+        """Return the route expert's action for each sampled transition's stored kinematics."""
         return expert_actions(batch.obs_vec, self.config.spec.features)
 
     def bc_loss(self, limit: int = 4096, chunk: int = 256) -> float:
@@ -317,11 +311,7 @@ class Learner:
             return self.start_policy(prepared.obs, prepared.obs_vec)
 
     def td3_step(self) -> dict[str, torch.Tensor]:
-        """Run one TD3 (or TD3+BC) update on a sampled batch.
-
-        During the critic warm-up the critic's targets are the finished episodes' Monte Carlo
-        returns where known.
-        """
+        """Run one TD3 (or TD3+BC) update (Monte Carlo targets in the critic warm-up)."""
         config = self.config
         monte_carlo = self.agent.total_updates < config.td3.critic_warmup_updates
         start = time.perf_counter()

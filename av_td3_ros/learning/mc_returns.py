@@ -14,11 +14,8 @@ import numpy as np
 class MonteCarloReturns:
     """Discounted returns-to-go of every transition of finished episodes.
 
-    Feed each stored transition with `add(index, reward, stream)` (the replay buffer's record
-    index) and call `finish(stream)` when that stream's episode ends; `lookup(indices)` then
-    gives the returns (NaN for records of open episodes or overwritten slots). The tail after
-    an episode's last step counts as 0: exact for a terminal end, an underestimate for a
-    truncation.
+    `add` each stored transition by buffer record index, `finish` the episode, then `lookup`
+    (NaN for open episodes or overwritten slots). The tail after the last step counts as 0.
     """
 
     def __init__(self, slots: int, gamma: float):

@@ -42,10 +42,9 @@ def input_topics(camera_topic: str, control_source: str, role: str) -> dict[str,
 
 
 class MessageFeed:
-    """Turn one vehicle's messages, by input kind, into assembler calls.
+    """Turn one vehicle's messages, by input kind, into assembler calls (never raising).
 
-    `feed` returns None, or a sentence saying why the message was refused (the caller logs
-    or counts it; nothing here raises on bad input).
+    `feed` returns None, or a sentence saying why the message was refused.
     """
 
     def __init__(self, assembler: TransitionAssembler, image_size: int):

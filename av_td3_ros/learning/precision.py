@@ -30,8 +30,6 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def autocast(device: torch.device, precision: str):
     """Return the context that runs network passes in `precision` ('bf16' or 'fp32').
 
-    Autocast keeps float32 master weights and casts them to bfloat16 per op, so gradients
-    reach the float32 parameters and Adam; callers cast network outputs back to float32
-    before any target, TD error or loss arithmetic.
+    Weights stay float32; callers cast outputs to float32 before any loss arithmetic.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')

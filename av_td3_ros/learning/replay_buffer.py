@@ -378,10 +378,7 @@ class ReplayBuffer:
 
     def start_episode(self, first_frame: np.ndarray, first_vec: np.ndarray,
                       stream: Hashable = 0) -> int:
-        """Begin a new episode on ``stream`` with the newest frame of s0; return its index.
-
-        An episode still open on that stream ends here without a terminal flag.
-        """
+        """Begin an episode on ``stream`` (an open one ends unflagged); return its index."""
         frame, vec = self._check_obs(first_frame, first_vec)
         idx = self._write(frame, vec, np.zeros(self.spec.action_dim, np.float32), 0.0, 0,
                           _NO_LINK)
@@ -393,9 +390,8 @@ class ReplayBuffer:
             stream: Hashable = 0) -> int:
         """Append one step of ``stream``'s episode and return its transition index.
 
-        ``next_frame`` is the newest frame of s' (uint8, ``frame_shape``), ``next_vec`` the
-        kinematics of s'. When this returns, the transition survives a kill of the process.
-        After terminated or truncated the stream needs :meth:`start_episode` again.
+        ``next_frame``/``next_vec``: the newest frame and the kinematics of s'. On return the
+        transition survives a process kill. After an end, :meth:`start_episode` again.
         """
         state = self._streams.get(stream)
         if state is None:
@@ -421,9 +417,8 @@ class ReplayBuffer:
     def abandon_episode(self, stream: Hashable = 0) -> None:
         """End ``stream``'s open episode here without an end flag, as a crash would.
 
-        Its last transition bootstraps like a truncation; the next :meth:`add` on the stream
-        raises until :meth:`start_episode` (for a writer that could not store a step and
-        must not link the next one across the gap).
+        For a writer that could not store a step: the next :meth:`add` raises until
+        :meth:`start_episode`, so nothing links across the gap.
         """
         if stream in self._streams:
             self._streams[stream] = (self._streams[stream][0], True)

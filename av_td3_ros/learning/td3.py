@@ -111,11 +111,7 @@ class TD3Config:
 
 @contextlib.contextmanager
 def _frozen(module: nn.Module):
-    """Build graphs without recording gradients for `module`'s parameters, then restore.
-
-    Inputs still get gradients through the module; its weights do not, so a backward pass
-    cannot leak into them (and skips their weight-gradient matmuls).
-    """
+    """Record no gradients for `module`'s weights (inputs still get them through it)."""
     params = [p for p in module.parameters() if p.requires_grad]
     for param in params:
         param.requires_grad_(False)
@@ -232,11 +228,7 @@ class TD3:
         return autocast(self.device, self.precision)
 
     def target_actions(self, batch) -> torch.Tensor:
-        """Return target policy actions at the next observation with clipped smoothing noise.
-
-        a' = clip(pi'(s') + clip(N(0, policy_noise), -noise_clip, noise_clip), -max, max),
-        with both noise terms scaled by max_action.
-        """
+        """Return target policy actions at s' with clipped smoothing noise (TD3's a')."""
         b = self.prepare(batch)
         max_action = float(self.net_config.max_action)
         with torch.no_grad():
@@ -250,10 +242,7 @@ class TD3:
             return action.clamp(-max_action, max_action)
 
     def td_target(self, batch) -> torch.Tensor:
-        """Return y = r + gamma * (1 - terminated) * min(Q1', Q2')(s', a'), shape (B,).
-
-        Truncation (time limit) keeps bootstrapping: only `terminated` zeroes the tail.
-        """
+        """Return y = r + gamma * (1 - terminated) * min(Q1', Q2')(s', a') (truncated: TD)."""
         b = self.prepare(batch)
         with torch.no_grad(), torch.profiler.record_function('td3.target'):
             next_action = self.target_actions(b)
@@ -265,11 +254,7 @@ class TD3:
             return b.rewards + self.config.gamma * (1.0 - b.terminated) * next_q
 
     def critic_loss(self, batch, returns=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return MSE(Q1, y) + MSE(Q2, y) and detached metrics.
-
-        y is the TD target; where `returns` (B,) holds a number instead of NaN, y is that
-        number (a Monte Carlo return of the behaviour policy during the critic warm-up).
-        """
+        """Return MSE(Q1, y) + MSE(Q2, y) and metrics; y: `returns` where not NaN, else TD."""
         b = self.prepare(batch)
         target = self.td_target(b)
         if returns is not None:
@@ -388,10 +373,7 @@ class TD3:
         return metrics
 
     def bc_update(self, batch, labels) -> dict[str, torch.Tensor]:
-        """Take one actor step towards `labels` (B, A): behaviour cloning, MSE in action space.
-
-        Only the actor and its Adam state change; call `sync_targets` after the last one.
-        """
+        """Take one BC actor step towards `labels` (B, A); `sync_targets` after the last."""
         b = self.prepare(batch)
         with torch.profiler.record_function('td3.bc_forward'):
             pre_tanh = self._actor_logits(b)
@@ -415,10 +397,7 @@ class TD3:
         return self.actor.squash(self._actor_logits(b))
 
     def load_policy_state(self, state: dict[str, torch.Tensor]):
-        """Start the actor (online and target) from `ActorPolicy` weights (cnn.*, actor.*).
-
-        Fine-tuning a cloned policy: the critic keeps its fresh initialisation.
-        """
+        """Start the actor (online and target) from `ActorPolicy` weights (cnn.*, actor.*)."""
         for prefix, modules in (('cnn.', (self.actor_cnn, self.target_actor_cnn)),
                                 ('actor.', (self.actor, self.target_actor))):
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,15 +1,11 @@
 """Write and read the episode_end message (`/av_td3/<role>/episode_end`, std_msgs/String).
 
-The simulator side (`nodes/sim_bridge.py`, `nodes/carla_episode_manager.py`) publishes one
-when it ends an episode itself:
+The simulator side publishes one when it ends an episode itself:
 
     <terminated|truncated>:<reason>[;return=<float>][;steps=<int>][;stamp_ns=<int>][;k=v...]
 
-e.g. `terminated:lap_complete;return=903.412;steps=868;stamp_ns=43450000000` (the stand-in)
-or `truncated:stuck;steps=412;stamp_ns=20600000000` (CARLA: no return of its own). The part
-before the first `;` is what the trainer needs; the fields after it are optional, so older
-and shorter texts (`truncated:time_limit`) parse too. The trainer, plots, demo and
-evaluate_policy read it with `parse_episode_end`; every writer uses `format_episode_end`.
+e.g. `truncated:stuck;steps=412;stamp_ns=20600000000`. The trainer needs only the part
+before the first `;`; the fields after it are optional, so `truncated:time_limit` parses too.
 """
 from __future__ import annotations
 

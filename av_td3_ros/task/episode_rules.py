@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
+from av_td3_ros.validation import check_choice
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,7 @@ class EpisodeManagerConfig:
         if self.goals and len(self.goals) != len(self.spawn_points):
             raise ValueError(f'{len(self.goals)} goals for {len(self.spawn_points)} spawn '
                              'points: give one goal per spawn point, or none')
-        if self.order not in ('sequential', 'random'):
-            raise ValueError(f"order must be 'sequential' or 'random', not {self.order!r}")
+        check_choice('order', self.order, ('sequential', 'random'))
 
 
 class Teleport(NamedTuple):

@@ -1,9 +1,8 @@
 """The av_td3_system reward: efficiency, lane keeping, comfort, safety and progress terms.
 
-Pure functions of two consecutive vehicle states and the events between them (no ROS).
-Each term is returned separately so the trainer can log it. Terms that need information a
-camera-only ROS graph does not carry (proximity and time-to-collision to other actors) are
-not computed; everything else follows the original's formulas and weights.
+Pure functions of two consecutive vehicle states and the events between them (no ROS), each
+term returned separately for logging. The original's proximity and time-to-collision terms
+need other actors, which a camera-only graph does not carry; they are left out.
 """
 from __future__ import annotations
 
@@ -34,9 +33,8 @@ class RewardConfig:
     moving_speed: float = 0.5
     """m/s above which the moving bonus is paid."""
     lateral_tolerance: float = 2.5
-    """Lateral deviation (m) normalising lane keeping; the episode ends above it. 2.5 fits a
-    CARLA lane (route on the lane centre); on a wider road use the road's own value, e.g.
-    `STAND_IN_REWARD` for the CarRacing stand-in."""
+    """Lateral deviation (m) normalising lane keeping; off-road above it. 2.5 fits a CARLA
+    lane; the stand-in's wider road uses `STAND_IN_REWARD`."""
     heading_tolerance: float = math.pi / 2
     """Heading error (rad) normalising lane keeping."""
     jerk_scale: float = 5.0
@@ -60,18 +58,14 @@ class RewardConfig:
 
 
 STAND_IN_LATERAL_TOLERANCE = 6.5
-"""Lateral tolerance (m) on the stand-in simulator: its road is 13.3 m wide, so a car on the
-road is at most ~6.65 m from the centre line (the trainer's sim profile uses the same)."""
+"""Lateral tolerance (m) on the stand-in: its road is 13.3 m wide."""
 
 STAND_IN_GAMMA = 0.998
-"""Discount for learning on the stand-in (config/trainer_sim.yaml says the same). Its horizon,
-1 / (1 - gamma) = 500 frames (25 s at 20 Hz), must see where speed ends: with av_td3_system's
-0.99 (5 s) the discounted shaped return prefers an expert that corners too fast and leaves
-the road after 14-25 s to the lap on 4 of 5 tracks; at 0.998 every lap beats every such
-crash (bench/objective_horizon.py, test_objective_horizon.py)."""
+"""Discount for learning on the stand-in (as config/trainer_sim.yaml): its 500-frame horizon
+sees where too much speed ends; at 0.99 a fast crash can outscore a lap."""
 STAND_IN_REWARD = RewardConfig(lateral_tolerance=STAND_IN_LATERAL_TOLERANCE)
-"""The reward settings for the CarRacing stand-in: with CARLA's 2.5 m a car still on the
-stand-in's road would pay the -20 off-road penalty every step."""
+"""The reward settings for the CarRacing stand-in (CARLA's 2.5 m would pay the off-road
+penalty on its road)."""
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,7 @@ class EpisodeConfig:
     """Seconds (by frame stamps) a step waits for late collision/lane-invasion events."""
 
     def route_end(self, state: VehicleState) -> tuple[bool, bool, str] | None:
-        """Return (terminated, truncated, reason) if where the vehicle is ends the episode.
-
-        It ends beyond the lateral limit and at the route's end (both terminal).
-        """
+        """Return (True, False, reason) beyond the lateral limit or at the route's end."""
         if abs(state.lateral_deviation) > self.max_lateral_deviation:
             return True, False, 'lateral deviation'
         if state.distance_to_goal <= self.goal_tolerance:
@@ -175,10 +172,7 @@ class TransitionAssembler:
         self._gap_floor: int | None = None  # the chain broke after this frame (mid-episode)
 
     def on_route(self, route: np.ndarray | None) -> str | None:
-        """Use a new route (M, 2) for the features; return why it is unusable, or None.
-
-        An unusable route (or None) counts as no route: frames are dropped until a good one.
-        """
+        """Use a new route (M, 2); return why it is unusable (then: no route), or None."""
         problem = 'no route' if route is None else route_problem(route)
         if problem is not None:
             self.stats.bad_routes += route is not None
@@ -219,10 +213,7 @@ class TransitionAssembler:
         del self._events[:-256]
 
     def on_control(self, stamp: int, action: np.ndarray) -> str | None:
-        """Record the action the driver took on the frame stamped `stamp`.
-
-        A non-finite action is refused (its frame then goes unpaired); return why, or None.
-        """
+        """Record the action taken on the frame `stamp`; return why it is refused, or None."""
         action = np.asarray(action, np.float32)
         if not np.isfinite(action).all():
             self.stats.bad_commands += 1
@@ -317,10 +308,7 @@ class TransitionAssembler:
         return output
 
     def decide_pending(self):
-        """Decide every waiting frame now, without waiting out the event window.
-
-        For a stream that went quiet (no newer frame will come to close the window).
-        """
+        """Decide every waiting frame now (a quiet stream: no newer frame closes the window)."""
         if self._pending:
             self._drain(decide_until=self._pending[-1].stamp)
 
