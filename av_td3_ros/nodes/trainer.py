@@ -40,7 +40,7 @@ from av_td3_ros.nodes.trainer_config import (
     with_initial_policy_decisions,
 )
 from av_td3_ros.nodes.transport import LATCHED, reliable
-from av_td3_ros.task.transitions import AssemblerOutput, EpisodeEnd, TransitionAssembler
+from av_td3_ros.task.transitions import EpisodeEnd, TransitionAssembler
 
 __all__ = ['TRAINER', 'TrainerConfig', 'TrainerNode', 'config_from_values', 'main',
            'read_config', 'resume_differences', 'with_initial_policy_decisions']
@@ -151,7 +151,7 @@ class VehicleFeed:
     def store_output(self):
         """Write assembled output to the buffer; request a reset after trainer-side ends."""
         for item in self.assembler.pop_output():
-            self.node.store(self.role, item)
+            self.node.learner.store(self.role, item)
             if isinstance(item, EpisodeEnd) and item.needs_reset and not self.resetting:
                 self.request_reset()
 
@@ -175,10 +175,8 @@ class TrainerNode(Node):
         super().__init__('trainer')
         self.config = config = with_initial_policy_decisions(read_config(self))
         torch.set_num_threads(config.torch_threads)
-        self.policy_broadcaster = (PolicyBroadcaster(self, config.policy_topic)
-                                   if config.policy_topic else None)
-        broadcast = (self.policy_broadcaster.publish_file  # drivers with policy_topic
-                     if self.policy_broadcaster is not None else None)
+        broadcast = (PolicyBroadcaster(self, config.policy_topic).publish_file  # to drivers
+                     if config.policy_topic else None)
         try:
             self.learner = Learner(config, self.get_logger(), on_policy_saved=broadcast)
         except ResumeError as error:
@@ -209,10 +207,6 @@ class TrainerNode(Node):
             feed.check_idle()
             feed.check_reset()
 
-    def store(self, role: str, item: AssemblerOutput):
-        """Hand one assembler output item of vehicle `role` to the learner."""
-        self.learner.store(role, item)
-
     def log_progress(self):
         """Print one progress line (steps, episodes, return, updates/s, drops)."""
         learner = self.learner
@@ -220,23 +214,20 @@ class TrainerNode(Node):
         rate = learner.take_update_count() / max(now - self._last_log, 1e-9)
         self._last_log = now
         stats = [f.assembler.stats for f in self.feeds]
-        frames = sum(s.frames for s in stats)
-        unpaired = sum(s.dropped_unpaired for s in stats)
-        no_odometry = sum(s.dropped_no_odometry for s in stats)
-        stale = sum(s.dropped_stale for s in stats)
-        missed = sum(s.missed_frames for s in stats)
-        gap_collisions = sum(s.gap_collisions for s in stats)
-        refused = sum(s.bad_routes + s.bad_odometry + s.bad_commands for s in stats)
-        late = sum(s.late_events for s in stats)
+        n = {name: sum(getattr(s, name) for s in stats) for name in (
+            'frames', 'dropped_unpaired', 'dropped_no_odometry', 'dropped_stale', 'missed_frames',
+            'gap_collisions', 'bad_routes', 'bad_odometry', 'bad_commands', 'late_events')}
+        refused = n['bad_routes'] + n['bad_odometry'] + n['bad_commands']
         returns = learner.recent_returns
         mean_return = f'{np.mean(returns):.1f}' if returns else 'n/a'
         self.get_logger().info(
             f'steps {learner.env_steps} | episodes {learner.episodes} | mean return (last 20) '
             f'{mean_return} | updates {learner.updates} ({rate:.1f}/s) | buffer '
-            f'{learner.buffer.size} | frames {frames} (no command {unpaired}, no '
-            f'odometry/route {no_odometry}, stale {stale}, missed {missed}) | refused '
-            f'routes/odometry/commands {refused} | events beyond the window {late} | '
-            f'collisions between chains {gap_collisions} | unstored {learner.unstored}')
+            f'{learner.buffer.size} | frames {n["frames"]} (no command {n["dropped_unpaired"]}, '
+            f'no odometry/route {n["dropped_no_odometry"]}, stale {n["dropped_stale"]}, missed '
+            f'{n["missed_frames"]}) | refused routes/odometry/commands {refused} | events '
+            f'beyond the window {n["late_events"]} | collisions between chains '
+            f'{n["gap_collisions"]} | unstored {learner.unstored}')
         if learner.tb is not None:
             learner.tb.add_scalar('train/updates_per_s', rate, learner.updates)
             learner.tb.flush()
@@ -251,7 +242,7 @@ class TrainerNode(Node):
         self.worker.join(timeout=30.0)
         for feed in self.feeds:
             for item in feed.assembler.finish():
-                self.store(feed.role, item)
+                self.learner.store(feed.role, item)
         self.learner.close()
 
 
