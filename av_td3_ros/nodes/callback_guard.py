@@ -2,8 +2,9 @@
 
 rclpy lets an exception from a callback escape `spin`, which ends the process: one malformed
 message would stop a car's brake controller. `guard_callback` wraps a callback so that an
-exception is logged (throttled, with a short description of the message that caused it),
-handed to an optional `on_error(msg)` (the driver brakes there) and then dropped.
+exception is logged (throttled, with a short description of the message that caused it and
+where it was raised), handed to an optional `on_error(msg)` (the driver brakes there) and then
+dropped.
 Imports no rclpy: the node only needs `get_logger()`.
 """
 from __future__ import annotations
@@ -50,12 +51,10 @@ def _where(error: BaseException) -> str:
 
 
 class GuardedCallback:
-    """`callback` wrapped so that no Exception from it reaches rclpy.spin.
+    """`callback` wrapped so that no Exception from it reaches rclpy.spin (see module doc).
 
-    Each failure is logged on `node`'s logger (at most once per `LOG_PERIOD_S`, with
-    the message that caused it and where it was raised) and then `on_error(msg)` is called
-    with the message (None for a timer). Use it for every subscription, timer and service
-    callback; `errors` counts the failures for diagnostics.
+    Use it for every subscription, timer and service callback; `on_error(msg)` gets the
+    message (None for a timer); `errors` counts the failures for diagnostics.
     """
 
     def __init__(self, node, callback: Callable, on_error: Callable | None = None):

@@ -28,7 +28,7 @@ from std_srvs.srv import Trigger
 from av_td3_ros.driving.ros_conversions import pose_from_odometry, speed_from_odometry, stamp_to_ns
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import declare
-from av_td3_ros.nodes.schema import Param, Schema
+from av_td3_ros.nodes.schema import Param, Schema, same_named
 from av_td3_ros.nodes.transport import LATCHED, reliable
 from av_td3_ros.task.episode_rules import (
     EndEpisode,
@@ -64,11 +64,6 @@ def pose_msg(pose: MapPose) -> Pose:
     half = math.radians(pose.yaw) / 2.0
     msg.orientation.z, msg.orientation.w = math.sin(half), math.cos(half)
     return msg
-
-
-_SETTINGS = ('order', 'seed', 'spawn_tolerance', 'route_start_tolerance', 'goal_tolerance',
-             'stuck_speed', 'stuck_time', 'episode_timeout', 'reset_timeout')
-"""The parameters that are EpisodeManagerConfig fields of the same name."""
 
 
 _episodes = partial(Param.of, EpisodeManagerConfig)
@@ -115,14 +110,13 @@ class CarlaEpisodeManagerNode(Node):
         super().__init__('carla_episode_manager')
         values = declare(self, EPISODE_MANAGER)
         role, control = values['role_name'], values['control_id']
-        camera_info, spawn_file = values['camera_info_topic'], values['spawn_points_file']
-        flat_spawns, flat_goals = values['spawn_points'], values['goals']
         self.auto_start = values['auto_start']
-        self.settings = {name: values[name] for name in _SETTINGS}
+        self.settings = same_named(EpisodeManagerConfig, values)  # all but the poses:
+        flat_spawns, flat_goals = self.settings.pop('spawn_points'), self.settings.pop('goals')
         try:
             spawns, goals = poses_from_flat(flat_spawns), poses_from_flat(flat_goals)
-            if spawn_file:
-                spawns, goals = read_spawn_file(spawn_file)
+            if values['spawn_points_file']:
+                spawns, goals = read_spawn_file(values['spawn_points_file'])
             # Checked now, also when the first odometry will give the spawn point.
             EpisodeManagerConfig(spawn_points=spawns or (MapPose(0.0, 0.0),),
                                  goals=goals if spawns else (), **self.settings)
@@ -145,7 +139,8 @@ class CarlaEpisodeManagerNode(Node):
         guard = lambda callback: guard_callback(self, callback)  # noqa: E731
         self.create_subscription(Odometry, f'{base}/odometry', guard(self.on_odometry), qos)
         self.create_subscription(PathMsg, f'{base}/waypoints', guard(self.on_route), LATCHED)
-        self.create_subscription(CameraInfo, camera_info, guard(self.on_camera_info), qos)
+        self.create_subscription(CameraInfo, values['camera_info_topic'],
+                                 guard(self.on_camera_info), qos)
         self.create_service(Trigger, f'/av_td3/{role}/reset_episode', guard(self.on_reset))
         # Retries run on the steady clock: simulator time stops when nothing ticks.
         self.steady = Clock(clock_type=ClockType.STEADY_TIME)
