@@ -1,10 +1,11 @@
-"""Run the actor with ONNX Runtime on the CPU: the driver's optional faster inference backend.
+"""Run the actor with ONNX Runtime on the CPU, and choose the driver's inference backend.
 
 Measured by `bench/inference_backends.py` (batch 1, one thread, one call every 50 ms as the
 driver sees frames): ONNX Runtime's CPU kernels took about half the time of torch eager, with
-actions within 1e-7 of it. torch stays the default because only it reproduces the training
-code's float32 arithmetic bit for bit (`bag_eval` against a live driver, av_td3_system's
-reference); `backend: onnxruntime` trades that for speed.
+actions within 1e-7 of it. Only torch reproduces the training code's float32 arithmetic bit
+for bit (`bag_eval` against a live driver, av_td3_system's reference). `backend: auto` takes
+ONNX Runtime where it is installed and agrees with torch on probe inputs, checked at every
+load; `torch` keeps exact float32.
 """
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ from av_td3_ros.policy.inference import PolicyRunner
 from av_td3_ros.policy.networks import ActorPolicy
 from av_td3_ros.validation import check_choice
 
-BACKENDS = ('torch', 'onnxruntime')
+BACKENDS = ('auto', 'torch', 'onnxruntime')
 """Inference backends the driver accepts; torch is also the fallback."""
+AUTO_TOLERANCE = 1e-4
+"""Largest difference from torch's float32 actions on the probe inputs that `auto` accepts."""
+PROBES = 8
+"""Probe observations `auto` compares the two backends on."""
 
 
 class OnnxRuntimeRunner:
@@ -61,23 +66,48 @@ class OnnxRuntimeRunner:
         return self._session.run(None, self._inputs)[0][0]
 
 
+def probe_disagreement(policy: ActorPolicy, first, second, count: int = PROBES) -> float:
+    """Return the largest |action difference| of two runners on seeded probe observations.
+
+    The probes span the inputs' ranges: frames uniform in [-1, 1] (zero-centred pixels),
+    kinematics standard normal (the vector's scaled values are of order one).
+    """
+    config = policy.config
+    rng = np.random.default_rng(0)
+    largest = 0.0
+    for _ in range(count):
+        frames = rng.uniform(-1.0, 1.0, (config.frame_stack, config.image_size,
+                                         config.image_size)).astype(np.float32)
+        kinematics = rng.standard_normal(config.kinematic_dim).astype(np.float32)
+        difference = np.abs(first.act(frames, kinematics) - second.act(frames, kinematics))
+        largest = max(largest, float(difference.max()))
+    return largest
+
+
 def build_runner(policy: ActorPolicy, device: torch.device, backend: str,
                  allow_tf32: bool = False) -> tuple[PolicyRunner | OnnxRuntimeRunner, str]:
     """Return a runner for `policy` and a description of the backend actually used.
 
     `onnxruntime` applies to the CPU only; on CUDA, or when ONNX Runtime (or the onnx package
     the exporter needs) cannot be imported or fails to build the session, the torch runner is
-    returned and the description says why.
+    returned and the description says why. `auto` is onnxruntime where that works and its
+    actions on the probe inputs are within AUTO_TOLERANCE of torch float32, else torch.
     """
     check_choice('backend', backend, BACKENDS)
+    torch_runner = PolicyRunner(policy, device, allow_tf32)
+    if backend == 'torch':
+        return torch_runner, 'torch'
+    if device.type != 'cpu':
+        return torch_runner, f'torch (onnxruntime is CPU-only, not {device})'
+    try:
+        onnx_runner = OnnxRuntimeRunner(policy)
+    except Exception as error:  # missing packages or an export the runtime rejects
+        reason = f'{type(error).__name__}: {error}'.splitlines()[0][:200]
+        return torch_runner, f'torch (onnxruntime unavailable: {reason})'
     if backend == 'onnxruntime':
-        if device.type != 'cpu':
-            return (PolicyRunner(policy, device, allow_tf32),
-                    f'torch (onnxruntime is CPU-only, not {device})')
-        try:
-            return OnnxRuntimeRunner(policy), 'onnxruntime'
-        except Exception as error:  # missing packages or an export the runtime rejects
-            reason = f'{type(error).__name__}: {error}'.splitlines()[0][:200]
-            return (PolicyRunner(policy, device, allow_tf32),
-                    f'torch (onnxruntime unavailable: {reason})')
-    return PolicyRunner(policy, device, allow_tf32), 'torch'
+        return onnx_runner, 'onnxruntime'
+    disagreement = probe_disagreement(policy, torch_runner, onnx_runner)
+    if disagreement <= AUTO_TOLERANCE:
+        return onnx_runner, f'onnxruntime (auto: within {disagreement:.1e} of torch)'
+    return torch_runner, (f'torch (auto: onnxruntime differs by {disagreement:.1e} > '
+                          f'{AUTO_TOLERANCE:g})')
