@@ -27,9 +27,8 @@ def frames_to_float(frames: torch.Tensor, scale: str = 'zero_centered',
                     channels_last: bool = False) -> torch.Tensor:
     """Convert uint8 frames (B, F, H, W) to float32 with the given scale.
 
-    zero_centered computes (x/255 - 0.5)/0.5 with the same float32 operations, in the same
-    order, as `preprocessing.scale_frames`, so the learner sees bit-identical inputs to the
-    driver. The optional NHWC layout change is done on the uint8 data, before the cast.
+    The same float32 operations, in the same order, as `preprocessing.scale_frames`: the
+    learner sees bit-identical inputs to the driver's.
     """
     if frames.dtype != torch.uint8:
         raise TypeError(f'frames must be uint8 (scaling happens once, here), got {frames.dtype}')

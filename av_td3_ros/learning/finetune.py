@@ -33,14 +33,7 @@ from av_td3_ros.policy.checkpoint import PolicySpec, load_policy, save_policy_st
 from av_td3_ros.policy.inference import PolicyRunner
 from av_td3_ros.policy.networks import ActorPolicy
 from av_td3_ros.policy.preprocessing import gray_from_pixels, image_pixels
-from av_td3_ros.sim.evaluation import (
-    EpisodeResult,
-    evaluate_policy,
-    image_of,
-    mean_return,
-    pose_of,
-    summary_line,
-)
+from av_td3_ros.sim.evaluation import evaluate_policy, image_of, mean_return, pose_of, summary_line
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig
 from av_td3_ros.task.reward import STAND_IN_GAMMA, RewardConfig
 from av_td3_ros.task.transitions import (
@@ -278,8 +271,8 @@ class Finetuner:
         policy = ActorPolicy(self.spec.network)
         state = self.agent.policy_state()
         policy.load_state_dict(state)
-        results: list[EpisodeResult] = evaluate_policy(
-            policy, self.spec, list(self.config.eval_seeds), self.config.sim)
+        results = evaluate_policy(policy, self.spec, list(self.config.eval_seeds),
+                                  self.config.sim)
         value = mean_return(results)
         record = {'updates': self.agent.total_updates, 'env_steps': self.report.env_steps,
                   'cpu_minutes': round(self._cpu / 60.0, 2), 'mean_return': round(value, 1),
@@ -331,11 +324,7 @@ class Finetuner:
         return self.report
 
     def save(self, path: str | Path, half: bool = True, last: bool = False):
-        """Write the best evaluated policy, or with `last` the current one.
-
-        fp16 storage by default; it loads as float32. The last policy is what the run
-        ended with, for judging the learning itself on other tracks than `eval_seeds`.
-        """
+        """Write the best evaluated policy, or with `last` the current one (fp16 by default)."""
         state = self.agent.policy_state() if last else self.best_state
         if half:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

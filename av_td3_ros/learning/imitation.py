@@ -140,11 +140,7 @@ class FrameDataset:
         self.size += 1
 
     def stacks(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Return the float32 frame stacks (B, F, S, S) the driver saw at `indices`.
-
-        Before an episode's first frame the stack holds what `FrameStack` holds there:
-        zeros (stack_fill zero) or copies of the first frame (repeat_first).
-        """
+        """Return the float32 frame stacks (B, F, S, S) the driver's `FrameStack` held."""
         count = self.preprocessing.frame_stack
         offsets = indices[:, None] + np.arange(1 - count, 1)[None, :]
         first = self.episode_first[indices][:, None]
@@ -168,9 +164,8 @@ def collect_episode(env: SimEnv, seed: int, dataset: FrameDataset, spec: PolicyS
                     student: PolicyRunner | None = None, beta: float = 1.0) -> dict:
     """Drive one episode, storing every state with the clean expert label.
 
-    The behaviour is the expert plus `noise`, or - with a `student` - per step the expert
-    with probability `beta`, else the student. Stops at the episode's end, after
-    `max_off_road_steps` consecutive steps off the road, or after `max_frames` stored steps.
+    The expert plus `noise` drives, or per step the expert with probability `beta`, else the
+    `student`; stop at the end, `max_off_road_steps` off the road, or `max_frames`.
     """
     pipeline = DrivingPipeline(spec, student)
     state = env.reset(seed=seed)

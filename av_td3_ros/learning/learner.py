@@ -92,9 +92,8 @@ class Learner:
                  on_policy_saved=None):
         """Open the run directory's buffer and agent, resuming if asked.
 
-        `log` is a logger with info/warning/error methods (a ROS node's or Python's);
-        `tensorboard_dir` overrides run_dir/tb; `on_policy_saved(path, step)` is called after
-        every policy save (e.g. to broadcast it).
+        `log` has info/warning/error methods; `tensorboard_dir` overrides run_dir/tb;
+        `on_policy_saved(path, step)` is called after every policy save.
         """
         self.config = config
         self.log = log or logging.getLogger('av_td3_ros.learner')
@@ -259,8 +258,7 @@ class Learner:
     def bc_loss(self, limit: int = 4096, chunk: int = 256) -> float:
         """Return the actor's mean BC loss over (up to `limit` of) the stored transitions.
 
-        The same MSE to the route expert's labels that pretraining minimises, on a fixed set
-        rather than a sampled batch, so two values are comparable (NaN with nothing stored).
+        On a fixed set rather than a batch, so two values compare (NaN with nothing stored).
         """
         with self.buffer_lock:
             indices = np.arange(*self.buffer.window)

@@ -87,9 +87,8 @@ class Batch:
     indices: Any = None
     """int64 (B,) transition indices in the replay buffer."""
     obs_missing: Any = None
-    """(B, stack) bool: frames before the episode start (stored as 0). In 'zero' fill mode
-    the learner sets these to 0.0 *after* scaling, as the driver's frame stack does (0.0 is
-    mid-grey in [-1, 1]; uint8 0 would become -1.0)."""
+    """(B, stack) bool: frames before the episode start (set to 0.0 after scaling, as the
+    driver's frame stack holds them)."""
     next_missing: Any = None
     """(B, stack) bool: the same for the next observation."""
 
@@ -168,10 +167,9 @@ class ReplayBuffer:
         self.fill_mode = fill_mode
         self._lock_fd = lock_fd
         self._closed = False
-        arrays = {}
-        for name, (shape, dtype) in spec.array_specs().items():
-            arrays[name] = np.lib.format.open_memmap(
-                directory / f'{name}.npy', mode='r+', dtype=dtype, shape=shape)
+        arrays = {name: np.lib.format.open_memmap(directory / f'{name}.npy', mode='r+',
+                                                  dtype=dtype, shape=shape)
+                  for name, (shape, dtype) in spec.array_specs().items()}
         self._arrays = arrays
         self._frames = arrays['frames']
         self._vec = arrays['vec']

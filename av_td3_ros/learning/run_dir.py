@@ -66,11 +66,9 @@ class RunDirectory:
             self.log.warning(f'removed {stale}, left by a writer killed mid-write')
 
     def read_state(self) -> tuple | None:
-        """Return the saved state: TD3's (tensors, metadata), counters, returns, start policy.
+        """Return TD3's (tensors, metadata), counters, returns and start policy, or None.
 
-        None without one; raise ResumeError when it was trained with another policy spec.
-        The returns are the Monte Carlo (values, indices); the start policy's weights are {}
-        when none was frozen.
+        Raise ResumeError when the state was trained with another policy spec.
         """
         path = self.state_path
         if not path.exists():
@@ -114,8 +112,7 @@ class RunDirectory:
     def save_policy(self, state: dict[str, torch.Tensor], step: int, on_saved=None) -> bool:
         """Write `policy_<step>` unless it exists (return False then) and prune old ones.
 
-        A name always means the same weights, for drivers that loaded it and for any reader
-        mid-load. `on_saved(path, step)` is called either way.
+        A name always means the same weights, for drivers that loaded it and readers mid-load.
         """
         path = policy_path(self.checkpoint_dir, step)
         written = save_policy_state(path, state, self.spec, {'step': str(step)}, replace=False)

@@ -56,8 +56,7 @@ def format_episode_end(end: EpisodeEndMessage) -> str:
 def parse_episode_end(text: str) -> EpisodeEndMessage:
     """Read an episode_end text; raise ValueError when a known number field does not parse.
 
-    The head (kind and reason) never fails: `parse_episode_end(text.split(';')[0])` always
-    reads what the trainer needs.
+    The head never fails: `parse_episode_end(text.split(';')[0])` always reads.
     """
     head, *fields = text.split(';')
     kind, _, reason = head.partition(':')

@@ -1,23 +1,17 @@
 """Episodes in CARLA through the bridge itself: when to teleport, re-route, start and end.
 
-The pure decision core of `carla_episode_manager` (no rclpy). A reset (asked for by the
-trainer, or after an episode this manager ended) goes:
+The pure decision core of `carla_episode_manager` (no rclpy). A reset goes:
 
-1. teleport: put the ego vehicle on the next spawn point (the bridge's `actor.pseudo.control`
-   `set_transform`) at standstill (`set_target_velocity` zero);
+1. teleport: put the ego vehicle on the next spawn point, at standstill;
 2. confirm: wait for odometry that shows the car there;
-3. route: send the goal to carla_waypoint_publisher and wait for a route that starts near
-   the car and ends near that goal (one planned before the teleport starts where the car
-   was; one re-planned to the old goal when the publisher noticed the jump ends there);
-4. start: the first camera frame at or after the confirming odometry is the episode's first
-   frame: publish `episode_start` with its stamp.
+3. route: send the goal and wait for a route that starts near the car and ends near that
+   goal (not one planned before the teleport, nor one re-planned to the old goal);
+4. start: the first frame at or after the confirming odometry starts the episode.
 
-A step that does not complete within `reset_timeout` (steady clock) is retried from 1.
-A running episode ends, as `episode_end`, when the car is within `goal_tolerance` of the
-route's end (terminated: route_completed), slower than `stuck_speed` for `stuck_time`
-(truncated: stuck), or after `episode_timeout` (truncated: time_limit), all in the
-simulator's time (message stamps). Collisions and leaving the lane end episodes in the
-trainer, which then asks for a reset.
+A step not done within `reset_timeout` (steady clock) is retried from 1. An episode ends
+at the route's end (terminated: route_completed), when stuck (truncated: stuck) or after
+`episode_timeout` (truncated: time_limit), in simulator time. Collisions and leaving the
+lane end episodes in the trainer, which then asks for a reset.
 """
 from __future__ import annotations
 

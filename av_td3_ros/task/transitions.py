@@ -183,10 +183,9 @@ class TransitionAssembler:
 
     def on_odometry(self, stamp: int, pose: Pose2D, speed: float,
                     yaw_rate: float) -> str | None:
-        """Remember an odometry sample (the newest 64 are kept); return why it is unusable.
+        """Remember an odometry sample (the newest 64); return why it is unusable, or None.
 
-        An unusable sample (non-finite or absurd pose or speed) is ignored; a yaw rate beyond
-        MAX_YAW_RATE or NaN counts as 0.
+        A yaw rate beyond MAX_YAW_RATE or NaN counts as 0.
         """
         problem = odometry_problem(pose.x, pose.y, pose.yaw, speed)
         if problem is not None:
