@@ -135,7 +135,6 @@ class CarlaEpisodeManagerNode(Node):
         self.goal_pub = self.create_publisher(PoseStamped, f'{base}/goal', qos)
         self.start_pub = self.create_publisher(Header, f'/av_td3/{role}/episode_start', qos)
         self.end_pub = self.create_publisher(String, f'/av_td3/{role}/episode_end', qos)
-        # Guarded: no message (or bug) may end the process (callback_guard.py).
         guard = lambda callback: guard_callback(self, callback)  # noqa: E731
         self.create_subscription(Odometry, f'{base}/odometry', guard(self.on_odometry), qos)
         self.create_subscription(PathMsg, f'{base}/waypoints', guard(self.on_route), LATCHED)
@@ -154,7 +153,6 @@ class CarlaEpisodeManagerNode(Node):
         """Return steady-clock seconds."""
         return self.steady.now().nanoseconds * 1e-9
 
-    # ------------------------------------------------------------------ inputs
     def on_odometry(self, msg: Odometry):
         """Feed odometry; with no spawn points yet, the first one defines the spawn point."""
         pose = pose_from_odometry(msg)
@@ -204,7 +202,6 @@ class CarlaEpisodeManagerNode(Node):
         self.execute(actions)
         return response
 
-    # ------------------------------------------------------------------ outputs
     def execute(self, actions):
         """Publish what the manager decided."""
         for action in actions:

@@ -159,7 +159,6 @@ class DriverNode(Node):
             f'{self.device} ({self.precision}), mode {cfg.exploration.mode}, status: '
             f'{self.status}')
 
-    # ----------------------------------------------------------------- policy loading
     def _load_initial_policy(self):
         if self.config.checkpoint:
             self.poll_checkpoint(block=True)  # a good file starts at once (_on_policy_ready)
@@ -216,7 +215,6 @@ class DriverNode(Node):
             self.status = f'policy {loaded.description}'
             self.get_logger().info(f'loaded {loaded.description}')
 
-    # ----------------------------------------------------------------- callbacks
     def _guard(self, callback, on_error=None):
         """Wrap a callback so no exception from it ends the node (see callback_guard)."""
         guarded = guard_callback(self, callback, on_error)
@@ -355,7 +353,6 @@ class DriverNode(Node):
         self.watchdog.stop()
         return super().destroy_node()
 
-    # ----------------------------------------------------------------- rviz and diagnostics
     def publish_debug(self, header, command: ControlCommand):
         """Publish the frame stack as one mono8 strip and the command as rviz markers."""
         if self.debug_pub.get_subscription_count() > 0:

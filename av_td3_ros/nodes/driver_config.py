@@ -11,11 +11,11 @@ from functools import partial
 from av_td3_ros.experts.exploration import ExplorationConfig
 from av_td3_ros.nodes.schema import (
     POLICY_SPEC,
+    SPEC_FIELDS,
     Param,
     Schema,
     policy_spec,
     same_named,
-    spec_fields_set_by,
 )
 from av_td3_ros.policy.checkpoint import (
     CheckpointError,
@@ -140,7 +140,7 @@ def driver_spec(values: dict, given: set[str]) -> PolicySpec:
         found = PolicySpec.from_metadata(read_metadata(path))
     except CheckpointError:
         return spec  # the loader names the problem when it loads the file
-    return spec.keeping(spec_fields_set_by(given), found)
+    return spec.keeping({field for name in given for field in SPEC_FIELDS.get(name, ())}, found)
 
 
 def config_from_values(values: dict, given: set[str]) -> DriverConfig:

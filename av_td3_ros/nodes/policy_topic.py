@@ -9,12 +9,14 @@ one as a file (`PolicyInbox`) and loads it like a hot-reloaded checkpoint, betwe
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from rclpy.node import Node
+from rclpy.utilities import remove_ros_args
 from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
 from av_td3_ros.nodes.node_main import guard_callback, run_node
@@ -146,10 +148,6 @@ class PolicyPublisherNode(Node):
 
 def main(argv=None) -> int:
     """Run `publish_policy <file> [--topic T] [--step N] [--ros-args ...]`."""
-    import sys
-
-    from rclpy.utilities import remove_ros_args
-
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('policy', type=Path, help='policy .safetensors file')
     parser.add_argument('--topic', default=DEFAULT_TOPIC)

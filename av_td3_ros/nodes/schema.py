@@ -26,14 +26,6 @@ class ParameterError(ValueError):
     """A parameter value of the wrong type, out of range, or a name no schema declares."""
 
 
-def default_of(config_cls, name: str):
-    """Return the default of field `name` of dataclass `config_cls` (the one place it lives)."""
-    (field,) = [f for f in dataclasses.fields(config_cls) if f.name == name]
-    if field.default is dataclasses.MISSING:
-        raise TypeError(f'{config_cls.__name__}.{name} has no default')
-    return field.default
-
-
 @dataclass(frozen=True)
 class Param:
     """One read-only ROS parameter.
@@ -55,7 +47,10 @@ class Param:
     def of(cls, config_cls, name: str, description: str, low=None, high=None,
            field: str | None = None) -> Param:
         """Return parameter `name` whose default is dataclass `config_cls`'s `field` (`name`)."""
-        return cls(name, default_of(config_cls, field or name), description, low, high)
+        (found,) = [f for f in dataclasses.fields(config_cls) if f.name == (field or name)]
+        if found.default is dataclasses.MISSING:
+            raise TypeError(f'{config_cls.__name__}.{found.name} has no default')
+        return cls(name, found.default, description, low, high)
 
     def default_for(self, values: dict):
         """Return the default given the values of the parameters read before this one."""
@@ -64,16 +59,14 @@ class Param:
     @property
     def type(self) -> type:
         """Return the value type: bool, int, float, str or list."""
-        return type(self.default_for(_ROLE_DEFAULTS)) if callable(self.default) \
-            else type(self.default)
+        return type(self.default_for(_ROLE_DEFAULTS))
 
     @property
     def item_type(self) -> type | None:
         """Return the item type of a list parameter (None for scalars)."""
         if self.type is not list:
             return None
-        default = self.default_for(_ROLE_DEFAULTS)
-        return self.items or type(default[0])
+        return self.items or type(self.default_for(_ROLE_DEFAULTS)[0])
 
     def check(self, value):
         """Return `value` as this parameter's type; raise ParameterError if it is not one.
@@ -182,11 +175,6 @@ def policy_spec(values: dict) -> PolicySpec:
         preprocessing=PreprocessConfig(scale=values['frame_scale'],
                                        stack_fill=values['stack_fill']),
         features=FeatureConfig(n_waypoints=n_waypoints))
-
-
-def spec_fields_set_by(names: Iterable[str]) -> set[tuple[str, str]]:
-    """Return the PolicySpec fields that the parameters `names` (e.g. the user's) set."""
-    return {field for name in names for field in SPEC_FIELDS.get(name, ())}
 
 
 def same_named(config_cls, values: dict) -> dict:

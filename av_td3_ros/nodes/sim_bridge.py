@@ -163,7 +163,6 @@ class SimBridgeNode(Node):
         self._pub_clock = publisher(ClockMsg, '/clock')
         self._pub_start = self.create_publisher(Header, f'/av_td3/{role}/episode_start', LATCHED)
         self._pub_end = publisher(String, f'/av_td3/{role}/episode_end')
-        # Guarded: an exception in one callback is logged and the simulator goes on.
         self.create_subscription(CarlaEgoVehicleControl, f'{prefix}/vehicle_control_cmd',
                                  guard_callback(self, self._on_control), BRIDGE_QOS)
         self.create_service(Trigger, f'/av_td3/{role}/reset_episode',
@@ -271,8 +270,7 @@ class SimBridgeNode(Node):
         self._prev_velocity = None
         self._episode_wall_start = time.monotonic()
         self._advance_clock()
-        header = Header(stamp=self._stamp, frame_id=str(self._episode))
-        self._pub_start.publish(header)
+        self._pub_start.publish(Header(stamp=self._stamp, frame_id=str(self._episode)))
         self._publish_waypoints()
         self._publish_state(state)
 
@@ -287,13 +285,10 @@ class SimBridgeNode(Node):
 
     def _publish_waypoints(self):
         """Publish the centre line of the current track (latched)."""
-        path = Path()
-        path.header.frame_id = 'map'
-        path.header.stamp = self._stamp
+        path = Path(header=Header(frame_id='map', stamp=self._stamp))
         for (x, y), yaw in zip(self.env.waypoints, self.env.waypoint_yaws, strict=True):
             pose = PoseStamped(header=path.header)
-            pose.pose.position.x = float(x)
-            pose.pose.position.y = float(y)
+            pose.pose.position.x, pose.pose.position.y = float(x), float(y)
             pose.pose.orientation = _yaw_quaternion(float(yaw))
             path.poses.append(pose)
         self._pub_waypoints.publish(path)

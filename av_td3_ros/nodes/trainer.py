@@ -76,13 +76,14 @@ class VehicleFeed:
         # the driver saw. Small messages queue deeper: a trainer busy for a moment must not
         # lose the command of a frame it still has (the frame would go unpaired).
         deep = reliable(100)
+        # Odometry, routes and events only feed: their output waits for the next frame.
         inputs = {'camera': (Image, self.on_image, reliable(10)),
-                  'odometry': (Odometry, self.on_message, deep),
-                  'route': (PathMsg, self.on_message, LATCHED),
+                  'odometry': (Odometry, self.feed, deep),
+                  'route': (PathMsg, self.feed, LATCHED),
                   'command': (CarlaEgoVehicleControl, self.on_control, deep),
                   'vehicle_status': (CarlaEgoVehicleStatus, self.on_control, deep),
-                  'collision': (CarlaCollisionEvent, self.on_message, deep),
-                  'lane_invasion': (CarlaLaneInvasionEvent, self.on_message, deep),
+                  'collision': (CarlaCollisionEvent, self.feed, deep),
+                  'lane_invasion': (CarlaLaneInvasionEvent, self.feed, deep),
                   'episode_start': (Header, self.on_episode_start, deep),
                   'episode_end': (String, self.on_episode_end, deep)}
         topics = input_topics(config.camera_topic, config.control_source, role)
@@ -97,12 +98,9 @@ class VehicleFeed:
         problem = self.messages.feed(kind, msg)
         if problem is not None:
             level = 'error' if kind in ('camera', 'route') else 'warn'
-            self.node.log_throttled(level, f'{kind}_{self.role}', f'{self.role}: {problem}')
+            self.node.learner.log_throttled(level, f'{kind}_{self.role}',
+                                            f'{self.role}: {problem}')
         return problem is None
-
-    def on_message(self, kind: str, msg):
-        """Feed odometry, a route or an event (their output waits for the next frame)."""
-        self.feed(kind, msg)
 
     def on_image(self, kind: str, msg: Image):
         """Add the frame (preprocessed exactly as the driver does) and store what it closed."""
@@ -160,9 +158,9 @@ class VehicleFeed:
         self.resetting = True
         self.reset_requested = time.monotonic()
         if not self.reset_client.service_is_ready():
-            self.node.log_throttled('warn', f'reset_{self.role}',
-                                    f'{self.role}: reset service not available; waiting for '
-                                    'an episode_start')
+            self.node.learner.log_throttled('warn', f'reset_{self.role}', f'{self.role}: reset '
+                                            'service not available; waiting for an '
+                                            'episode_start')
             return
         self.reset_client.call_async(Trigger.Request())
 
@@ -232,10 +230,6 @@ class TrainerNode(Node):
             learner.tb.add_scalar('train/updates_per_s', rate, learner.updates)
             learner.tb.flush()
 
-    def log_throttled(self, level: str, key: str, text: str, period: float = 2.0):
-        """Log at most once per `period` seconds per key."""
-        self.learner.log_throttled(level, key, text, period)
-
     def shutdown(self):
         """Stop updates, store the steps still held back, save the state, close everything."""
         self._stop.set()
@@ -248,10 +242,8 @@ class TrainerNode(Node):
 
 def main(args=None):
     """Run the trainer node until shutdown, then save its state."""
-    # One executor thread for every callback (they are short; TD3 updates have their own
-    # thread). With rclpy's MultiThreadedExecutor and callback groups, a loaded test run saw
-    # the feeds stop being served for good while the log timer went on (that executor has
-    # known races around mutually exclusive groups); one thread has no such race.
+    # One executor thread for every callback (TD3 updates have their own thread): under load,
+    # rclpy's MultiThreadedExecutor with callback groups stopped serving the feeds for good.
     run_node(TrainerNode, args, before_destroy=TrainerNode.shutdown)
 
 
