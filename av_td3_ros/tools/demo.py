@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -130,9 +131,7 @@ def trainer_summary(episodes_file: Path) -> str:
     if not records:
         return 'trainer finished no episode yet'
     returns = [r['return'] for r in records]
-    reasons = {}
-    for record in records:
-        reasons[record['reason']] = reasons.get(record['reason'], 0) + 1
+    reasons = Counter(record['reason'] for record in records)
     window = max(1, min(20, len(returns) // 2))
     counts = ', '.join(f'{reason} {count}' for reason, count in reasons.items())
     return (f'trainer episodes: {len(records)} ({counts}); mean shaped return of the first '

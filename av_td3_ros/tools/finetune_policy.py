@@ -3,9 +3,8 @@
     finetune_policy --start models/camera_policy.safetensors --out runs/ft/policy.safetensors \
         [--cpu-minutes 30] [--bc-weight 1.0 --bc-labels start] [--critic-warmup 5000]
 
-Prints an evaluation line every --eval-every updates and a JSON report at the end; the best
-evaluated policy is written to --out (fp16 storage, loads as float32), and with --last-out
-the policy the run ended with.
+Prints an evaluation line every --eval-every updates and a JSON report; writes the best
+evaluated policy to --out (fp16 storage) and, with --last-out, the last one.
 """
 from __future__ import annotations
 

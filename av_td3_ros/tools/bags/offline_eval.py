@@ -36,10 +36,7 @@ IMAGE_TYPE = 'sensor_msgs/msg/Image'
 
 
 def driver_config(values: dict | None = None):
-    """Return the driver's DriverConfig for parameter `values` (checked against its schema).
-
-    The values given count as set by the user, as a params file or -p does for the node.
-    """
+    """Return the driver's DriverConfig for `values`, which count as set by the user."""
     from av_td3_ros.nodes.driver_config import DRIVER, config_from_values
     values = dict(values or {})
     return config_from_values(DRIVER.read(values), set(values))
@@ -55,8 +52,8 @@ def driver_parameters() -> dict:
 def make_runner(config):
     """Build the runner the driver would start with (None: the driver brakes).
 
-    Raise FileNotFoundError without a checkpoint file, and the driver's refusal (e.g. a
-    CheckpointError for another PolicySpec) for a file it would not drive with.
+    Raise FileNotFoundError without a checkpoint file, and the driver's refusal for a file it
+    would not drive with.
     """
     import torch
 
