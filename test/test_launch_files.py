@@ -8,6 +8,7 @@ from helpers import REPO_LAUNCH, launch_nodes, shipped_params
 from rcl_interfaces.srv import GetParameters
 from ros_helpers import FakeBridge
 
+from av_td3_ros.nodes.schema import load_params_file
 from av_td3_ros.tools.launch_runner import LaunchError, executable_module, parse_launch_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,9 +77,10 @@ def test_driver_runs_with_launch_parameters(start_node, tmp_path, rclpy_context)
                                           allow_random_policy='true', use_sim_time='false',
                                           camera_topic='/cam/remapped', checkpoint='0123')
     (spec,) = description.nodes
-    yaml_file = yaml.safe_load(Path(spec.param_files[0]).read_text())
-    (section,) = yaml_file.values()
-    file_values = section['ros__parameters']
+    # Each later parameter file overrides the earlier ones (driver.yaml, then the expert's).
+    file_values = {}
+    for params_file in spec.param_files:
+        file_values.update(load_params_file(params_file, 'driver'))
     bridge = FakeBridge(rclpy_context)
     try:
         node_name = f'{spec.namespace}/{spec.name}'

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from av_td3_ros.policy.features import ROUTE_START_HINT, FeatureConfig, Pose2D, kinematic_vector
+from av_td3_ros.validation import check_at_least, check_range
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,17 @@ class ExpertConfig:
     """Target speed while recovering, m/s."""
     recovery_throttle: float = 0.3
     """Throttle cap while recovering."""
+
+    def __post_init__(self):
+        """Refuse settings the controller cannot use, naming the field."""
+        check_at_least(self, 0.0, 'lookahead_min', 'lookahead_base', 'lookahead_gain',
+                       'preview_distance', 'speed_gain', 'brake_gain', 'off_road_deviation',
+                       'recovery_speed')
+        for name in ('wheelbase', 'max_wheel_angle', 'curvature_window', 'lateral_accel',
+                     'braking_decel', 'max_speed'):
+            check_range(name, getattr(self, name), 0.0, low_open=True)
+        check_range('max_brake', self.max_brake, 0.0, 1.0)
+        check_range('recovery_throttle', self.recovery_throttle, 0.0, 1.0)
 
     def to_dict(self) -> dict:
         """Return the config as a plain dict (for logs and model cards)."""

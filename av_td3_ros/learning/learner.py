@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from av_td3_ros.experts.route_expert import expert_actions
+from av_td3_ros.experts.route_expert import ExpertConfig, expert_actions
 from av_td3_ros.learning.device_batch import DeviceBatch
 from av_td3_ros.learning.mc_returns import MonteCarloReturns
 from av_td3_ros.learning.replay_buffer import Batch, ReplayBuffer
@@ -75,6 +75,8 @@ class LearnerConfig:
     """A fresh run's actor starts from this policy file ('' = random init)."""
     bc_pretrain_updates: int = 0
     """Behaviour-cloning steps of the actor on the route expert's labels before TD3 (0: off)."""
+    expert: ExpertConfig = ExpertConfig()
+    """The route expert's settings for BC labels (the driver's expert.* parameters)."""
     bc_labels: str = 'expert'
     """What the TD3+BC term pulls the actor towards: expert (the route expert's action on the
     stored kinematics) or start (the action of the policy TD3 started from, frozen: a trust
@@ -253,7 +255,7 @@ class Learner:
 
     def labels(self, batch: Batch) -> np.ndarray:
         """Return the route expert's action for each sampled transition's stored kinematics."""
-        return expert_actions(batch.obs_vec, self.config.spec.features)
+        return expert_actions(batch.obs_vec, self.config.spec.features, self.config.expert)
 
     def bc_loss(self, limit: int = 4096, chunk: int = 256) -> float:
         """Return the actor's mean BC loss over (up to `limit` of) the stored transitions.

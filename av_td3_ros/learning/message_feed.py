@@ -16,6 +16,7 @@ from av_td3_ros.driving.ros_conversions import (
     stamp_to_ns,
 )
 from av_td3_ros.policy.control import control_to_action
+from av_td3_ros.policy.features import resample_route, route_problem
 from av_td3_ros.policy.preprocessing import ImageFormatError, ImageView, to_gray
 from av_td3_ros.task.episode_end import parse_episode_end
 from av_td3_ros.task.transitions import TransitionAssembler
@@ -47,10 +48,15 @@ class MessageFeed:
     `feed` returns None, or a sentence saying why the message was refused.
     """
 
-    def __init__(self, assembler: TransitionAssembler, image_size: int):
-        """Feed `assembler`, preprocessing frames to `image_size` squares as the driver does."""
+    def __init__(self, assembler: TransitionAssembler, image_size: int,
+                 route_spacing: float = 0.0):
+        """Feed `assembler`, preprocessing frames to `image_size` squares as the driver does.
+
+        `route_spacing` > 0 resamples each route as the driver's parameter of that name does.
+        """
         self.assembler = assembler
         self.image_size = image_size
+        self.route_spacing = route_spacing
         self.frame_stamps: list[int] = []  # recent frame stamps (vehicle_status pairing)
         self._handlers = {
             'camera': self.on_image, 'odometry': self.on_odometry, 'route': self.on_route,
@@ -84,7 +90,14 @@ class MessageFeed:
 
     def on_route(self, msg) -> str | None:
         """Set the route; an unusable one counts as no route until a usable one arrives."""
-        problem = self.assembler.on_route(route_from_path(msg))
+        route = route_from_path(msg)
+        if self.route_spacing > 0.0 and route_problem(route) is None:
+            try:
+                route = resample_route(route, self.route_spacing)
+            except ValueError as error:  # too long to resample: no route, as a bad one
+                self.assembler.on_route(np.zeros((0, 2)))
+                return f'route of {len(msg.poses)} poses refused ({error}); no route'
+        problem = self.assembler.on_route(route)
         if problem is None:
             return None
         return (f'route of {len(msg.poses)} poses refused ({problem}); no route until a '

@@ -92,13 +92,14 @@ class DriverNode(Node):
             self.device = resolve_device('cpu')
         self.precision = ('tf32 allowed' if cfg.allow_tf32 and self.device.type == 'cuda'
                           else 'float32')
-        self.pipeline = DrivingPipeline(cfg.spec, None, cfg.exploration)
+        self.pipeline = DrivingPipeline(cfg.spec, None, cfg.exploration, cfg.expert)
         self.backend = cfg.backend  # the one in use once a policy is loaded
         self.status = 'no policy'
         self.reloader = PolicyReloader(cfg.spec, self._runner_for, cfg.checkpoint,
                                        on_ready=self._on_policy_ready,
                                        on_refused=self._on_policy_refused)
-        self.inputs = DriverInputs(self.pipeline, cfg.odometry_timeout, cfg.require_route)
+        self.inputs = DriverInputs(self.pipeline, cfg.odometry_timeout, cfg.require_route,
+                                   route_spacing=cfg.route_spacing)
         self._stalled = False
         self.processed = RateMeter()
         self.stage_meters = {}  # stage name -> RateMeter of its cost in ms
@@ -179,7 +180,9 @@ class DriverNode(Node):
         """Return the configured backend's runner for `policy` (torch if it cannot run)."""
         runner, self.backend = build_runner(policy, self.device, self.config.backend,
                                             self.config.allow_tf32)
-        if self.backend != self.config.backend:
+        if self.config.backend == 'auto':  # checked again at every load: say what won
+            self.get_logger().info(f'inference backend: {self.backend}')
+        elif self.backend != self.config.backend:
             self._log_throttled('warn', 'backend', f'backend {self.config.backend} not used: '
                                 f'{self.backend}', period=60.0)
         return runner

@@ -9,11 +9,15 @@ from dataclasses import dataclass
 from functools import partial
 
 from av_td3_ros.experts.exploration import ExplorationConfig
+from av_td3_ros.experts.route_expert import ExpertConfig
 from av_td3_ros.nodes.schema import (
+    EXPERT,
     POLICY_SPEC,
+    ROUTE_SPACING,
     SPEC_FIELDS,
     Param,
     Schema,
+    expert_config,
     policy_spec,
     same_named,
 )
@@ -53,7 +57,9 @@ class DriverConfig:
     diagnostics_period: float
     spec: PolicySpec
     exploration: ExplorationConfig
+    expert: ExpertConfig
     seed: int
+    route_spacing: float
     policy_topic: str = ''  # policies from a trainer over DDS (policy_topic.py); '' = off
     warm_up_lead: float = 0.0  # s before the next frame to warm up (driving/frame_pacer.py)
 
@@ -101,9 +107,10 @@ DRIVER = Schema(
     Param('allow_tf32', False, 'allow TensorFloat-32 in CUDA matmuls and convolutions '
           '(faster on Ampere+, actions differ from CPU by ~1e-4); false: exact float32'),
     Param('torch_threads', 1, 'torch CPU threads for inference', 1, 64),
-    Param('backend', 'torch', f'inference backend, one of {BACKENDS}: torch (float32 bit for '
-          'bit with training and bag_eval) or onnxruntime (CPU only, about 2x faster per '
-          'frame, actions within 1e-4)'),
+    Param('backend', 'auto', f'inference backend, one of {BACKENDS}: auto (onnxruntime where '
+          'it is installed and its actions on probe inputs are within 1e-4 of torch, checked '
+          'at every load; else torch), torch (float32 bit for bit with training and bag_eval) '
+          'or onnxruntime (CPU only, about 2x faster per frame)'),
     Param('frame_timeout', 0.5, 'brake when no camera frame arrives for this long (s, steady '
           'clock)', 0.01, 60.0),
     Param('stop_repeat_period', 0.1, 'while the camera is stalled, repeat the full brake this '
@@ -111,12 +118,14 @@ DRIVER = Schema(
     Param('odometry_timeout', 1.0, 'brake when odometry is older than this (s, wall clock)',
           0.01, 60.0),
     Param('require_route', True, 'brake until a route has arrived'),
+    ROUTE_SPACING,
     Param('checkpoint_poll_period', 1.0, 'how often to look for a new checkpoint (s); '
           '0 disables', 0.0, 3600.0),
     Param('publish_debug', True, 'publish the debug frame stack image and markers for rviz'),
     Param('diagnostics_period', 1.0, 'diagnostics period (s)', 0.1, 60.0),
     Param('policy_topic', '', 'load the policies a trainer publishes on this topic '
           '(e.g. /av_td3/policy); empty: off'),
+    EXPERT,
     Param('warm_up_lead', 0.01, 'when frames arrive at a steady rate, run the network on '
           'the previous observation this long (s) before the next frame is due, so that the '
           'frame finds its weights in the CPU caches; 0: off', 0.0, 1.0),
@@ -146,7 +155,8 @@ def driver_spec(values: dict, given: set[str]) -> PolicySpec:
 def config_from_values(values: dict, given: set[str]) -> DriverConfig:
     """Build the DriverConfig from checked parameter `values`; `given`: the names set."""
     return DriverConfig(**same_named(DriverConfig, values), spec=driver_spec(values, given),
-                        exploration=ExplorationConfig(**same_named(ExplorationConfig, values)))
+                        exploration=ExplorationConfig(**same_named(ExplorationConfig, values)),
+                        expert=expert_config(values))
 
 
 def read_config(node) -> DriverConfig:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from av_td3_ros.experts.route_expert import ExpertConfig
 from av_td3_ros.policy.checkpoint import PolicySpec
 from av_td3_ros.policy.features import FeatureConfig
 from av_td3_ros.policy.networks import NetworkConfig
@@ -177,16 +178,66 @@ def policy_spec(values: dict) -> PolicySpec:
         features=FeatureConfig(n_waypoints=n_waypoints))
 
 
+EXPERT_PREFIX = 'expert.'
+EXPERT = tuple(Param.of(ExpertConfig, EXPERT_PREFIX + name, description, low, high, field=name)
+               for name, description, low, high in (
+    ('lookahead_min', 'shortest pure-pursuit lookahead (m)', 0.0, 1e3),
+    ('lookahead_base', 'lookahead at standstill before the minimum applies (m)', 0.0, 1e3),
+    ('lookahead_gain', 'extra lookahead per m/s of speed (s)', 0.0, 100.0),
+    ('wheelbase', "the vehicle's axle distance (m)", 0.1, 100.0),
+    ('max_wheel_angle', 'front wheel angle at full steer (rad)', 0.01, 1.57),
+    ('preview_distance', 'route length ahead whose curves limit the speed (m)', 0.0, 1e4),
+    ('curvature_window', 'arc length over which curvature is measured (m)', 0.1, 1e3),
+    ('lateral_accel', 'lateral acceleration allowed in curves (m/s^2)', 0.01, 100.0),
+    ('braking_decel', 'deceleration planned before a curve (m/s^2)', 0.01, 100.0),
+    ('max_speed', 'target speed on straights (m/s)', 0.01, 200.0),
+    ('speed_gain', 'throttle per m/s below the target speed', 0.0, 100.0),
+    ('brake_gain', 'brake per m/s above the target speed', 0.0, 100.0),
+    ('max_brake', 'strongest brake command', 0.0, 1.0),
+    ('off_road_deviation', 'distance from the route beyond which it recovers (m)', 0.0, 1e3),
+    ('recovery_speed', 'target speed while recovering (m/s)', 0.0, 200.0),
+    ('recovery_throttle', 'throttle cap while recovering', 0.0, 1.0)))
+"""The route expert's settings (`ExpertConfig`, defaults: the stand-in; CARLA's:
+config/expert_carla.yaml). The driver drives with them in expert and dagger modes and the
+trainer labels with them, so both are set from one file."""
+assert {p.name[len(EXPERT_PREFIX):] for p in EXPERT} \
+    == {f.name for f in dataclasses.fields(ExpertConfig)}, 'every ExpertConfig field is a Param'
+
+
+def expert_config(values: dict) -> ExpertConfig:
+    """Return the ExpertConfig the expert.* parameters in `values` describe."""
+    return ExpertConfig(**{p.name[len(EXPERT_PREFIX):]: values[p.name] for p in EXPERT})
+
+
+ROUTE_SPACING = Param('route_spacing', 0.0, 'resample each route every this many metres of arc '
+                      'length before the kinematic vector is built (CARLA plans every 1 m, the '
+                      'stand-in every 3.5 m); 0: as received', 0.0, 1e3)
+
+
 def same_named(config_cls, values: dict) -> dict:
     """Return the entries of `values` named like a field of dataclass `config_cls`."""
     return {f.name: values[f.name] for f in dataclasses.fields(config_cls) if f.name in values}
 
 
 def load_params_file(path, node_name: str) -> dict:
-    """Return the ros__parameters for `node_name` (and `/**`) of a ROS params YAML file."""
+    """Return the ros__parameters for `node_name` (and `/**`) of a ROS params YAML file.
+
+    Nested mappings become dotted names, as rclpy reads them (`expert: {max_speed: 8.3}` is
+    `expert.max_speed`).
+    """
     content = yaml.safe_load(Path(path).read_text()) or {}
     values = {}
     for key, section in content.items():
         if key == '/**' or key.rstrip('/').rsplit('/', 1)[-1] == node_name:
-            values.update((section or {}).get('ros__parameters', {}))
+            values.update(_flatten((section or {}).get('ros__parameters', {})))
     return values
+
+
+def _flatten(section: dict, prefix: str = '') -> dict:
+    flat = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat

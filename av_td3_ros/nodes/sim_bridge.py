@@ -94,6 +94,7 @@ class SimBridgeConfig:
     max_off_track_steps: int = 0
     publish_rate: float = 20.0
     auto_reset: bool = True
+    route_spacing: float = 0.0
 
 
 _bridge = partial(Param.of, SimBridgeConfig)
@@ -116,6 +117,8 @@ SIM_BRIDGE = Schema(
             'wheels off the road; 0: never', 0, 10**9),
     _bridge('publish_rate', 'asynchronous mode tick rate (Hz)', 0.1, 1000.0),
     _bridge('auto_reset', 'start a new episode on the tick after the env ends one'),
+    _bridge('route_spacing', 'publish the route resampled every this many metres, as another '
+            'planner would space it (CARLA: 1 m); 0: the centre line as is (~3.5 m)', 0.0, 1e3),
 )
 """Every sim_bridge parameter (config/sim_bridge.yaml)."""
 
@@ -148,7 +151,8 @@ class SimBridgeNode(Node):
                                        image_height=cfg.image_height,
                                        step_seconds=cfg.fixed_delta_seconds,
                                        max_episode_steps=cfg.max_episode_steps,
-                                       max_off_track_steps=cfg.max_off_track_steps))
+                                       max_off_track_steps=cfg.max_off_track_steps,
+                                       route_spacing=cfg.route_spacing))
         role = cfg.role_name
         prefix = f'/carla/{role}'
         publisher = partial(self.create_publisher, qos_profile=BRIDGE_QOS)

@@ -68,7 +68,8 @@ class VehicleFeed:
         config = node.config
         self.assembler = TransitionAssembler(config.spec.features, config.reward,
                                              config.episode)
-        self.messages = MessageFeed(self.assembler, config.spec.preprocessing.image_size)
+        self.messages = MessageFeed(self.assembler, config.spec.preprocessing.image_size,
+                                    config.route_spacing)
         self.resetting = False
         self.reset_requested: float | None = None  # monotonic time of the last request
         self.last_frame: float | None = None  # monotonic time of the newest camera frame

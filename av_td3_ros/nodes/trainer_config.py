@@ -14,7 +14,16 @@ from pathlib import Path
 from av_td3_ros.experts.exploration import ExplorationConfig
 from av_td3_ros.learning.learner import LearnerConfig
 from av_td3_ros.learning.td3 import TD3Config
-from av_td3_ros.nodes.schema import POLICY_SPEC, Param, Schema, policy_spec, same_named
+from av_td3_ros.nodes.schema import (
+    EXPERT,
+    POLICY_SPEC,
+    ROUTE_SPACING,
+    Param,
+    Schema,
+    expert_config,
+    policy_spec,
+    same_named,
+)
 from av_td3_ros.policy.checkpoint import CHECKPOINT_DECIDES, PolicySpec, read_metadata
 from av_td3_ros.task.reward import RewardConfig
 from av_td3_ros.task.transitions import EpisodeConfig
@@ -32,6 +41,7 @@ class TrainerConfig(LearnerConfig):
     episode: EpisodeConfig
     reward: RewardConfig
     episode_start_timeout: float
+    route_spacing: float = 0.0  # resample routes as the driver does (schema.ROUTE_SPACING)
     camera_topic: str = '/carla/{role}/rgb_front/image'  # {role}: each vehicle's role name
     policy_topic: str = '/av_td3/policy'  # every saved policy is published here ('' = off)
 
@@ -109,6 +119,8 @@ TRAINER = Schema(
              "(the starting policy's action: a trust region, no expert)"),
     _learner('bc_pretrain_updates', "BC steps of the actor towards the route expert's action "
              'once learning_starts transitions are stored, before TD3 (0: off)', 0, 10**9),
+    ROUTE_SPACING,
+    EXPERT,
 )
 """Every trainer parameter (README "Trainer parameters"; config/trainer.yaml)."""
 
@@ -124,7 +136,8 @@ def config_from_values(v: dict) -> TrainerConfig:
     reward = RewardConfig(**same_named(RewardConfig, v),
                           lateral_tolerance=episode.max_lateral_deviation)
     return TrainerConfig(**dict(same_named(TrainerConfig, v), run_dir=Path(v['run_dir'])),
-                         spec=spec, td3=td3, episode=episode, reward=reward)
+                         spec=spec, td3=td3, episode=episode, reward=reward,
+                         expert=expert_config(v))
 
 
 def with_initial_policy_decisions(config: TrainerConfig) -> TrainerConfig:

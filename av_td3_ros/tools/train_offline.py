@@ -47,7 +47,7 @@ def count_frames(bags: list[Path], camera_topic: str) -> int:
 def read_bag(bag: Path, config: TrainerConfig, role: str, store) -> dict[str, int]:
     """Feed one bag through a fresh assembler into `store(item)`; return what it saw."""
     assembler = TransitionAssembler(config.spec.features, config.reward, config.episode)
-    messages = MessageFeed(assembler, config.spec.preprocessing.image_size)
+    messages = MessageFeed(assembler, config.spec.preprocessing.image_size, config.route_spacing)
     kinds = {topic: kind for kind, topic in
              input_topics(config.camera_topic, config.control_source, role).items()}
     types = typestore()

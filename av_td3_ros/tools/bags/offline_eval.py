@@ -110,9 +110,9 @@ def evaluate_bag(bag: Path, output: Path | None, config, runner=None, storage: s
     from av_td3_ros.driving.pipeline import DrivingPipeline
     store = typestore()
     # The driver node's own decision logic, with bag time (s) for its clock.
-    driver = DriverInputs(DrivingPipeline(config.spec, runner, config.exploration),
+    driver = DriverInputs(DrivingPipeline(config.spec, runner, config.exploration, config.expert),
                           config.odometry_timeout if odometry_timeout else None,
-                          config.require_route)
+                          config.require_route, route_spacing=config.route_spacing)
     result = EvalResult()
     role = config.role_name
     if debug_topic is None:
