@@ -1,5 +1,5 @@
 # Test if the route expert's settings are parameters of the driver and the trainer, and if
-# the shipped CARLA file sets them (and the route spacing) to values both nodes accept.
+# the shipped CARLA file sets them to values both nodes accept.
 import dataclasses
 from pathlib import Path
 
@@ -28,15 +28,13 @@ def test_every_expert_setting_is_a_driver_and_a_trainer_parameter():
 
 def test_the_carla_file_gives_driver_and_trainer_one_expert():
     carla = load_params_file(CONFIG / 'expert_carla.yaml', 'driver')
-    assert set(carla) == {f'expert.{f.name}' for f in dataclasses.fields(ExpertConfig)} \
-        | {'route_spacing'}
+    assert set(carla) == {f'expert.{f.name}' for f in dataclasses.fields(ExpertConfig)}
     driver = config_from_values(DRIVER.read(merged('driver.yaml', 'driver')), set())
     trainer = trainer_config(TRAINER.read(merged('trainer.yaml', 'trainer')))
     assert driver.expert == trainer.expert != ExpertConfig()
-    assert driver.route_spacing == trainer.route_spacing == 2.0
+    assert driver.route_spacing == trainer.route_spacing == 0.0  # routes as received
     # The vehicle's geometry and CARLA's urban speed limit (30 km/h).
     assert (driver.expert.wheelbase, driver.expert.max_wheel_angle) == (2.875, 1.22)
     assert driver.expert.max_speed * 3.6 < 30.0 + 0.5
-    # The 25 waypoints at that spacing reach past the speed preview.
-    assert driver.spec.features.n_waypoints * driver.route_spacing \
-        >= driver.expert.preview_distance
+    # The 25 waypoints of a 1 m CARLA route reach past the speed preview.
+    assert driver.spec.features.n_waypoints * 1.0 >= driver.expert.preview_distance

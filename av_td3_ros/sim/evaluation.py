@@ -18,7 +18,7 @@ from av_td3_ros.driving.pipeline import DrivingPipeline
 from av_td3_ros.experts.route_expert import RouteExpert
 from av_td3_ros.policy.checkpoint import PolicySpec
 from av_td3_ros.policy.control import action_to_control
-from av_td3_ros.policy.features import Pose2D
+from av_td3_ros.policy.features import Pose2D, resample_route
 from av_td3_ros.policy.inference import PolicyRunner
 from av_td3_ros.policy.networks import ActorPolicy
 from av_td3_ros.policy.preprocessing import ImageView
@@ -162,26 +162,47 @@ def run_episode(env: SimEnv, seed: int, drive) -> EpisodeResult:
                          off_track)
 
 
-def policy_driver(env: SimEnv, pipeline: DrivingPipeline):
+class DriverRoute:
+    """The route as a driver holds it: the simulator's, resampled once per episode if asked.
+
+    `route_spacing` plays the driver's parameter of that name (0: as received).
+    """
+
+    def __init__(self, env: SimEnv, route_spacing: float = 0.0):
+        """Follow `env`'s route."""
+        self.env, self.route_spacing, self.route = env, route_spacing, None
+
+    def at(self, state: SimState) -> np.ndarray:
+        """Return the route for `state`, received anew at each episode's first step."""
+        if state.steps == 0 or self.route is None:
+            self.route = (resample_route(self.env.waypoints, self.route_spacing)
+                          if self.route_spacing > 0.0 else self.env.waypoints)
+        return self.route
+
+
+def policy_driver(env: SimEnv, pipeline: DrivingPipeline, route_spacing: float = 0.0):
     """Return a `drive(state)` callable that runs `pipeline` as the driver node would."""
+    route = DriverRoute(env, route_spacing)
 
     def drive(state: SimState):
         if state.steps == 0:
             pipeline.reset_episode()
         command = pipeline.step(image_of(state), pose_of(state), state.speed,
-                                env.waypoints).command
+                                route.at(state)).command
         return command.steer, command.throttle, command.brake
 
     return drive
 
 
-def expert_driver(env: SimEnv, expert: RouteExpert):
+def expert_driver(env: SimEnv, expert: RouteExpert, route_spacing: float = 0.0):
     """Return a `drive(state)` callable for the route expert."""
+    route = DriverRoute(env, route_spacing)
 
     def drive(state: SimState):
         if state.steps == 0:
             expert.reset()
-        command = action_to_control(*expert.act(pose_of(state), state.speed, env.waypoints))
+        action = expert.act(pose_of(state), state.speed, route.at(state))
+        command = action_to_control(*action)
         return command.steer, command.throttle, command.brake
 
     return drive
@@ -203,19 +224,22 @@ def run_episodes(env: SimEnv, seeds: list[int], drive, on_episode=None
 
 def evaluate_policy(policy: nn.Module, spec: PolicySpec, seeds: list[int],
                     env_config: SimEnvConfig | None = None, on_episode=None,
-                    ) -> list[EpisodeResult]:
-    """Drive one episode per seed with `policy` (an ActorPolicy or AblatedPolicy) on CPU."""
+                    route_spacing: float = 0.0) -> list[EpisodeResult]:
+    """Drive one episode per seed with `policy` (an ActorPolicy or AblatedPolicy) on CPU.
+
+    `route_spacing`: the driver's (the simulator's is `env_config.route_spacing`).
+    """
     env = SimEnv(env_config or SimEnvConfig())
     pipeline = DrivingPipeline(spec, PolicyRunner(policy, torch.device('cpu')))
-    return run_episodes(env, seeds, policy_driver(env, pipeline), on_episode)
+    return run_episodes(env, seeds, policy_driver(env, pipeline, route_spacing), on_episode)
 
 
 def evaluate_expert(seeds: list[int], spec: PolicySpec | None = None,
                     env_config: SimEnvConfig | None = None, on_episode=None,
-                    ) -> list[EpisodeResult]:
+                    route_spacing: float = 0.0) -> list[EpisodeResult]:
     """Drive one episode per seed with the route expert (no camera render needed)."""
     env = SimEnv(env_config or SimEnvConfig(render_camera=False))
-    drive = expert_driver(env, RouteExpert((spec or PolicySpec()).features))
+    drive = expert_driver(env, RouteExpert((spec or PolicySpec()).features), route_spacing)
     return run_episodes(env, seeds, drive, on_episode)
 
 

@@ -5,6 +5,8 @@
         --ablate camera
     evaluate_policy --expert --seeds 7000-7009
     evaluate_policy --checkpoint models/camera_policy.safetensors --seeds 7000-7009 --through-ros
+    evaluate_policy --expert --seeds 7000-7009 --through-ros --route-spacing 1.0 \
+        --driver-route-spacing 3.5
 
 In-process (default) the episodes run on `SimEnv` through the driver's own pipeline. With
 `--through-ros` the sim_bridge and driver nodes of launch/sim_drive.launch.xml run as
@@ -53,16 +55,17 @@ def evaluate_in_process(args, seeds: list[int], report) -> list[EpisodeResult]:
     from av_td3_ros.policy.checkpoint import PolicySpec, load_policy
     from av_td3_ros.sim.evaluation import evaluate_expert, evaluate_policy
     from av_td3_ros.sim.sim_env import SimEnvConfig
+    sim = SimEnvConfig(max_episode_steps=args.max_steps, route_spacing=args.route_spacing,
+                       render_camera=not args.expert)
     if args.expert:
-        return evaluate_expert(seeds, env_config=SimEnvConfig(
-            render_camera=False, max_episode_steps=args.max_steps), on_episode=report)
+        return evaluate_expert(seeds, env_config=sim, on_episode=report,
+                               route_spacing=args.driver_route_spacing)
     policy, metadata = load_policy(args.checkpoint)
     spec = PolicySpec.from_metadata(metadata)
     if args.ablate:
         policy = ablated(policy, spec, args.ablate)
     with torch.inference_mode():
-        return evaluate_policy(policy, spec, seeds,
-                               SimEnvConfig(max_episode_steps=args.max_steps), report)
+        return evaluate_policy(policy, spec, seeds, sim, report, args.driver_route_spacing)
 
 
 def ros_episode_result(seed: int, text: str) -> EpisodeResult:
@@ -111,8 +114,10 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
         # command (that would change the returns): the bridge's step timeout only re-kicks a
         # lost frame, and likewise the driver's stall watchdog brake must not tick it.
         for node, overrides in (('sim_bridge', {'max_episode_steps': args.max_steps,
-                                                'step_timeout': 10.0}),
-                                ('driver', {'frame_timeout': 5.0})):
+                                                'step_timeout': 10.0,
+                                                'route_spacing': args.route_spacing}),
+                                ('driver', {'frame_timeout': 5.0,
+                                            'route_spacing': args.driver_route_spacing})):
             params = yaml.safe_load((launch_file.parent.parent / 'config' / f'{node}.yaml')
                                     .read_text())
             (section,) = params.values()
@@ -188,6 +193,12 @@ def main(argv=None) -> int:
                         help='replace that input with its mean over expert-driven states')
     parser.add_argument('--max-steps', type=int, default=1000,
                         help='time limit of an episode in steps (the sim_bridge default)')
+    parser.add_argument('--route-spacing', type=float, default=0.0,
+                        help='the simulator publishes its route every this many metres, as '
+                             "another planner would (CARLA's: 1); 0: its own ~3.5 m")
+    parser.add_argument('--driver-route-spacing', type=float, default=0.0,
+                        help="the driver's route_spacing: it resamples each route it "
+                             'receives every this many metres; 0: as received')
     parser.add_argument('--through-ros', action='store_true',
                         help='run the sim_bridge and driver nodes instead of in-process')
     parser.add_argument('--timeout', type=float, default=3600.0,
