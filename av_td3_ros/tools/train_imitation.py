@@ -35,8 +35,9 @@ def build_config(args):
 def main(argv=None) -> int:
     """Train and write the policy; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--out', default='models/camera_policy.safetensors',
-                        help='policy file to write')
+    parser.add_argument('--out', default='runs/imitation/policy.safetensors',
+                        help='policy file to write (the shipped models are regenerated with '
+                             'an explicit --out models/<name>.safetensors)')
     parser.add_argument('--profile', choices=('camera', 'route'), default='camera',
                         help='camera: the actor sees speed only of the kinematic vector; '
                              'route: all of it')
