@@ -9,7 +9,7 @@ Fast DDS shared-memory profile; the echo node shares the driver's QoS (best effo
 last 1), so the difference is the driver's own work.
 
     source scripts/env.sh && python bench/driver_latency.py [--frames 400] [--rate 20] \
-        [--backends torch,onnxruntime] [--warm-up-leads 0,0.002]
+        [--backends auto,torch,onnxruntime] [--warm-up-leads 0,0.002]
 """
 from __future__ import annotations
 
@@ -107,8 +107,9 @@ def main():
     parser.add_argument('--warmup', type=int, default=40)
     parser.add_argument('--width', type=int, default=800, help='camera width (bridge: 800)')
     parser.add_argument('--height', type=int, default=600, help='camera height (bridge: 600)')
-    parser.add_argument('--backends', default='torch',
-                        help="driver backends to measure, comma-separated: torch,onnxruntime")
+    parser.add_argument('--backends', default='auto,torch',
+                        help='driver backends to measure, comma-separated: auto (the '
+                             "driver's default), torch, onnxruntime")
     parser.add_argument('--warm-up-leads', default='0.002',
                         help="driver warm_up_lead values (s), comma-separated, e.g. 0,0.002: "
                              'each backend is measured with each')
