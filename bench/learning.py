@@ -13,8 +13,8 @@ Arms (all on the stand-in `SimEnv`, camera profile unless `--profile route`):
   loop) from a freshly initialised actor; no critic warm-up, exploration noise
   `--scratch-noise`.
 - `td3-from-bc`: the same loop from the BC start: plain TD3 after a Monte Carlo critic warm-up
-  of `--critic-warmup` updates (the README's fix for the myopic critic).
-- `td3bc-from-bc`: the same with the BC term (`bc_weight` 1.0, alpha 2.5: the README's
+  of `--critic-warmup` updates (docs/training.md: the fix for the myopic critic).
+- `td3bc-from-bc`: the same with the BC term (`bc_weight` 1.0, alpha 2.5: docs/training.md's
   recommendation; labels are the route expert's actions on the stored kinematics).
 - `sb3-td3`: Stable-Baselines3 TD3 (`MultiInputPolicy`) on `sim/gym_env.SimGymEnv`, which
   gives the actor's observation (4 stacked 84x84 frames + the kinematic vector, masked as the
@@ -28,7 +28,7 @@ output says which. TD3 arms stop after `--cpu-minutes-per-arm` CPU-minutes of ac
 learning (evaluations excluded); SB3 also stops at `--max-env-steps` if given. Every
 `--eval-every` env steps (TD3: every eval-every/2 updates after the 2,000-step prefill) each
 arm drives the validation tracks (`--validation-seeds`, the recipe's 500-503; never the
-README's test tracks 7000-7009) and prints a row: arm | env steps | learning CPU-min | mean
+docs' test tracks 7000-7009) and prints a row: arm | env steps | learning CPU-min | mean
 return. Rows are appended to `<out-dir>/rows.jsonl` as they come; at the end
 `<out-dir>/learning_curves.csv` and `.png` (return vs CPU-minutes and vs env steps).
 `--plot-only` rebuilds both from rows.jsonl. CPU times are each arm's own process's, on

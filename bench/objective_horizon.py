@@ -8,8 +8,8 @@ acceleration limit) through `sim/gym_env.SimGymEnv` - the trainer's reward and e
 rules: the episode ends at the 6.5 m lateral limit - and prints, per variant and track,
 how long it drove, the simulator's return (a lap is ~900) and the discounted shaped return
 from the start, G0, for each discount factor. A variant that leaves the road but has the
-higher G0 is what a learner with that discount is pulled towards (README "Fine-tuning with
-TD3").
+higher G0 is what a learner with that discount is pulled towards
+(docs/research/td3-finetuning.md).
 
 No learning and no randomness: the expert is deterministic, so one run is the measurement.
 The tracks are held out from every recipe and test (7100+).

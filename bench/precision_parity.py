@@ -13,13 +13,13 @@ gap to fp32 is no larger than what a second fp32 run with another seed shows.
    (fp32 forward: the driver's arithmetic) and the return on `--bc-eval-seeds`, episodes cut
    at `--bc-eval-steps`.
 2. TD3+BC fine-tuning (`learning/finetune.Finetuner`, what `finetune_policy` runs), from
-   `--start` with bc_weight 1.0 (README "Fine-tuning with TD3"), for a fixed number of updates
+   `--start` with bc_weight 1.0 (docs/training.md), for a fixed number of updates
    rather than a CPU budget, so that both precisions see the same number of updates and env
    steps. Printed: critic loss and the actor's BC MSE (means per `--td3-every` updates), and
    the returns on `--td3-eval-seeds` (full episodes) at the start and after the last update.
 
 Evaluation tracks are held out from every recipe: not 500-503 (imitation validation), 600-604
-(fine-tuning keep-the-best), 1000+ / 2000+ / 5000+ (collection) or 7000-7009 (the README's
+(fine-tuning keep-the-best), 1000+ / 2000+ / 5000+ (collection) or 7000-7009 (the docs'
 test tracks). CPU times are this process's; other jobs on the machine do not change them much.
 """
 from __future__ import annotations

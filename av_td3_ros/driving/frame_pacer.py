@@ -2,8 +2,8 @@
 
 At 20 Hz the driver idles ~45 ms of every 50: the network's weights (the fc layer alone is
 6.4 MB) leave the CPU caches and the core drops into an idle state, so a frame's inference
-costs about twice what it costs back to back (bench/inference_backends.py, README "Driver
-inference backends"). Running the network once more on the previous observation shortly
+costs about twice what it costs back to back (bench/inference_backends.py,
+docs/benchmarks.md). Running the network once more on the previous observation shortly
 before the next frame is due wins part of that back. A camera in
 CARLA's synchronous mode or the stand-in ticks at a steady rate, so the next arrival is the
 last one plus the recent interval; when frames are irregular the pacer says so and the

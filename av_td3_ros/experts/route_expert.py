@@ -22,7 +22,7 @@ How it drives:
 
 Defaults suit the CarRacing stand-in (13.3 m road, speeds in m/s of sim time at 0.05 s steps):
 tuned on tracks 100-119 (912 +- 16), it returned 916.0 +- 6.0 on tracks 7000-7009 with all
-ten laps completed (README, "Driving out of the box").
+ten laps completed (docs/imitation.md). `config/expert_carla.yaml` holds CARLA's.
 """
 from __future__ import annotations
 

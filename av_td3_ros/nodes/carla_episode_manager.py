@@ -99,7 +99,7 @@ EPISODE_MANAGER = Schema(
     _episodes('reset_timeout', 'retry a reset step that takes longer (s, steady clock)',
               0.1, 600.0),
 )
-"""Every carla_episode_manager parameter (README, CARLA episodes)."""
+"""Every carla_episode_manager parameter (docs/carla.md, generated)."""
 
 
 class CarlaEpisodeManagerNode(Node):

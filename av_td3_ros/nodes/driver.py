@@ -349,7 +349,7 @@ class DriverNode(Node):
             f'{publishers} camera publisher(s) matched on {self.config.camera_topic} but no '
             f'frame arrived in {waited:.0f} s. Frames larger than the transport can carry are '
             f'dropped silently: {limit}. Check the camera resolution and '
-            'FASTDDS_DEFAULT_PROFILES_FILE on both sides (README, Transport).')
+            'FASTDDS_DEFAULT_PROFILES_FILE on both sides (docs/transport.md).')
 
     def destroy_node(self):
         """Stop the watchdog thread, then destroy the node."""

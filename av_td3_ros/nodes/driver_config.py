@@ -130,7 +130,7 @@ DRIVER = Schema(
           'the previous observation this long (s) before the next frame is due, so that the '
           'frame finds its weights in the CPU caches; 0: off', 0.0, 1.0),
 )
-"""Every driver parameter (README "Driver parameters"; config/driver.yaml)."""
+"""Every driver parameter (docs/driver.md, generated; config/driver.yaml)."""
 
 
 def driver_spec(values: dict, given: set[str]) -> PolicySpec:

@@ -122,7 +122,7 @@ TRAINER = Schema(
     ROUTE_SPACING,
     EXPERT,
 )
-"""Every trainer parameter (README "Trainer parameters"; config/trainer.yaml)."""
+"""Every trainer parameter (docs/training.md, generated; config/trainer.yaml)."""
 
 
 def config_from_values(v: dict) -> TrainerConfig:

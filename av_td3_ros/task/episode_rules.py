@@ -105,7 +105,7 @@ class EndEpisode(NamedTuple):
     stamp_ns: int
 
     def text(self) -> str:
-        """Return the episode_end message data (README: Episode reset interface)."""
+        """Return the episode_end message data (docs/carla.md: Episode reset interface)."""
         return format_episode_end(EpisodeEndMessage(self.kind, self.reason, steps=self.steps,
                                                     stamp_ns=self.stamp_ns))
 

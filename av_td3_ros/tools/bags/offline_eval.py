@@ -217,7 +217,7 @@ def main(args=None):
                           not parsed.no_odometry_timeout)
     for missing in result.missing_topics:
         print(f'bag_eval: the bag has no {missing}; a bag needs the camera, odometry and '
-              'route topics (README, Bags)', file=sys.stderr)
+              'route topics (docs/bags.md)', file=sys.stderr)
     reasons = ', '.join(f'{k}: {v}' for k, v in sorted(result.reasons.items()))
     print(f'{result.frames} frames, {result.episodes} episode starts; {reasons}'
           + (f'; wrote {parsed.output}' if parsed.output else ''), flush=True)
