@@ -116,7 +116,7 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
         for node, overrides in (('sim_bridge', {'max_episode_steps': args.max_steps,
                                                 'step_timeout': 10.0,
                                                 'route_spacing': args.route_spacing}),
-                                ('driver', {'frame_timeout': 5.0,
+                                ('driver', {'frame_timeout': 5.0, 'backend': args.backend,
                                             'route_spacing': args.driver_route_spacing})):
             params = yaml.safe_load((launch_file.parent.parent / 'config' / f'{node}.yaml')
                                     .read_text())
@@ -199,6 +199,9 @@ def main(argv=None) -> int:
     parser.add_argument('--driver-route-spacing', type=float, default=0.0,
                         help="the driver's route_spacing: it resamples each route it "
                              'receives every this many metres; 0: as received')
+    parser.add_argument('--backend', default='torch', choices=('torch', 'auto', 'onnxruntime'),
+                        help="--through-ros: the driver's inference backend; torch (exact) "
+                             'gives the in-process returns episode for episode')
     parser.add_argument('--through-ros', action='store_true',
                         help='run the sim_bridge and driver nodes instead of in-process')
     parser.add_argument('--timeout', type=float, default=3600.0,
