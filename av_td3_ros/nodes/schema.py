@@ -200,8 +200,6 @@ EXPERT = tuple(Param.of(ExpertConfig, EXPERT_PREFIX + name, description, low, hi
 """The route expert's settings (`ExpertConfig`, defaults: the stand-in; CARLA's:
 config/expert_carla.yaml). The driver drives with them in expert and dagger modes and the
 trainer labels with them, so both are set from one file."""
-assert {p.name[len(EXPERT_PREFIX):] for p in EXPERT} \
-    == {f.name for f in dataclasses.fields(ExpertConfig)}, 'every ExpertConfig field is a Param'
 
 
 def expert_config(values: dict) -> ExpertConfig:
