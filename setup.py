@@ -31,6 +31,7 @@ setup(
             'driver_node = av_td3_ros.nodes.driver:main',
             'trainer_node = av_td3_ros.nodes.trainer:main',
             'sim_bridge = av_td3_ros.nodes.sim_bridge:main',
+            'metadrive_bridge = av_td3_ros.nodes.metadrive_bridge:main',
             'import_checkpoint = av_td3_ros.tools.importer:main',
             'bag_record = av_td3_ros.tools.bags.record:main',
             'bag_replay = av_td3_ros.tools.bags.replay:main',

@@ -4,10 +4,37 @@
 # Idempotent: a second run only reinstalls av_td3_ros (a few seconds).
 #
 # Usage: scripts/setup.sh [--bench]     (--bench adds Stable-Baselines3 for bench/)
-# Env:   AV_TD3_VENV (default: <repo>/.venv), PYTHON (default: python3)
+#        scripts/setup.sh --metadrive   (only MetaDrive's own venv, docs/metadrive.md)
+# Env:   AV_TD3_VENV (default: <repo>/.venv), PYTHON (default: python3),
+#        AV_TD3_METADRIVE_VENV (default: <repo>/.venv-metadrive)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# MetaDrive 0.3.0.1 pins numpy 1.24 and gym 0.25, so it gets a venv of its own; the worker
+# (av_td3_ros/sim/metadrive_worker.py) runs there by file path. The simplepbr and gltf pins
+# are the last versions MetaDrive 0.3.0.1 can import.
+if [ "${1:-}" = "--metadrive" ]; then
+  mvenv=${AV_TD3_METADRIVE_VENV:-$repo/.venv-metadrive}
+  mreqs="metadrive-simulator==0.3.0.1 panda3d-simplepbr==0.10 panda3d-gltf==0.13"
+  if [ ! -x "$mvenv/bin/python" ]; then
+    printf '[setup] creating MetaDrive venv at %s\n' "$mvenv" >&2
+    "${PYTHON:-python3}" -m venv "$mvenv"
+  fi
+  mstamp="$mvenv/.av_td3_metadrive.sha"
+  mwant=$(echo "$mreqs" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$mstamp" 2>/dev/null)" != "$mwant" ]; then
+    printf '[setup] installing %s (first run: ~1 minute)\n' "$mreqs" >&2
+    # shellcheck disable=SC2086
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$mvenv/bin/python" -m pip install -q $mreqs \
+      2> >(grep -v "is ignored: it is neither" >&2)
+    "$mvenv/bin/python" -c "import metadrive" >/dev/null 2>&1 \
+      || { printf '[setup] metadrive not importable in %s\n' "$mvenv" >&2; exit 1; }
+    echo "$mwant" > "$mstamp"
+  fi
+  printf '[setup] MetaDrive venv ready: %s\n' "$mvenv" >&2
+  exit 0
+fi
 venv=${AV_TD3_VENV:-$repo/.venv}
 python=${PYTHON:-python3}
 want_bench=0

@@ -6,6 +6,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 bash scripts/setup.sh
+# MetaDrive's own venv, for the metadrive-marked tests (docs/metadrive.md).
+bash scripts/setup.sh --metadrive
 # shellcheck source=/dev/null
 source scripts/env.sh
 echo "[test] ruff check"

@@ -32,7 +32,10 @@ MODULE_KEYS = {
     'pytest': 'python3-pytest', 'hypothesis': 'python3-hypothesis',
     'catkin_pkg': 'python3-catkin-pkg-modules', 'onnxruntime': 'python3-onnxruntime-pip',
 }
-NO_KEY = {'safetensors', 'Box2D'}
+NO_KEY = {'safetensors', 'Box2D',
+          # Imported only by sim/metadrive_worker.py, in MetaDrive's own venv
+          # (scripts/setup.sh --metadrive), never in the package's environment.
+          'metadrive', 'panda3d'}
 
 
 def package():

@@ -46,36 +46,21 @@ world stays frozen until reset_episode. Episode e uses track seed `seed + e` (-1
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from functools import partial
 
-from builtin_interfaces.msg import Time
-from carla_msgs.msg import (
-    CarlaEgoVehicleControl,
-    CarlaEgoVehicleStatus,
-    CarlaLaneInvasionEvent,
-    CarlaStatus,
-)
-from geometry_msgs.msg import PoseStamped, Quaternion
-from nav_msgs.msg import Odometry, Path
+from carla_msgs.msg import CarlaEgoVehicleControl, CarlaLaneInvasionEvent
 from rclpy.clock import Clock, ClockType
-from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
-from rosgraph_msgs.msg import Clock as ClockMsg
-from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Float32, Header, String
 from std_srvs.srv import Trigger
 
+from av_td3_ros.nodes.bridge_messages import BRIDGE_QOS, VehicleTopics, time_msg
 from av_td3_ros.nodes.node_main import guard_callback, run_node
 from av_td3_ros.nodes.node_params import declare
 from av_td3_ros.nodes.schema import Param, Schema
-from av_td3_ros.nodes.transport import LATCHED, reliable
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState, finite_clamp
 from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
-
-BRIDGE_QOS = reliable(10)
 
 
 @dataclass(frozen=True)
@@ -130,16 +115,6 @@ def episode_end_text(state: SimState, stamp_ns: int) -> str:
         episode_return=state.episode_return, steps=state.steps, stamp_ns=stamp_ns))
 
 
-def _time_msg(stamp_ns: int) -> Time:
-    """Return a builtin_interfaces/Time for integer nanoseconds."""
-    return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
-
-
-def _yaw_quaternion(yaw: float) -> Quaternion:
-    """Return the quaternion of a rotation by `yaw` about z."""
-    return Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
-
-
 class SimBridgeNode(Node):
     """Step a SimEnv and publish it like the CARLA ROS bridge; see the module docstring."""
 
@@ -154,45 +129,20 @@ class SimBridgeNode(Node):
                                        max_off_track_steps=cfg.max_off_track_steps,
                                        route_spacing=cfg.route_spacing))
         role = cfg.role_name
-        prefix = f'/carla/{role}'
-        publisher = partial(self.create_publisher, qos_profile=BRIDGE_QOS)
-        self._pub_image = publisher(Image, f'{prefix}/rgb_front/image')
-        self._pub_info = publisher(CameraInfo, f'{prefix}/rgb_front/camera_info')
-        self._pub_odom = publisher(Odometry, f'{prefix}/odometry')
-        self._pub_speed = publisher(Float32, f'{prefix}/speedometer')
-        self._pub_status = publisher(CarlaEgoVehicleStatus, f'{prefix}/vehicle_status')
-        self._pub_invasion = publisher(CarlaLaneInvasionEvent, f'{prefix}/lane_invasion')
-        self._pub_waypoints = self.create_publisher(Path, f'{prefix}/waypoints', LATCHED)
-        self._pub_world = publisher(CarlaStatus, '/carla/status')
-        self._pub_clock = publisher(ClockMsg, '/clock')
-        self._pub_start = self.create_publisher(Header, f'/av_td3/{role}/episode_start', LATCHED)
-        self._pub_end = publisher(String, f'/av_td3/{role}/episode_end')
-        self.create_subscription(CarlaEgoVehicleControl, f'{prefix}/vehicle_control_cmd',
+        self.topics = VehicleTopics(self, role, cfg.image_width, cfg.image_height,
+                                    cfg.camera_fov, cfg.fixed_delta_seconds,
+                                    cfg.synchronous_mode)
+        self.create_subscription(CarlaEgoVehicleControl, f'/carla/{role}/vehicle_control_cmd',
                                  guard_callback(self, self._on_control), BRIDGE_QOS)
         self.create_service(Trigger, f'/av_td3/{role}/reset_episode',
                             guard_callback(self, self._on_reset))
 
-        # Messages reused every tick: only stamps and values change.
-        self._image = Image(height=cfg.image_height, width=cfg.image_width, encoding='bgra8',
-                            is_bigendian=0, step=cfg.image_width * 4)
-        self._image.header.frame_id = f'{role}/rgb_front'
-        self._camera_info = self._make_camera_info()
-        self._odom = Odometry()
-        self._odom.header.frame_id = 'map'
-        self._odom.child_frame_id = role
-        self._vehicle_status = CarlaEgoVehicleStatus()
-        self._vehicle_status.header.frame_id = 'map'
-        self._world_status = CarlaStatus(fixed_delta_seconds=cfg.fixed_delta_seconds,
-                                         synchronous_mode=cfg.synchronous_mode,
-                                         synchronous_mode_running=cfg.synchronous_mode)
-
         self._delta_ns = round(cfg.fixed_delta_seconds * 1e9)
         self._frame = -1
         self._stamp_ns = 0
-        self._stamp = _time_msg(0)
+        self._stamp = time_msg(0)
         self._episode = -1
         self._control = (0.0, 0.0, 0.0)
-        self._prev_velocity = None  # map-frame velocity of the previous tick
         self._episode_wall_start = time.monotonic()
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -208,20 +158,6 @@ class SimBridgeNode(Node):
             f'sim_bridge ready: role {role}, {cfg.image_width}x{cfg.image_height} bgra8, '
             f'{"synchronous" if cfg.synchronous_mode else "asynchronous"} mode, '
             f'fixed_delta_seconds {cfg.fixed_delta_seconds}')
-
-    def _make_camera_info(self) -> CameraInfo:
-        """Return the pinhole camera info CARLA derives from image size and field of view."""
-        cfg = self.config
-        focal = cfg.image_width / (2.0 * math.tan(math.radians(cfg.camera_fov) / 2.0))
-        cx, cy = cfg.image_width / 2.0, cfg.image_height / 2.0
-        info = CameraInfo(height=cfg.image_height, width=cfg.image_width,
-                          distortion_model='plumb_bob')
-        info.header.frame_id = self._image.header.frame_id
-        info.d = [0.0] * 5
-        info.k = [focal, 0.0, cx, 0.0, focal, cy, 0.0, 0.0, 1.0]
-        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-        info.p = [focal, 0.0, cx, 0.0, 0.0, focal, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-        return info
 
     def _on_control(self, msg: CarlaEgoVehicleControl):
         """Store the command; in synchronous mode tick if it answers the latest frame."""
@@ -262,7 +198,7 @@ class SimBridgeNode(Node):
         self._publish_state(state)
         if state.done:
             kind = 'terminated' if state.terminated else 'truncated'
-            self._pub_end.publish(String(data=episode_end_text(state, self._stamp_ns)))
+            self.topics.end_episode(episode_end_text(state, self._stamp_ns))
             self._log_episode(f'{kind}:{state.reason}', state.steps, state.episode_return)
 
     def _start_episode(self):
@@ -271,87 +207,26 @@ class SimBridgeNode(Node):
         seed = None if self.config.seed < 0 else self.config.seed + self._episode
         state = self.env.reset(seed)
         self._control = (0.0, 0.0, 0.0)
-        self._prev_velocity = None
         self._episode_wall_start = time.monotonic()
         self._advance_clock()
-        self._pub_start.publish(Header(stamp=self._stamp, frame_id=str(self._episode)))
-        self._publish_waypoints()
+        self.topics.new_episode(self._stamp, self._episode, self.env.waypoints,
+                                self.env.waypoint_yaws)
         self._publish_state(state)
 
     def _advance_clock(self):
         """Count one world tick and move sim time on by fixed_delta_seconds."""
         self._frame += 1
         self._stamp_ns = self._frame * self._delta_ns
-        self._stamp = _time_msg(self._stamp_ns)
+        self._stamp = time_msg(self._stamp_ns)
         if self._watchdog is not None:
             # A tick restarts the wait for the next command.
             self._watchdog.reset()
 
-    def _publish_waypoints(self):
-        """Publish the centre line of the current track (latched)."""
-        path = Path(header=Header(frame_id='map', stamp=self._stamp))
-        for (x, y), yaw in zip(self.env.waypoints, self.env.waypoint_yaws, strict=True):
-            pose = PoseStamped(header=path.header)
-            pose.pose.position.x, pose.pose.position.y = float(x), float(y)
-            pose.pose.orientation = _yaw_quaternion(float(yaw))
-            path.poses.append(pose)
-        self._pub_waypoints.publish(path)
-
     def _publish_state(self, state: SimState):
-        """Publish every topic of one tick with the tick's stamp; the image last."""
-        stamp = self._stamp
-        self._pub_clock.publish(ClockMsg(clock=stamp))
-        self._world_status.frame = self._frame
-        self._pub_world.publish(self._world_status)
-
-        orientation = _yaw_quaternion(state.yaw)
-        odom = self._odom
-        odom.header.stamp = stamp
-        odom.pose.pose.position.x = state.x
-        odom.pose.pose.position.y = state.y
-        odom.pose.pose.orientation = orientation
-        odom.twist.twist.linear.x = state.vx
-        odom.twist.twist.linear.y = state.vy
-        odom.twist.twist.angular.z = state.yaw_rate
-        self._pub_odom.publish(odom)
-        self._pub_speed.publish(Float32(data=float(state.vx)))
-
-        # map-frame velocity for the acceleration CARLA reports in vehicle_status
-        cos_yaw, sin_yaw = math.cos(state.yaw), math.sin(state.yaw)
-        velocity = (cos_yaw * state.vx - sin_yaw * state.vy,
-                    sin_yaw * state.vx + cos_yaw * state.vy)
-        status = self._vehicle_status
-        status.header.stamp = stamp
-        status.velocity = float(state.speed)
-        if self._prev_velocity is None:
-            status.acceleration.linear.x = status.acceleration.linear.y = 0.0
-        else:
-            dt = self.config.fixed_delta_seconds
-            status.acceleration.linear.x = (velocity[0] - self._prev_velocity[0]) / dt
-            status.acceleration.linear.y = (velocity[1] - self._prev_velocity[1]) / dt
-        self._prev_velocity = velocity
-        status.orientation = orientation
-        status.control.header.stamp = stamp
-        status.control.steer, status.control.throttle, status.control.brake = state.control
-        self._pub_status.publish(status)
-
-        if state.lane_invasion:
-            event = CarlaLaneInvasionEvent(
-                crossed_lane_markings=[CarlaLaneInvasionEvent.LANE_MARKING_SOLID])
-            event.header.stamp = stamp
-            event.header.frame_id = f'{self.config.role_name}/lane_invasion'
-            self._pub_invasion.publish(event)
-
-        self._camera_info.header.stamp = stamp
-        self._pub_info.publish(self._camera_info)
-        self._image.header.stamp = stamp
-        self._image.data = state.frame.tobytes()
-        try:
-            self._pub_image.publish(self._image)
-        except _rclpy.RCLError as error:
-            # Fast DDS can refuse a large reliable sample under load; drop this frame only.
-            self.get_logger().warning(f'image publish failed ({error}); frame dropped',
-                                      throttle_duration_sec=5.0)
+        """Publish every topic of one tick (`VehicleTopics.publish_tick`)."""
+        markings = [CarlaLaneInvasionEvent.LANE_MARKING_SOLID] if state.lane_invasion else []
+        self.topics.publish_tick(self._stamp, self._frame, state, state.control,
+                                 state.frame.tobytes(), markings)
 
     def _log_episode(self, how: str, steps: int, episode_return: float):
         """Log the progress line of one finished episode."""

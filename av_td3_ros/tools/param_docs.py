@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 # node -> (module, schema attribute, docs page). Modules are imported only when a table is
-# made: sim_bridge and carla_episode_manager import rclpy.
+# made: the bridges and carla_episode_manager import rclpy.
 TABLES = {
     'driver': ('av_td3_ros.nodes.driver_config', 'DRIVER', 'docs/driver.md'),
     'trainer': ('av_td3_ros.nodes.trainer_config', 'TRAINER', 'docs/training.md'),
     'sim_bridge': ('av_td3_ros.nodes.sim_bridge', 'SIM_BRIDGE', 'docs/stand-in.md'),
+    'metadrive_bridge': ('av_td3_ros.nodes.metadrive_bridge', 'METADRIVE_BRIDGE',
+                         'docs/metadrive.md'),
     'carla_episode_manager': ('av_td3_ros.nodes.carla_episode_manager', 'EPISODE_MANAGER',
                               'docs/carla.md'),
 }
