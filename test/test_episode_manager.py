@@ -2,6 +2,7 @@
 import pytest
 from helpers import straight_route
 
+from av_td3_ros.task.episode_label import EpisodeLabel, parse_episode_label
 from av_td3_ros.task.episode_rules import (
     EndEpisode,
     EpisodeManager,
@@ -41,7 +42,7 @@ def test_reset_sequence_starts_an_episode_at_the_first_frame_after_the_teleport(
     assert manager.on_frame(6 * S, 0.4) == []
     assert manager.on_route(straight_route(A, B), 0.5) == []
     assert manager.on_frame(5 * S, 0.5) == []  # older than the confirming odometry
-    assert manager.on_frame(6 * S, 0.5) == [StartEpisode(1, 6 * S, 0)]
+    assert manager.on_frame(6 * S, 0.5) == [StartEpisode(1, 6 * S, 0, EpisodeLabel('1'))]
     assert manager.state == 'running'
 
 
@@ -56,7 +57,7 @@ def test_a_route_re_planned_to_the_old_goal_is_not_the_new_episode_s():
     assert manager.on_route(straight_route(B, B, points=2), 1.2) == []  # to the old goal B
     assert manager.on_frame(2 * S, 1.2) == []
     assert manager.on_route(straight_route(B, A), 1.3) == []
-    assert manager.on_frame(2 * S, 1.3) == [StartEpisode(2, 2 * S, 1)]
+    assert manager.on_frame(2 * S, 1.3) == [StartEpisode(2, 2 * S, 1, EpisodeLabel('2'))]
 
 
 def test_route_completion_ends_the_episode_and_resets_to_the_next_spawn_point():
@@ -157,3 +158,37 @@ def test_poses_from_flat():
         poses_from_flat([1, 2, 3])
     with pytest.raises(ValueError, match='finite'):
         poses_from_flat([1, 2, 3, float('nan')])
+
+
+C = MapPose(-80.0, 30.0, 0.5, 180.0)
+
+
+# Test if evaluations come every eval_every training episodes, from the first spawn points in
+# order (so their scores compare), without moving the training order on.
+def test_evaluations_interleave_with_training_on_fixed_spawn_points():
+    manager = EpisodeManager(EpisodeManagerConfig(spawn_points=(A, B, C), eval_every=2,
+                                                  eval_episodes=2))
+    labels, spawns = [], []
+    for k in range(9):
+        (teleport,) = manager.request_reset(float(k))
+        spawns.append(teleport.pose)
+        labels.append(started(manager, teleport.pose, manager.goal, (k + 1) * S).label.text())
+        manager.state = 'ended'  # as after an episode end
+    assert labels == ['1', '2', '3 eval 1/2', '4 eval 2/2', '5', '6', '7 eval 1/2',
+                      '8 eval 2/2', '9']
+    assert spawns == [A, B, A, B, C, A, A, B, B]
+    assert [parse_episode_label(text).evaluating for text in labels] == [
+        False, False, True, True, False, False, True, True, False]
+    assert parse_episode_label('8 eval 2/2').closes_evaluation
+
+
+@pytest.mark.parametrize('text', ['', '7', '7 eval', '7 eval 3/2', '7 eval 0/2', '7 eval x/2',
+                                  'eval 1/2', '7 evaluation 1/2', '7 eval 1/2 more'])
+def test_anything_but_a_well_formed_evaluation_label_is_training(text):
+    label = parse_episode_label(text)
+    assert not label.evaluating and label.text() == text
+
+
+def test_evaluation_settings_are_checked():
+    with pytest.raises(ValueError, match='eval_episodes'):
+        EpisodeManagerConfig(spawn_points=(A,), eval_every=2, eval_episodes=0)

@@ -569,3 +569,25 @@ def test_a_long_window_keeps_what_its_waiting_frames_need():
     assert [int(s.next_frame[0, 0]) for s in steps] == list(range(2, 121))
     assert assembler.stats.dropped_unpaired == 0
 
+
+
+# Test if an episode's end says how much of its route was driven and which events it had.
+def test_an_episode_end_scores_route_completion_collisions_and_lane_invasions():
+    assembler = make()
+    for k in range(1, 6):
+        if k in (3, 4):
+            assembler.on_event(k * 50 * MS - 1, 'lane_invasion')
+        feed(assembler, k, x=40.0 * k - 40.0)  # 160 m of the 398 m route in 4 steps
+    assembler.on_event(6 * 50 * MS - 1, 'collision')
+    feed(assembler, 6, x=199.0, action=False)
+    end = assembler.pop_output()[-1]
+    assert isinstance(end, EpisodeEnd) and end.reason == 'collision'
+    assert end.route_completion == pytest.approx(199.0 / 398.0, abs=0.01)
+    assert (end.collisions, end.lane_invasions) == (1, 2)
+    # The next episode counts from zero; a completed route is 1.
+    assembler.on_episode_start(20 * 50 * MS)
+    feed(assembler, 20, x=0.0)
+    feed(assembler, 21, x=397.5)
+    end = assembler.pop_output()[-1]
+    assert end.reason == 'route completed' and end.route_completion == 1.0
+    assert (end.collisions, end.lane_invasions) == (0, 0)

@@ -56,6 +56,10 @@ class DrivingPipeline:
         self.kinematics = np.zeros(spec.features.size, np.float32)
         self._frame = np.empty((spec.preprocessing.image_size,) * 2, np.float32)
         self.steps = 0
+        self.exploration_steps = 0
+        """Frames of training episodes: the clock of the random phase, noise decay and beta."""
+        self.evaluating = False
+        """True in evaluation episodes: the policy as is, no noise, no expert takeover."""
         self._route_hint = ROUTE_START_HINT  # route segment of the previous frame
         self._hint_route = None  # the route that hint refers to
         self._rng = np.random.default_rng(exploration.seed)
@@ -74,16 +78,22 @@ class DrivingPipeline:
         not make it faster. Return False when there is nothing to run: no frame yet, no
         policy, or the next frame will not use it (expert mode, random exploration).
         """
-        if (self.steps == 0 or self.runner is None or self.exploration.mode == 'expert'
+        if (self.steps == 0 or self.runner is None or self.mode == 'expert'
                 or self.exploring_randomly):
             return False
         self.runner.act(self.stack.frames, self.kinematics)
         return True
 
     @property
+    def mode(self) -> str:
+        """Return the mode acting now: eval in evaluation episodes, unless the expert drives."""
+        mode = self.exploration.mode
+        return 'eval' if self.evaluating and mode != 'expert' else mode
+
+    @property
     def exploring_randomly(self) -> bool:
         """Return True if the next frame gets a uniform random action (no policy needed)."""
-        return self.exploration.is_random(self.steps + 1)
+        return self.mode == 'explore' and self.exploration.is_random(self.exploration_steps + 1)
 
     def set_runner(self, runner: PolicyRunner | None):
         """Swap the policy (between frames: the caller serialises calls)."""
@@ -110,16 +120,17 @@ class DrivingPipeline:
         self._route_hint = route_state.segment if route_state is not None else None
         timings['features'] = (time.perf_counter() - start) * 1e3
         self.steps += 1
-
-        mode = self.exploration.mode
-        if mode == 'expert' or (mode == 'dagger'
-                                and self._rng.random() < self.exploration.beta(self.steps)):
+        mode = self.mode
+        if mode != 'eval':
+            self.exploration_steps += 1
+        if mode == 'expert' or (mode == 'dagger' and self._rng.random()
+                                < self.exploration.beta(self.exploration_steps)):
             # The expert reads the full vector (a camera-profile actor masks it itself).
             action = expert_action_from_kinematics(self.kinematics, self.spec.features,
                                                    self.expert)
             return StepResult(action_to_control(*action[:2]), Reason.EXPERT, action,
                               route_state, timings)
-        if self.exploration.is_random(self.steps):
+        if mode == 'explore' and self.exploration.is_random(self.exploration_steps):
             action = self._rng.uniform(-1.0, 1.0, self.spec.network.action_dim)
             return StepResult(action_to_control(*action[:2]), Reason.RANDOM, action,
                               route_state, timings)
@@ -132,7 +143,8 @@ class DrivingPipeline:
             return StepResult(SAFE_STOP, Reason.NON_FINITE_ACTION, action, route_state,
                               timings)
         if mode == 'explore':
-            noise = self._rng.normal(0.0, self.exploration.noise_std(self.steps), action.shape)
+            noise = self._rng.normal(0.0, self.exploration.noise_std(self.exploration_steps),
+                                     action.shape)
             limit = self.spec.network.max_action
             action = np.clip(action + noise, -limit, limit)
         return StepResult(action_to_control(*action[:2]), Reason.POLICY, action, route_state,

@@ -31,12 +31,14 @@ import torch
 
 from av_td3_ros.experts.route_expert import ExpertConfig, expert_actions
 from av_td3_ros.learning.device_batch import DeviceBatch
+from av_td3_ros.learning.evaluations import EvaluationRecorder
 from av_td3_ros.learning.mc_returns import MonteCarloReturns
 from av_td3_ros.learning.replay_buffer import Batch, ReplayBuffer
 from av_td3_ros.learning.run_dir import ResumeError, RunDirectory, resume_differences
 from av_td3_ros.learning.td3 import TD3, TD3Config, metrics_to_floats
 from av_td3_ros.policy.checkpoint import PolicySpec, load_policy
 from av_td3_ros.policy.networks import ActorPolicy
+from av_td3_ros.task.episode_label import EpisodeLabel
 from av_td3_ros.task.transitions import AssemblerOutput, EpisodeEnd, EpisodeStart, Transition
 from av_td3_ros.validation import check_choice
 
@@ -135,6 +137,8 @@ class Learner:
         if self.rng is None:  # a fresh run
             self.rng = np.random.default_rng(config.seed + self.agent.total_updates)
         self.run.open_logs(config.tensorboard, tensorboard_dir)
+        self.evaluations = EvaluationRecorder(config.run_dir, self.run.checkpoint_dir, self.log,
+                                              self.run.scalars)
 
     @property
     def updates(self) -> int:
@@ -192,6 +196,12 @@ class Learner:
         """Return the newest policy file of the run (None before the first)."""
         return self.run.latest_policy()
 
+    def record_evaluation(self, role: str, label: EpisodeLabel, end: EpisodeEnd,
+                          policy: str | None) -> dict | None:
+        """Score an evaluation episode (none of its steps are stored); see evaluations.py."""
+        return self.evaluations.record(role, label, end, policy, {
+            'env_steps': self.env_steps, 'updates': self.updates})
+
     def store(self, role: str, item: AssemblerOutput):
         """Write one assembler output item of vehicle `role` into the buffer and the logs."""
         if isinstance(item, Transition) and role in self._broken_streams:
@@ -227,7 +237,9 @@ class Learner:
             self.recent_returns = (self.recent_returns + [item.episode_return])[-20:]
             record = {'episode': self.episodes, 'vehicle': role,
                       'return': item.episode_return, 'length': item.steps,
-                      'reason': item.reason, 'env_steps': self.env_steps,
+                      'reason': item.reason, 'route_completion': item.route_completion,
+                      'collisions': item.collisions, 'lane_invasions': item.lane_invasions,
+                      'env_steps': self.env_steps,
                       'updates': self.updates, 'stamp': time.time()}
             self.run.log_episode(record, self.env_steps)
             self.log.info(f'{role}: episode {self.episodes} ended ({item.reason}): '

@@ -6,7 +6,8 @@ offers (docs/carla.md): the `actor.pseudo.control` pseudo-actor's `set_transform
 `set_target_velocity` teleport the car, `/carla/<role>/goal` has carla_waypoint_publisher plan
 a new route, and odometry, the latched waypoints and the camera's `camera_info` (same stamp as
 each image, and small) tell when the reset has happened. Spawn points come from `spawn_points`,
-`spawn_points_file` or, with neither, the car's pose at start. The decisions live in
+`spawn_points_file` or, with neither, the car's pose at start. With `eval_every`, episode_start
+labels evaluation episodes (`task/episode_label.py`). The decisions live in
 `task/episode_rules.py`.
 """
 from __future__ import annotations
@@ -98,6 +99,10 @@ EPISODE_MANAGER = Schema(
               'truncated:time_limit', 0.1, 1e7),
     _episodes('reset_timeout', 'retry a reset step that takes longer (s, steady clock)',
               0.1, 600.0),
+    _episodes('eval_every', 'training episodes between evaluations (0: none); each '
+              'evaluation drives eval_episodes noise-free episodes from the first spawn points',
+              0, 10**6),
+    _episodes('eval_episodes', 'episodes per evaluation', 1, 1000),
 )
 """Every carla_episode_manager parameter (docs/carla.md, generated)."""
 
@@ -216,10 +221,12 @@ class CarlaEpisodeManagerNode(Node):
                 goal.header.stamp = self.get_clock().now().to_msg()
                 self.goal_pub.publish(goal)
             elif isinstance(action, StartEpisode):
-                header = Header(frame_id=str(action.number))
+                header = Header(frame_id=action.label.text())
                 header.stamp.sec, header.stamp.nanosec = divmod(action.stamp_ns, 10**9)
                 self.start_pub.publish(header)
-                self.get_logger().info(f'episode {action.number} starts at spawn point '
+                kind = (f' (evaluation {action.label.evaluation_index}/'
+                        f'{action.label.evaluation_size})' if action.label.evaluating else '')
+                self.get_logger().info(f'episode {action.number}{kind} starts at spawn point '
                                        f'{action.spawn_index}')
             elif isinstance(action, EndEpisode):
                 self.end_pub.publish(String(data=action.text()))

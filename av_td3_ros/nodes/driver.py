@@ -19,7 +19,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from av_td3_ros.driving.decision import Decision, DriverInputs, Reason, Severity
@@ -42,6 +42,7 @@ from av_td3_ros.policy.control import SAFE_STOP, ControlCommand
 from av_td3_ros.policy.features import Pose2D
 from av_td3_ros.policy.inference import resolve_device
 from av_td3_ros.policy.inference_onnx import build_runner
+from av_td3_ros.task.episode_label import parse_episode_label
 from av_td3_ros.throttled_log import ThrottledLog
 
 LOG_THROTTLE_S = 2.0
@@ -114,6 +115,8 @@ class DriverNode(Node):
         self._reported_reason = None
         self._last_frame_stamp = ''
 
+        self.policy_in_use_pub = self.create_publisher(String, cfg.policy_in_use_topic,
+                                                       reliable(1, latched=True))
         self._load_initial_policy()
         # Deep enough that a trainer busy for a moment still gets every command (it pairs
         # each frame with its command); commands are 100 bytes.
@@ -212,10 +215,13 @@ class DriverNode(Node):
                                    else 'braking'))
 
     def _swap_pending(self):
+        if self.pipeline.evaluating and self.pipeline.runner is not None:
+            return  # an evaluation scores one policy: a newer one waits for training
         loaded = self.reloader.take()
         if loaded is not None:
             self.pipeline.set_runner(loaded.runner)
             self.status = f'policy {loaded.description}'
+            self.policy_in_use_pub.publish(String(data=loaded.path.name))
             self.get_logger().info(f'loaded {loaded.description}')
 
     def _guard(self, callback, on_error=None):
@@ -248,8 +254,14 @@ class DriverNode(Node):
                                        if self.config.require_route else 'driving without'))
 
     def on_episode_start(self, msg: Header):
-        """Reset the frame stack: frames of the previous episode must not leak into this one."""
+        """Reset the frame stack; act without noise in evaluation episodes.
+
+        Frames of the previous episode must not leak into this one.
+        """
         self.pipeline.reset_episode()
+        self.pipeline.evaluating = parse_episode_label(msg.frame_id).evaluating
+        if not self.pipeline.evaluating:
+            self._swap_pending()  # a checkpoint held back during an evaluation
         self.get_logger().info(f'episode {msg.frame_id[:40]} starts: frame stack reset')
 
     def on_image(self, msg: Image):

@@ -40,6 +40,7 @@ class DriverConfig:
     route_topic: str
     control_topic: str
     episode_start_topic: str
+    policy_in_use_topic: str
     camera_reliable: bool
     route_transient_local: bool
     checkpoint: str
@@ -95,6 +96,9 @@ DRIVER = Schema(
           'CarlaEgoVehicleControl output topic'),
     Param('episode_start_topic', _under_role('/av_td3/{role}/episode_start'),
           'std_msgs/Header published at each episode start'),
+    Param('policy_in_use_topic', _under_role('/av_td3/{role}/policy_in_use'),
+          "std_msgs/String (latched): the file name of the checkpoint driving now, for the "
+          "trainer's evaluations"),
     Param('camera_reliable', False,
           'reliable camera subscription (default best effort, keep last 1)'),
     Param('route_transient_local', True,

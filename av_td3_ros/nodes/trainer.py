@@ -5,7 +5,9 @@ the driver sent (or vehicle_status.control), collision and lane-invasion events 
 episode topics, and pairs them into transitions (`TransitionAssembler`). The ROS-free
 `Learner` (learning/learner.py) stores them and runs the updates in a worker thread, so
 callbacks are never blocked. Episodes the trainer ends (collision, lateral deviation, route
-completed, step limit) are reset through /av_td3/<role>/reset_episode.
+completed, step limit) are reset through /av_td3/<role>/reset_episode. Evaluation episodes
+(labelled in episode_start) are scored, with the policy the driver names on
+/av_td3/<role>/policy_in_use, instead of stored (learning/evaluations.py).
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ from av_td3_ros.nodes.trainer_config import (
     with_initial_policy_decisions,
 )
 from av_td3_ros.nodes.transport import LATCHED, reliable
-from av_td3_ros.task.transitions import EpisodeEnd, TransitionAssembler
+from av_td3_ros.task.episode_label import EpisodeLabel
+from av_td3_ros.task.transitions import EpisodeEnd, EpisodeStart, TransitionAssembler
 
 __all__ = ['TRAINER', 'TrainerConfig', 'TrainerNode', 'config_from_values', 'main',
            'read_config', 'resume_differences', 'with_initial_policy_decisions']
@@ -71,6 +74,9 @@ class VehicleFeed:
         self.messages = MessageFeed(self.assembler, config.spec.preprocessing.image_size,
                                     config.route_spacing)
         self.resetting = False
+        self.episode_label = EpisodeLabel('')  # of the items being popped (training at first)
+        self.next_label = EpisodeLabel('')  # of the latest episode_start
+        self.policy_in_use: str | None = None  # the driver's checkpoint, by file name
         self.reset_requested: float | None = None  # monotonic time of the last request
         self.last_frame: float | None = None  # monotonic time of the newest camera frame
         # Reliable keep-10 for the camera (2 MB frames): the trainer should see every frame
@@ -92,7 +98,13 @@ class VehicleFeed:
             msg_type, handler, qos = inputs[kind]
             node.create_subscription(msg_type, topic,
                                      guard_callback(node, _named_handler(handler, kind)), qos)
+        node.create_subscription(String, f'/av_td3/{role}/policy_in_use',
+                                 guard_callback(node, self.on_policy_in_use), LATCHED)
         self.reset_client = node.create_client(Trigger, f'/av_td3/{role}/reset_episode')
+
+    def on_policy_in_use(self, msg: String):
+        """Remember which checkpoint the driver drives (it names evaluations)."""
+        self.policy_in_use = msg.data
 
     def feed(self, kind: str, msg) -> bool:
         """Hand `msg` to the assembler; log a refused one (throttled per kind); say if used."""
@@ -138,6 +150,9 @@ class VehicleFeed:
     def on_episode_start(self, kind: str, msg: Header):
         """Begin a new episode at the given stamp."""
         self.resetting = False
+        self.episode_label = EpisodeLabel('')  # of the items being popped (training at first)
+        self.next_label = EpisodeLabel('')  # of the latest episode_start
+        self.policy_in_use: str | None = None  # the driver's checkpoint, by file name
         self.reset_requested = None
         self.feed(kind, msg)
 
@@ -148,9 +163,19 @@ class VehicleFeed:
         self.store_output()
 
     def store_output(self):
-        """Write assembled output to the buffer; request a reset after trainer-side ends."""
+        """Store assembled output (score evaluation episodes); reset after trainer-side ends.
+
+        Output comes in stream order, so the episode's label changes at its first item.
+        """
+        learner = self.node.learner
         for item in self.assembler.pop_output():
-            self.node.learner.store(self.role, item)
+            if isinstance(item, EpisodeStart):
+                self.episode_label = self.next_label
+            if not self.episode_label.evaluating:
+                learner.store(self.role, item)
+            elif isinstance(item, EpisodeEnd):
+                learner.record_evaluation(self.role, self.episode_label, item,
+                                          self.policy_in_use)
             if isinstance(item, EpisodeEnd) and item.needs_reset and not self.resetting:
                 self.request_reset()
 

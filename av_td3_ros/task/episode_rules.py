@@ -8,7 +8,10 @@ The pure decision core of `carla_episode_manager` (no rclpy). A reset goes:
    goal (not one planned before the teleport, nor one re-planned to the old goal);
 4. start: the first frame at or after the confirming odometry starts the episode.
 
-A step not done within `reset_timeout` (steady clock) is retried from 1. An episode ends
+A step not done within `reset_timeout` (steady clock) is retried from 1. After every
+`eval_every` training episodes come `eval_episodes` evaluation episodes (labelled in
+episode_start, `episode_label.py`), from the first spawn points in order, so that every
+evaluation drives the same routes and their scores compare. An episode ends
 at the route's end (terminated: route_completed), when stuck (truncated: stuck) or after
 `episode_timeout` (truncated: time_limit), in simulator time. Collisions and leaving the
 lane end episodes in the trainer, which then asks for a reset.
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
+from av_td3_ros.task.episode_label import EpisodeLabel
 from av_td3_ros.validation import check_choice
 
 
@@ -65,6 +69,8 @@ class EpisodeManagerConfig:
     stuck_time: float = 20.0  # s of simulator time below stuck_speed
     episode_timeout: float = 300.0  # s of simulator time
     reset_timeout: float = 10.0  # s of steady time per reset attempt
+    eval_every: int = 0  # training episodes between evaluations; 0: no evaluation
+    eval_episodes: int = 3  # noise-free episodes per evaluation
 
     def __post_init__(self):
         """Refuse configurations that cannot run episodes."""
@@ -74,6 +80,9 @@ class EpisodeManagerConfig:
             raise ValueError(f'{len(self.goals)} goals for {len(self.spawn_points)} spawn '
                              'points: give one goal per spawn point, or none')
         check_choice('order', self.order, ('sequential', 'random'))
+        if self.eval_every < 0 or self.eval_episodes < 1:
+            raise ValueError(f'eval_every {self.eval_every} must be >= 0 and eval_episodes '
+                             f'{self.eval_episodes} >= 1')
 
 
 class Teleport(NamedTuple):
@@ -89,11 +98,12 @@ class SendGoal(NamedTuple):
 
 
 class StartEpisode(NamedTuple):
-    """Publish episode_start: `number`, first frame `stamp_ns`."""
+    """Publish episode_start: `label` (its number, evaluation or not), first frame `stamp_ns`."""
 
     number: int
     stamp_ns: int
     spawn_index: int
+    label: EpisodeLabel
 
 
 class EndEpisode(NamedTuple):
@@ -121,6 +131,7 @@ class EpisodeManager:
         self.resets = 0
         self._random = random.Random(config.seed)
         self._spawn_index = -1
+        self._training_spawn = -1  # evaluations do not move the training order on
         self._attempt_started: float | None = None
         self._confirmed_ns: int | None = None  # odometry stamp that showed the teleport
         self._route: list[tuple[float, float]] = []
@@ -129,6 +140,8 @@ class EpisodeManager:
         self._start_ns = 0
         self._steps = 0
         self._slow_since_ns: int | None = None
+        self._training_since_evaluation = 0
+        self._evaluation_index = 0  # of the coming or running episode; 0: training
 
     @property
     def spawn(self) -> MapPose:
@@ -150,11 +163,23 @@ class EpisodeManager:
         if self.state in ('teleporting', 'routing', 'awaiting_frame'):
             return []
         self.resets += 1
-        count = len(self.config.spawn_points)
-        if self.config.order == 'random':
-            self._spawn_index = self._random.randrange(count)
+        config = self.config
+        count = len(config.spawn_points)
+        if config.eval_every and (
+                0 < self._evaluation_index < config.eval_episodes
+                or (self._evaluation_index == 0
+                    and self._training_since_evaluation >= config.eval_every)):
+            self._evaluation_index += 1
+            self._spawn_index = (self._evaluation_index - 1) % count
+            return self._teleport(now)
+        if self._evaluation_index:
+            self._evaluation_index = self._training_since_evaluation = 0
+        self._training_since_evaluation += 1
+        if config.order == 'random':
+            self._training_spawn = self._random.randrange(count)
         else:
-            self._spawn_index = (self._spawn_index + 1) % count
+            self._training_spawn = (self._training_spawn + 1) % count
+        self._spawn_index = self._training_spawn
         return self._teleport(now)
 
     def _teleport(self, now: float) -> list:
@@ -230,7 +255,9 @@ class EpisodeManager:
             self._start_ns = stamp_ns
             self._steps = 1
             self._slow_since_ns = None
-            return [StartEpisode(self.episode, stamp_ns, self._spawn_index)]
+            label = EpisodeLabel(str(self.episode), self._evaluation_index,
+                                 self.config.eval_episodes if self._evaluation_index else 0)
+            return [StartEpisode(self.episode, stamp_ns, self._spawn_index, label)]
         return []
 
     def _end(self, kind: str, reason: str, stamp_ns: int, now: float) -> list:

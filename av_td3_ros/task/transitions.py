@@ -37,6 +37,9 @@ from av_td3_ros.policy.features import (
 )
 from av_td3_ros.task.reward import RewardConfig, RewardFunction, StepEvents, VehicleState
 
+COMPLETION_REASONS = ('route completed', 'route_completed', 'lap_complete', 'arrived')
+"""End reasons (ours, or a simulator's after `simulator: `) that mean the route was driven."""
+
 MAX_YAW_RATE = 100.0
 """Largest |yaw rate| (rad/s) taken from odometry; others (and NaN) count as 0."""
 
@@ -110,6 +113,12 @@ class EpisodeEnd:
     reason: str
     needs_reset: bool
     """True when the assembler ended the episode: the simulator side must be asked to reset."""
+    route_completion: float = 0.0
+    """Share of the route driven, 0 to 1 (1 when completed): 1 - left / length at the start."""
+    collisions: int = 0
+    """Collision events in the episode's steps."""
+    lane_invasions: int = 0
+    """Lane-invasion events in the episode's steps."""
 
 
 AssemblerOutput = EpisodeStart | Transition | EpisodeEnd
@@ -162,6 +171,10 @@ class TransitionAssembler:
         self._ended = False
         self._episode_return = 0.0
         self._episode_steps = 0
+        self._episode_events = {'collision': 0, 'lane_invasion': 0}
+        self._route_length: float | None = None  # left to drive at the episode's first frame
+        self._route_left: float | None = None  # left to drive at its newest frame
+        self._route_left_before: float | None = None  # at the frame before that
         self._output: list[AssemblerOutput] = []
         # (obs, its output items, its reward)
         self._held: tuple[_Observation, list[AssemblerOutput], float] | None = None
@@ -283,6 +296,7 @@ class TransitionAssembler:
                 self._episode_return -= reward
                 self._episode_steps -= 1
                 self.stats.steps -= 1
+                self._route_left = self._route_left_before
         if not self._ended and self._episode_steps > 0:
             self._end_episode('reset', needs_reset=False)
         self._release()
@@ -295,7 +309,7 @@ class TransitionAssembler:
         self._decided = stamp - 1
         self._gap_floor = None
         self._ended = False
-        self._episode_return, self._episode_steps = 0.0, 0
+        self._reset_episode_counters()
         self._events = [event for event in self._events if event[0] >= stamp]
         if moved is not None and moved.action is not None:
             self._emit(moved)  # (a first frame without a command could start no transition)
@@ -432,15 +446,24 @@ class TransitionAssembler:
                 # The vehicle collided while the chain was broken: no transition can carry
                 # the terminal flag, but the episode is over and the simulator must reset.
                 self.stats.gap_collisions += 1
+                self._episode_events['collision'] += 1
                 self._end_episode('collision', needs_reset=True)
                 return
         if previous is None:
             if self._episode_steps == 0:
                 self.stats.episodes += 1
+                self._route_length = obs.state.distance_to_goal
+            self._route_left = obs.state.distance_to_goal
             self._held = (obs, [EpisodeStart(obs.frame, obs.vec)], 0.0)
             self._previous = obs
             return
-        kinds = {kind for stamp, kind in self._events if previous.stamp < stamp <= obs.stamp}
+        step_events = [kind for stamp, kind in self._events
+                       if previous.stamp < stamp <= obs.stamp]
+        kinds = set(step_events)
+        for kind in self._episode_events:
+            self._episode_events[kind] += step_events.count(kind)
+        self._route_left_before, self._route_left = (self._route_left,
+                                                     obs.state.distance_to_goal)
         end = self._end_of(obs)
         terminated, truncated, reason = end if end is not None else (False, False, '')
         events = StepEvents(collision='collision' in kinds,
@@ -459,11 +482,26 @@ class TransitionAssembler:
             self._output.append(item)
             self._end_episode(reason, needs_reset=not reason.startswith('simulator'))
 
+    def _route_completion(self, reason: str) -> float:
+        length, left = self._route_length, self._route_left
+        if reason.removeprefix('simulator: ') in COMPLETION_REASONS:
+            return 1.0
+        if length is None or left is None or length <= 0.0:
+            return 0.0
+        return min(max(1.0 - left / length, 0.0), 1.0)
+
+    def _reset_episode_counters(self):
+        self._episode_return, self._episode_steps = 0.0, 0
+        self._episode_events = dict.fromkeys(self._episode_events, 0)
+        self._route_length = self._route_left = None
+
     def _end_episode(self, reason: str, needs_reset: bool):
         self._release()
         self._output.append(EpisodeEnd(self._episode_return, self._episode_steps, reason,
-                                       needs_reset))
-        self._episode_return, self._episode_steps = 0.0, 0
+                                       needs_reset, self._route_completion(reason),
+                                       self._episode_events['collision'],
+                                       self._episode_events['lane_invasion']))
+        self._reset_episode_counters()
         self._ended = True
         self._pending.clear()
         self._break_chain()
