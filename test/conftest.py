@@ -123,9 +123,9 @@ def start_process(ros_env, tmp_path):
 
 @pytest.fixture
 def start_node(start_process):
-    """Start a node module with `--ros-args ...`."""
-    def _start(module, *ros_args, name=None):
-        return start_process(module, ['--ros-args', *ros_args],
+    """Start a node module with `[args...] --ros-args ...`."""
+    def _start(module, *ros_args, name=None, args=()):
+        return start_process(module, [*args, '--ros-args', *ros_args],
                              name or module.rsplit('.', 1)[-1])
     return _start
 

@@ -165,5 +165,5 @@ def launch_nodes(start_node, tmp_path, launch_file, **arguments):
         overrides.write_text(yaml.safe_dump({'/**': {'ros__parameters': spec.params}}))
         module = executable_module(spec.package, spec.executable)
         started.append(start_node(module, *spec.ros_arguments(str(overrides))[1:],
-                                  name=spec.name))
+                                  name=spec.name, args=spec.args))
     return description, started

@@ -115,3 +115,15 @@ def test_evaluation_episodes_act_without_noise(mode):
     assert pipeline.exploration_steps == 0  # evaluation frames do not age the exploration
     pipeline.evaluating = False
     assert not any(np.array_equal(a, [0.25, 0.5]) for a in actions(5))
+
+
+# Test if the evaluated policy is kept even when the trainer pruned its checkpoint meanwhile.
+def test_a_policy_pruned_during_its_evaluation_is_still_kept(run):
+    path, checkpoints = run
+    recorder = EvaluationRecorder(path, checkpoints, LOG)
+    recorder.record('ego', EpisodeLabel('1', 1, 2), end(30.0), 'policy_2.safetensors', {})
+    (checkpoints / 'policy_2.safetensors').unlink()
+    summary = recorder.record('ego', EpisodeLabel('2', 2, 2), end(50.0),
+                              'policy_2.safetensors', {})
+    assert summary['best']
+    assert (path / BEST_POLICY).read_bytes() == bytes([2]) * 16

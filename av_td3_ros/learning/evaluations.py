@@ -55,6 +55,7 @@ class EvaluationRecorder:
         """Log one evaluation episode; at its evaluation's last, return the summary."""
         if label.evaluation_index == 1:
             self._episodes[role] = []  # a new evaluation (an unfinished one is dropped)
+            self._snapshot(role, policy)
         record = {'episode': label.number, 'vehicle': role,
                   'evaluation_episode': f'{label.evaluation_index}/{label.evaluation_size}',
                   'return': end.episode_return, 'length': end.steps, 'reason': end.reason,
@@ -86,7 +87,7 @@ class EvaluationRecorder:
                    'lane_invasions': sum(r['lane_invasions'] for r in records),
                    'policy': policies.pop() if len(policies) == 1 else None, **counters,
                    'stamp': time.time()}
-        source = self._policy_file(summary['policy'])
+        source = self._candidate(role, summary['policy'])
         better = (self.best_mean_return is None
                   or summary['mean_return'] > self.best_mean_return)
         summary['best'] = bool(better and source is not None)
@@ -110,12 +111,29 @@ class EvaluationRecorder:
                       f'collisions; {why}')
         return summary
 
-    def _policy_file(self, name: str | None) -> Path | None:
-        """Return this run's checkpoint called `name` (a bare file name), if it exists."""
+    def _snapshot(self, role: str, name: str | None):
+        """Copy this run's checkpoint `name` aside: the trainer may prune it before the end."""
+        target = self._snapshot_path(role)
+        target.unlink(missing_ok=True)
         if not name or Path(name).name != name or not name.endswith('.safetensors'):
+            return
+        try:
+            shutil.copyfile(self.checkpoint_dir / name, target)
+            target.with_suffix('.name').write_text(name)
+        except OSError:  # not (or no longer) there: this evaluation cannot be kept
+            target.unlink(missing_ok=True)
+
+    def _candidate(self, role: str, name: str | None) -> Path | None:
+        """Return the snapshot of `name` taken at this evaluation's first end, if any."""
+        path = self._snapshot_path(role)
+        try:
+            same = path.with_suffix('.name').read_text() == name
+        except OSError:
             return None
-        path = self.checkpoint_dir / name
-        return path if path.is_file() else None
+        return path if same and path.is_file() else None
+
+    def _snapshot_path(self, role: str) -> Path:
+        return self.run_path / 'eval' / f'candidate_{role}.safetensors'
 
     def _keep(self, source: Path, summary: dict):
         """Copy `source` to best/ atomically (a crash leaves the old best whole)."""

@@ -42,7 +42,7 @@ from av_td3_ros.nodes.trainer_config import (
     with_initial_policy_decisions,
 )
 from av_td3_ros.nodes.transport import LATCHED, reliable
-from av_td3_ros.task.episode_label import EpisodeLabel
+from av_td3_ros.task.episode_label import EpisodeLabel, parse_episode_label
 from av_td3_ros.task.transitions import EpisodeEnd, EpisodeStart, TransitionAssembler
 
 __all__ = ['TRAINER', 'TrainerConfig', 'TrainerNode', 'config_from_values', 'main',
@@ -150,11 +150,10 @@ class VehicleFeed:
     def on_episode_start(self, kind: str, msg: Header):
         """Begin a new episode at the given stamp."""
         self.resetting = False
-        self.episode_label = EpisodeLabel('')  # of the items being popped (training at first)
-        self.next_label = EpisodeLabel('')  # of the latest episode_start
-        self.policy_in_use: str | None = None  # the driver's checkpoint, by file name
         self.reset_requested = None
+        self.next_label = parse_episode_label(msg.frame_id)
         self.feed(kind, msg)
+        self.store_output()  # the old episode's last items, before the new episode's
 
     def on_episode_end(self, kind: str, msg: String):
         """Handle the simulator's 'terminated:<reason>' or 'truncated:<reason>' message."""
