@@ -107,3 +107,20 @@ def test_carla_train_includes_the_bridge_launch_files_with_their_arguments(ros_e
         'carla_episode_manager', 'driver_node', 'trainer_node']
     with pytest.raises(LaunchError, match='carla_ros_bridge.launch.py'):
         parse_launch_file(path)
+
+
+# Test if the shipped Town01 spawn-point file loads as the manager reads it: one goal per
+# spawn point, all inside Town01 in the bridge's frame (y <= 0 there: CARLA's y is >= 0), no
+# route shorter than a block, and headings along the town's axis-aligned roads.
+def test_the_town01_spawn_point_file_loads_with_a_goal_per_spawn_point():
+    from av_td3_ros.nodes.carla_episode_manager import read_spawn_file
+    from av_td3_ros.task.episode_rules import EpisodeManagerConfig
+
+    spawns, goals = read_spawn_file(str(REPO / 'config' / 'spawn_points_town01.yaml'))
+    EpisodeManagerConfig(spawn_points=spawns, goals=goals)
+    assert len(spawns) == len(goals) >= 3
+    for pose in (*spawns, *goals):
+        assert -5.0 <= pose.x <= 400.0 and -335.0 <= pose.y <= 5.0, pose
+        assert pose.yaw % 90.0 == 0.0
+    assert all(spawn.distance_to(goal.x, goal.y) > 20.0
+               for spawn, goal in zip(spawns, goals, strict=True))

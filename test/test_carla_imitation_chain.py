@@ -123,13 +123,15 @@ def test_the_carla_imitation_workflow_runs_end_to_end(start_node, rclpy_context,
     # 4. TD3 with the BC term from the DAgger policy, a noise-free evaluation of 2 episodes
     #    after every training episode, the best policy kept.
     params = trainer_params(tmp_path, tensorboard=False, max_episode_steps=25,
-                            initial_policy=str(dagger), bc_weight=1.0, keep_checkpoints=3)
+                            initial_policy=str(dagger), bc_weight=1.0, keep_checkpoints=20)
     run = tmp_path / 'run'
     evaluations = run / 'eval' / 'evaluations.jsonl'
+    best_policy = run / 'best' / 'policy.safetensors'
     nodes, episodes = run_step(
         start_node, rclpy_context, tmp_path, 'train', readers=2, trainer_params_file=str(params),
         learning_starts='0', eval_every='1', eval_episodes='2',
-        done=lambda e: evaluations.exists() and evaluations.read_text().count('\n') >= 2)
+        done=lambda e: evaluations.exists() and evaluations.read_text().count('\n') >= 2
+        and best_policy.exists())
     trainer = next(node for node in nodes if 'trainer' in node.log_path.name)
     stop(nodes)
     evaluation_starts = [label for label in episodes.starts if 'eval' in label]
@@ -137,13 +139,14 @@ def test_the_carla_imitation_workflow_runs_end_to_end(start_node, rclpy_context,
     scored = [json.loads(line) for line in (run / 'eval' / 'episodes.jsonl').open()]
     assert len(scored) >= 4, trainer.output()[-3000:]
     for record in scored:
-        assert 0.0 <= record['route_completion'] <= 1.0
-        assert record['collisions'] == 0 and record['policy'].startswith('policy_')
+        assert 0.0 <= record['route_completion'] <= 1.0 and record['collisions'] == 0
+    # The driver names its policy; the first evaluation may end before the trainer has
+    # discovered the driver's latched topic (then nothing is kept), later ones may not.
+    assert scored[-1]['policy'].startswith('policy_'), scored
     summaries = [json.loads(line) for line in evaluations.open()]
-    assert summaries[0]['best'], trainer.output()[-3000:]
     best = json.loads((run / 'best' / 'evaluation.json').read_text())
     assert best['mean_return'] == max(s['mean_return'] for s in summaries if s['best'])
-    load_policy(run / 'best' / 'policy.safetensors', PolicySpec())
+    load_policy(best_policy, PolicySpec())
     # Training episodes are logged as before, with the new scores; evaluations are not.
     trained = [json.loads(line) for line in (run / 'episodes.jsonl').open()]
     assert trained and all('route_completion' in record for record in trained)

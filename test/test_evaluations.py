@@ -26,6 +26,7 @@ def end(episode_return, reason='simulator: time_limit', completion=0.5, collisio
 def evaluate(recorder, returns, policy, first=1):
     """Record one evaluation of len(returns) episodes; return its summary."""
     summary = None
+    recorder.begin('ego', policy)
     for k, value in enumerate(returns, start=1):
         summary = recorder.record('ego', EpisodeLabel(str(first + k), k, len(returns)),
                                   end(value), policy, {'env_steps': 10 * first})
@@ -76,6 +77,7 @@ def test_an_evaluation_of_no_single_known_policy_keeps_nothing(run, policies):
     path, checkpoints = run
     recorder = EvaluationRecorder(path, checkpoints, LOG)
     summary = None
+    recorder.begin('ego', policies[0])
     for k, policy in enumerate(policies, start=1):
         summary = recorder.record('ego', EpisodeLabel(str(k), k, 2), end(50.0), policy, {})
     assert summary is not None and not summary['best']
@@ -86,6 +88,7 @@ def test_an_evaluation_of_no_single_known_policy_keeps_nothing(run, policies):
 def test_an_interrupted_evaluation_starts_over(run):
     path, checkpoints = run
     recorder = EvaluationRecorder(path, checkpoints, LOG)
+    recorder.begin('ego', 'policy_1.safetensors')
     recorder.record('ego', EpisodeLabel('1', 1, 2), end(-500.0), 'policy_1.safetensors', {})
     summary = evaluate(recorder, [40.0, 60.0], 'policy_1.safetensors', first=2)
     assert summary['episodes'] == 2 and summary['mean_return'] == pytest.approx(50.0)
@@ -121,8 +124,9 @@ def test_evaluation_episodes_act_without_noise(mode):
 def test_a_policy_pruned_during_its_evaluation_is_still_kept(run):
     path, checkpoints = run
     recorder = EvaluationRecorder(path, checkpoints, LOG)
-    recorder.record('ego', EpisodeLabel('1', 1, 2), end(30.0), 'policy_2.safetensors', {})
+    recorder.begin('ego', 'policy_2.safetensors')
     (checkpoints / 'policy_2.safetensors').unlink()
+    recorder.record('ego', EpisodeLabel('1', 1, 2), end(30.0), 'policy_2.safetensors', {})
     summary = recorder.record('ego', EpisodeLabel('2', 2, 2), end(50.0),
                               'policy_2.safetensors', {})
     assert summary['best']

@@ -50,12 +50,15 @@ class EvaluationRecorder:
             except (OSError, ValueError, KeyError, TypeError) as error:
                 self.log.warning(f'{best} unreadable ({error}): the next evaluation is the best')
 
+    def begin(self, role: str, policy: str | None):
+        """Copy the checkpoint `policy` aside as an evaluation starts (it may be pruned later)."""
+        self._snapshot(role, policy)
+
     def record(self, role: str, label: EpisodeLabel, end: EpisodeEnd, policy: str | None,
                counters: dict) -> dict | None:
         """Log one evaluation episode; at its evaluation's last, return the summary."""
         if label.evaluation_index == 1:
             self._episodes[role] = []  # a new evaluation (an unfinished one is dropped)
-            self._snapshot(role, policy)
         record = {'episode': label.number, 'vehicle': role,
                   'evaluation_episode': f'{label.evaluation_index}/{label.evaluation_size}',
                   'return': end.episode_return, 'length': end.steps, 'reason': end.reason,
@@ -124,7 +127,7 @@ class EvaluationRecorder:
             target.unlink(missing_ok=True)
 
     def _candidate(self, role: str, name: str | None) -> Path | None:
-        """Return the snapshot of `name` taken at this evaluation's first end, if any."""
+        """Return the snapshot of `name` taken as this evaluation began, if any."""
         path = self._snapshot_path(role)
         try:
             same = path.with_suffix('.name').read_text() == name

@@ -196,6 +196,10 @@ class Learner:
         """Return the newest policy file of the run (None before the first)."""
         return self.run.latest_policy()
 
+    def begin_evaluation(self, role: str, policy: str | None):
+        """Keep a copy of the policy an evaluation starts with; see evaluations.py."""
+        self.evaluations.begin(role, policy)
+
     def record_evaluation(self, role: str, label: EpisodeLabel, end: EpisodeEnd,
                           policy: str | None) -> dict | None:
         """Score an evaluation episode (none of its steps are stored); see evaluations.py."""

@@ -168,8 +168,10 @@ class VehicleFeed:
         """
         learner = self.node.learner
         for item in self.assembler.pop_output():
-            if isinstance(item, EpisodeStart):
+            if isinstance(item, EpisodeStart) and self.episode_label != self.next_label:
                 self.episode_label = self.next_label
+                if self.episode_label.evaluation_index == 1:
+                    learner.begin_evaluation(self.role, self.policy_in_use)
             if not self.episode_label.evaluating:
                 learner.store(self.role, item)
             elif isinstance(item, EpisodeEnd):
