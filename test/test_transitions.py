@@ -591,3 +591,18 @@ def test_an_episode_end_scores_route_completion_collisions_and_lane_invasions():
     end = assembler.pop_output()[-1]
     assert end.reason == 'route completed' and end.route_completion == 1.0
     assert (end.collisions, end.lane_invasions) == (0, 0)
+
+
+# Test if a chain that breaks on a terminal frame without a command (the driver answered a
+# frame this assembler never got) never yields a transition without an action.
+def test_a_terminal_frame_without_command_after_a_missed_frame_starts_no_chain():
+    assembler = make()
+    feed(assembler, 1)
+    feed(assembler, 2)
+    assembler.on_control(3 * 50 * MS, np.array([0.0, 0.5], np.float32))  # frame 3 never came
+    feed(assembler, 4, action=False, lateral=3.0)
+    for k in range(5, 12):
+        feed(assembler, k, lateral=3.0)
+    output = assembler.finish()
+    assert all(step.action is not None and step.action.shape == (2,)
+               for step in transitions(output))

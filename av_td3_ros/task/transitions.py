@@ -450,6 +450,8 @@ class TransitionAssembler:
                 self._end_episode('collision', needs_reset=True)
                 return
         if previous is None:
+            if obs.action is None:
+                return  # no transition can start here: the chain restarts at the next command
             if self._episode_steps == 0:
                 self.stats.episodes += 1
                 self._route_length = obs.state.distance_to_goal
