@@ -66,6 +66,8 @@ class MetaDriveConfig:
     """truncated:time_limit after this many steps; 0: never."""
     sky: bool = False
     """Draw the sky box (a real horizon, ~20 % slower on llvmpipe)."""
+    expert: bool = False
+    """Label every state with the privileged expert's command (`metadrive_expert`)."""
     python: str = ''
     """The MetaDrive venv's interpreter; '' -> `default_python()`."""
     run_dir: str = ''
@@ -102,6 +104,8 @@ class MetaDriveState:
     """On reset: (n, 3) x, y, yaw of the lane centres to the destination, ~1 m apart."""
     control: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """(steer, throttle, brake) applied in this step."""
+    expert: tuple[float, float, float] | None = None
+    """The expert's (steer, throttle, brake) for this state (config `expert`; None at an end)."""
     info: dict = field(default_factory=dict)
 
     @property
@@ -167,7 +171,8 @@ class MetaDriveClient:
         options = dict(run_dir=str(self.run_dir), width=cfg.image_width,
                        height=cfg.image_height, traffic_density=cfg.traffic_density,
                        map=cfg.map, start_seed=cfg.start_seed, scenarios=cfg.scenarios,
-                       max_episode_steps=cfg.max_episode_steps, sky=cfg.sky)
+                       max_episode_steps=cfg.max_episode_steps, sky=cfg.sky,
+                       expert=cfg.expert)
         self._log = open(self.run_dir / 'metadrive_worker.log', 'ab')
         env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
         # The main venv's path settings must not leak numpy 2 into MetaDrive's interpreter.
@@ -261,6 +266,7 @@ class MetaDriveClient:
             yaw_rate=reply['yaw_rate'], speed=reply['speed'], steps=reply['steps'],
             collisions=tuple(reply['collisions']), lane_invasion=tuple(reply['lane_invasion']),
             end=tuple(reply['end']) if reply['end'] else None,
+            expert=tuple(reply['expert']) if reply.get('expert') else None,
             route=None if route is None else np.asarray(route, float).reshape(-1, 3))
 
     def reset(self, seed: int) -> MetaDriveState:
@@ -286,6 +292,12 @@ class MetaDriveClient:
         self._last = state
         self.episode_over = False
         return state
+
+    def step_expert(self) -> MetaDriveState:
+        """Apply the expert's label of the current state for one step (config `expert`)."""
+        if self._last is None or self._last.expert is None:
+            raise RuntimeError('no expert label: set MetaDriveConfig.expert, and reset()')
+        return self.step(*self._last.expert)
 
     def step(self, steer: float, throttle: float, brake: float) -> MetaDriveState:
         """Apply one command for one step; return the new state.

@@ -8,7 +8,9 @@ imports every module of `sim/` without metadrive, test/test_layout.py).
 Protocol, both directions: a 4-byte big-endian length, that many bytes of a UTF-8 JSON
 object (the header), then `header['nbytes']` raw bytes (0 when absent). Requests:
 `{"cmd": "reset", "seed": int}`, `{"cmd": "step", "steer": f, "throttle": f, "brake": f}`
-(CARLA's conventions: steer > 0 turns right), `{"cmd": "close"}`. Every reply is
+(CARLA's conventions: steer > 0 turns right), `{"cmd": "close"}`. With the `expert` option
+every state carries `expert`, the privileged expert's (steer, throttle, brake) for it
+(`metadrive_expert.py`). Every reply is
 `{"ok": true, ...state}` followed by the BGR image (height x width x 3 uint8), or
 `{"ok": false, "error": text}`. Nothing is pickled.
 
@@ -111,6 +113,9 @@ class World:
             vehicle_config=dict(image_source='rgb_camera', rgb_camera=(self.width, self.height),
                                 stack_size=1)))
         self.pbr_off = False
+        self.use_expert = bool(options.get('expert', False))
+        self.expert = None
+        self.label = None
         self.steps = 0
         self.prev_yaw = 0.0
         self.lines = {'solid': False, 'broken': False}
@@ -144,6 +149,10 @@ class World:
         vehicle = self.env.vehicle
         self.prev_yaw = -float(vehicle.heading_theta)
         self.lines = {'solid': False, 'broken': False}
+        if self.use_expert:
+            # Next to this file in the worker's sys.path[0]; absent from the main venv's path.
+            from metadrive_expert import make_expert
+            self.expert = make_expert(vehicle, int(seed))
         state = self._state(obs, {}, False)
         state['route'] = self._route()
         state['dt'] = self.dt
@@ -191,8 +200,12 @@ class World:
             end = ('terminated', 'out_of_road')
         elif done or (self.max_steps and self.steps >= self.max_steps):
             end = ('truncated', 'time_limit')
+        self.label = None
+        if self.expert is not None and end is None:
+            from metadrive_expert import carla_command
+            self.label = carla_command(self.expert.act())
         return {
-            'ok': True, 'x': x, 'y': -y_md, 'yaw': yaw,
+            'ok': True, 'x': x, 'y': -y_md, 'yaw': yaw, 'expert': self.label,
             'vx': cos_yaw * vel_x + sin_yaw * vel_y, 'vy': -sin_yaw * vel_x + cos_yaw * vel_y,
             'yaw_rate': yaw_rate, 'speed': float(vehicle.speed),
             'steps': self.steps, 'collisions': collisions, 'lane_invasion': invasion,
