@@ -36,6 +36,9 @@ NO_KEY = {'safetensors', 'Box2D',
           # Imported only by sim/metadrive_worker.py, in MetaDrive's own venv
           # (scripts/setup.sh --metadrive), never in the package's environment.
           'metadrive', 'panda3d'}
+# The MetaDrive worker runs by file path (av_td3_ros is not installed in its venv) and imports
+# its sibling modules by file name: they are this package's own, not dependencies.
+WORKER_SIBLINGS = {'metadrive_expert'}
 
 
 def package():
@@ -52,7 +55,7 @@ def imported_modules(paths):
                     modules.update(alias.name.split('.')[0] for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     modules.add(node.module.split('.')[0])
-    return modules - set(sys.stdlib_module_names) - {'av_td3_ros', '__future__'}
+    return modules - set(sys.stdlib_module_names) - {'av_td3_ros', '__future__'} - WORKER_SIBLINGS
 
 
 def test_manifest_is_valid_format_3():
