@@ -606,3 +606,22 @@ def test_a_terminal_frame_without_command_after_a_missed_frame_starts_no_chain()
     output = assembler.finish()
     assert all(step.action is not None and step.action.shape == (2,)
                for step in transitions(output))
+
+
+# Test if frames still waiting when the route turns unusable are dropped as frames without a
+# route, not scored against no route (that raised, and ended train_offline).
+def test_frames_waiting_when_the_route_turns_unusable_are_dropped():
+    assembler = make(event_window=0.2)
+    for k in range(1, 4):
+        feed(assembler, k)
+    assert assembler.on_route(np.array([[5.0, 0.0], [5.0, 0.0]])) is not None
+    assembler.on_episode_end('terminated', 'route_completed')
+    assembler.decide_pending()
+    output = assembler.finish()
+    assert all(step.action is not None for step in transitions(output))
+    assert assembler.stats.dropped_no_odometry >= 1
+    assembler.on_route(ROUTE)
+    assembler.on_episode_start(10 * 50 * MS)
+    for k in range(10, 14):
+        feed(assembler, k)
+    assert transitions(assembler.finish())

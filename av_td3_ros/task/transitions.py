@@ -387,6 +387,13 @@ class TransitionAssembler:
             if (head.stamp + self._window_ns > self._newest_frame
                     and (decide_until is None or head.stamp > decide_until)):
                 return  # a collision or lane invasion for it may still be on its way
+            if head.state is None and self.route is None:
+                # The route turned unusable while the frame waited: as if it came without one.
+                self._pending.popleft()
+                self._actions.pop(head.stamp, None)
+                self.stats.dropped_no_odometry += 1
+                self._break_chain()
+                continue
             head = self._observe(head)
             head.action = self._actions.pop(head.stamp, None)
             terminal = self._previous is not None and self._end_of(head) is not None
