@@ -161,3 +161,18 @@ def test_simulator_fault_ends_the_episode_and_restarts(tmp_path):
         assert not faulty.reset(SEED + 1).done
     finally:
         faulty.close()
+
+
+# Test if a block string picks the map, and close() removes the client's temporary run dir.
+@pytest.mark.metadrive
+def test_block_string_map_and_temporary_run_dir():
+    require_metadrive_venv()
+    blocks = MetaDriveClient(MetaDriveConfig(image_width=32, image_height=24, map='SCrX'))
+    try:
+        state = blocks.reset(0)
+        assert len(state.route) > 100 and blocks.run_dir.is_dir()
+        assert not blocks.step(0.0, 0.5, 0.0).done
+    finally:
+        run_dir = blocks.run_dir
+        blocks.close()
+    assert not run_dir.exists()

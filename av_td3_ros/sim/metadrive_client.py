@@ -139,6 +139,7 @@ class MetaDriveClient:
         self._last: MetaDriveState | None = None
         self.faults = 0
         self.episode_over = True
+        self._own_run_dir = not config.run_dir  # a temporary one: removed by close()
         if config.run_dir:
             self.run_dir = Path(config.run_dir)
         else:
@@ -206,7 +207,12 @@ class MetaDriveClient:
             self._log.close()
             self._log = None
 
-    close = stop
+    def close(self):
+        """Stop the worker; remove the run directory if this client made a temporary one."""
+        self.stop()
+        if self._own_run_dir:
+            import shutil
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def kill(self):
         """Kill the worker with SIGKILL (tests: a simulator dying)."""
