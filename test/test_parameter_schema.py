@@ -29,7 +29,7 @@ FILES = {
     'driver.yaml': (DRIVER, {
         # /carla/<role_name>/...: they follow role_name; launch files remap them.
         'camera_topic', 'odometry_topic', 'route_topic', 'control_topic',
-        'episode_start_topic',
+        'episode_start_topic', 'policy_in_use_topic',
         # The checkpoint decides the policy spec (README: the checkpoint carries its spec).
         *SPEC_NAMES}, {}),
     'trainer.yaml': (TRAINER, {'camera_topic'}, {}),  # /carla/{role}/...: launch files pass it

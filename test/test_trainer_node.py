@@ -1,5 +1,6 @@
 # Test driver + trainer over real DDS: transitions land in the buffer, updates run,
 # checkpoints are written atomically and the driver hot-reloads them.
+import json
 import math
 import re
 
@@ -143,7 +144,8 @@ def test_driver_and_trainer_learn_from_the_graph(start_node, tmp_path, rclpy_con
     load_policy(latest_policy(run_dir / 'checkpoints'))
     assert not list((run_dir / 'checkpoints').glob('.*.tmp'))
     assert (run_dir / 'training_state.safetensors').exists()
-    assert (run_dir / 'episodes.jsonl').read_text().count('collision') == 1
+    episodes = [json.loads(line) for line in (run_dir / 'episodes.jsonl').open()]
+    assert [record['reason'] for record in episodes].count('collision') == 1
     assert list((run_dir / 'tb').glob('events.out.tfevents.*'))
 
 
