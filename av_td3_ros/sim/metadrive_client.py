@@ -273,7 +273,8 @@ class MetaDriveClient:
             collisions=tuple(reply['collisions']), lane_invasion=tuple(reply['lane_invasion']),
             end=tuple(reply['end']) if reply['end'] else None,
             expert=tuple(reply['expert']) if reply.get('expert') else None,
-            route=None if route is None else np.asarray(route, float).reshape(-1, 3))
+            route=None if route is None else np.asarray(route, float).reshape(-1, 3),
+            info={'reward': float(reply['reward'])} if 'reward' in reply else {})
 
     def reset(self, seed: int) -> MetaDriveState:
         """Start scenario `seed` (a fresh worker if the last one failed); return its first state.

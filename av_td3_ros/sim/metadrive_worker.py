@@ -160,9 +160,11 @@ class World:
 
     def step(self, steer: float, throttle: float, brake: float) -> tuple[dict, bytes]:
         """Advance one step (0.1 s) with a CARLA command; return the state and image."""
-        obs, _, done, info = self.env.step(metadrive_action(steer, throttle, brake))
+        obs, reward, done, info = self.env.step(metadrive_action(steer, throttle, brake))
         self.steps += 1
-        return self._state(obs, info, done), self._image(obs)
+        state = self._state(obs, info, done)
+        state['reward'] = float(reward)  # MetaDrive's own reward, for evaluation returns
+        return state, self._image(obs)
 
     def _image(self, obs) -> bytes:
         """Return the camera image as BGR uint8 bytes (MetaDrive gives BGR floats in 0..1)."""

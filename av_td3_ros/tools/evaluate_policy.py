@@ -7,11 +7,15 @@
     evaluate_policy --checkpoint models/camera_policy.safetensors --seeds 7000-7009 --through-ros
     evaluate_policy --expert --seeds 7000-7009 --through-ros --route-spacing 1.0 \
         --driver-route-spacing 3.5
+    evaluate_policy --world metadrive --expert --seeds 33000-33009 --traffic-density 0.1
 
 In-process (default) the episodes run on `SimEnv` through the driver's own pipeline. With
 `--through-ros` the sim_bridge and driver nodes of launch/sim_drive.launch.xml run as
 processes and the returns come from the bridge's episode_end messages, each matched to its
 episode by stamp. The bridge's episode e drives track seed + e; episode 0 is a warm-up.
+
+`--world metadrive` runs MetaDrive scenarios in-process only (sim/metadrive_evaluation.py):
+the privileged expert (`--expert`) or a checkpoint through the driver's pipeline.
 """
 from __future__ import annotations
 
@@ -181,6 +185,36 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
     return results
 
 
+def evaluate_metadrive(args, seeds: list[int]) -> list:
+    """Run MetaDrive episodes in-process (expert or checkpoint), printing a line after each."""
+    from av_td3_ros.sim.metadrive_client import MetaDriveClient, MetaDriveConfig
+    from av_td3_ros.sim.metadrive_evaluation import evaluate, policy_driver
+    width, height = (int(v) for v in args.camera.lower().split('x'))
+    config = MetaDriveConfig(image_width=width, image_height=height,
+                             traffic_density=args.traffic_density, map=args.map,
+                             max_episode_steps=args.max_steps, expert=args.expert,
+                             # MetaDrive builds only the scenarios in this window of seeds.
+                             start_seed=min(seeds), scenarios=max(seeds) - min(seeds) + 1)
+    import torch
+    drive = None
+    if not args.expert:
+        from av_td3_ros.driving.pipeline import DrivingPipeline
+        from av_td3_ros.policy.checkpoint import PolicySpec, load_policy
+        from av_td3_ros.policy.inference import PolicyRunner
+        policy, metadata = load_policy(args.checkpoint)
+        spec = PolicySpec.from_metadata(metadata)
+        runner = PolicyRunner(policy, torch.device('cpu'))
+        drive = policy_driver(DrivingPipeline(spec, runner),
+                              blank_camera=args.ablate == 'camera')
+    client = MetaDriveClient(config)
+    try:
+        with torch.inference_mode():
+            return evaluate(client, seeds, drive,
+                            lambda result: print(result.line(), flush=True))
+    finally:
+        client.close()
+
+
 def main(argv=None) -> int:
     """Evaluate and print one line per episode and the mean; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -208,7 +242,17 @@ def main(argv=None) -> int:
                         help='--through-ros: give up after this many seconds')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--verbose', action='store_true', help='echo the nodes\' output')
+    parser.add_argument('--world', choices=('carracing', 'metadrive'), default='carracing',
+                        help='the CarRacing stand-in, or MetaDrive (in-process only)')
+    parser.add_argument('--traffic-density', type=float, default=0.1,
+                        help='metadrive: traffic density')
+    parser.add_argument('--map', default='3',
+                        help="metadrive: a number of blocks ('3') or a block string ('SCrRX')")
+    parser.add_argument('--camera', default='256x144',
+                        help='metadrive: camera WIDTHxHEIGHT (the bridge default)')
     args = parser.parse_args(argv)
+    if args.world == 'metadrive':
+        return main_metadrive(parser, args)
     if not args.expert and not args.checkpoint:
         parser.error('give --checkpoint or --expert')
     if args.ablate and (args.expert or args.through_ros):
@@ -230,6 +274,35 @@ def main(argv=None) -> int:
         print(f'evaluate_policy: {error}', file=sys.stderr)
         return 2
     print(summary_line(results), flush=True)
+    return 0 if len(results) == len(seeds) else 1
+
+
+def main_metadrive(parser, args) -> int:
+    """Check the MetaDrive arguments, evaluate and print the summary; return the exit status."""
+    from av_td3_ros.sim.metadrive_evaluation import summary_line as metadrive_summary
+    if args.through_ros:
+        print('evaluate_policy: --through-ros is not available for --world metadrive '
+              '(in-process only)', file=sys.stderr)
+        return 2
+    if not args.expert and not args.checkpoint:
+        parser.error('give --checkpoint or --expert')
+    if args.ablate and (args.expert or args.ablate != 'camera'):
+        parser.error('--world metadrive: --ablate camera works on a checkpoint (it blanks '
+                     'the image)')
+    try:
+        seeds = episode_seeds(parse_seeds(args.seeds), args.episodes)
+        if 'x' not in args.camera.lower():
+            raise ValueError(f'--camera {args.camera!r}: give WIDTHxHEIGHT')
+    except ValueError as error:
+        parser.error(str(error))
+    import torch
+    torch.set_num_threads(args.threads)
+    try:
+        results = evaluate_metadrive(args, seeds)
+    except (ValueError, OSError, RuntimeError) as error:  # SimulatorFault is a RuntimeError
+        print(f'evaluate_policy: {error}', file=sys.stderr)
+        return 2
+    print(metadrive_summary(results), flush=True)
     return 0 if len(results) == len(seeds) else 1
 
 
