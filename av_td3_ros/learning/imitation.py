@@ -225,8 +225,7 @@ class ImitationTrainer:
         self.spec = policy_spec(config)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.env = SimEnv(SimEnvConfig())
-        self.expert = RouteExpert(self.spec.features, ExpertConfig())
+        self._open_world()
         capacity = config.expert_frames + config.dagger_frames * len(config.dagger_betas)
         self.dataset = FrameDataset(capacity, self.spec.preprocessing,
                                     self.spec.network.kinematic_dim)
@@ -245,6 +244,14 @@ class ImitationTrainer:
         self._stack_buffer = np.zeros((config.batch_size, self.spec.preprocessing.frame_stack,
                                        self.spec.preprocessing.image_size,
                                        self.spec.preprocessing.image_size), np.float32)
+
+    def _open_world(self):
+        """Build the simulator and the expert the recipe collects with."""
+        self.env = SimEnv(SimEnvConfig())
+        self.expert = RouteExpert(self.spec.features, ExpertConfig())
+
+    def close(self):
+        """Release the simulator (the stand-in holds nothing outside this process)."""
 
     def collect(self, frames: int, seed_start: int, student: bool, beta: float,
                 phase: str) -> dict:
@@ -299,13 +306,10 @@ class ImitationTrainer:
         """Drive the validation seeds; keep the policy if it is the best so far."""
         started = time.process_time()
         self._eval_policy.load_state_dict(self.policy.state_dict())
-        results = evaluate_policy(copy.deepcopy(self._eval_policy), self.spec,
-                                  list(self.config.validation_seeds))
-        value = mean_return(results)
+        value, scores = self._validation_scores(copy.deepcopy(self._eval_policy))
         learning_cpu = started - self._cpu_start - self._validation_cpu
         self._validation_cpu += time.process_time() - started
-        record = {'phase': phase, 'updates': self.updates, 'mean_return': round(value, 1),
-                  'returns': [round(r.episode_return, 1) for r in results],
+        record = {'phase': phase, 'updates': self.updates, **scores,
                   'env_steps': self.dataset.size,
                   'learning_cpu_minutes': round(learning_cpu / 60.0, 2)}
         self.report.validations.append(record)
@@ -318,6 +322,17 @@ class ImitationTrainer:
         self.log(f'[imitation] validation {json.dumps(record)}'
                  f'{" (best so far)" if self.report.best is record else ""}')
         return value
+
+    def _validation_scores(self, policy: ActorPolicy) -> tuple[float, dict]:
+        """Drive the validation seeds; return the value to maximise and what to record."""
+        results = evaluate_policy(policy, self.spec, list(self.config.validation_seeds))
+        value = mean_return(results)
+        return value, {'mean_return': round(value, 1),
+                       'returns': [round(r.episode_return, 1) for r in results]}
+
+    def expert_metadata(self) -> str:
+        """Return the expert's settings as JSON, for the checkpoint metadata."""
+        return json.dumps(ExpertConfig().to_dict(), sort_keys=True)
 
     def run(self) -> TrainingReport:
         """Run the whole recipe; return the report (the best weights are in best_state)."""
@@ -348,7 +363,7 @@ class ImitationTrainer:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         extra = {'imitation_config': json.dumps(self.config.to_dict(), sort_keys=True),
                  'imitation_report': json.dumps(asdict(self.report), sort_keys=True),
-                 'expert_config': json.dumps(ExpertConfig().to_dict(), sort_keys=True),
+                 'expert_config': self.expert_metadata(),
                  # the updates behind the weights written (the best), not the run's total
                  'step': str(self.report.best.get('updates', self.updates))}
         save_policy_state(path, state, self.spec, extra)

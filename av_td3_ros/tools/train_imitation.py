@@ -2,6 +2,7 @@
 
     train_imitation --out models/camera_policy.safetensors     # the shipped camera policy
     train_imitation --profile route --out runs/route_policy.safetensors
+    train_imitation --world metadrive --out models/metadrive_camera_policy.safetensors
 
 Runs `imitation.ImitationTrainer` in-process (no ROS graph), prints progress, writes the best
 validated policy (fp16 storage, loads as float32) and a JSON report beside it.
@@ -17,7 +18,11 @@ from pathlib import Path
 
 def build_config(args):
     """Return the ImitationConfig the command line asks for."""
-    from av_td3_ros.learning.imitation import ImitationConfig
+    if args.world == 'metadrive':
+        from av_td3_ros.learning.metadrive_imitation import (
+            MetaDriveImitationConfig as ImitationConfig)
+    else:
+        from av_td3_ros.learning.imitation import ImitationConfig
     config = ImitationConfig(kinematic_inputs='speed' if args.profile == 'camera' else 'all',
                              seed=args.seed, precision=args.precision)
     overrides = {name: getattr(args, name) for name in
@@ -38,6 +43,10 @@ def main(argv=None) -> int:
     parser.add_argument('--out', default='runs/imitation/policy.safetensors',
                         help='policy file to write (the shipped models are regenerated with '
                              'an explicit --out models/<name>.safetensors)')
+    parser.add_argument('--world', choices=('carracing', 'metadrive'), default='carracing',
+                        help='carracing: the stand-in and its route expert; metadrive: '
+                             "MetaDrive's first-person world and its yielding IDM expert "
+                             '(needs scripts/setup.sh --metadrive)')
     parser.add_argument('--profile', choices=('camera', 'route'), default='camera',
                         help='camera: the actor sees speed only of the kinematic vector; '
                              'route: all of it')
@@ -60,12 +69,19 @@ def main(argv=None) -> int:
 
     import torch
 
-    from av_td3_ros.learning.imitation import ImitationTrainer
+    if args.world == 'metadrive':
+        from av_td3_ros.learning.metadrive_imitation import (
+            MetaDriveImitationTrainer as ImitationTrainer)
+    else:
+        from av_td3_ros.learning.imitation import ImitationTrainer
     torch.set_num_threads(args.threads)
     config = build_config(args)
     print(f'[imitation] config {json.dumps(config.to_dict())}', flush=True)
     trainer = ImitationTrainer(config, log=lambda text: print(text, flush=True))
-    report = trainer.run()
+    try:
+        report = trainer.run()
+    finally:
+        trainer.close()
     out = Path(args.out)
     trainer.save(out, half=not args.full_precision)
     report_path = out.with_suffix('.report.json')
