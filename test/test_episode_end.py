@@ -1,9 +1,10 @@
 # Test if the one episode_end codec round-trips and reads every form the system publishes.
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
-from av_td3_ros.nodes.sim_bridge import episode_end_text
+from av_td3_ros.nodes.sim_bridge import episode_end
 from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end, parse_episode_end
 from av_td3_ros.task.episode_rules import EndEpisode
 
@@ -45,7 +46,8 @@ def test_a_bad_number_is_refused_but_the_head_always_reads():
 def test_the_writers_use_the_codec_unchanged():
     state = SimpleNamespace(terminated=True, truncated=False, reason='lap_complete',
                             episode_return=903.4116, steps=868)
-    assert episode_end_text(state, 43450000000) == \
+    end = replace(episode_end(state), stamp_ns=43450000000)
+    assert format_episode_end(end) == \
         'terminated:lap_complete;return=903.412;steps=868;stamp_ns=43450000000'
     assert EndEpisode('truncated', 'stuck', 412, 20600000000).text() == \
         'truncated:stuck;steps=412;stamp_ns=20600000000'

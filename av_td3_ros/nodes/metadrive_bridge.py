@@ -30,18 +30,15 @@ episode_start are sim_bridge's; episode e uses scenario seed `seed + e`.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 from carla_msgs.msg import CarlaCollisionEvent, CarlaEgoVehicleControl, CarlaLaneInvasionEvent
-from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
-from std_srvs.srv import Trigger
 
-from av_td3_ros.nodes.bridge_messages import BRIDGE_QOS, VehicleTopics, time_msg
-from av_td3_ros.nodes.node_main import guard_callback, run_node
+from av_td3_ros.nodes.bridge_messages import BRIDGE_QOS, VehicleTopics
+from av_td3_ros.nodes.episode_bridge import EpisodeBridge
+from av_td3_ros.nodes.node_main import run_node
 from av_td3_ros.nodes.node_params import declare
 from av_td3_ros.nodes.schema import Param, Schema
 from av_td3_ros.sim.metadrive_client import (
@@ -51,7 +48,7 @@ from av_td3_ros.sim.metadrive_client import (
     MetaDriveState,
     SimulatorFault,
 )
-from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
+from av_td3_ros.task.episode_end import EpisodeEndMessage
 
 CAMERA_FOV = 90.0
 LANE_MARKINGS = {'solid': CarlaLaneInvasionEvent.LANE_MARKING_SOLID,
@@ -109,14 +106,13 @@ METADRIVE_BRIDGE = Schema(
 """Every metadrive_bridge parameter (config/metadrive_bridge.yaml)."""
 
 
-def episode_end_text(state: MetaDriveState, stamp_ns: int) -> str:
-    """Return the episode_end text for the state that ended an episode."""
+def episode_end(state: MetaDriveState) -> EpisodeEndMessage:
+    """Return the episode_end content (no stamp) for the state that ended an episode."""
     kind, reason = state.end
-    return format_episode_end(EpisodeEndMessage(kind, reason, steps=state.steps,
-                                                stamp_ns=stamp_ns))
+    return EpisodeEndMessage(kind, reason, steps=state.steps)
 
 
-class MetaDriveBridgeNode(Node):
+class MetaDriveBridgeNode(EpisodeBridge):
     """Step a MetaDrive world and publish it like the CARLA ROS bridge; see the module doc."""
 
     def __init__(self):
@@ -133,101 +129,58 @@ class MetaDriveBridgeNode(Node):
             raise FileNotFoundError(f'no MetaDrive interpreter at {self.client.python}: run '
                                     '`bash scripts/setup.sh --metadrive`')
         role = cfg.role_name
-        self.topics = VehicleTopics(self, role, cfg.image_width, cfg.image_height, CAMERA_FOV,
-                                    STEP_SECONDS, synchronous_mode=True)
+        topics = VehicleTopics(self, role, cfg.image_width, cfg.image_height, CAMERA_FOV,
+                               STEP_SECONDS, synchronous_mode=True)
         self._pub_collision = self.create_publisher(
             CarlaCollisionEvent, f'/carla/{role}/collision', BRIDGE_QOS)
-        self.create_subscription(CarlaEgoVehicleControl, f'/carla/{role}/vehicle_control_cmd',
-                                 guard_callback(self, self._on_control), BRIDGE_QOS)
-        self.create_service(Trigger, f'/av_td3/{role}/reset_episode',
-                            guard_callback(self, self._on_reset))
         self._bgra = np.full((cfg.image_height, cfg.image_width, 4), 255, np.uint8)
-
-        self._delta_ns = round(STEP_SECONDS * 1e9)
-        self._frame = -1
-        self._stamp_ns = 0
-        self._stamp = time_msg(0)
-        self._episode = -1
-        self._control = (0.0, 0.0, 0.0)
-        self._episode_wall_start = time.monotonic()
         self._running = False  # an episode is being stepped
-
-        self._watchdog = None
-        if cfg.step_timeout > 0.0:
-            self._watchdog = self.create_timer(
-                cfg.step_timeout, guard_callback(self, self._tick),
-                clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self._start_episode()
+        self._serve(self.client, topics, role, STEP_SECONDS, step_timeout=cfg.step_timeout,
+                    auto_reset=cfg.auto_reset)
         self.get_logger().info(
             f'metadrive_bridge ready: role {role}, {cfg.image_width}x{cfg.image_height} bgra8, '
             f'map {cfg.map}, traffic density {cfg.traffic_density}, worker pid '
             f'{self.client.worker_pid}')
 
-    def _on_control(self, msg: CarlaEgoVehicleControl):
-        """Store the command and tick, unless it answers a frame older than the latest."""
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        if stamp_ns != 0 and stamp_ns < self._stamp_ns:
-            return  # a duplicate or late answer must not tick the world a second time
+    @property
+    def episode_running(self) -> bool:
+        """Return True from a successful reset until the episode ends."""
+        return self._running
+
+    def _command(self, msg: CarlaEgoVehicleControl) -> tuple[float, float, float]:
+        """Return the command as sent; hand_brake is a full brake."""
         # Non-finite values pass unclipped: the client ends the episode as bad_command.
-        self._control = (msg.steer, msg.throttle, 1.0 if msg.hand_brake else msg.brake)
-        self._tick()
+        return (msg.steer, msg.throttle, 1.0 if msg.hand_brake else msg.brake)
 
-    def _on_reset(self, request, response):
-        """Start a new episode now, whatever the state of the current one."""
-        previous_steps = self.client.last_steps
-        if self._running:
-            self._log_episode('reset_requested', previous_steps)
-        response.success = self._start_episode()
-        response.message = (f'episode={self._episode};stamp_ns={self._stamp_ns};'
-                            f'previous_steps={previous_steps}')
-        return response
-
-    def _tick(self):
-        """Advance the world one tick: a step, or the (re)start after an episode ended."""
-        if not self._running:
-            if self.config.auto_reset:
-                self._start_episode()
-            return
-        state = self.client.step(*self._control)
-        self._advance_clock()
-        self._publish_state(state)
-        if state.done:
-            self._running = False
-            self.topics.end_episode(episode_end_text(state, self._stamp_ns))
-            kind, reason = state.end
-            detail = state.info.get('detail')
-            self._log_episode(f'{kind}:{reason}' + (f' ({detail})' if detail else ''),
-                              state.steps)
-
-    def _start_episode(self) -> bool:
-        """Reset the world on the next scenario; return False when the simulator failed."""
-        self._episode += 1
+    def _reset_world(self, episode: int):
+        """Reset the world on scenario `seed + episode` (wrapping after `scenarios`)."""
         cfg = self.config
-        seed = cfg.seed + self._episode % cfg.scenarios
+        seed = cfg.seed + episode % cfg.scenarios
         try:
             state = self.client.reset(seed)
         except SimulatorFault as error:
             # The next tick (a command or the watchdog) tries again with a new worker.
-            self.get_logger().error(f'episode {self._episode}: simulator fault at reset '
+            self.get_logger().error(f'episode {episode}: simulator fault at reset '
                                     f'({error}); retrying on the next tick')
             self._running = False
-            return False
+            return None
         self._running = True
-        self._control = (0.0, 0.0, 0.0)
-        self._episode_wall_start = time.monotonic()
-        self._advance_clock()
-        self.topics.new_episode(self._stamp, self._episode, state.route[:, :2],
-                                state.route[:, 2])
-        self._publish_state(state)
-        return True
+        return state, state.route[:, :2], state.route[:, 2]
 
-    def _advance_clock(self):
-        """Count one world tick and move sim time on by one MetaDrive step."""
-        self._frame += 1
-        self._stamp_ns = self._frame * self._delta_ns
-        self._stamp = time_msg(self._stamp_ns)
-        if self._watchdog is not None:
-            self._watchdog.reset()
+    def _step_world(self) -> MetaDriveState:
+        """Step the worker with the stored control."""
+        state = self.client.step(*self._control)
+        self._running = not state.done
+        return state
+
+    def _ending(self, state: MetaDriveState) -> tuple[EpisodeEndMessage, str]:
+        """Return the episode_end content and the worker's detail of the end, if any."""
+        detail = state.info.get('detail')
+        return episode_end(state), f' ({detail})' if detail else ''
+
+    def _totals(self) -> tuple[int, None]:
+        """Return the steps of the latest episode; MetaDrive's reward is not summed."""
+        return self.client.last_steps, None
 
     def _publish_state(self, state: MetaDriveState):
         """Publish this tick's collisions, then every bridge topic (the image last)."""
@@ -240,18 +193,6 @@ class MetaDriveBridgeNode(Node):
         self.topics.publish_tick(self._stamp, self._frame, state, state.control,
                                  self._bgra.tobytes(),
                                  [LANE_MARKINGS[kind] for kind in state.lane_invasion])
-
-    def _log_episode(self, how: str, steps: int):
-        """Log the progress line of one finished episode."""
-        wall = max(time.monotonic() - self._episode_wall_start, 1e-9)
-        self.get_logger().info(
-            f'episode {self._episode} {how}: steps {steps}, sim time '
-            f'{self._stamp_ns / 1e9:.2f} s, {steps / wall:.1f} steps/s')
-
-    def destroy_node(self):
-        """Stop the worker, then destroy the node."""
-        self.client.close()
-        return super().destroy_node()
 
 
 def main(args=None):

@@ -46,21 +46,18 @@ world stays frozen until reset_episode. Episode e uses track seed `seed + e` (-1
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 
 from carla_msgs.msg import CarlaEgoVehicleControl, CarlaLaneInvasionEvent
-from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
-from std_srvs.srv import Trigger
 
-from av_td3_ros.nodes.bridge_messages import BRIDGE_QOS, VehicleTopics, time_msg
-from av_td3_ros.nodes.node_main import guard_callback, run_node
+from av_td3_ros.nodes.bridge_messages import VehicleTopics
+from av_td3_ros.nodes.episode_bridge import EpisodeBridge
+from av_td3_ros.nodes.node_main import run_node
 from av_td3_ros.nodes.node_params import declare
 from av_td3_ros.nodes.schema import Param, Schema
 from av_td3_ros.sim.sim_env import SimEnv, SimEnvConfig, SimState, finite_clamp
-from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end
+from av_td3_ros.task.episode_end import EpisodeEndMessage
 
 
 @dataclass(frozen=True)
@@ -108,14 +105,13 @@ SIM_BRIDGE = Schema(
 """Every sim_bridge parameter (config/sim_bridge.yaml)."""
 
 
-def episode_end_text(state: SimState, stamp_ns: int) -> str:
-    """Return the episode_end text for the last state of an episode."""
-    return format_episode_end(EpisodeEndMessage(
-        'terminated' if state.terminated else 'truncated', state.reason,
-        episode_return=state.episode_return, steps=state.steps, stamp_ns=stamp_ns))
+def episode_end(state: SimState) -> EpisodeEndMessage:
+    """Return the episode_end content (no stamp) for the last state of an episode."""
+    return EpisodeEndMessage('terminated' if state.terminated else 'truncated', state.reason,
+                             episode_return=state.episode_return, steps=state.steps)
 
 
-class SimBridgeNode(Node):
+class SimBridgeNode(EpisodeBridge):
     """Step a SimEnv and publish it like the CARLA ROS bridge; see the module docstring."""
 
     def __init__(self):
@@ -129,116 +125,49 @@ class SimBridgeNode(Node):
                                        max_off_track_steps=cfg.max_off_track_steps,
                                        route_spacing=cfg.route_spacing))
         role = cfg.role_name
-        self.topics = VehicleTopics(self, role, cfg.image_width, cfg.image_height,
-                                    cfg.camera_fov, cfg.fixed_delta_seconds,
-                                    cfg.synchronous_mode)
-        self.create_subscription(CarlaEgoVehicleControl, f'/carla/{role}/vehicle_control_cmd',
-                                 guard_callback(self, self._on_control), BRIDGE_QOS)
-        self.create_service(Trigger, f'/av_td3/{role}/reset_episode',
-                            guard_callback(self, self._on_reset))
-
-        self._delta_ns = round(cfg.fixed_delta_seconds * 1e9)
-        self._frame = -1
-        self._stamp_ns = 0
-        self._stamp = time_msg(0)
-        self._episode = -1
-        self._control = (0.0, 0.0, 0.0)
-        self._episode_wall_start = time.monotonic()
-
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._watchdog = None
-        if cfg.synchronous_mode and cfg.step_timeout > 0.0:
-            self._watchdog = self.create_timer(cfg.step_timeout, guard_callback(self, self._tick),
-                                               clock=steady)
-        elif not cfg.synchronous_mode:
-            self.create_timer(1.0 / cfg.publish_rate, guard_callback(self, self._tick),
-                              clock=steady)
-        self._start_episode()
+        topics = VehicleTopics(self, role, cfg.image_width, cfg.image_height, cfg.camera_fov,
+                               cfg.fixed_delta_seconds, cfg.synchronous_mode)
+        self._serve(self.env, topics, role, cfg.fixed_delta_seconds,
+                    step_timeout=cfg.step_timeout, auto_reset=cfg.auto_reset,
+                    synchronous_mode=cfg.synchronous_mode, publish_rate=cfg.publish_rate)
         self.get_logger().info(
             f'sim_bridge ready: role {role}, {cfg.image_width}x{cfg.image_height} bgra8, '
             f'{"synchronous" if cfg.synchronous_mode else "asynchronous"} mode, '
             f'fixed_delta_seconds {cfg.fixed_delta_seconds}')
 
-    def _on_control(self, msg: CarlaEgoVehicleControl):
-        """Store the command; in synchronous mode tick if it answers the latest frame."""
+    @property
+    def episode_running(self) -> bool:
+        """Return True until the env ends the episode."""
+        return not self.env.episode_over
+
+    def _command(self, msg: CarlaEgoVehicleControl) -> tuple[float, float, float]:
+        """Clip the command to CARLA's ranges; hand_brake is a full brake."""
         brake = 1.0 if msg.hand_brake else finite_clamp(msg.brake, 0.0, 1.0)
-        control = (finite_clamp(msg.steer, -1.0, 1.0), finite_clamp(msg.throttle, 0.0, 1.0), brake)
-        if not self.config.synchronous_mode:
-            self._control = control
-            return
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        if stamp_ns != 0 and stamp_ns < self._stamp_ns:
-            # An answer to an older frame (a duplicate or a late one): it must not tick the
-            # world again, or one frame would advance the world twice.
-            return
-        self._control = control
-        self._tick()
+        return (finite_clamp(msg.steer, -1.0, 1.0), finite_clamp(msg.throttle, 0.0, 1.0), brake)
 
-    def _on_reset(self, request, response):
-        """Start a new episode now, whatever the state of the current one."""
-        previous_return = self.env.episode_return
-        previous_steps = self.env.episode_steps
-        if not self.env.episode_over:
-            self._log_episode('reset_requested', previous_steps, previous_return)
-        self._start_episode()
-        response.success = True
-        response.message = (f'episode={self._episode};stamp_ns={self._stamp_ns};'
-                            f'previous_return={previous_return:.3f};'
-                            f'previous_steps={previous_steps}')
-        return response
-
-    def _tick(self):
-        """Advance the world by one tick: a step, or the reset after an episode ended."""
-        if self.env.episode_over:
-            if self.config.auto_reset:
-                self._start_episode()
-            return
-        state = self.env.step(*self._control)
-        self._advance_clock()
-        self._publish_state(state)
-        if state.done:
-            kind = 'terminated' if state.terminated else 'truncated'
-            self.topics.end_episode(episode_end_text(state, self._stamp_ns))
-            self._log_episode(f'{kind}:{state.reason}', state.steps, state.episode_return)
-
-    def _start_episode(self):
-        """Reset the env on the next track and publish the new episode's first tick."""
-        self._episode += 1
-        seed = None if self.config.seed < 0 else self.config.seed + self._episode
+    def _reset_world(self, episode: int):
+        """Reset the env on track `seed + episode` (unseeded for seed -1)."""
+        seed = None if self.config.seed < 0 else self.config.seed + episode
         state = self.env.reset(seed)
-        self._control = (0.0, 0.0, 0.0)
-        self._episode_wall_start = time.monotonic()
-        self._advance_clock()
-        self.topics.new_episode(self._stamp, self._episode, self.env.waypoints,
-                                self.env.waypoint_yaws)
-        self._publish_state(state)
+        return state, self.env.waypoints, self.env.waypoint_yaws
 
-    def _advance_clock(self):
-        """Count one world tick and move sim time on by fixed_delta_seconds."""
-        self._frame += 1
-        self._stamp_ns = self._frame * self._delta_ns
-        self._stamp = time_msg(self._stamp_ns)
-        if self._watchdog is not None:
-            # A tick restarts the wait for the next command.
-            self._watchdog.reset()
+    def _step_world(self) -> SimState:
+        """Step the env with the stored control."""
+        return self.env.step(*self._control)
+
+    def _ending(self, state: SimState) -> tuple[EpisodeEndMessage, str]:
+        """Return the episode_end content of the last state; no log detail."""
+        return episode_end(state), ''
+
+    def _totals(self) -> tuple[int, float]:
+        """Return the env's steps and return of the latest episode."""
+        return self.env.episode_steps, self.env.episode_return
 
     def _publish_state(self, state: SimState):
         """Publish every topic of one tick (`VehicleTopics.publish_tick`)."""
         markings = [CarlaLaneInvasionEvent.LANE_MARKING_SOLID] if state.lane_invasion else []
         self.topics.publish_tick(self._stamp, self._frame, state, state.control,
                                  state.frame.tobytes(), markings)
-
-    def _log_episode(self, how: str, steps: int, episode_return: float):
-        """Log the progress line of one finished episode."""
-        wall = max(time.monotonic() - self._episode_wall_start, 1e-9)
-        self.get_logger().info(
-            f'episode {self._episode} {how}: steps {steps}, return {episode_return:.1f}, '
-            f'sim time {self._stamp_ns / 1e9:.2f} s, {steps / wall:.1f} steps/s')
-
-    def destroy_node(self):
-        """Close the simulator, then destroy the node."""
-        self.env.close()
-        return super().destroy_node()
 
 
 def main(args=None):
