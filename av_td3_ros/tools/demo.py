@@ -4,10 +4,13 @@
     python -m av_td3_ros.tools.demo --random      # the same with a randomly initialised policy
     python -m av_td3_ros.tools.demo --train       # sim + driver (explore) + trainer, learning
     python -m av_td3_ros.tools.demo --checkpoint runs/sim/checkpoints --duration 300
+    python -m av_td3_ros.tools.demo --world metadrive   # MetaDrive + the shipped student
 
-Starts the nodes of launch/sim_drive.launch.xml (or sim_train.launch.xml) as `ros2 launch`
-would, watches them from a monitor node and ends with a summary: frames, commands,
-camera->command latency, episodes and their returns.
+Starts the nodes of launch/sim_drive.launch.xml (sim_train.launch.xml, or with
+`--world metadrive` metadrive_drive.launch.xml) as `ros2 launch` would, watches them from a
+monitor node and ends with a summary: frames, commands, camera->command latency, episodes
+and their returns (MetaDrive: outcome, steps, route completion and the mean line of
+`evaluate_policy --world metadrive`).
 """
 from __future__ import annotations
 
@@ -89,16 +92,23 @@ class Monitor:
         self._rclpy.try_shutdown()
 
 
-DEFAULT_POLICY = 'camera_policy.safetensors'  # in models/ (share/av_td3_ros/models/ installed)
+# The shipped policies, in models/ (share/av_td3_ros/models/ installed).
+DEFAULT_POLICY = 'camera_policy.safetensors'
+METADRIVE_POLICY = 'metadrive_camera_policy.safetensors'
+LAUNCH_FILES = {'carracing': 'sim_drive.launch.xml', 'metadrive': 'metadrive_drive.launch.xml'}
+DEFAULT_DURATION = {'carracing': 60.0, 'metadrive': 240.0}
+# MetaDrive runs ~15-20 steps/s at 84x84 with the driver on 2 cores; episodes take 300-1000
+# steps, so 240 s ends about three.
+METADRIVE_EPISODES = 3
 
 
-def default_policy_path() -> Path:
-    """Return the shipped policy: the source tree's copy, else the installed one."""
-    source = Path(__file__).resolve().parents[2] / 'models' / DEFAULT_POLICY
+def default_policy_path(name: str = DEFAULT_POLICY) -> Path:
+    """Return the shipped policy `name`: the source tree's copy, else the installed one."""
+    source = Path(__file__).resolve().parents[2] / 'models' / name
     if source.exists():
         return source
     from av_td3_ros.tools.launch_runner import find_package_share
-    return Path(find_package_share('av_td3_ros')) / 'models' / DEFAULT_POLICY
+    return Path(find_package_share('av_td3_ros')) / 'models' / name
 
 
 def episode_lines(episode_ends: list[str]) -> list[str]:
@@ -111,6 +121,40 @@ def episode_lines(episode_ends: list[str]) -> list[str]:
         lap = end.reason == 'lap_complete'
         lines.append(f'episode {number}: return {episode_return:.1f}, {steps} steps, lap '
                      + ('completed' if lap else f'not completed ({end.reason})'))
+    return lines
+
+
+def metadrive_results(episode_ends: list[str], first_seed: int) -> list:
+    """Return a MetaDriveResult per metadrive_bridge episode_end text (episode e: seed + e).
+
+    Return and route completion are NaN where the text does not carry them; an arrival
+    completes the route.
+    """
+    from av_td3_ros.sim.metadrive_evaluation import MetaDriveResult
+    results = []
+    for episode, text in enumerate(episode_ends):
+        end = parse_episode_end(text)
+        completion = dict(end.extra).get('route_completion')
+        results.append(MetaDriveResult(
+            first_seed + episode,
+            float('nan') if end.episode_return is None else end.episode_return,
+            100.0 if end.reason == 'arrived' and completion is None
+            else float('nan') if completion is None else float(completion),
+            end.reason, -1 if end.steps is None else end.steps))
+    return results
+
+
+def metadrive_lines(results: list) -> list[str]:
+    """Return one line per MetaDrive episode: seed, outcome, steps, completion, return."""
+    lines = []
+    for number, result in enumerate(results, start=1):
+        parts = [f'episode {number} (seed {result.seed}): {result.outcome}',
+                 f'{result.steps if result.steps >= 0 else "?"} steps']
+        if not np.isnan(result.route_completion):
+            parts.append(f'route completion {result.route_completion:.1f} %')
+        if not np.isnan(result.episode_return):
+            parts.append(f'return {result.episode_return:.1f}')
+        lines.append(', '.join(parts))
     return lines
 
 
@@ -143,14 +187,23 @@ def trainer_summary(episodes_file: Path) -> str:
 def main(argv=None) -> int:
     """Run the demo and print the summary."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--world', choices=tuple(LAUNCH_FILES), default='carracing',
+                        help='the CarRacing stand-in, or MetaDrive (needs its venv: '
+                             'scripts/setup.sh --metadrive)')
     parser.add_argument('--train', action='store_true',
-                        help='also run the trainer (driver in explore mode)')
-    parser.add_argument('--duration', type=float, default=60.0,
-                        help='seconds to run (the shipped policy laps the stand-in in ~15 s '
-                             'at ~60 frames/s on 2 cores)')
+                        help='also run the trainer (driver in explore mode; carracing only)')
+    parser.add_argument('--duration', type=float,
+                        help='seconds to run (default: carracing 60, the shipped policy laps '
+                             'the stand-in in ~15 s at ~60 frames/s on 2 cores; metadrive '
+                             f'{DEFAULT_DURATION["metadrive"]:.0f})')
+    parser.add_argument('--episodes', type=int,
+                        help='stop after this many episodes, or at --duration if sooner '
+                             f'(default: carracing none, metadrive {METADRIVE_EPISODES})')
+    parser.add_argument('--max-episode-steps', type=int,
+                        help="metadrive: the bridge's time limit in steps (default: its 1000)")
     parser.add_argument('--checkpoint', default='',
                         help='policy file or directory (default: the shipped camera policy, '
-                             'models/camera_policy.safetensors)')
+                             f'models/{DEFAULT_POLICY}; metadrive: models/{METADRIVE_POLICY})')
     parser.add_argument('--random', action='store_true',
                         help='drive a randomly initialised policy instead')
     parser.add_argument('--run-dir', default='runs/demo', help='trainer run directory')
@@ -160,15 +213,37 @@ def main(argv=None) -> int:
     parser.add_argument('--role', default='ego_vehicle')
     parser.add_argument('--quiet', action='store_true', help='do not echo node output')
     args = parser.parse_args(argv)
+    metadrive = args.world == 'metadrive'
+    if metadrive and args.train:
+        parser.error('--train runs the stand-in trainer: not with --world metadrive')
+    if not metadrive and args.max_episode_steps is not None:
+        parser.error('--max-episode-steps is for --world metadrive')
+    if args.duration is None:
+        args.duration = DEFAULT_DURATION[args.world]
+    if args.episodes is None and metadrive:
+        args.episodes = METADRIVE_EPISODES
+    if metadrive:
+        from av_td3_ros.sim.metadrive_client import default_python
+        if not default_python().is_file():
+            print(f'[demo] no MetaDrive venv ({default_python()}): run '
+                  '`bash scripts/setup.sh --metadrive`', file=sys.stderr)
+            return 2
 
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     arguments = {'role_name': args.role, 'seed': str(args.seed)}
+    if args.max_episode_steps is not None:
+        arguments['max_episode_steps'] = str(args.max_episode_steps)
     if args.train:
         launch_file = 'sim_train.launch.xml'
         arguments.update(run_dir=args.run_dir, learning_starts=str(args.learning_starts))
     else:
-        launch_file = 'sim_drive.launch.xml'
-        checkpoint = '' if args.random else args.checkpoint or str(default_policy_path())
+        launch_file = LAUNCH_FILES[args.world]
+        shipped = default_policy_path(METADRIVE_POLICY if metadrive else DEFAULT_POLICY)
+        checkpoint = '' if args.random else args.checkpoint or str(shipped)
+        if not (args.random or args.checkpoint or shipped.exists()):
+            print(f'[demo] no shipped policy at {shipped}: pass --checkpoint PATH, or --random',
+                  file=sys.stderr)
+            return 2
         if checkpoint:
             from av_td3_ros.policy.checkpoint import PolicySpec, read_metadata
             try:  # the driver must expect the checkpoint's CNN feature normalisation
@@ -196,7 +271,8 @@ def main(argv=None) -> int:
                 nodes.append(LaunchedNode(spec, env, Path(workdir),
                                           echo=not args.quiet))
             next_report = start + 10.0
-            while not stop.is_set() and time.monotonic() - start < args.duration:
+            while (not stop.is_set() and time.monotonic() - start < args.duration
+                   and (args.episodes is None or len(monitor.episodes) < args.episodes)):
                 monitor.spin_for(0.5)
                 if any(node.process.poll() is not None for node in nodes):
                     print('[demo] a node exited early; stopping', flush=True)
@@ -223,10 +299,18 @@ def main(argv=None) -> int:
           f'{np.nanmean(latencies):.1f} ms, p50 {np.nanpercentile(latencies, 50):.1f} ms, '
           f'p99 {np.nanpercentile(latencies, 99):.1f} ms over {len(monitor.latencies_ms)} '
           'frames')
-    print(f'[demo] episodes ended: {len(monitor.episodes)}; CarRacing returns: '
-          + (', '.join(f'{r:.1f}' for r in returns) if returns else 'none finished yet'))
-    for line in episode_lines(monitor.episodes):
-        print(f'[demo]   {line}')
+    if metadrive:
+        from av_td3_ros.sim.metadrive_evaluation import summary_line
+        results = metadrive_results(monitor.episodes, args.seed)
+        print(f'[demo] episodes ended: {len(results)}')
+        for line in metadrive_lines(results):
+            print(f'[demo]   {line}')
+        print(f'[demo] {summary_line(results)}')
+    else:
+        print(f'[demo] episodes ended: {len(monitor.episodes)}; CarRacing returns: '
+              + (', '.join(f'{r:.1f}' for r in returns) if returns else 'none finished yet'))
+        for line in episode_lines(monitor.episodes):
+            print(f'[demo]   {line}')
     if args.train:
         checkpoints = sorted(Path(args.run_dir, 'checkpoints').glob('policy_*.safetensors'))
         print(f'[demo] trainer run dir {args.run_dir}: {len(checkpoints)} policy checkpoints'
