@@ -2,9 +2,12 @@
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from av_td3_ros.nodes import metadrive_bridge
 from av_td3_ros.nodes.sim_bridge import episode_end
+from av_td3_ros.sim.metadrive_evaluation import RouteProgress
 from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end, parse_episode_end
 from av_td3_ros.task.episode_rules import EndEpisode
 
@@ -51,3 +54,18 @@ def test_the_writers_use_the_codec_unchanged():
         'terminated:lap_complete;return=903.412;steps=868;stamp_ns=43450000000'
     assert EndEpisode('truncated', 'stuck', 412, 20600000000).text() == \
         'truncated:stuck;steps=412;stamp_ns=20600000000'
+
+
+# Test if metadrive_bridge's episode_end carries MetaDrive's summed reward as return= and the
+# route completion (the car's progress; 100 once it arrived) as route_completion=.
+def test_metadrive_episode_end_carries_return_and_route_completion():
+    progress = RouteProgress(np.stack([np.arange(11.0), np.zeros(11)], axis=1))
+    progress.update(2.6, 0.4)
+    crash = SimpleNamespace(end=('terminated', 'crash'), steps=31)
+    end = replace(metadrive_bridge.episode_end(crash, -4.25, progress), stamp_ns=3100000000)
+    assert format_episode_end(end) == ('terminated:crash;return=-4.250;steps=31;'
+                                       'stamp_ns=3100000000;route_completion=30.000')
+    arrived = SimpleNamespace(end=('terminated', 'arrived'), steps=80)
+    end = parse_episode_end(format_episode_end(
+        metadrive_bridge.episode_end(arrived, 61.5, progress)))
+    assert (end.episode_return, dict(end.extra)) == (61.5, {'route_completion': '100.000'})

@@ -161,7 +161,8 @@ def test_parameter_file_matches_the_schema():
 
 
 # Test if the bridge publishes the CARLA bridge's topics, types and frames, one tick per
-# command, lane invasions with CARLA's constants, and an out_of_road episode end.
+# command, lane invasions with CARLA's constants, and an out_of_road episode end with its
+# return and route completion.
 def test_messages_match_the_carla_bridge(start_node, probe, tmp_path):
     node = start_bridge(start_node, tmp_path, 'seed:=5', 'traffic_density:=0.0')
     probe.connect()
@@ -179,6 +180,9 @@ def test_messages_match_the_carla_bridge(start_node, probe, tmp_path):
     assert probe.spin_until(lambda: probe.ends()), node.output()
     end = probe.ends()[0]
     assert (end.kind, end.reason) == ('terminated', 'out_of_road'), node.output()
+    # MetaDrive's summed reward and the share of the route driven before leaving the road
+    assert end.episode_return is not None and math.isfinite(end.episode_return)
+    assert 0.0 < float(dict(end.extra)['route_completion']) < 100.0
     # episode_end follows its tick's image: one more command may already have reset
     assert end.stamp_ns in stamps[-2:]
 

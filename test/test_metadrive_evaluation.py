@@ -39,10 +39,16 @@ def test_route_progress_is_monotone():
     assert progress.update(10.0, 0.0) == pytest.approx(100.0)
 
 
-# Test if --through-ros with MetaDrive is refused with exit status 2 and a message.
-def test_through_ros_refused(capsys):
-    assert evaluate_policy.main(['--world', 'metadrive', '--expert', '--through-ros']) == 2
-    assert 'metadrive' in capsys.readouterr().err
+# Test if --through-ros with MetaDrive refuses the expert (the driver node has none of
+# MetaDrive's) and seeds that are not consecutive, each with exit status 2 and a message.
+def test_through_ros_refusals(capsys, tmp_path):
+    with pytest.raises(SystemExit) as refused:
+        evaluate_policy.main(['--world', 'metadrive', '--expert', '--through-ros'])
+    assert refused.value.code == 2
+    assert '--through-ros drives a checkpoint' in capsys.readouterr().err
+    assert evaluate_policy.main(['--world', 'metadrive', '--through-ros', '--checkpoint',
+                                 str(tmp_path / 'policy.safetensors'), '--seeds', '5,7']) == 2
+    assert 'consecutive seeds' in capsys.readouterr().err
 
 
 # Test if the tool drives the privileged expert and prints one line per episode and a summary

@@ -20,7 +20,10 @@ types, QoS and frames are sim_bridge's (see its docstring), with these differenc
   or building), `terminated:out_of_road`, `truncated:time_limit`, and
   `truncated:bad_command` (a non-finite steer, throttle or brake: the world does not step) or
   `truncated:simulator_fault` (the worker died or hung; the next episode starts a new one).
-  No return field: MetaDrive's reward is not this package's.
+  `return=` is MetaDrive's own reward summed over the episode (not this package's reward)
+  and the extra field `route_completion=<percent>` how far along the navigation route the
+  car got (`sim/metadrive_evaluation.RouteProgress`; 100 when it arrived), as
+  `evaluate_policy --world metadrive` reports them
 
 Every tick is one MetaDrive step of 0.1 s (`/carla/status` fixed_delta_seconds 0.1). Only
 synchronous mode: a command stamped zero or not older than the latest frame ticks once; with
@@ -48,6 +51,7 @@ from av_td3_ros.sim.metadrive_client import (
     MetaDriveState,
     SimulatorFault,
 )
+from av_td3_ros.sim.metadrive_evaluation import RouteProgress
 from av_td3_ros.task.episode_end import EpisodeEndMessage
 
 CAMERA_FOV = 90.0
@@ -106,10 +110,14 @@ METADRIVE_BRIDGE = Schema(
 """Every metadrive_bridge parameter (config/metadrive_bridge.yaml)."""
 
 
-def episode_end(state: MetaDriveState) -> EpisodeEndMessage:
+def episode_end(state: MetaDriveState, episode_return: float,
+                progress: RouteProgress) -> EpisodeEndMessage:
     """Return the episode_end content (no stamp) for the state that ended an episode."""
     kind, reason = state.end
-    return EpisodeEndMessage(kind, reason, steps=state.steps)
+    # The route's last point lies short of where MetaDrive counts an arrival.
+    completion = 100.0 if reason == 'arrived' else progress.percent
+    return EpisodeEndMessage(kind, reason, episode_return=episode_return, steps=state.steps,
+                             extra=(('route_completion', f'{completion:.3f}'),))
 
 
 class MetaDriveBridgeNode(EpisodeBridge):
@@ -135,6 +143,8 @@ class MetaDriveBridgeNode(EpisodeBridge):
             CarlaCollisionEvent, f'/carla/{role}/collision', BRIDGE_QOS)
         self._bgra = np.full((cfg.image_height, cfg.image_width, 4), 255, np.uint8)
         self._running = False  # an episode is being stepped
+        self._return = 0.0  # MetaDrive's reward summed over the episode so far
+        self._progress = RouteProgress(np.zeros((0, 2)))
         self._serve(self.client, topics, role, STEP_SECONDS, step_timeout=cfg.step_timeout,
                     auto_reset=cfg.auto_reset)
         self.get_logger().info(
@@ -165,22 +175,27 @@ class MetaDriveBridgeNode(EpisodeBridge):
             self._running = False
             return None
         self._running = True
+        self._return = 0.0
+        self._progress = RouteProgress(state.route)
         return state, state.route[:, :2], state.route[:, 2]
 
     def _step_world(self) -> MetaDriveState:
         """Step the worker with the stored control."""
         state = self.client.step(*self._control)
         self._running = not state.done
+        self._return += float(state.info.get('reward', 0.0))
+        self._progress.update(state.x, state.y)
         return state
 
     def _ending(self, state: MetaDriveState) -> tuple[EpisodeEndMessage, str]:
         """Return the episode_end content and the worker's detail of the end, if any."""
         detail = state.info.get('detail')
-        return episode_end(state), f' ({detail})' if detail else ''
+        return (episode_end(state, self._return, self._progress),
+                f' ({detail})' if detail else '')
 
-    def _totals(self) -> tuple[int, None]:
-        """Return the steps of the latest episode; MetaDrive's reward is not summed."""
-        return self.client.last_steps, None
+    def _totals(self) -> tuple[int, float]:
+        """Return the steps and MetaDrive's summed reward of the latest episode."""
+        return self.client.last_steps, self._return
 
     def _publish_state(self, state: MetaDriveState):
         """Publish this tick's collisions, then every bridge topic (the image last)."""

@@ -8,14 +8,18 @@
     evaluate_policy --expert --seeds 7000-7009 --through-ros --route-spacing 1.0 \
         --driver-route-spacing 3.5
     evaluate_policy --world metadrive --expert --seeds 33000-33009 --traffic-density 0.1
+    evaluate_policy --world metadrive --checkpoint policy.safetensors --seeds 33000-33009 \
+        --camera 84x84 --through-ros
 
 In-process (default) the episodes run on `SimEnv` through the driver's own pipeline. With
 `--through-ros` the sim_bridge and driver nodes of launch/sim_drive.launch.xml run as
 processes and the returns come from the bridge's episode_end messages, each matched to its
 episode by stamp. The bridge's episode e drives track seed + e; episode 0 is a warm-up.
 
-`--world metadrive` runs MetaDrive scenarios in-process only (sim/metadrive_evaluation.py):
-the privileged expert (`--expert`) or a checkpoint through the driver's pipeline.
+`--world metadrive` runs MetaDrive scenarios in-process (sim/metadrive_evaluation.py): the
+privileged expert (`--expert`) or a checkpoint through the driver's pipeline; with
+`--through-ros` a checkpoint drives the metadrive_bridge and driver nodes of
+launch/metadrive_drive.launch.xml, whose warm-up episode is cut short by reset_episode.
 """
 from __future__ import annotations
 
@@ -95,101 +99,229 @@ def episode_of(end_text: str, starts: list[tuple[int, int]]) -> int | None:
     return -1 if any(start > stamp for start, _ in starts) else None
 
 
-def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
-    """Run sim_bridge + driver as processes for consecutive seeds; collect episode_end."""
-    import yaml
+ROLE = 'ego_vehicle'  # the role the launch files serve by default
+RESTART_AFTER_COMMANDS = 3
+"""Commands heard from the driver before a warm-up episode is cut short: it is up and
+answering frames (it loads its policy before it subscribes)."""
 
-    from av_td3_ros.policy.checkpoint import PolicySpec, read_metadata
-    from av_td3_ros.tools.launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
+
+def consecutive_from_one(seeds: list[int]) -> None:
+    """Raise ValueError unless `seeds` run consecutively from 1 or more."""
     if seeds != list(range(seeds[0], seeds[0] + len(seeds))) or seeds[0] < 1:
-        raise ValueError('--through-ros runs consecutive seeds from 1 up (the bridge drives '
-                         'track seed + episode after a warm-up on the track before the '
-                         'first): give a range such as 7000-7009')
-    if args.expert:  # the driver node drives with its route expert (mode:=expert)
-        arguments = {'mode': 'expert', 'checkpoint': ''}
-    else:
-        spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
-        arguments = {'checkpoint': str(Path(args.checkpoint).resolve()),
-                     'feature_norm': spec.network.feature_norm}
+        raise ValueError('--through-ros runs consecutive seeds from 1 up (the bridge plays '
+                         'seed + episode after a warm-up on the seed before the first): give '
+                         'a range such as 7000-7009')
+
+
+def shipped_params(config: Path, node: str) -> dict:
+    """Return config/<node>.yaml as loaded (one section with its ros__parameters)."""
+    import yaml
+    return yaml.safe_load((config / f'{node}.yaml').read_text())
+
+
+def yaml_param(config: Path, node: str, name: str):
+    """Return one parameter's value in config/<node>.yaml."""
+    (section,) = shipped_params(config, node).values()
+    return section['ros__parameters'][name]
+
+
+def params_file(config: Path, node: str, overrides: dict, workdir: str) -> str:
+    """Write config/<node>.yaml with `overrides` into `workdir`; return the new file's path."""
+    import yaml
+    params = shipped_params(config, node)
+    (section,) = params.values()
+    section['ros__parameters'].update(overrides)
+    path = Path(workdir, f'{node}.yaml')
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def run_ros_episodes(args, launch_name: str, arguments: dict, bridge: str, count: int,
+                     on_end, restart: bool = False) -> int:
+    """Run a launch file's bridge and driver; call `on_end(text)` for episodes 1 to `count`.
+
+    `arguments(workdir)` gives the launch arguments. Episode 0 is a warm-up: driven to its
+    end, or with `restart` cut short by reset_episode once the driver answers. Return the
+    number of episodes passed to `on_end`.
+    """
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    from av_td3_ros.tools.launch_runner import LaunchedNode, parse_launch_file, resolve_launch_path
+    launch_file = resolve_launch_path(launch_name)
     with tempfile.TemporaryDirectory(prefix='av_td3_eval_') as workdir:
-        launch_file = resolve_launch_path('sim_drive.launch.xml')
-        # Lock-step: a driver slowed by a busy machine must not let the world tick without its
-        # command (that would change the returns): the bridge's step timeout only re-kicks a
-        # lost frame, and likewise the driver's stall watchdog brake must not tick it.
-        for node, overrides in (('sim_bridge', {'max_episode_steps': args.max_steps,
-                                                'step_timeout': 10.0,
-                                                'route_spacing': args.route_spacing}),
-                                ('driver', {'frame_timeout': 5.0, 'backend': args.backend,
-                                            'route_spacing': args.driver_route_spacing})):
-            params = yaml.safe_load((launch_file.parent.parent / 'config' / f'{node}.yaml')
-                                    .read_text())
-            (section,) = params.values()
-            section['ros__parameters'].update(overrides)
-            Path(workdir, f'{node}.yaml').write_text(yaml.safe_dump(params))
-        arguments.update(seed=str(seeds[0] - 1), device='cpu',
-                         sim_params_file=str(Path(workdir, 'sim_bridge.yaml')),
-                         driver_params_file=str(Path(workdir, 'driver.yaml')))
-        description = parse_launch_file(launch_file, arguments)
+        description = parse_launch_file(
+            launch_file, arguments(launch_file.parent.parent / 'config', workdir))
         env = dict(os.environ, **description.environment, PYTHONUNBUFFERED='1')
         os.environ.update(description.environment)
-        ends, starts = [], []  # starts: (stamp_ns, episode index)
         import rclpy
+        from carla_msgs.msg import CarlaEgoVehicleControl
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from std_msgs.msg import Header, String
+        from std_srvs.srv import Trigger
+        ends, starts, commands = [], [], []  # starts: (stamp_ns, episode index)
         rclpy.init(args=[])
         node = Node('evaluate_policy')
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        end_sub = node.create_subscription(String, '/av_td3/ego_vehicle/episode_end',
+        end_sub = node.create_subscription(String, f'/av_td3/{ROLE}/episode_end',
                                            lambda msg: ends.append(msg.data), reliable)
         start_sub = node.create_subscription(
-            Header, '/av_td3/ego_vehicle/episode_start',
+            Header, f'/av_td3/{ROLE}/episode_start',
             lambda msg: starts.append((msg.stamp.sec * 10**9 + msg.stamp.nanosec,
                                        int(msg.frame_id))), reliable)
-        nodes, results = [], []
+        if restart:
+            node.create_subscription(CarlaEgoVehicleControl,
+                                     f'/carla/{ROLE}/vehicle_control_cmd', commands.append,
+                                     reliable)
+            reset = node.create_client(Trigger, f'/av_td3/{ROLE}/reset_episode')
+        nodes, done = [], 0
         deadline = time.monotonic() + args.timeout
+
+        def running() -> bool:
+            """Return False past the deadline or once a node exited."""
+            return time.monotonic() < deadline and all(
+                launched.process.poll() is None for launched in nodes)
+
+        def spin_until(condition) -> bool:
+            """Spin until `condition()`; False when no longer running()."""
+            while not condition():
+                if not running():
+                    return False
+                rclpy.spin_once(node, timeout_sec=0.1)
+            return True
+
         try:
             # The driver only once this node hears the bridge's episode topics: the world
             # waits for the driver, so no episode after the warm-up starts or ends unheard.
-            for node_spec in sorted(description.nodes, key=lambda n: n.name != 'sim_bridge'):
-                if node_spec.name != 'sim_bridge':
-                    while (min(end_sub.get_publisher_count(), start_sub.get_publisher_count())
-                           < 1 and time.monotonic() < deadline):
-                        rclpy.spin_once(node, timeout_sec=0.1)
+            for node_spec in sorted(description.nodes, key=lambda n: n.name != bridge):
+                if node_spec.name != bridge:
+                    spin_until(lambda: min(end_sub.get_publisher_count(),
+                                           start_sub.get_publisher_count()) >= 1)
                 nodes.append(LaunchedNode(node_spec, env, Path(workdir), echo=args.verbose))
-            while len(results) < len(seeds) and time.monotonic() < deadline:
+            if restart and spin_until(lambda: len(commands) >= RESTART_AFTER_COMMANDS):
+                future = reset.call_async(Trigger.Request())
+                if spin_until(future.done) and not future.result().message.startswith(
+                        'episode=1;'):
+                    raise OSError('the warm-up episode ended before the driver answered '
+                                  f'(reset_episode: {future.result().message})')
+            while done < count and running():
                 rclpy.spin_once(node, timeout_sec=0.2)
-                while ends and len(results) < len(seeds):
+                while ends and done < count:
                     index = episode_of(ends[0], starts)
                     if index is None:
                         break  # its episode_start is still on its way
                     text = ends.pop(0)
                     if index < 1:
                         continue  # the warm-up episode
-                    if index != len(results) + 1:
-                        raise OSError(f'episode {len(results) + 1} ended unseen (got {index})')
-                    results.append(ros_episode_result(seeds[len(results)], text))
-                    report(results[-1])
-                if any(launched.process.poll() is not None for launched in nodes):
-                    print('[evaluate_policy] a node exited early', flush=True)
-                    break
+                    if index != done + 1:
+                        raise OSError(f'episode {done + 1} ended unseen (got {index})')
+                    done += 1
+                    on_end(text)
+            if done < count and time.monotonic() < deadline:
+                print('[evaluate_policy] a node exited early', flush=True)
         finally:
             for launched in reversed(nodes):
                 launched.stop()
             node.destroy_node()
             rclpy.try_shutdown()
-    if len(results) < len(seeds):
-        print(f'[evaluate_policy] only {len(results)} of {len(seeds)} episodes finished',
-              flush=True)
+    if done < count:
+        print(f'[evaluate_policy] only {done} of {count} episodes finished', flush=True)
+    return done
+
+
+def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
+    """Run sim_bridge + driver as processes for consecutive seeds; collect episode_end."""
+    from av_td3_ros.policy.checkpoint import PolicySpec, read_metadata
+    consecutive_from_one(seeds)
+    if args.expert:  # the driver node drives with its route expert (mode:=expert)
+        launch_args = {'mode': 'expert', 'checkpoint': ''}
+    else:
+        spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
+        launch_args = {'checkpoint': str(Path(args.checkpoint).resolve()),
+                       'feature_norm': spec.network.feature_norm}
+
+    def arguments(config: Path, workdir: str) -> dict:
+        # Lock-step: a driver slowed by a busy machine must not let the world tick without its
+        # command (that would change the returns): the bridge's step timeout only re-kicks a
+        # lost frame, and likewise the driver's stall watchdog brake must not tick it.
+        bridge = params_file(config, 'sim_bridge', {
+            'max_episode_steps': args.max_steps, 'step_timeout': 10.0,
+            'route_spacing': args.route_spacing}, workdir)
+        driver = params_file(config, 'driver', {
+            'frame_timeout': 5.0, 'backend': args.backend,
+            'route_spacing': args.driver_route_spacing}, workdir)
+        return dict(launch_args, seed=str(seeds[0] - 1), device='cpu',
+                    sim_params_file=bridge, driver_params_file=driver)
+
+    results = []
+
+    def on_end(text: str):
+        results.append(ros_episode_result(seeds[len(results)], text))
+        report(results[-1])
+
+    run_ros_episodes(args, 'sim_drive.launch.xml', arguments, 'sim_bridge', len(seeds), on_end)
     return results
+
+
+def metadrive_result(seed: int, text: str):
+    """Turn a metadrive_bridge episode_end text into a MetaDriveResult."""
+    from av_td3_ros.sim.metadrive_evaluation import MetaDriveResult
+    end = parse_episode_end(text)
+    completion = dict(end.extra).get('route_completion')
+    if end.episode_return is None or end.steps is None or completion is None:
+        raise ValueError(f'episode_end {text!r} has no return, steps or route_completion')
+    return MetaDriveResult(seed, end.episode_return, float(completion), end.reason, end.steps)
+
+
+def evaluate_metadrive_through_ros(args, seeds: list[int]) -> list:
+    """Run metadrive_bridge + driver as processes for consecutive seeds, printing each end."""
+    from av_td3_ros.policy.checkpoint import PolicySpec, read_metadata
+    consecutive_from_one(seeds)
+    spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
+    width, height = camera_size(args.camera)
+
+    def arguments(config: Path, workdir: str) -> dict:
+        # Lock-step, as for CarRacing; the warm-up episode plays the seed before the first.
+        # A MetaDrive reset can outlast 5 s on a busy CPU, and a stall brake stamped with the
+        # next episode's first frame would tick it before the policy's answer: the driver's
+        # watchdog waits as long as the bridge lets a reset take (worker_timeout).
+        bridge = params_file(config, 'metadrive_bridge', {
+            'traffic_density': args.traffic_density, 'map': args.map, 'step_timeout': 10.0,
+            'scenarios': len(seeds) + 1}, workdir)
+        timeout = yaml_param(config, 'metadrive_bridge', 'worker_timeout')
+        driver = params_file(config, 'driver', {'frame_timeout': timeout,
+                                                'backend': args.backend}, workdir)
+        return {'checkpoint': str(Path(args.checkpoint).resolve()),
+                'feature_norm': spec.network.feature_norm, 'device': 'cpu',
+                'seed': str(seeds[0] - 1), 'image_width': str(width),
+                'image_height': str(height), 'max_episode_steps': str(args.max_steps),
+                'bridge_params_file': bridge, 'driver_params_file': driver}
+
+    results = []
+
+    def on_end(text: str):
+        results.append(metadrive_result(seeds[len(results)], text))
+        print(results[-1].line(), flush=True)
+
+    # A whole warm-up episode in MetaDrive costs minutes: it is cut short instead.
+    run_ros_episodes(args, 'metadrive_drive.launch.xml', arguments, 'metadrive_bridge',
+                     len(seeds), on_end, restart=True)
+    return results
+
+
+def camera_size(camera: str) -> tuple[int, int]:
+    """Return (width, height) of a WIDTHxHEIGHT text; raise ValueError otherwise."""
+    try:
+        width, height = (int(v) for v in camera.lower().split('x'))
+    except ValueError:
+        raise ValueError(f'--camera {camera!r}: give WIDTHxHEIGHT') from None
+    return width, height
 
 
 def evaluate_metadrive(args, seeds: list[int]) -> list:
     """Run MetaDrive episodes in-process (expert or checkpoint), printing a line after each."""
     from av_td3_ros.sim.metadrive_client import MetaDriveClient, MetaDriveConfig
     from av_td3_ros.sim.metadrive_evaluation import evaluate, policy_driver
-    width, height = (int(v) for v in args.camera.lower().split('x'))
+    width, height = camera_size(args.camera)
     config = MetaDriveConfig(image_width=width, image_height=height,
                              traffic_density=args.traffic_density, map=args.map,
                              max_episode_steps=args.max_steps, expert=args.expert,
@@ -237,13 +369,14 @@ def main(argv=None) -> int:
                         help="--through-ros: the driver's inference backend; torch (exact) "
                              'gives the in-process returns episode for episode')
     parser.add_argument('--through-ros', action='store_true',
-                        help='run the sim_bridge and driver nodes instead of in-process')
+                        help='run the bridge (sim_bridge or metadrive_bridge) and driver '
+                             'nodes instead of in-process')
     parser.add_argument('--timeout', type=float, default=3600.0,
                         help='--through-ros: give up after this many seconds')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--verbose', action='store_true', help='echo the nodes\' output')
     parser.add_argument('--world', choices=('carracing', 'metadrive'), default='carracing',
-                        help='the CarRacing stand-in, or MetaDrive (in-process only)')
+                        help='the CarRacing stand-in, or MetaDrive')
     parser.add_argument('--traffic-density', type=float, default=0.1,
                         help='metadrive: traffic density')
     parser.add_argument('--map', default='3',
@@ -280,25 +413,24 @@ def main(argv=None) -> int:
 def main_metadrive(parser, args) -> int:
     """Check the MetaDrive arguments, evaluate and print the summary; return the exit status."""
     from av_td3_ros.sim.metadrive_evaluation import summary_line as metadrive_summary
-    if args.through_ros:
-        print('evaluate_policy: --through-ros is not available for --world metadrive '
-              '(in-process only)', file=sys.stderr)
-        return 2
     if not args.expert and not args.checkpoint:
         parser.error('give --checkpoint or --expert')
+    if args.through_ros and (args.expert or args.ablate):
+        parser.error("--world metadrive --through-ros drives a checkpoint, unablated (the "
+                     "driver node has no MetaDrive expert and no blank camera)")
     if args.ablate and (args.expert or args.ablate != 'camera'):
         parser.error('--world metadrive: --ablate camera works on a checkpoint (it blanks '
                      'the image)')
     try:
         seeds = episode_seeds(parse_seeds(args.seeds), args.episodes)
-        if 'x' not in args.camera.lower():
-            raise ValueError(f'--camera {args.camera!r}: give WIDTHxHEIGHT')
+        camera_size(args.camera)
     except ValueError as error:
         parser.error(str(error))
     import torch
     torch.set_num_threads(args.threads)
     try:
-        results = evaluate_metadrive(args, seeds)
+        run = evaluate_metadrive_through_ros if args.through_ros else evaluate_metadrive
+        results = run(args, seeds)
     except (ValueError, OSError, RuntimeError) as error:  # SimulatorFault is a RuntimeError
         print(f'evaluate_policy: {error}', file=sys.stderr)
         return 2
