@@ -81,8 +81,8 @@ class EpisodeBridge(Node):
         """Return the episode_end content (no stamp) of a final state and a log detail."""
         raise NotImplementedError
 
-    def _totals(self) -> tuple[int, float | None]:
-        """Return the steps and return (None: the world has none) of the latest episode."""
+    def _totals(self) -> tuple[int, float]:
+        """Return the steps and the return of the latest episode."""
         raise NotImplementedError
 
     def _publish_state(self, state):
@@ -111,10 +111,9 @@ class EpisodeBridge(Node):
         if self.episode_running:
             self._log_episode('reset_requested', previous_steps, previous_return)
         response.success = self._start_episode()
-        returned = ('' if previous_return is None
-                    else f'previous_return={previous_return:.3f};')
         response.message = (f'episode={self._episode};stamp_ns={self._stamp_ns};'
-                            f'{returned}previous_steps={previous_steps}')
+                            f'previous_return={previous_return:.3f};'
+                            f'previous_steps={previous_steps}')
         return response
 
     def _tick(self):
@@ -155,12 +154,11 @@ class EpisodeBridge(Node):
             # A tick restarts the wait for the next command.
             self._watchdog.reset()
 
-    def _log_episode(self, how: str, steps: int, episode_return: float | None):
+    def _log_episode(self, how: str, steps: int, episode_return: float):
         """Log the progress line of one finished episode."""
         wall = max(time.monotonic() - self._episode_wall_start, 1e-9)
-        returned = '' if episode_return is None else f', return {episode_return:.1f}'
         self.get_logger().info(
-            f'episode {self._episode} {how}: steps {steps}{returned}, '
+            f'episode {self._episode} {how}: steps {steps}, return {episode_return:.1f}, '
             f'sim time {self._stamp_ns / 1e9:.2f} s, {steps / wall:.1f} steps/s')
 
     def destroy_node(self):

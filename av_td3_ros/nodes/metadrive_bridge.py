@@ -23,7 +23,7 @@ types, QoS and frames are sim_bridge's (see its docstring), with these differenc
   `return=` is MetaDrive's own reward summed over the episode (not this package's reward)
   and the extra field `route_completion=<percent>` how far along the navigation route the
   car got (`sim/metadrive_evaluation.RouteProgress`; 100 when it arrived), as
-  `evaluate_policy --world metadrive` reports them
+  `evaluate_policy --world metadrive` reports them.
 
 Every tick is one MetaDrive step of 0.1 s (`/carla/status` fixed_delta_seconds 0.1). Only
 synchronous mode: a command stamped zero or not older than the latest frame ticks once; with
