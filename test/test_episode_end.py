@@ -7,7 +7,7 @@ import pytest
 
 from av_td3_ros.nodes import metadrive_bridge
 from av_td3_ros.nodes.sim_bridge import episode_end
-from av_td3_ros.sim.metadrive_evaluation import RouteProgress
+from av_td3_ros.sim.metadrive_results import RouteProgress
 from av_td3_ros.task.episode_end import EpisodeEndMessage, format_episode_end, parse_episode_end
 from av_td3_ros.task.episode_rules import EndEpisode
 

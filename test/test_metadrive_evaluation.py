@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from av_td3_ros.sim.metadrive_client import default_python
-from av_td3_ros.sim.metadrive_evaluation import (
+from av_td3_ros.sim.metadrive_results import (
     OUTCOMES,
     MetaDriveResult,
     RouteProgress,

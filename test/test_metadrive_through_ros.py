@@ -11,7 +11,7 @@ import torch
 from av_td3_ros.policy.checkpoint import PolicySpec, save_policy
 from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
 from av_td3_ros.sim.metadrive_client import default_python
-from av_td3_ros.sim.metadrive_evaluation import OUTCOMES
+from av_td3_ros.sim.metadrive_results import OUTCOMES
 from av_td3_ros.tools.evaluate_policy import main
 
 pytestmark = pytest.mark.metadrive

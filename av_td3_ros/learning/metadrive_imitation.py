@@ -32,7 +32,8 @@ from av_td3_ros.policy.networks import ActorPolicy
 from av_td3_ros.policy.preprocessing import gray_from_pixels, image_pixels
 from av_td3_ros.sim import metadrive_expert
 from av_td3_ros.sim.metadrive_client import MetaDriveClient, MetaDriveConfig
-from av_td3_ros.sim.metadrive_evaluation import evaluate, image_of, policy_driver, summary_line
+from av_td3_ros.sim.metadrive_evaluation import evaluate, image_of, policy_driver
+from av_td3_ros.sim.metadrive_results import summary_line
 
 
 @dataclass(frozen=True)

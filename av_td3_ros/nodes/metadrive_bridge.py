@@ -22,7 +22,7 @@ types, QoS and frames are sim_bridge's (see its docstring), with these differenc
   `truncated:simulator_fault` (the worker died or hung; the next episode starts a new one).
   `return=` is MetaDrive's own reward summed over the episode (not this package's reward)
   and the extra field `route_completion=<percent>` how far along the navigation route the
-  car got (`sim/metadrive_evaluation.RouteProgress`; 100 when it arrived), as
+  car got (`sim/metadrive_results.RouteProgress`; 100 when it arrived), as
   `evaluate_policy --world metadrive` reports them.
 
 Every tick is one MetaDrive step of 0.1 s (`/carla/status` fixed_delta_seconds 0.1). Only
@@ -51,7 +51,7 @@ from av_td3_ros.sim.metadrive_client import (
     MetaDriveState,
     SimulatorFault,
 )
-from av_td3_ros.sim.metadrive_evaluation import RouteProgress
+from av_td3_ros.sim.metadrive_results import RouteProgress, route_completion
 from av_td3_ros.task.episode_end import EpisodeEndMessage
 
 CAMERA_FOV = 90.0
@@ -114,8 +114,7 @@ def episode_end(state: MetaDriveState, episode_return: float,
                 progress: RouteProgress) -> EpisodeEndMessage:
     """Return the episode_end content (no stamp) for the state that ended an episode."""
     kind, reason = state.end
-    # The route's last point lies short of where MetaDrive counts an arrival.
-    completion = 100.0 if reason == 'arrived' else progress.percent
+    completion = route_completion(reason, progress)
     return EpisodeEndMessage(kind, reason, episode_return=episode_return, steps=state.steps,
                              extra=(('route_completion', f'{completion:.3f}'),))
 

@@ -207,6 +207,14 @@ class MetaDriveClient:
             self._log.close()
             self._log = None
 
+    def _record_fault(self, request: str, error: SimulatorFault):
+        """Count a fault, note why in the worker's log (its own output says nothing), stop it."""
+        self.faults += 1
+        if self._log is not None:
+            self._log.write(f'[metadrive_client] fault in {request} after step '
+                            f'{self.last_steps}: {error}\n'.encode())
+        self.stop()
+
     def close(self):
         """Stop the worker; remove the run directory if this client made a temporary one."""
         self.stop()
@@ -291,9 +299,8 @@ class MetaDriveClient:
                     timeout = self.config.start_timeout
                 state = self._request({'cmd': 'reset', 'seed': int(seed)}, timeout)
                 break
-            except SimulatorFault:
-                self.faults += 1
-                self.stop()
+            except SimulatorFault as error:
+                self._record_fault('reset', error)
                 if attempt == 1:
                     raise
         self._last = state
@@ -323,8 +330,7 @@ class MetaDriveClient:
                                    'throttle': control[1], 'brake': control[2]},
                                   self.config.step_timeout)
         except SimulatorFault as error:
-            self.faults += 1
-            self.stop()
+            self._record_fault('step', error)
             return self._end_without_step('simulator_fault', str(error))
         state.control = control
         self._last = state

@@ -124,38 +124,19 @@ def episode_lines(episode_ends: list[str]) -> list[str]:
     return lines
 
 
-def metadrive_results(episode_ends: list[str], first_seed: int) -> list:
-    """Return a MetaDriveResult per metadrive_bridge episode_end text (episode e: seed + e).
+def metadrive_results(episode_ends: list[str], first_seed: int) -> tuple[list, list[str]]:
+    """Return the MetaDriveResults of metadrive_bridge episode_end texts (episode e: seed + e).
 
-    Return and route completion are NaN where the text does not carry them; an arrival
-    completes the route.
+    Texts that do not read as one (a bridge of another version) come back apart, as they are.
     """
-    from av_td3_ros.sim.metadrive_evaluation import MetaDriveResult
-    results = []
+    from av_td3_ros.sim.metadrive_results import result_from_episode_end
+    results, unreadable = [], []
     for episode, text in enumerate(episode_ends):
-        end = parse_episode_end(text)
-        completion = dict(end.extra).get('route_completion')
-        results.append(MetaDriveResult(
-            first_seed + episode,
-            float('nan') if end.episode_return is None else end.episode_return,
-            100.0 if end.reason == 'arrived' and completion is None
-            else float('nan') if completion is None else float(completion),
-            end.reason, -1 if end.steps is None else end.steps))
-    return results
-
-
-def metadrive_lines(results: list) -> list[str]:
-    """Return one line per MetaDrive episode: seed, outcome, steps, completion, return."""
-    lines = []
-    for number, result in enumerate(results, start=1):
-        parts = [f'episode {number} (seed {result.seed}): {result.outcome}',
-                 f'{result.steps if result.steps >= 0 else "?"} steps']
-        if not np.isnan(result.route_completion):
-            parts.append(f'route completion {result.route_completion:.1f} %')
-        if not np.isnan(result.episode_return):
-            parts.append(f'return {result.episode_return:.1f}')
-        lines.append(', '.join(parts))
-    return lines
+        try:
+            results.append(result_from_episode_end(first_seed + episode, text))
+        except ValueError:
+            unreadable.append(text)
+    return results, unreadable
 
 
 def episode_returns(episode_ends: list[str]) -> list[float]:
@@ -300,11 +281,13 @@ def main(argv=None) -> int:
           f'p99 {np.nanpercentile(latencies, 99):.1f} ms over {len(monitor.latencies_ms)} '
           'frames')
     if metadrive:
-        from av_td3_ros.sim.metadrive_evaluation import summary_line
-        results = metadrive_results(monitor.episodes, args.seed)
-        print(f'[demo] episodes ended: {len(results)}')
-        for line in metadrive_lines(results):
-            print(f'[demo]   {line}')
+        from av_td3_ros.sim.metadrive_results import summary_line
+        results, unreadable = metadrive_results(monitor.episodes, args.seed)
+        print(f'[demo] episodes ended: {len(monitor.episodes)}')
+        for result in results:
+            print(f'[demo]   {result.line()}')
+        for text in unreadable:
+            print(f'[demo]   episode_end without return, steps or route completion: {text}')
         print(f'[demo] {summary_line(results)}')
     else:
         print(f'[demo] episodes ended: {len(monitor.episodes)}; CarRacing returns: '

@@ -262,19 +262,10 @@ def evaluate_through_ros(args, seeds: list[int], report) -> list[EpisodeResult]:
     return results
 
 
-def metadrive_result(seed: int, text: str):
-    """Turn a metadrive_bridge episode_end text into a MetaDriveResult."""
-    from av_td3_ros.sim.metadrive_evaluation import MetaDriveResult
-    end = parse_episode_end(text)
-    completion = dict(end.extra).get('route_completion')
-    if end.episode_return is None or end.steps is None or completion is None:
-        raise ValueError(f'episode_end {text!r} has no return, steps or route_completion')
-    return MetaDriveResult(seed, end.episode_return, float(completion), end.reason, end.steps)
-
-
 def evaluate_metadrive_through_ros(args, seeds: list[int]) -> list:
     """Run metadrive_bridge + driver as processes for consecutive seeds, printing each end."""
     from av_td3_ros.policy.checkpoint import PolicySpec, read_metadata
+    from av_td3_ros.sim.metadrive_results import result_from_episode_end
     consecutive_from_one(seeds)
     spec = PolicySpec.from_metadata(read_metadata(args.checkpoint))
     width, height = camera_size(args.camera)
@@ -299,7 +290,7 @@ def evaluate_metadrive_through_ros(args, seeds: list[int]) -> list:
     results = []
 
     def on_end(text: str):
-        results.append(metadrive_result(seeds[len(results)], text))
+        results.append(result_from_episode_end(seeds[len(results)], text))
         print(results[-1].line(), flush=True)
 
     # A whole warm-up episode in MetaDrive costs minutes: it is cut short instead.
@@ -412,7 +403,7 @@ def main(argv=None) -> int:
 
 def main_metadrive(parser, args) -> int:
     """Check the MetaDrive arguments, evaluate and print the summary; return the exit status."""
-    from av_td3_ros.sim.metadrive_evaluation import summary_line as metadrive_summary
+    from av_td3_ros.sim.metadrive_results import summary_line as metadrive_summary
     if not args.expert and not args.checkpoint:
         parser.error('give --checkpoint or --expert')
     if args.through_ros and (args.expert or args.ablate):

@@ -20,7 +20,8 @@ def build_config(args):
     """Return the ImitationConfig the command line asks for."""
     if args.world == 'metadrive':
         from av_td3_ros.learning.metadrive_imitation import (
-            MetaDriveImitationConfig as ImitationConfig)
+            MetaDriveImitationConfig as ImitationConfig,
+        )
     else:
         from av_td3_ros.learning.imitation import ImitationConfig
     config = ImitationConfig(kinematic_inputs='speed' if args.profile == 'camera' else 'all',
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
 
     if args.world == 'metadrive':
         from av_td3_ros.learning.metadrive_imitation import (
-            MetaDriveImitationTrainer as ImitationTrainer)
+            MetaDriveImitationTrainer as ImitationTrainer,
+        )
     else:
         from av_td3_ros.learning.imitation import ImitationTrainer
     torch.set_num_threads(args.threads)
