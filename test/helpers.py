@@ -167,3 +167,12 @@ def launch_nodes(start_node, tmp_path, launch_file, **arguments):
         started.append(start_node(module, *spec.ros_arguments(str(overrides))[1:],
                                   name=spec.name, args=spec.args))
     return description, started
+
+
+def require_metadrive_venv():
+    """Fail (not skip) without the MetaDrive venv: CI makes it, a skip would hide the tests."""
+    from av_td3_ros.sim.metadrive_client import default_python
+    python = default_python()
+    assert python.is_file(), (
+        f'no MetaDrive venv ({python}): run `bash scripts/setup.sh --metadrive`, or deselect '
+        'with -m "not metadrive"')

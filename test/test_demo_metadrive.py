@@ -8,10 +8,10 @@ import re
 
 import pytest
 import torch
+from helpers import require_metadrive_venv
 
 from av_td3_ros.policy.checkpoint import PolicySpec, save_policy_state
 from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.sim.metadrive_client import default_python
 from av_td3_ros.sim.metadrive_results import OUTCOMES, summary_line
 from av_td3_ros.tools.demo import metadrive_results
 
@@ -41,10 +41,7 @@ def test_metadrive_results_read_the_bridge_fields():
 @pytest.mark.metadrive
 @pytest.mark.slow
 def test_demo_metadrive_prints_the_summary(start_tool, tmp_path):
-    python = default_python()
-    assert python.is_file(), (
-        f'no MetaDrive venv ({python}): run `bash scripts/setup.sh --metadrive`, or deselect '
-        'with -m "not metadrive"')
+    require_metadrive_venv()
     torch.manual_seed(0)
     spec = PolicySpec(network=NetworkConfig(kinematic_inputs='speed',
                                             feature_norm='layernorm_tanh'))

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import require_metadrive_venv
 
 from av_td3_ros.policy.checkpoint import PolicySpec, save_policy_state
 from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.sim.metadrive_client import default_python
 from av_td3_ros.tools import drive_sheet
 from av_td3_ros.tools.drive_sheet import (
     BRAKE_COLOUR,
@@ -84,10 +84,7 @@ def test_contact_sheet_layout_and_pick():
 @pytest.mark.metadrive
 @pytest.mark.slow
 def test_drive_sheet_writes_a_small_png(tmp_path, capsys):
-    python = default_python()
-    assert python.is_file(), (
-        f'no MetaDrive venv ({python}): run `bash scripts/setup.sh --metadrive`, or deselect '
-        'with -m "not metadrive"')
+    require_metadrive_venv()
     torch.manual_seed(0)
     spec = PolicySpec(network=NetworkConfig(kinematic_inputs='speed',
                                             feature_norm='layernorm_tanh'))

@@ -10,6 +10,7 @@ import signal
 
 import numpy as np
 import pytest
+from helpers import require_metadrive_venv
 
 from av_td3_ros.sim import metadrive_worker as worker
 from av_td3_ros.sim.metadrive_client import (
@@ -17,19 +18,10 @@ from av_td3_ros.sim.metadrive_client import (
     MetaDriveConfig,
     clip_command,
     command_problem,
-    default_python,
 )
 
 SEED = 5
 SMALL = dict(image_width=48, image_height=32, max_episode_steps=60)
-
-
-def require_metadrive_venv():
-    """Fail (not skip) when the MetaDrive venv is missing: CI makes it."""
-    python = default_python()
-    assert python.is_file(), (
-        f'no MetaDrive venv ({python}): run `bash scripts/setup.sh --metadrive`, or deselect '
-        'with -m "not metadrive"')
 
 
 @pytest.fixture(scope='module')

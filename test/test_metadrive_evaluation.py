@@ -7,8 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from helpers import require_metadrive_venv
 
-from av_td3_ros.sim.metadrive_client import default_python
 from av_td3_ros.sim.metadrive_results import (
     OUTCOMES,
     MetaDriveResult,
@@ -56,10 +56,7 @@ def test_through_ros_refusals(capsys, tmp_path):
 @pytest.mark.metadrive
 @pytest.mark.slow
 def test_expert_evaluation_lines(capsys):
-    python = default_python()
-    assert python.is_file(), (
-        f'no MetaDrive venv ({python}): run `bash scripts/setup.sh --metadrive`, or deselect '
-        'with -m "not metadrive"')
+    require_metadrive_venv()
     status = evaluate_policy.main(['--world', 'metadrive', '--expert', '--seeds', '5-6',
                                    '--map', '1', '--camera', '32x32', '--max-steps', '80'])
     assert status == 0

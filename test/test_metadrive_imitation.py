@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import require_metadrive_venv
 
 from av_td3_ros.learning.metadrive_imitation import (
     MetaDriveImitationConfig,
@@ -15,7 +16,7 @@ from av_td3_ros.learning.metadrive_imitation import (
     label_action,
 )
 from av_td3_ros.policy.checkpoint import load_policy
-from av_td3_ros.sim.metadrive_client import MetaDriveState, default_python
+from av_td3_ros.sim.metadrive_client import MetaDriveState
 
 
 # Test if an expert label (steer, throttle, brake) becomes the actor's (steer, accel) action.
@@ -42,10 +43,7 @@ def test_validation_seeds_are_held_out():
 @pytest.mark.metadrive
 @pytest.mark.slow
 def test_tiny_recipe_writes_a_loadable_policy(tmp_path):
-    python = default_python()
-    assert python.is_file(), (
-        f'no MetaDrive venv ({python}): run `bash scripts/setup.sh --metadrive`, or deselect '
-        'with -m "not metadrive"')
+    require_metadrive_venv()
     config = replace(MetaDriveImitationConfig(), camera_width=32, camera_height=32, map='1',
                      max_episode_steps=40, expert_frames=60, bc_updates=6,
                      dagger_frames=30, dagger_updates=4, batch_size=8, validate_every=0,

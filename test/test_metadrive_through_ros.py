@@ -7,10 +7,10 @@ import re
 
 import pytest
 import torch
+from helpers import require_metadrive_venv
 
 from av_td3_ros.policy.checkpoint import PolicySpec, save_policy
 from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.sim.metadrive_client import default_python
 from av_td3_ros.sim.metadrive_results import OUTCOMES
 from av_td3_ros.tools.evaluate_policy import main
 
@@ -25,10 +25,7 @@ SUMMARY = re.compile(r'^mean return (-?\d+\.\d) ± (\d+\.\d) over (\d+) episodes
 # nodes, and the tool prints the in-process path's episode line and summary line for it.
 @pytest.mark.slow
 def test_checkpoint_episode_through_ros(ros_env, tmp_path, capsys):
-    python = default_python()
-    assert python.is_file(), (
-        f'no MetaDrive venv ({python}): run `bash scripts/setup.sh --metadrive`, or deselect '
-        'with -m "not metadrive"')
+    require_metadrive_venv()
     torch.manual_seed(3)
     spec = PolicySpec(network=NetworkConfig(kinematic_inputs='speed',
                                             feature_norm='layernorm_tanh'))
