@@ -4,34 +4,28 @@ It runs MetaDrive in the venv `bash scripts/setup.sh --metadrive` makes (scripts
 does) and fails without it; `-m "not metadrive"` leaves it out.
 """
 import re
+from pathlib import Path
 
 import pytest
-import torch
 from helpers import require_metadrive_venv
 
-from av_td3_ros.policy.checkpoint import PolicySpec, save_policy
-from av_td3_ros.policy.networks import ActorPolicy, NetworkConfig
-from av_td3_ros.sim.metadrive_results import OUTCOMES
 from av_td3_ros.tools.evaluate_policy import main
 
 pytestmark = pytest.mark.metadrive
+STUDENT = Path(__file__).resolve().parents[1] / 'models' / 'metadrive_camera_policy.safetensors'
 LINE = re.compile(r'^seed (\d+): return (-?\d+\.\d), route completion (\d+\.\d) %, '
                   r'([a-z_]+), (\d+) steps$')
 SUMMARY = re.compile(r'^mean return (-?\d+\.\d) ± (\d+\.\d) over (\d+) episodes; '
                      r'success (\d+) of (\d+); route completion (\d+\.\d) %$')
 
 
-# Test if a checkpoint drives one short MetaDrive episode through the bridge and driver
-# nodes, and the tool prints the in-process path's episode line and summary line for it.
+# Test if the shipped MetaDrive student loads in the driver node and drives a short seeded
+# scenario through the bridge without a crash or leaving the road, and if the tool prints the
+# in-process path's episode line and summary line for it.
 @pytest.mark.slow
-def test_checkpoint_episode_through_ros(ros_env, tmp_path, capsys):
+def test_student_drives_a_short_scenario_through_ros(ros_env, capsys):
     require_metadrive_venv()
-    torch.manual_seed(3)
-    spec = PolicySpec(network=NetworkConfig(kinematic_inputs='speed',
-                                            feature_norm='layernorm_tanh'))
-    checkpoint = tmp_path / 'policy.safetensors'
-    save_policy(checkpoint, ActorPolicy(spec.network), spec)
-    status = main(['--world', 'metadrive', '--through-ros', '--checkpoint', str(checkpoint),
+    status = main(['--world', 'metadrive', '--through-ros', '--checkpoint', str(STUDENT),
                    '--seeds', '8', '--map', '1', '--camera', '84x84', '--max-steps', '60',
                    '--timeout', '400'])
     out = capsys.readouterr().out
@@ -41,9 +35,10 @@ def test_checkpoint_episode_through_ros(ros_env, tmp_path, capsys):
     episode = LINE.match(lines[0])
     assert episode, lines[0]
     assert int(episode.group(1)) == 8
-    assert episode.group(4) in OUTCOMES
-    assert 0.0 <= float(episode.group(3)) <= 100.0
-    assert 0 < int(episode.group(5)) <= 60
+    # Driven to the time limit: no crash, no leaving the road; and along its route.
+    assert episode.group(4) == 'time_limit'
+    assert int(episode.group(5)) == 60
+    assert float(episode.group(3)) > 5.0
     summary = SUMMARY.match(lines[1])
     assert summary, lines[1]
     assert int(summary.group(3)) == int(summary.group(5)) == 1
