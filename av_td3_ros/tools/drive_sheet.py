@@ -1,7 +1,7 @@
 """Render a contact sheet of one MetaDrive episode: what the policy saw and what it commanded.
 
     python -m av_td3_ros.tools.drive_sheet \
-        --checkpoint models/metadrive_camera_policy.safetensors --seed 50123 \
+        --checkpoint models/metadrive_camera_policy.safetensors --seed 50125 \
         --out docs/images/metadrive_drive.png
 
 Runs one in-process episode (sim/metadrive_evaluation.py: the driver's own DrivingPipeline
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument('--checkpoint', default='',
                         help='policy .safetensors (default: the shipped MetaDrive student, '
                              f'models/{METADRIVE_POLICY})')
-    parser.add_argument('--seed', type=int, default=50123, help='MetaDrive scenario seed')
+    parser.add_argument('--seed', type=int, default=50125, help='MetaDrive scenario seed (the README picture: 50125)')
     parser.add_argument('--out', default='docs/images/metadrive_drive.png', help='PNG to write')
     parser.add_argument('--tiles', type=int, default=16, help='frames on the sheet')
     parser.add_argument('--columns', type=int, default=4)
