@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument('--checkpoint', default='',
                         help='policy .safetensors (default: the shipped MetaDrive student, '
                              f'models/{METADRIVE_POLICY})')
-    parser.add_argument('--seed', type=int, default=50125, help='MetaDrive scenario seed (the README picture: 50125)')
+    parser.add_argument('--seed', type=int, default=50125,
+                        help="MetaDrive scenario seed (the README picture's)")
     parser.add_argument('--out', default='docs/images/metadrive_drive.png', help='PNG to write')
     parser.add_argument('--tiles', type=int, default=16, help='frames on the sheet')
     parser.add_argument('--columns', type=int, default=4)
